@@ -1,0 +1,1 @@
+"""llmkata: a specification suite for building an LLM from scratch."""
