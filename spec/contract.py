@@ -1,0 +1,82 @@
+"""The contract: every module, public name and signature an implementation of llmkata provides.
+
+Written once, here. `spec/test_contract.py` checks any implementation against it name by name, and
+`tests/test_contract.py` checks that `reference` and `exercises` expose exactly it.
+
+Signatures are written as `str(inspect.signature(obj))` prints them with annotations dropped: parameter names,
+kinds and defaults, which is all that callers rely on. Classes give their constructor's signature, the signatures
+of the methods the spec calls, and, for `nn.Module`s, the state-dict keys of one example instance, named after
+the Hugging Face Llama convention so that weights move to and from the ecosystem without a renaming table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Function:
+    signature: str
+
+
+@dataclass(frozen=True)
+class Class:
+    init: str
+    methods: dict[str, str] = field(default_factory=dict)
+    # For nn.Modules: the state-dict keys of Class(**example).
+    example: dict[str, Any] | None = None
+    state_dict: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Chapter:
+    number: int
+    module: str
+    title: str
+    names: dict[str, Function | Class]
+
+    @property
+    def spec_file(self) -> str:
+        return f"spec/test_{self.module}.py"
+
+    def where(self, name: str) -> str:
+        """Where a learner goes for `name`.  Example: 'chapter 4 (layers): read spec/test_layers.py'"""
+        return f"chapter {self.number} ({self.title}): read {self.spec_file}"
+
+
+CHAPTERS: list[Chapter] = [
+    # --- chapter 1: text ---
+    # --- chapter 2: tokenizer ---
+    # --- chapter 3: data ---
+    Chapter(4, "layers", "layers", {
+        "softmax": Function("(x, dim=-1)"),
+        "log_softmax": Function("(x, dim=-1)"),
+        "gelu": Function("(x, approximate='none')"),
+        "silu": Function("(x)"),
+        "Linear": Class("(in_features, out_features, bias=True)", {"forward": "(x)"},
+                        example={"in_features": 3, "out_features": 2}, state_dict=("weight", "bias")),
+        "Embedding": Class("(num_embeddings, embedding_dim)", {"forward": "(ids)"},
+                           example={"num_embeddings": 5, "embedding_dim": 3}, state_dict=("weight",)),
+        "LayerNorm": Class("(dim, eps=1e-05, bias=True)", {"forward": "(x)"},
+                           example={"dim": 4}, state_dict=("weight", "bias")),
+        "RMSNorm": Class("(dim, eps=1e-06)", {"forward": "(x)"}, example={"dim": 4}, state_dict=("weight",)),
+        "SwiGLU": Class("(dim, hidden_dim)", {"forward": "(x)"}, example={"dim": 4, "hidden_dim": 6},
+                        state_dict=("gate_proj.weight", "up_proj.weight", "down_proj.weight")),
+    }),
+    # --- chapter 5: rope ---
+    # --- chapter 6: attention ---
+    # --- chapter 7: model ---
+    # --- chapter 8: train ---
+    # --- chapter 9: generate ---
+    # --- chapter 10: evaluate ---
+]
+
+BY_MODULE: dict[str, Chapter] = {chapter.module: chapter for chapter in CHAPTERS}
+
+
+def chapter_of(module: str) -> Chapter:
+    try:
+        return BY_MODULE[module]
+    except KeyError:
+        raise KeyError(f"no chapter has the module {module!r}; the contract knows {sorted(BY_MODULE)}") from None

@@ -1,0 +1,34 @@
+"""Tolerances by dtype, defined once, and the comparison every spec test uses.
+
+Numerics are checked against a float64 computation of the definition; the tolerance is that of the dtype under
+test (float32 keeps about 7 significant digits, bfloat16 about 3).
+"""
+
+import torch
+
+# dtype -> (rtol, atol)
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-10, 1e-12),
+    torch.float32: (1e-5, 1e-6),
+    torch.float16: (1e-3, 1e-4),
+    torch.bfloat16: (1.6e-2, 1e-3),
+}
+
+
+def tolerance(dtype: torch.dtype) -> tuple[float, float]:
+    return TOLERANCES[dtype]
+
+
+def assert_close(actual, expected, what: str, dtype: torch.dtype | None = None, scale: float = 1.0) -> None:
+    """Assert `actual` equals `expected` within the tolerance of `dtype` (default: actual's), times `scale`.
+
+    `what` is the rule, in words, that a mismatch breaks; it leads the failure message.
+    """
+    assert isinstance(actual, torch.Tensor), f"{what}: expected a tensor, got {type(actual).__name__}"
+    rtol, atol = tolerance(dtype or actual.dtype)
+    expected = torch.as_tensor(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
+    torch.testing.assert_close(
+        actual.detach().to(torch.float64), expected.detach().to(torch.float64),
+        rtol=rtol * scale, atol=atol * scale, msg=lambda detail: f"{what}\n{detail}",
+    )
