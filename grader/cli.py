@@ -1,2 +1,72 @@
-def main():
-    print("hi")
+"""The `llmkata` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import llmkata.exercise_generator as generator
+
+
+def _package_dir(name: str) -> Path:
+    import importlib
+    return Path(importlib.import_module(f"llmkata.{name}").__path__[0])
+
+
+def cmd_grade(args) -> int:
+    from llmkata.grade import grade
+
+    try:
+        table, scores = grade(args.impl, seed=args.seed, extra=["-k", args.k] if args.k else [])
+    except (RuntimeError, ValueError) as error:
+        print(f"llmkata grade: {error}", file=sys.stderr)
+        return 2
+    print(table)
+    failed = any(chapter.passed < chapter.total for chapter in scores.values())
+    return 1 if args.strict and failed else 0
+
+
+def cmd_exercises(args) -> int:
+    reference = _package_dir("reference")
+    target = Path(args.out) if args.out else _package_dir("exercises")
+    try:
+        if args.check:
+            stale = generator.stale(reference, target)
+            if stale:
+                print(f"exercises are out of date with reference: {', '.join(stale)}; run `llmkata exercises`",
+                      file=sys.stderr)
+                return 1
+            print("exercises are up to date")
+            return 0
+        written = generator.generate(reference, target)
+    except generator.MarkerError as error:
+        print(f"llmkata exercises: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} file(s) to {target}" + (f": {', '.join(written)}" if written else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llmkata", description="Build an LLM from scratch, one specified part at a time.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    grade = sub.add_parser("grade", help="run the spec against an implementation and score it by chapter")
+    grade.add_argument("impl", nargs="?", default="exercises",
+                       help="exercises (default), reference, a folder or a module name")
+    grade.add_argument("--seed", type=int, default=None, help="hypothesis seed (default: random, printed)")
+    grade.add_argument("-k", default=None, help="only tests matching this pytest -k expression")
+    grade.add_argument("--strict", action="store_true", help="exit 1 unless every test passes")
+    grade.set_defaults(run=cmd_grade)
+
+    ex = sub.add_parser("exercises", help="write exercise stubs from the reference")
+    ex.add_argument("--check", action="store_true", help="fail if exercises/ is out of date")
+    ex.add_argument("--out", default=None, help="write a fresh copy of the stubs to this folder instead")
+    ex.set_defaults(run=cmd_exercises)
+
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

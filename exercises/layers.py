@@ -1,0 +1,118 @@
+# Generated from reference/layers.py by `llmkata exercises`. This copy is yours: replace each stub.
+"""Layers: the small pieces every transformer is built from.
+
+softmax and log_softmax (numerically stable), the activations GELU and SiLU, and the modules Linear, Embedding,
+LayerNorm, RMSNorm and the SwiGLU feed-forward. Each is written from its definition with plain tensor operations;
+torch's own versions (`torch.nn.functional.softmax`, `nn.LayerNorm`, ...) are what the spec is *not* allowed to
+assume you used. Parameter names follow the Hugging Face Llama convention (`weight`, `bias`, `gate_proj`, ...).
+
+Left out: dropout (no regularisation is needed at this scale) and fused kernels (see the attention chapter).
+"""
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    """softmax(x)_i = exp(x_i) / sum_j exp(x_j), along `dim`.
+
+    Subtracting the maximum first changes nothing mathematically (the factor exp(-max) cancels) and keeps every
+    exponent <= 0, so exp never overflows, even at x = 1e4 in float32.
+    """
+    raise NotImplementedError('`layers.softmax` is not implemented yet — chapter 4 (layers): read spec/test_layers.py.')
+
+
+def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
+    """log softmax(x)_i = x_i - logsumexp(x), with logsumexp(x) = max + log sum_j exp(x_j - max).
+
+    Never `softmax(x).log()`: a probability that underflows to 0 would give -inf where the true value is finite.
+    """
+    raise NotImplementedError('`layers.log_softmax` is not implemented yet — chapter 4 (layers): read spec/test_layers.py.')
+
+
+def gelu(x: Tensor, approximate: str = "none") -> Tensor:
+    """GELU(x) = x Φ(x) = x/2 (1 + erf(x/√2)).
+
+    approximate="tanh" gives the GPT-2 form x/2 (1 + tanh(√(2/π) (x + 0.044715 x³))).
+    """
+    raise NotImplementedError('`layers.gelu` is not implemented yet — chapter 4 (layers): read spec/test_layers.py.')
+
+
+def silu(x: Tensor) -> Tensor:
+    """SiLU(x) = x σ(x) = x / (1 + exp(-x)), also called swish."""
+    raise NotImplementedError('`layers.silu` is not implemented yet — chapter 4 (layers): read spec/test_layers.py.')
+
+
+class Linear(nn.Module):
+    """y = x Wᵀ + b for x of shape (..., in_features); W is (out_features, in_features), as in torch and HF."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        # Uniform(-1/√in, 1/√in) keeps the output variance close to the input variance.
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise NotImplementedError('`layers.Linear.forward` is not implemented yet — chapter 4 (layers): read spec/test_layers.py.')
+
+
+class Embedding(nn.Module):
+    """A lookup table: row `i` of `weight` (num_embeddings, embedding_dim) is the vector of token `i`."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_embeddings, embedding_dim) * 0.02)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """(...) integer ids -> (..., embedding_dim)."""
+        raise NotImplementedError('`layers.Embedding.forward` is not implemented yet — chapter 4 (layers): read spec/test_layers.py.')
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm(x) = (x - mean) / sqrt(var + eps) * weight + bias, over the last dimension.
+
+    The variance is the *biased* one (divide by n, not n - 1), as in the original paper and in torch.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise NotImplementedError('`layers.LayerNorm.forward` is not implemented yet — chapter 4 (layers): read spec/test_layers.py.')
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm(x) = x / sqrt(mean(x²) + eps) * weight, over the last dimension (no mean subtraction, no bias).
+
+    Computed in float32 at least, then cast back: in bfloat16 the mean of squares loses too many digits.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise NotImplementedError('`layers.RMSNorm.forward` is not implemented yet — chapter 4 (layers): read spec/test_layers.py.')
+
+
+class SwiGLU(nn.Module):
+    """The Llama feed-forward: down_proj(SiLU(gate_proj(x)) * up_proj(x)), no biases.
+
+    x (..., dim) -> gate and up (..., hidden_dim) -> (..., dim).
+    """
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.gate_proj = Linear(dim, hidden_dim, bias=False)
+        self.up_proj = Linear(dim, hidden_dim, bias=False)
+        self.down_proj = Linear(hidden_dim, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise NotImplementedError('`layers.SwiGLU.forward` is not implemented yet — chapter 4 (layers): read spec/test_layers.py.')

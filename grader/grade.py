@@ -1,0 +1,100 @@
+"""`llmkata grade`: run the spec against an implementation in a child process and score it by chapter.
+
+The child is a fresh `python -m pytest` over the installed spec with `--impl`, so nothing the implementation does
+can change the grader's own state; it reports each test's outcome to a file the parent then reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import llmkata.spec
+from llmkata.spec.contract import BY_MODULE, CHAPTERS
+
+SPEC_DIR = Path(llmkata.spec.__path__[0])
+
+
+@dataclass
+class ChapterScore:
+    number: int
+    module: str
+    passed: int = 0
+    total: int = 0
+    first_failure: str = ""
+    failures: list[str] = field(default_factory=list)
+
+
+def _chapter_module(nodeid: str) -> str:
+    """'spec/test_layers.py::test_x[1]' -> 'layers'"""
+    return Path(nodeid.split("::")[0]).stem.removeprefix("test_")
+
+
+def score(records: list[dict]) -> dict[str, ChapterScore]:
+    scores = {c.module: ChapterScore(c.number, c.module) for c in CHAPTERS}
+    outcomes: dict[str, tuple[str, str]] = {}
+    for record in records:  # a failure in setup, call or teardown fails the test
+        previous = outcomes.get(record["nodeid"])
+        if previous is None or previous[0] == "passed":
+            outcomes[record["nodeid"]] = (record["outcome"], record["message"])
+    for nodeid, (outcome, message) in outcomes.items():
+        module = _chapter_module(nodeid)
+        if module not in scores:
+            scores[module] = ChapterScore(BY_MODULE[module].number if module in BY_MODULE else 99, module)
+        chapter = scores[module]
+        if outcome == "skipped":
+            continue
+        chapter.total += 1
+        if outcome == "passed":
+            chapter.passed += 1
+        else:
+            name = nodeid.split("::")[-1]
+            chapter.failures.append(name)
+            if not chapter.first_failure:
+                chapter.first_failure = f"{name}: {message}"
+    return scores
+
+
+def run_spec(impl: str, seed: int, extra: list[str] = ()) -> list[dict]:
+    with tempfile.TemporaryDirectory(prefix="llmkata-grade-") as workdir:
+        results = Path(workdir) / "results.jsonl"
+        results.touch()
+        env = {**os.environ, "LLMKATA_RESULTS": str(results), "LLMKATA_HYPOTHESIS_PROFILE": "grade"}
+        impl_path = Path(impl).expanduser()
+        impl_arg = str(impl_path.resolve()) if impl_path.is_dir() else impl
+        command = [
+            sys.executable, "-m", "pytest", str(SPEC_DIR), "--impl", impl_arg, "-q", "--no-header", "-rN",
+            "-p", "llmkata.results_plugin", "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", str(SPEC_DIR),
+            f"--hypothesis-seed={seed}", *extra,
+        ]
+        child = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
+        records = [json.loads(line) for line in results.read_text(encoding="utf-8").splitlines() if line]
+        if child.returncode not in (0, 1) or not records:
+            raise RuntimeError(f"the spec did not run (exit {child.returncode}):\n{child.stdout[-3000:]}{child.stderr[-3000:]}")
+        return records
+
+
+def render(impl: str, seed: int, scores: dict[str, ChapterScore]) -> str:
+    rows = [f"llmkata grade — implementation: {impl} (hypothesis seed {seed})", ""]
+    rows.append(f"{'#':>3}  {'chapter':<12} {'passed':>11}   first failing property")
+    passed = total = 0
+    for chapter in sorted(scores.values(), key=lambda c: c.number):
+        if chapter.total == 0:
+            continue
+        passed, total = passed + chapter.passed, total + chapter.total
+        first = chapter.first_failure if len(chapter.first_failure) < 110 else chapter.first_failure[:107] + "..."
+        rows.append(f"{chapter.number:>3}  {chapter.module:<12} {chapter.passed:>5} / {chapter.total:<5}   {first or 'all pass'}")
+    rows += ["", f"     {'total':<12} {passed:>5} / {total:<5}   {100.0 * passed / max(total, 1):.1f}%"]
+    return "\n".join(rows)
+
+
+def grade(impl: str, seed: int | None = None, extra: list[str] = ()) -> tuple[str, dict[str, ChapterScore]]:
+    seed = random.randrange(2**31) if seed is None else seed
+    scores = score(run_spec(impl, seed, extra))
+    return render(impl, seed, scores), scores
