@@ -64,7 +64,13 @@ CHAPTERS: list[Chapter] = [
         "SwiGLU": Class("(dim, hidden_dim)", {"forward": "(x)"}, example={"dim": 4, "hidden_dim": 6},
                         state_dict=("gate_proj.weight", "up_proj.weight", "down_proj.weight")),
     }),
-    # --- chapter 5: rope ---
+    Chapter(5, "rope", "rope", {
+        "rope_frequencies": Function("(head_dim, theta=10000.0)"),
+        "rotate": Function("(x, cos, sin, interleaved=False)"),
+        "apply_rope": Function("(x, positions, theta=10000.0, interleaved=False)"),
+        "RotaryEmbedding": Class("(head_dim, max_positions=2048, theta=10000.0, interleaved=False)",
+                                 {"forward": "(x, positions)"}, example={"head_dim": 4, "max_positions": 8}),
+    }),
     # --- chapter 6: attention ---
     # --- chapter 7: model ---
     # --- chapter 8: train ---

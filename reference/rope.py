@@ -1,0 +1,114 @@
+"""Rotary position embeddings (RoPE): a token's position enters attention as a rotation of its query and key.
+
+The head dimension d is cut into d/2 pairs of coordinates. At position m, pair i is rotated by the angle m·θ_i,
+
+    θ_i = θ^(−2i/d),   i = 0 .. d/2 − 1   (θ = 10000 by default),
+
+so the first pairs turn fast (one radian per position) and the last ones slowly (θ^(−(d−2)/d) per position).
+A pair (x₁, x₂) becomes (x₁ cos mθ_i − x₂ sin mθ_i,  x₁ sin mθ_i + x₂ cos mθ_i). Rotations keep lengths and
+compose, R(m)ᵀ R(n) = R(n − m), hence for a query at position m and a key at position n
+
+    ⟨R(m) q, R(n) k⟩ = ⟨q, R(n − m) k⟩:
+
+the attention score sees the two positions only through their difference. Nothing is added to the token
+embeddings, and no parameter is learned.
+
+Two ways of pairing the d coordinates are in use; one flag chooses:
+- split halves (`interleaved=False`, the default; Hugging Face Llama, GPT-NeoX): pair i is (x_i, x_{i+d/2});
+- adjacent pairs (`interleaved=True`; the RoPE paper, Meta's original Llama code): pair i is (x_{2i}, x_{2i+1}).
+They compute the same rotation on permuted coordinates: adjacent-pairs RoPE of x equals split-halves RoPE of
+x[perm] put back in place, with perm = [0, 2, 4, ..., 1, 3, 5, ...]. A checkpoint trained with one convention runs
+under the other once the rows of its query and key projections are permuted (see `model.save_hf`).
+
+Left out: RoPE scaling for contexts longer than the training one (linear, NTK, YaRN, Llama 3 frequency bands) and
+rotating only part of the head dimension.
+"""
+
+import torch
+from torch import Tensor, nn
+
+
+def rope_frequencies(head_dim: int, theta: float = 10000.0) -> Tensor:
+    """The d/2 angular frequencies θ_i = θ^(−2i/d), in float64, fastest first.
+
+    Example: rope_frequencies(4, theta=100.0) -> tensor([1.0, 0.1])
+    """
+    # BEGIN SOLUTION
+    if not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 2:
+        raise ValueError(f"RoPE rotates pairs of coordinates: head_dim must be a positive even number, got {head_dim}")
+    if not theta > 0:
+        raise ValueError(f"the RoPE base theta must be positive, got {theta}")
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim  # 2i/d for i = 0 .. d/2 - 1
+    return theta ** (-exponents)
+    # END SOLUTION
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
+    """Rotate every pair of coordinates of x by the angles whose cosines and sines are given.
+
+    x: (..., d); cos, sin: (..., d/2), broadcastable against x[..., :d/2]; pair i turns by the angle of column i.
+    Split halves pair x_i with x_{i+d/2}; adjacent pairs (interleaved) pair x_{2i} with x_{2i+1}.
+    """
+    # BEGIN SOLUTION
+    if interleaved:
+        x1, x2 = x[..., 0::2], x[..., 1::2]  # (..., d/2) each
+        rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (..., d/2, 2)
+        return rotated.flatten(-2)  # (..., d): back to x0', x1', x2', ...
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    # END SOLUTION
+
+
+def apply_rope(x: Tensor, positions: Tensor, theta: float = 10000.0, interleaved: bool = False) -> Tensor:
+    """Rotate x (..., T, d) as if its vectors sat at `positions`, computing the angles directly.
+
+    positions: integers (or floats) broadcastable against x.shape[:-1], e.g. (T,) for every row alike, or
+    (B, 1, T) for x of shape (B, H, T, d). Any value is allowed: negative positions rotate backwards, so
+    apply_rope(apply_rope(x, p), -p) == x. The angles are computed in float64, the rotation in x's dtype.
+    """
+    positions = torch.as_tensor(positions, device=x.device)
+    try:
+        torch.broadcast_shapes(positions.shape, x.shape[:-1])
+    except RuntimeError:
+        raise ValueError(
+            f"positions of shape {tuple(positions.shape)} do not broadcast against the {tuple(x.shape[:-1])} "
+            f"vectors of x (shape {tuple(x.shape)})") from None
+    frequencies = rope_frequencies(x.shape[-1], theta)
+    # BEGIN SOLUTION
+    angles = positions.to(torch.float64)[..., None] * frequencies.to(x.device)  # (..., T, d/2)
+    return rotate(x, angles.cos().to(x.dtype), angles.sin().to(x.dtype), interleaved)
+    # END SOLUTION
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE with the cosines and sines of positions 0 .. max_positions − 1 computed once and looked up.
+
+    The tables are buffers that are not saved in the state dict (they follow from the constructor's arguments);
+    they are kept in float64 and cast to the input's dtype on use. forward(x, positions) equals
+    apply_rope(x, positions, theta, interleaved) for positions inside the table, and raises for any other.
+    """
+
+    def __init__(self, head_dim: int, max_positions: int = 2048, theta: float = 10000.0, interleaved: bool = False):
+        super().__init__()
+        if not isinstance(max_positions, int) or max_positions <= 0:
+            raise ValueError(f"max_positions must be a positive number of positions, got {max_positions}")
+        self.head_dim, self.max_positions, self.theta, self.interleaved = head_dim, max_positions, theta, interleaved
+        angles = torch.outer(torch.arange(max_positions, dtype=torch.float64), rope_frequencies(head_dim, theta))
+        self.register_buffer("cos", angles.cos(), persistent=False)  # (max_positions, d/2)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+        """x (..., T, d) rotated to `positions` (integers in [0, max_positions), broadcastable to x.shape[:-1])."""
+        # BEGIN SOLUTION
+        if x.shape[-1] != self.head_dim:
+            raise ValueError(f"this RotaryEmbedding rotates vectors of size {self.head_dim}, got size {x.shape[-1]}")
+        if positions.numel() and (positions.min() < 0 or positions.max() >= self.max_positions):
+            low, high = int(positions.min()), int(positions.max())
+            # A position past the table is a sequence longer than the context: say so rather than index out of range.
+            raise ValueError(f"positions {low}..{high} are outside the RoPE table of {self.max_positions} positions "
+                             f"(0..{self.max_positions - 1})")
+        cos = self.cos[positions].to(x.dtype)  # (..., T, d/2)
+        sin = self.sin[positions].to(x.dtype)
+        return rotate(x, cos, sin, self.interleaved)
+        # END SOLUTION

@@ -1,0 +1,195 @@
+"""Chapter 5 — rope: rotary position embeddings.
+
+RoPE rotates pair i of a vector at position m by the angle m·θ_i, θ_i = θ^(−2i/d). The spec checks that definition
+against complex multiplication in float64, then the properties attention relies on: lengths are kept, position 0
+changes nothing, scores depend only on relative positions, rotating back undoes, the two pairing conventions are
+one rotation up to a permutation, and the cached tables agree with the direct computation.
+"""
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from .strategies import float_dtypes, seeds, shapes, tensors
+from .tolerances import assert_close
+
+thetas = st.sampled_from([10000.0, 500.0, 1e6])
+half_dims = st.integers(1, 8)
+
+
+def assert_rejects(call, *numbers, what: str) -> None:
+    """`call()` must raise a ValueError (or TypeError) whose message names each of `numbers`."""
+    try:
+        call()
+    except NotImplementedError:
+        raise
+    except (ValueError, TypeError) as error:
+        missing = [n for n in numbers if str(n) not in str(error)]
+        assert not missing, f"{what}: the error must name {missing}; it says: {error}"
+    except Exception as error:
+        raise AssertionError(f"{what}: expected a ValueError naming {numbers}, got {type(error).__name__}: {error}")
+    else:
+        raise AssertionError(f"{what}: expected a ValueError naming {numbers}, but nothing was raised")
+
+
+@st.composite
+def rope_cases(draw, dtype=None, max_position=2000):
+    """(x of shape (*lead, T, d), positions of shape (T,), theta, interleaved)."""
+    d = 2 * draw(half_dims)
+    lead = draw(shapes(min_dims=0, max_dims=2, max_side=3))
+    length = draw(st.integers(1, 6))
+    x = draw(tensors(shape=(*lead, length, d), dtype=dtype or draw(float_dtypes)))
+    positions = torch.tensor(draw(st.lists(st.integers(0, max_position), min_size=length, max_size=length)))
+    return x, positions, draw(thetas), draw(st.booleans())
+
+
+def pairs_of(x: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """The d/2 rotated pairs of x as complex numbers x₁ + i·x₂, in float64: (..., d/2)."""
+    x = x.double()
+    if interleaved:
+        return torch.complex(x[..., 0::2], x[..., 1::2])
+    half = x.shape[-1] // 2
+    return torch.complex(x[..., :half], x[..., half:])
+
+
+def from_pairs(z: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    if interleaved:
+        return torch.stack((z.real, z.imag), dim=-1).flatten(-2)
+    return torch.cat((z.real, z.imag), dim=-1)
+
+
+def rope64(x: torch.Tensor, positions: torch.Tensor, theta: float, interleaved: bool) -> torch.Tensor:
+    """The definition: pair i times e^(i·m·θ_i), with θ_i = θ^(−2i/d), in float64."""
+    d = x.shape[-1]
+    frequencies = torch.tensor([theta ** (-2 * i / d) for i in range(d // 2)], dtype=torch.float64)
+    angles = positions.double()[..., None] * frequencies
+    return from_pairs(pairs_of(x, interleaved) * torch.polar(torch.ones_like(angles), angles), interleaved)
+
+
+# ---------------------------------------------------------------- the definition
+
+
+@given(half_dims, thetas)
+def test_frequencies_are_theta_to_the_minus_2i_over_d(impl, half, theta):
+    d = 2 * half
+    frequencies = impl.rope.rope_frequencies(d, theta=theta)
+    expected = torch.tensor([theta ** (-2 * i / d) for i in range(half)], dtype=torch.float64)
+    assert_close(frequencies, expected, f"rope_frequencies({d}, theta={theta}) must be θ^(−2i/d) for i = 0..{half - 1}",
+                 dtype=torch.float64, scale=100)
+
+
+@given(rope_cases())
+def test_rope_rotates_pair_i_by_position_times_theta_i(impl, case):
+    x, positions, theta, interleaved = case
+    out = impl.rope.apply_rope(x, positions, theta=theta, interleaved=interleaved)
+    assert out.dtype == x.dtype, f"apply_rope must keep the dtype of x ({x.dtype}), got {out.dtype}"
+    convention = "adjacent pairs (x_2i, x_2i+1)" if interleaved else "split halves (x_i, x_i+d/2)"
+    assert_close(out, rope64(x, positions, theta, interleaved),
+                 f"apply_rope (interleaved={interleaved}) must turn each pair of {convention} at position m by the "
+                 f"angle m·θ_i, counterclockwise: (x₁ cos − x₂ sin, x₁ sin + x₂ cos)", scale=10)
+
+
+@given(rope_cases(), seeds)
+def test_rotate_turns_each_pair_by_the_given_angle(impl, case, seed):
+    x, _, _, interleaved = case
+    generator = torch.Generator().manual_seed(seed)
+    angles = torch.rand(x.shape[-2], x.shape[-1] // 2, generator=generator, dtype=torch.float64) * 20 - 10
+    out = impl.rope.rotate(x, angles.cos().to(x.dtype), angles.sin().to(x.dtype), interleaved=interleaved)
+    expected = from_pairs(pairs_of(x, interleaved) * torch.polar(torch.ones_like(angles), angles), interleaved)
+    assert_close(out, expected, f"rotate(x, cos, sin, interleaved={interleaved}) must turn pair i by the angle of "
+                                "column i of cos/sin: (x₁ cos − x₂ sin, x₁ sin + x₂ cos)", scale=10)
+
+
+# ---------------------------------------------------------------- the properties attention relies on
+
+
+@given(rope_cases())
+def test_rotation_preserves_the_norm_of_every_pair(impl, case):
+    x, positions, theta, interleaved = case
+    out = impl.rope.apply_rope(x, positions, theta=theta, interleaved=interleaved)
+    assert_close(pairs_of(out, interleaved).abs(), pairs_of(x, interleaved).abs(),
+                 "RoPE must keep the length of every rotated pair (a rotation, not a scaling)",
+                 dtype=x.dtype, scale=10)
+
+
+@given(rope_cases())
+def test_position_zero_is_the_identity(impl, case):
+    x, positions, theta, interleaved = case
+    out = impl.rope.apply_rope(x, torch.zeros_like(positions), theta=theta, interleaved=interleaved)
+    assert_close(out, x, "RoPE at position 0 must leave the vector unchanged (angle 0·θ_i = 0)")
+
+
+@given(half_dims, st.integers(0, 1000), st.integers(0, 1000), st.integers(-500, 500), thetas, st.booleans(), seeds)
+def test_scores_depend_only_on_the_relative_position(impl, half, m, n, shift, theta, interleaved, seed):
+    d = 2 * half
+    generator = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(2, 1, d, generator=generator, dtype=torch.float64)
+
+    def score(a: int, b: int) -> torch.Tensor:
+        rq = impl.rope.apply_rope(q, torch.tensor([a]), theta=theta, interleaved=interleaved)
+        rk = impl.rope.apply_rope(k, torch.tensor([b]), theta=theta, interleaved=interleaved)
+        return (rq * rk).sum()
+
+    assert_close(score(m + shift, n + shift), score(m, n),
+                 f"⟨R(m)q, R(n)k⟩ must depend only on n − m: positions ({m}, {n}) and ({m + shift}, {n + shift}) "
+                 "must give the same score", scale=1000)
+
+
+@given(rope_cases(max_position=1000))
+def test_rotating_by_minus_m_inverts(impl, case):
+    x, positions, theta, interleaved = case
+    there = impl.rope.apply_rope(x, positions, theta=theta, interleaved=interleaved)
+    back = impl.rope.apply_rope(there, -positions, theta=theta, interleaved=interleaved)
+    assert_close(back, x, "rotating by −m after rotating by m must give back the vector (negative positions rotate "
+                          "backwards)", scale=10)
+
+
+@given(rope_cases())
+def test_pairing_conventions_agree_under_the_permutation(impl, case):
+    x, positions, theta, _ = case
+    d = x.shape[-1]
+    perm = torch.cat((torch.arange(0, d, 2), torch.arange(1, d, 2)))  # adjacent pairs -> split halves
+    adjacent = impl.rope.apply_rope(x, positions, theta=theta, interleaved=True)
+    halves = impl.rope.apply_rope(x[..., perm], positions, theta=theta, interleaved=False)
+    assert_close(adjacent[..., perm], halves,
+                 f"adjacent-pairs RoPE must equal split-halves RoPE on the permuted coordinates {perm.tolist()}",
+                 scale=10)
+
+
+# ---------------------------------------------------------------- the cached tables
+
+
+@given(rope_cases(max_position=63), st.booleans(), seeds)
+def test_cached_tables_equal_the_direct_computation_at_any_positions(impl, case, per_row, seed):
+    x, positions, theta, interleaved = case
+    d = x.shape[-1]
+    if per_row and x.dim() >= 3:  # one row of positions per leading index, as in batched decoding with offsets
+        generator = torch.Generator().manual_seed(seed)
+        positions = torch.randint(0, 64, x.shape[:-1], generator=generator)
+    rotary = impl.rope.RotaryEmbedding(d, max_positions=64, theta=theta, interleaved=interleaved)
+    out = rotary(x, positions)
+    assert out.dtype == x.dtype, f"RotaryEmbedding must keep the dtype of x ({x.dtype}), got {out.dtype}"
+    assert_close(out, rope64(x, positions, theta, interleaved),
+                 f"RotaryEmbedding(x, positions) must rotate each vector to its own position "
+                 f"{positions.tolist()}, as apply_rope does", scale=10)
+    assert list(rotary.state_dict()) == [], (
+        "RoPE learns nothing: its cos/sin tables must be buffers left out of the state dict (persistent=False)")
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_rejects_an_odd_head_dimension(impl):
+    rope_frequencies, apply_rope, rotary = impl.rope.rope_frequencies, impl.rope.apply_rope, impl.rope.RotaryEmbedding
+    assert_rejects(lambda: rope_frequencies(5), 5, what="rope_frequencies(5): RoPE needs pairs")
+    assert_rejects(lambda: apply_rope(torch.ones(3, 7), torch.arange(3)), 7, what="apply_rope on vectors of size 7")
+    assert_rejects(lambda: rotary(9, max_positions=16), 9, what="RotaryEmbedding(9)")
+
+
+def test_rejects_positions_outside_the_table(impl):
+    rotary = impl.rope.RotaryEmbedding(4, max_positions=16)
+    x = torch.ones(2, 4)
+    assert_rejects(lambda: rotary(x, torch.tensor([3, 16])), 16,
+                   what="RotaryEmbedding(4, max_positions=16) at position 16")
+    assert_rejects(lambda: rotary(x, torch.tensor([-1, 0])), -1,
+                   what="RotaryEmbedding(4, max_positions=16) at position -1")
