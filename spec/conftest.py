@@ -6,6 +6,8 @@
     LLMKATA_IMPL=my_package pytest spec  # any importable package
 """
 
+import functools
+
 import pytest
 
 from llmkata.impl import Implementation, Missing, load
@@ -39,10 +41,34 @@ def impl(request) -> Implementation:
     return request.config.llmkata_impl
 
 
+class StubReached(BaseException):
+    """Raised through hypothesis (which only shrinks Exceptions) when a stub or missing name is hit: a stub fails
+    the same way for every input, so shrinking it would only cost time."""
+
+
+def _stop_at_first_stub(inner_test):
+    @functools.wraps(inner_test)
+    def wrapper(*args, **kwargs):
+        try:
+            return inner_test(*args, **kwargs)
+        except (NotImplementedError, Missing) as error:
+            raise StubReached(str(error)) from error
+
+    wrapper.stops_at_stub = True
+    return wrapper
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        handle = getattr(getattr(item, "obj", None), "hypothesis", None)
+        if handle is not None and not getattr(handle.inner_test, "stops_at_stub", False):
+            handle.inner_test = _stop_at_first_stub(handle.inner_test)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
-    if call.excinfo is not None and call.excinfo.errisinstance((NotImplementedError, Missing)):
+    if call.excinfo is not None and call.excinfo.errisinstance((NotImplementedError, Missing, StubReached)):
         # A stub or a missing name: the sentence says everything; a traceback into the stub adds nothing.
         report.longrepr = str(call.excinfo.value).splitlines()[0] or "not implemented yet"
     return report

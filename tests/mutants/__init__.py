@@ -17,10 +17,11 @@ class Mutant:
     replacement: Any  # the wrong implementation: a function or a class
     caught_by: tuple[str, ...]  # names of spec tests in spec/test_<module>.py that must fail
     why: str = ""  # the mistake, in words
+    spec: str = ""  # the spec file's module when it is not the target's (e.g. "contract")
 
     @property
-    def module(self) -> str:
-        return self.target.split(".")[0]
+    def spec_module(self) -> str:
+        return self.spec or self.target.split(".")[0]
 
 
 def all_mutants() -> list[Mutant]:

@@ -1,0 +1,3 @@
+from llmkata.spec import profiles
+
+profiles.load()
