@@ -47,6 +47,14 @@ def cmd_exercises(args) -> int:
     return 0
 
 
+def cmd_bench(args, extra: list[str]) -> int:
+    import subprocess
+
+    command = [sys.executable, "-m", "pytest", str(_package_dir("benchmarks")), "--impl", args.impl,
+               "-p", "no:cacheprovider", "-o", "addopts=", *extra]
+    return subprocess.run(command).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llmkata", description="Build an LLM from scratch, one specified part at a time.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,8 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--out", default=None, help="write a fresh copy of the stubs to this folder instead")
     ex.set_defaults(run=cmd_exercises)
 
-    args = parser.parse_args(argv)
-    return args.run(args)
+    bench = sub.add_parser("bench", help="run the benchmarks (extra arguments go to pytest)")
+    bench.add_argument("--impl", default="reference", help="reference (default), exercises, a folder or a module name")
+    bench.set_defaults(run=cmd_bench)
+
+    args, extra = parser.parse_known_args(argv)
+    if args.command != "bench" and extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args.run(args, extra) if args.command == "bench" else args.run(args)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,17 @@ PROFILE = profiles.load()
 
 
 def pytest_addoption(parser):
-    parser.addoption("--impl", default=None,
-                     help="implementation under test: reference (default), exercises, a folder or a module name; "
-                          "also $LLMKATA_IMPL")
+    try:
+        parser.addoption("--impl", default=None,
+                         help="implementation under test: reference (default), exercises, a folder or a module "
+                              "name; also $LLMKATA_IMPL")
+    except ValueError:  # benchmarks/conftest.py added it already
+        pass
 
 
 def pytest_configure(config):
+    if hasattr(config, "llmkata_impl"):
+        return
     try:
         config.llmkata_impl = load(config.getoption("--impl"))
     except ValueError as error:

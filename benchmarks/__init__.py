@@ -1,0 +1,1 @@
+"""llmkata benchmarks: correctness first, then speed as a ratio to a baseline measured in the same run."""
