@@ -46,7 +46,8 @@ def score(records: list[dict]) -> dict[str, ChapterScore]:
         previous = outcomes.get(record["nodeid"])
         if previous is None or previous[0] == "passed":
             outcomes[record["nodeid"]] = (record["outcome"], record["message"])
-    for nodeid, (outcome, message) in outcomes.items():
+    # A chapter's own properties come before its contract checks: they say more about what to do first.
+    for nodeid, (outcome, message) in sorted(outcomes.items(), key=lambda item: "test_contract.py" in item[0]):
         module = _chapter_module(nodeid)
         if module not in scores:
             scores[module] = ChapterScore(BY_MODULE[module].number if module in BY_MODULE else 99, module)
@@ -64,7 +65,7 @@ def score(records: list[dict]) -> dict[str, ChapterScore]:
     return scores
 
 
-def run_spec(impl: str, seed: int, extra: list[str] = ()) -> list[dict]:
+def run_spec(impl: str, seed: int, extra: list[str] = (), timeout: float = 1800) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="llmkata-grade-") as workdir:
         results = Path(workdir) / "results.jsonl"
         results.touch()
@@ -76,7 +77,10 @@ def run_spec(impl: str, seed: int, extra: list[str] = ()) -> list[dict]:
             "-p", "llmkata.results_plugin", "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", str(SPEC_DIR),
             f"--hypothesis-seed={seed}", *extra,
         ]
-        child = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
+        try:
+            child = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"the spec did not finish within {timeout:.0f} s; is something stuck in a loop?") from None
         records = [json.loads(line) for line in results.read_text(encoding="utf-8").splitlines() if line]
         if child.returncode not in (0, 1) or not records:
             raise RuntimeError(f"the spec did not run (exit {child.returncode}):\n{child.stdout[-3000:]}{child.stderr[-3000:]}")
@@ -91,8 +95,10 @@ def render(impl: str, seed: int, scores: dict[str, ChapterScore]) -> str:
         if chapter.total == 0:
             continue
         passed, total = passed + chapter.passed, total + chapter.total
-        first = chapter.first_failure if len(chapter.first_failure) < 110 else chapter.first_failure[:107] + "..."
-        rows.append(f"{chapter.number:>3}  {chapter.module:<12} {chapter.passed:>5} / {chapter.total:<5}   {first or 'all pass'}")
+        name, _, message = chapter.first_failure.partition(": ")
+        rows.append(f"{chapter.number:>3}  {chapter.module:<12} {chapter.passed:>5} / {chapter.total:<5}   {name or 'all pass'}")
+        if message:
+            rows.append(f"{'':>32}↳ {message if len(message) <= 200 else message[:197] + '...'}")
     rows += ["", f"     {'total':<12} {passed:>5} / {total:<5}   {100.0 * passed / max(total, 1):.1f}%"]
     return "\n".join(rows)
 

@@ -31,4 +31,8 @@ def test_module_defines_exactly_the_contract_names(which, chapter):
 @pytest.mark.parametrize("which", ["reference", "exercises"])
 @pytest.mark.parametrize("chapter, name, entry", spec_contract.NAMES, ids=[f"{c.module}.{n}" for c, n, _ in spec_contract.NAMES])
 def test_signatures_match_the_contract(which, chapter, name, entry):
-    spec_contract.test_signature_matches_the_contract(load(which), chapter, name, entry)
+    try:
+        spec_contract.test_signature_matches_the_contract(load(which), chapter, name, entry)
+    except NotImplementedError:
+        # The state-dict check builds an example instance; a stub constructor stops it after the signatures passed.
+        assert which == "exercises", f"reference.{chapter.module}.{name} is a stub"
