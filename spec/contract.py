@@ -47,7 +47,20 @@ class Chapter:
 
 CHAPTERS: list[Chapter] = [
     # --- chapter 1: text ---
-    # --- chapter 2: tokenizer ---
+    Chapter(2, "tokenizer", "tokenizer", {
+        # Tokenizers also carry `vocab` (id -> bytes), `special_tokens` (str -> id) and a classmethod `load(path)`;
+        # Tokenizer carries `merges` and `pattern`, SentencePieceTokenizer `model` (the .model file's bytes).
+        "train_bpe": Function("(data, vocab_size, special_tokens=(), pattern='gpt4', num_workers=None)"),
+        "Tokenizer": Class("(vocab, merges, special_tokens=(), pattern='gpt4')", {
+            "encode": "(text, allowed_special='all')", "decode": "(ids)",
+            "encode_iterable": "(iterable, allowed_special='all')", "save": "(path)"}),
+        "train_sentencepiece": Function("(data, vocab_size, special_tokens=())"),
+        "SentencePieceTokenizer": Class("(model)", {
+            "encode": "(text, allowed_special='all')", "decode": "(ids)",
+            "encode_iterable": "(iterable, allowed_special='all')", "save": "(path)"}),
+        "to_tiktoken": Function("(tokenizer, name='llmkata')"),
+        "to_hf_tokenizer": Function("(tokenizer)"),
+    }),
     # --- chapter 3: data ---
     Chapter(4, "layers", "layers", {
         "softmax": Function("(x, dim=-1)"),
