@@ -1,0 +1,416 @@
+"""Text: load a corpus, clean it, filter it for quality and remove exact and near duplicates.
+
+A model is only as good as its data. This module turns raw documents into a corpus worth training on:
+
+    load      default_corpus(), load_text_files(paths), load_jsonl(paths), load_hf_dataset(...): lazy iterators
+    clean     clean(text) = normalize_whitespace(normalize_unicode(remove_control_characters(text)))
+    filter    quality rules in the spirit of Gopher (Rae et al., 2021), thresholds in one QualityConfig
+    dedup     exact_dedup (hash of the normalised text, keeps the first); near_dedup (MinHash + LSH, text_minhash.py)
+    pipeline  clean_corpus(docs) chains them and records in a FilterReport why each document was dropped
+
+Every stage takes an iterable of documents (str) and yields documents, so a corpus larger than memory streams
+through. Left out: language identification, toxicity and PII filters, perplexity filters, repetition rules on
+n-grams and paragraphs, URL and boilerplate heuristics.
+
+Non-UTF-8 input is a documented choice: by default a loader raises one ValueError that names the file and the
+byte offset; with errors="replace" every invalid sequence becomes U+FFFD and a UnicodeWarning reports how many.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+import unicodedata
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .text_minhash import estimate_jaccard, jaccard, minhash_signatures, near_dedup, shingles
+
+__all__ = [
+    "default_corpus", "decode_utf8", "load_text_files", "load_jsonl", "load_hf_dataset",
+    "normalize_unicode", "remove_control_characters", "normalize_whitespace", "clean",
+    "QualityConfig", "FilterReport", "word_count", "mean_word_length", "symbol_to_word_ratio",
+    "alphabetic_word_fraction", "duplicate_line_fraction", "failed_rules", "quality_filter",
+    "dedup_key", "exact_dedup", "shingles", "jaccard", "minhash_signatures", "estimate_jaccard", "near_dedup",
+    "clean_corpus",
+]
+
+ERRORS = ("strict", "replace")
+
+
+# ----------------------------------------------------------------------------------------------------------- loading
+
+def default_corpus() -> Iterator[str]:
+    """The corpus that ships with every Python: the `pydoc_data` topics (~465 KB of English), one document per topic.
+
+    Example: next(default_corpus()).splitlines()[0] -> 'The "assert" statement'
+    """
+    # BEGIN SOLUTION
+    from pydoc_data.topics import topics  # imported on first use: 0.5 MB of text
+
+    yield from topics.values()
+    # END SOLUTION
+
+
+def decode_utf8(data: bytes, source: str = "<bytes>", errors: str = "strict") -> str:
+    """Decode UTF-8 bytes.  errors="strict": invalid bytes raise a ValueError naming `source` and the byte offset;
+    errors="replace": each invalid sequence becomes U+FFFD and a UnicodeWarning says how many were replaced.
+
+    Example: decode_utf8(b"caf\\xc3\\xa9") -> 'café'
+    """
+    # BEGIN SOLUTION
+    if errors not in ERRORS:
+        raise ValueError(f"errors must be one of {ERRORS}, got {errors!r}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if errors == "strict":
+            bad = data[error.start:error.end]
+            raise ValueError(
+                f"{source}: not valid UTF-8 at byte {error.start} ({bad!r}: {error.reason}); fix the file or "
+                f"load it with errors='replace'"
+            ) from None
+    text = data.decode("utf-8", errors="replace")
+    # U+FFFD may already be in the file, encoded correctly: count only the ones decoding introduced.
+    replaced = text.count("\ufffd") - data.count("\ufffd".encode("utf-8"))
+    warnings.warn(f"{source}: replaced {replaced} invalid UTF-8 sequence(s) with U+FFFD", UnicodeWarning, stacklevel=3)
+    return text
+    # END SOLUTION
+
+
+def _expand(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[Path]:
+    """Files named by a path, a glob pattern ('data/**/*.txt') or a folder (every *.txt under it), in sorted order."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    for entry in paths:
+        entry = os.fspath(entry)
+        if os.path.isdir(entry):
+            matches = sorted(glob.glob(os.path.join(glob.escape(entry), "**", "*.txt"), recursive=True))
+        elif glob.has_magic(entry):
+            matches = sorted(glob.glob(entry, recursive=True))
+        elif os.path.exists(entry):
+            matches = [entry]
+        else:
+            raise ValueError(f"no such file: {entry!r}")
+        if not matches:
+            raise ValueError(f"no files match {entry!r}")
+        yield from (Path(match) for match in matches)
+
+
+def load_text_files(paths, errors: str = "strict") -> Iterator[str]:
+    """One document per file, read lazily: a file is opened only when its document is asked for.
+
+    `paths`: a path, a glob pattern, a folder (its *.txt files, recursively) or a list of them.
+    `errors`: what to do with bytes that are not UTF-8 (see decode_utf8).
+    """
+    # BEGIN SOLUTION
+    for path in _expand(paths):
+        yield decode_utf8(path.read_bytes(), source=str(path), errors=errors)
+    # END SOLUTION
+
+
+def load_jsonl(paths, field: str = "text", errors: str = "strict") -> Iterator[str]:
+    """One document per line of JSON Lines files: the string in `field` of each object.  Blank lines are skipped.
+
+    A line that is not JSON, not an object, or lacks `field` raises a ValueError naming the file and line number.
+    Example line: {"text": "Hello.", "url": "https://example.com"}
+    """
+    # BEGIN SOLUTION
+    for path in _expand(paths):
+        with open(path, "rb") as file:
+            for number, raw in enumerate(file, start=1):
+                where = f"{path}:{number}"
+                line = decode_utf8(raw, source=where, errors=errors)
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
+                if not isinstance(record, dict):
+                    raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+                if field not in record:
+                    raise ValueError(f"{where}: no field {field!r} in this line (it has {sorted(record)})")
+                if not isinstance(record[field], str):
+                    raise ValueError(f"{where}: field {field!r} is {type(record[field]).__name__}, not a string")
+                yield record[field]
+    # END SOLUTION
+
+
+def load_hf_dataset(dataset, field: str = "text", split: str = "train", streaming: bool = False,
+                    **load_kwargs) -> Iterator[str]:
+    """Documents from a Hugging Face `datasets` dataset: the string in `field` of each row.
+
+    `dataset` is a name or path for `datasets.load_dataset(dataset, split=split, streaming=streaming, **load_kwargs)`
+    (e.g. load_hf_dataset("json", data_files="corpus.jsonl", streaming=True)), or an already loaded Dataset or
+    IterableDataset. With streaming=True rows are read as they are asked for, nothing is downloaded in full.
+    """
+    # BEGIN SOLUTION
+    if isinstance(dataset, (str, os.PathLike)):
+        try:
+            import datasets
+        except ImportError:
+            raise ImportError("load_hf_dataset needs the `datasets` package: pip install datasets") from None
+        dataset = datasets.load_dataset(os.fspath(dataset), split=split, streaming=streaming, **load_kwargs)
+    for number, row in enumerate(dataset):
+        value = row.get(field) if isinstance(row, dict) else None
+        if not isinstance(value, str):
+            fields = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise ValueError(f"row {number}: no string field {field!r} (the row has {fields})")
+        yield value
+    # END SOLUTION
+
+
+# ---------------------------------------------------------------------------------------------------------- cleaning
+
+UNICODE_FORMS = ("NFC", "NFKC")
+
+# Translation tables, built once. Control characters (category Cc) all lie in U+0000-U+009F; the whitespace ones
+# among them (tab, line feed, form feed, U+001C-U+001F, U+0085 ...) are left to normalize_whitespace. U+FEFF
+# (byte-order mark) and U+200B (zero-width space) are invisible and carry no text; the zero-width joiner U+200D
+# stays: it glues emoji sequences together.
+_CONTROLS = {i: None for i in range(0xA0) if unicodedata.category(chr(i)) == "Cc" and not chr(i).isspace()}
+_CONTROLS.update({0xFEFF: None, 0x200B: None})
+# Whitespace other than ' ', tab and newline (all of it lies below U+3001): line breaks -> '\n', the rest -> ' '.
+# str.splitlines() knows which ones break lines.
+_SPACES = {
+    i: ("\n" if len(f"a{chr(i)}b".splitlines()) == 2 else " ")
+    for i in range(0x3001) if chr(i).isspace() and chr(i) not in " \t\n"
+}
+
+
+def normalize_unicode(text: str, form: str = "NFC") -> str:
+    """Unicode normalisation: one code point sequence for one text.  'e' + U+0301 (combining acute) -> 'é' (U+00E9).
+
+    NFC composes canonically equivalent sequences. NFKC also folds compatibility variants: 'ﬁ' -> 'fi',
+    full-width 'Ａ' -> 'A', no-break space -> space. Both are idempotent.
+    """
+    # BEGIN SOLUTION
+    if form not in UNICODE_FORMS:
+        raise ValueError(f"form must be one of {UNICODE_FORMS}, got {form!r}")
+    return unicodedata.normalize(form, text)
+    # END SOLUTION
+
+
+def remove_control_characters(text: str) -> str:
+    """Drop control characters (Unicode category Cc) except the whitespace ones (tab, newlines, form feed ...:
+    normalize_whitespace turns those into spaces and line breaks), and the invisible U+FEFF and U+200B.
+
+    Example: 'bell\\x07 and\\x00 null\\ufeff' -> 'bell and null'
+    """
+    # BEGIN SOLUTION
+    return text.translate(_CONTROLS)
+    # END SOLUTION
+
+
+def normalize_whitespace(text: str) -> str:
+    """Uniform whitespace, structure kept:
+
+    1. every line break (\\r\\n, \\r, \\v, \\f, U+0085, U+2028, U+2029, ...) becomes '\\n';
+    2. every other whitespace character except tab (no-break space, ideographic space ...) becomes ' ';
+    3. spaces and tabs at the end of a line go; 4. runs of blank lines shrink to one blank line;
+    5. whitespace at both ends of the document goes.
+
+    Indentation and runs of spaces inside a line stay: they carry meaning in code and tables.
+    Example: ' a \\r\\n\\n\\n\\u00a0b\\t' -> 'a\\n\\n b'
+    """
+    # BEGIN SOLUTION
+    text = text.replace("\r\n", "\n").translate(_SPACES)  # "\r\n" first, or it would become two line breaks
+    text = re.sub(r"[ \t]+\n", "\n", text)
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return text.strip(" \t\n")
+    # END SOLUTION
+
+
+def clean(text: str, form: str = "NFC") -> str:
+    """normalize_whitespace(normalize_unicode(remove_control_characters(text), form)).  Idempotent.
+
+    The order matters: removing a control character between 'e' and a combining accent makes a pair that
+    normalisation composes, so controls go first; normalisation can make spaces (NFKC: U+00A0 -> ' '), so
+    whitespace goes last. Cleaning never makes a text longer than its Unicode normalisation; normalisation alone
+    can (NFC decomposes a few characters, e.g. U+FB2C -> three code points).
+    """
+    # BEGIN SOLUTION
+    return normalize_whitespace(normalize_unicode(remove_control_characters(text), form))
+    # END SOLUTION
+
+
+# --------------------------------------------------------------------------------------------------- quality filters
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Thresholds of the quality rules, after Gopher (Rae et al., 2021, appendix A.1.1). A document passes when
+
+    min_words <= words <= max_words, min_mean_word_length <= mean word length <= max_mean_word_length,
+    symbols ('#', '...', '…') per word <= max_symbol_word_ratio, words with a letter >= min_alphabetic_fraction,
+    lines repeating an earlier line <= max_duplicate_line_fraction.
+    """
+
+    min_words: int = 50
+    max_words: int = 100_000
+    min_mean_word_length: float = 3.0
+    max_mean_word_length: float = 10.0
+    max_symbol_word_ratio: float = 0.1
+    min_alphabetic_fraction: float = 0.8
+    max_duplicate_line_fraction: float = 0.3
+
+
+@dataclass
+class FilterReport:
+    """How many documents went in, came out, and were dropped by each rule.  str(report) prints a table."""
+
+    read: int = 0
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+
+    def __str__(self) -> str:
+        lines = [f"read {self.read} documents, kept {self.kept}"]
+        lines += [f"  dropped by {rule:<20} {count}" for rule, count in self.dropped.most_common()]
+        return "\n".join(lines)
+
+
+def word_count(text: str) -> int:
+    """Words are maximal runs of non-whitespace.  Example: 'Hello,  world !' -> 3"""
+    # BEGIN SOLUTION
+    return len(text.split())
+    # END SOLUTION
+
+
+def mean_word_length(text: str) -> float:
+    """Mean characters per word (0.0 for no words).  Example: 'a bb cccccc' -> 3.0"""
+    # BEGIN SOLUTION
+    words = text.split()
+    return sum(map(len, words)) / len(words) if words else 0.0
+    # END SOLUTION
+
+
+def symbol_to_word_ratio(text: str) -> float:
+    """Occurrences of '#', '...' and '…' per word (0.0 for no words).  Example: '# title ... done' -> 2/4 = 0.5"""
+    # BEGIN SOLUTION
+    words = len(text.split())
+    symbols = text.count("#") + text.count("...") + text.count("…")
+    return symbols / words if words else 0.0
+    # END SOLUTION
+
+
+def alphabetic_word_fraction(text: str) -> float:
+    """Fraction of words with at least one letter (0.0 for no words).  Example: 'abc 123 x1' -> 2/3"""
+    # BEGIN SOLUTION
+    words = text.split()
+    return sum(any(ch.isalpha() for ch in word) for word in words) / len(words) if words else 0.0
+    # END SOLUTION
+
+
+def duplicate_line_fraction(text: str) -> float:
+    """Fraction of non-blank lines that repeat an earlier line (compared without surrounding whitespace).
+
+    Example: 'a\\nb\\na\\na' -> 2/4 = 0.5 (the second and third 'a' repeat the first)
+    """
+    # BEGIN SOLUTION
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (len(lines) - len(set(lines))) / len(lines) if lines else 0.0
+    # END SOLUTION
+
+
+def failed_rules(text: str, config: QualityConfig | None = None) -> list[str]:
+    """Names of the quality rules `text` breaks, in this order: 'too_few_words', 'too_many_words',
+    'mean_word_length', 'symbol_to_word_ratio', 'alphabetic_fraction', 'duplicate_lines'.  [] means it passes.
+
+    A pure function: the answer depends on `text` and `config` alone, never on documents seen before.
+    """
+    # BEGIN SOLUTION
+    config = config or QualityConfig()
+    words = word_count(text)
+    checks = [
+        ("too_few_words", words >= config.min_words),
+        ("too_many_words", words <= config.max_words),
+        ("mean_word_length",
+         config.min_mean_word_length <= mean_word_length(text) <= config.max_mean_word_length),
+        ("symbol_to_word_ratio", symbol_to_word_ratio(text) <= config.max_symbol_word_ratio),
+        ("alphabetic_fraction", alphabetic_word_fraction(text) >= config.min_alphabetic_fraction),
+        ("duplicate_lines", duplicate_line_fraction(text) <= config.max_duplicate_line_fraction),
+    ]
+    return [name for name, passed in checks if not passed]
+    # END SOLUTION
+
+
+def quality_filter(docs: Iterable[str], config: QualityConfig | None = None,
+                   report: FilterReport | None = None) -> Iterator[str]:
+    """Yield the documents that break no quality rule; count each dropped one in report.dropped under the first
+    rule it breaks."""
+    # BEGIN SOLUTION
+    for doc in docs:
+        failed = failed_rules(doc, config)
+        if not failed:
+            yield doc
+        elif report is not None:
+            report.dropped[failed[0]] += 1
+    # END SOLUTION
+
+
+# ------------------------------------------------------------------------------------------------------ exact dedup
+
+def dedup_key(text: str) -> bytes:
+    """The identity of a document for exact deduplication: a 128-bit BLAKE2b hash of its normalised text,
+    clean(text) case-folded with every whitespace run made one space.
+
+    'Hello  World' and 'hello\\nworld' share a key; 'Hello, World' does not.
+    """
+    # BEGIN SOLUTION
+    normalized = " ".join(clean(text).casefold().split())
+    return hashlib.blake2b(normalized.encode("utf-8", errors="surrogatepass"), digest_size=16).digest()
+    # END SOLUTION
+
+
+def exact_dedup(docs: Iterable[str], report: FilterReport | None = None) -> Iterator[str]:
+    """Yield each document whose dedup_key has not been seen before: the first of each group of duplicates, in
+    corpus order.  Memory: 16 bytes per distinct document."""
+    # BEGIN SOLUTION
+    seen: set[bytes] = set()
+    for doc in docs:
+        key = dedup_key(doc)
+        if key in seen:
+            if report is not None:
+                report.dropped["exact_duplicate"] += 1
+            continue
+        seen.add(key)
+        yield doc
+    # END SOLUTION
+
+
+# --------------------------------------------------------------------------------------------------------- pipeline
+
+def clean_corpus(docs: Iterable[str], config: QualityConfig | None = None, near_threshold: float | None = 0.8,
+                 form: str = "NFC", report: FilterReport | None = None) -> Iterator[str]:
+    """clean -> drop empty -> quality_filter -> exact_dedup -> near_dedup (skipped when near_threshold is None).
+
+    Lazy like its stages. When the last document has gone by and none was kept, raises a ValueError that says how
+    many were read and what dropped them: an empty corpus is an error, not an empty training run.
+    """
+    # BEGIN SOLUTION
+    report = report if report is not None else FilterReport()
+
+    def cleaned() -> Iterator[str]:
+        for doc in docs:
+            report.read += 1
+            text = clean(doc, form)
+            if text:
+                yield text
+            else:
+                report.dropped["empty"] += 1
+
+    stream = exact_dedup(quality_filter(cleaned(), config, report), report)
+    if near_threshold is not None:
+        stream = near_dedup(stream, threshold=near_threshold, report=report)
+    for doc in stream:
+        report.kept += 1
+        yield doc
+    if report.kept == 0:
+        raise ValueError(f"the corpus is empty after filtering: {report}")
+    # END SOLUTION
