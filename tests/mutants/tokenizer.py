@@ -1,0 +1,443 @@
+"""Wrong implementations of the tokenizer chapter that a learner could plausibly write."""
+
+import io
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import regex
+
+import llmkata.reference.tokenizer as ref
+
+from . import Mutant
+
+REPLACEMENT = "\N{REPLACEMENT CHARACTER}"
+
+
+# ---------------------------------------------------------------- training
+
+
+def _documents(data):
+    if isinstance(data, (str, os.PathLike)):
+        data = [data]
+    return [Path(item).read_text(encoding="utf-8") if isinstance(item, os.PathLike) else item for item in data]
+
+
+def _naive_train(data, vocab_size, special_tokens=(), pattern="gpt4", *, tie="bytes", weighted=True,
+                 cut_specials=True, specials_first=True):
+    """Textbook BPE with one knob turned wrong at a time."""
+    special_tokens = list(special_tokens)
+    pattern = ref.PATTERNS.get(pattern, pattern)
+    cut = regex.compile("|".join(map(regex.escape, special_tokens))) if special_tokens and cut_specials else None
+    counts = Counter()
+    for document in _documents(data):
+        for segment in cut.split(document) if cut else [document]:
+            counts.update(regex.findall(pattern, segment))
+    words = Counter({tuple(bytes([b]) for b in piece.encode()): n if weighted else 1 for piece, n in counts.items()})
+    vocab = {i: bytes([i]) for i in range(256)}
+    if specials_first:
+        for token in special_tokens:
+            vocab[len(vocab)] = token.encode()
+    ids = {token: i for i, token in vocab.items()}
+    merges = []
+    while len(vocab) < vocab_size - (0 if specials_first else len(special_tokens)):
+        pairs = Counter()
+        for word, n in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] += n
+        if not pairs:
+            break
+        if tie == "bytes":
+            best = max(pairs, key=lambda p: (pairs[p], p))
+        elif tie == "smallest":
+            best = max(pairs, key=lambda p: (pairs[p], [-b for b in p[0] + b"\xff"], [-b for b in p[1] + b"\xff"]))
+        else:  # "ids": compares the token ids, as if ids were ordered like bytes
+            best = max(pairs, key=lambda p: (pairs[p], ids[p[0]], ids[p[1]]))
+        merges.append(best)
+        token = best[0] + best[1]
+        if token not in ids:
+            ids[token] = len(vocab)
+            vocab[len(vocab)] = token
+        merged = Counter()
+        for word, n in words.items():
+            out, i = [], 0
+            while i < len(word):
+                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
+                    out.append(token)
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged[tuple(out)] += n
+        words = merged
+    if not specials_first:
+        for token in special_tokens:
+            vocab[len(vocab)] = token.encode()
+    return ref.Tokenizer(vocab, merges, special_tokens, pattern)
+
+
+def train_bpe_taking_the_smallest_pair_on_ties(data, vocab_size, special_tokens=(), pattern="gpt4",
+                                               num_workers=None):
+    return _naive_train(data, vocab_size, special_tokens, pattern, tie="smallest")
+
+
+def train_bpe_breaking_ties_by_id(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    return _naive_train(data, vocab_size, special_tokens, pattern, tie="ids")
+
+
+def train_bpe_counting_each_word_once(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    return _naive_train(data, vocab_size, special_tokens, pattern, weighted=False)
+
+
+def train_bpe_with_special_tokens_as_text(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    return _naive_train(data, vocab_size, special_tokens, pattern, cut_specials=False)
+
+
+def train_bpe_with_special_tokens_last(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    return _naive_train(data, vocab_size, special_tokens, pattern, specials_first=False)
+
+
+def train_bpe_one_token_short(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    return ref.train_bpe(data, vocab_size - 1, special_tokens, pattern, num_workers)
+
+
+def train_bpe_without_warning(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ref.train_bpe(data, vocab_size, special_tokens, pattern, num_workers)
+
+
+def train_bpe_joining_documents(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    return ref.train_bpe("".join(_documents(data)), vocab_size, special_tokens, pattern, num_workers)
+
+
+def train_bpe_clamping_vocab_size(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    return ref.train_bpe(data, max(vocab_size, 256 + len(special_tokens)), special_tokens, pattern, num_workers)
+
+
+def train_bpe_accepting_an_empty_corpus(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    if not "".join(_documents(data)):
+        vocab = {i: bytes([i]) for i in range(256)}
+        vocab.update({256 + k: token.encode() for k, token in enumerate(special_tokens)})
+        return ref.Tokenizer(vocab, [], special_tokens, pattern)
+    return ref.train_bpe(data, vocab_size, special_tokens, pattern, num_workers)
+
+
+def train_bpe_dropping_bad_special_tokens(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    special_tokens = list(dict.fromkeys(token for token in special_tokens if token))
+    return ref.train_bpe(data, vocab_size, special_tokens, pattern, num_workers)
+
+
+def train_bpe_replacing_surrogates(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    documents = [d.encode("utf-8", "replace").decode("utf-8") for d in _documents(data)]
+    return ref.train_bpe(documents, vocab_size, special_tokens, pattern, num_workers)
+
+
+# ---------------------------------------------------------------- encoding and decoding
+
+
+class TokenizerDecodingEachToken(ref.Tokenizer):
+    """Decodes token by token: a character whose bytes span two tokens becomes two U+FFFD."""
+
+    def decode(self, ids):
+        return "".join(self.vocab[i].decode("utf-8", errors="replace") for i in ids)
+
+
+class TokenizerDecodingStrictly(ref.Tokenizer):
+    def decode(self, ids):
+        return b"".join(self.vocab[i] for i in ids).decode("utf-8")
+
+
+class TokenizerIgnoringAllowedSpecial(ref.Tokenizer):
+    def encode(self, text, allowed_special="all"):
+        return super().encode(text, "all")
+
+
+class TokenizerMatchingSpecialsAfterSplitting(ref.Tokenizer):
+    """Looks special tokens up among the pre-tokens; the split pattern has already cut '<|pad|>' apart."""
+
+    def encode(self, text, allowed_special="all"):
+        ids = []
+        for piece in self._regex.findall(text):
+            if piece in self.special_tokens:
+                ids.append(self.special_tokens[piece])
+            else:
+                ids.extend(self._cache[piece])
+        return ids
+
+
+class TokenizerWithSpecialIdsPastTheVocab(ref.Tokenizer):
+    """Numbers special tokens after the vocabulary instead of using their ids in it."""
+
+    def __init__(self, vocab, merges, special_tokens=(), pattern="gpt4"):
+        super().__init__(vocab, merges, special_tokens, pattern)
+        self.special_tokens = {token: len(self.vocab) + k for k, token in enumerate(self.special_tokens)}
+
+
+class TokenizerMergingRightmostFirst(ref.Tokenizer):
+    """Among adjacent pairs of equal lowest rank, merges the rightmost first."""
+
+    def _encode_piece(self, piece):
+        data = piece.encode("utf-8")
+        if data in self._ranks:
+            return (self._ranks[data],)
+        parts, missing = [data[i:i + 1] for i in range(len(data))], 1 << 62
+        while len(parts) > 1:
+            ranks = [self._ranks.get(a + b, missing) for a, b in zip(parts, parts[1:])]
+            lowest = min(ranks)
+            if lowest == missing:
+                break
+            i = max(k for k, rank in enumerate(ranks) if rank == lowest)
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        return tuple(self._ranks[p] for p in parts)
+
+
+class TokenizerWithoutMerges(ref.Tokenizer):
+    def _encode_piece(self, piece):
+        return tuple(self._ranks[bytes([b])] for b in piece.encode("utf-8"))
+
+
+class TokenizerMatchingGreedilyLongestFirst(ref.Tokenizer):
+    """WordPiece's rule, not BPE's: the longest vocabulary token that starts the rest of the pre-token."""
+
+    def _encode_piece(self, piece):
+        data, ids = piece.encode("utf-8"), []
+        while data:
+            size = max(n for n in range(1, len(data) + 1) if data[:n] in self._ranks)
+            ids.append(self._ranks[data[:size]])
+            data = data[size:]
+        return tuple(ids)
+
+
+class TokenizerStreamingChunksIndependently(ref.Tokenizer):
+    def encode_iterable(self, iterable, allowed_special="all"):
+        for chunk in iterable:
+            yield from self.encode(chunk, allowed_special)
+
+
+class TokenizerStreamingAfterReadingEverything(ref.Tokenizer):
+    def encode_iterable(self, iterable, allowed_special="all"):
+        yield from self.encode("".join(iterable), allowed_special)
+
+
+class TokenizerHoldingBackOnlyTheLastPreToken(ref.Tokenizer):
+    """Streams all pre-tokens but the last; forgets that a contraction or a whitespace run can still change."""
+
+    def _stable_prefix(self, text, allowed):
+        end = len(text) - ref._last_special_prefix(text, allowed)
+        start = 0
+        special_re = self._special_re(allowed)
+        if special_re is not None:
+            for match in special_re.finditer(text, 0, end):
+                start = match.end()
+        starts = [match.start() for match in self._regex.finditer(text, start, end)]
+        return starts[-1] if starts else start
+
+
+class TokenizerSavingWithoutPattern(ref.Tokenizer):
+    """Leaves the pattern out of the file; load falls back to the default pattern."""
+
+    def save(self, path):
+        super().save(path)
+        document = json.loads(Path(path).read_text())
+        document["pattern"] = ref.PATTERNS["gpt4"]
+        Path(path).write_text(json.dumps(document))
+
+
+class TokenizerSavingMergesSorted(ref.Tokenizer):
+    def save(self, path):
+        super().save(path)
+        document = json.loads(Path(path).read_text())
+        document["merges"].sort()
+        Path(path).write_text(json.dumps(document))
+
+
+class TokenizerSkippingUnknownIds(ref.Tokenizer):
+    def decode(self, ids):
+        return super().decode([i for i in ids if i in self.vocab])
+
+
+class TokenizerReplacingLoneSurrogates(ref.Tokenizer):
+    def encode(self, text, allowed_special="all"):
+        return super().encode(text.encode("utf-8", "replace").decode("utf-8"), allowed_special)
+
+
+class TokenizerDroppingDuplicateSpecialTokens(ref.Tokenizer):
+    def __init__(self, vocab, merges, special_tokens=(), pattern="gpt4"):
+        super().__init__(vocab, merges, list(dict.fromkeys(special_tokens)), pattern)
+
+
+class TokenizerLoadingAnything(ref.Tokenizer):
+    @classmethod
+    def load(cls, path):
+        try:
+            return super().load(path)
+        except ValueError:
+            return cls({i: bytes([i]) for i in range(256)}, [])
+
+
+# ---------------------------------------------------------------- sentencepiece
+
+
+class SentencePieceReadingSpaceMarks(ref.SentencePieceTokenizer):
+    """Hands '▁' to sentencepiece as it is: it comes back as a space."""
+
+    def _encode_ordinary(self, text):
+        return self._sp.encode(text) if text else []
+
+
+class SentencePieceDecodingWithSentencepiece(ref.SentencePieceTokenizer):
+    """sentencepiece's own decode: control symbols (our special tokens) decode to nothing."""
+
+    def decode(self, ids):
+        return self._sp.decode(list(ids))
+
+
+def train_sentencepiece_with_default_normalization(data, vocab_size, special_tokens=()):
+    """sentencepiece's defaults: NFKC, a dummy prefix, runs of spaces collapsed."""
+    import sentencepiece
+
+    cut = re.compile("|".join(map(re.escape, special_tokens))) if special_tokens else None
+    lines = [line for d in _documents(data) for s in (cut.split(d) if cut else [d]) for line in s.split("\n") if line]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, hard_vocab_limit=False, control_symbols=list(special_tokens),
+        unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, minloglevel=2)
+    return ref.SentencePieceTokenizer(model.getvalue())
+
+
+# ---------------------------------------------------------------- export
+
+
+def to_tiktoken_without_special_tokens(tokenizer, name="llmkata"):
+    import tiktoken
+
+    return tiktoken.Encoding(name, pat_str=tokenizer.pattern, mergeable_ranks=ref._ordinary_ranks(tokenizer),
+                             special_tokens={})
+
+
+def to_tiktoken_with_the_gpt2_pattern(tokenizer, name="llmkata"):
+    import tiktoken
+
+    return tiktoken.Encoding(name, pat_str=ref.GPT2_PATTERN, mergeable_ranks=ref._ordinary_ranks(tokenizer),
+                             special_tokens=dict(tokenizer.special_tokens))
+
+
+def _edit_hf(tokenizer, edit):
+    import tokenizers
+
+    document = json.loads(ref.to_hf_tokenizer(tokenizer).to_str())
+    edit(document)
+    return tokenizers.Tokenizer.from_str(json.dumps(document))
+
+
+def to_hf_tokenizer_renumbering_special_tokens(tokenizer):
+    """Special tokens only as added tokens: the model does not know their ids, so Hugging Face gives new ones."""
+
+    def edit(document):
+        for token in document["added_tokens"]:
+            document["model"]["vocab"].pop(token["content"], None)
+            token["id"] = len(document["model"]["vocab"]) + document["added_tokens"].index(token)
+
+    return _edit_hf(tokenizer, edit)
+
+
+def to_hf_tokenizer_splitting_twice(tokenizer):
+    """ByteLevel with use_regex=True splits every pre-token again with GPT-2's pattern."""
+
+    def edit(document):
+        document["pre_tokenizer"]["pretokenizers"][1]["use_regex"] = True
+
+    return _edit_hf(tokenizer, edit)
+
+
+MUTANTS = [
+    # training
+    Mutant("tokenizer.train_bpe", train_bpe_taking_the_smallest_pair_on_ties,
+           ("test_merges_follow_the_pinned_tie_break", "test_training_equals_the_textbook_algorithm"),
+           "ties go to the smallest pair (min where max was meant)"),
+    Mutant("tokenizer.train_bpe", train_bpe_breaking_ties_by_id, ("test_merges_follow_the_pinned_tie_break",),
+           "ties compare token ids, which order merged tokens after every byte"),
+    Mutant("tokenizer.train_bpe", train_bpe_counting_each_word_once, ("test_training_equals_the_textbook_algorithm",),
+           "pair counts ignore how often each pre-token occurs"),
+    Mutant("tokenizer.train_bpe", train_bpe_with_special_tokens_as_text,
+           ("test_special_tokens_are_never_merged_into", "test_training_equals_the_textbook_algorithm"),
+           "special tokens are left in the text and counted like any other"),
+    Mutant("tokenizer.train_bpe", train_bpe_with_special_tokens_last,
+           ("test_trained_vocabulary_has_exactly_vocab_size_tokens", "test_training_equals_the_textbook_algorithm"),
+           "special tokens get the last ids instead of 256..."),
+    Mutant("tokenizer.train_bpe", train_bpe_one_token_short, ("test_trained_vocabulary_has_exactly_vocab_size_tokens",),
+           "the loop stops one merge early"),
+    Mutant("tokenizer.train_bpe", train_bpe_without_warning, ("test_training_stops_with_a_warning_when_pairs_run_out",),
+           "runs out of pairs silently"),
+    Mutant("tokenizer.train_bpe", train_bpe_joining_documents,
+           ("test_training_does_not_depend_on_how_the_corpus_is_given",),
+           "documents are concatenated, so pre-tokens run from one into the next"),
+    Mutant("tokenizer.train_bpe", train_bpe_clamping_vocab_size,
+           ("test_rejects_vocab_size_below_bytes_and_special_tokens",), "a too small vocab_size is raised silently"),
+    Mutant("tokenizer.train_bpe", train_bpe_accepting_an_empty_corpus, ("test_rejects_an_empty_corpus",),
+           "an empty corpus trains a bytes-only tokenizer"),
+    Mutant("tokenizer.train_bpe", train_bpe_dropping_bad_special_tokens,
+           ("test_rejects_empty_or_duplicate_special_tokens",), "empty and repeated special tokens are dropped"),
+    Mutant("tokenizer.train_bpe", train_bpe_replacing_surrogates, ("test_rejects_lone_surrogates",),
+           "lone surrogates are replaced by U+FFFD before training"),
+    # encoding and decoding
+    Mutant("tokenizer.Tokenizer", TokenizerDecodingEachToken,
+           ("test_decode_inverts_encode", "test_decode_accepts_any_ids_and_replaces_invalid_utf8"),
+           "decodes each token on its own"),
+    Mutant("tokenizer.Tokenizer", TokenizerDecodingStrictly, ("test_decode_accepts_any_ids_and_replaces_invalid_utf8",),
+           "raises on invalid UTF-8"),
+    Mutant("tokenizer.Tokenizer", TokenizerIgnoringAllowedSpecial,
+           ("test_disallowed_special_tokens_encode_as_ordinary_text",), "allowed_special is ignored"),
+    Mutant("tokenizer.Tokenizer", TokenizerMatchingSpecialsAfterSplitting, ("test_special_tokens_encode_to_one_id_each",),
+           "special tokens are looked for after pre-tokenization, which has split them"),
+    Mutant("tokenizer.Tokenizer", TokenizerWithSpecialIdsPastTheVocab, ("test_ids_are_in_the_vocabulary",),
+           "special tokens numbered past the vocabulary"),
+    Mutant("tokenizer.Tokenizer", TokenizerMergingRightmostFirst,
+           ("test_encode_equals_tiktoken_with_the_same_ranks_and_pattern",), "equal ranks merge rightmost first"),
+    Mutant("tokenizer.Tokenizer", TokenizerWithoutMerges,
+           ("test_training_text_compresses", "test_encode_equals_tiktoken_with_the_same_ranks_and_pattern"),
+           "encodes bytes and never merges"),
+    Mutant("tokenizer.Tokenizer", TokenizerMatchingGreedilyLongestFirst,
+           ("test_encode_equals_tiktoken_with_the_same_ranks_and_pattern",), "longest-match-first instead of BPE"),
+    Mutant("tokenizer.Tokenizer", TokenizerStreamingChunksIndependently,
+           ("test_encode_iterable_matches_encode_for_any_chunking",), "each chunk is encoded on its own"),
+    Mutant("tokenizer.Tokenizer", TokenizerStreamingAfterReadingEverything,
+           ("test_encode_iterable_yields_before_reading_everything",), "reads the whole stream, then encodes"),
+    Mutant("tokenizer.Tokenizer", TokenizerHoldingBackOnlyTheLastPreToken,
+           ("test_encode_iterable_matches_encode_for_any_chunking",),
+           "holds back only the last pre-token: \"'l\" + \"l\" and a newline, spaces, newline come out wrong"),
+    Mutant("tokenizer.Tokenizer", TokenizerSavingWithoutPattern, ("test_save_then_load_gives_identical_output",),
+           "the file does not record the pattern"),
+    Mutant("tokenizer.Tokenizer", TokenizerSavingMergesSorted, ("test_save_then_load_gives_identical_output",),
+           "merges are saved sorted, not in the order learned"),
+    Mutant("tokenizer.Tokenizer", TokenizerSkippingUnknownIds, ("test_rejects_ids_outside_the_vocabulary",),
+           "unknown ids are skipped"),
+    Mutant("tokenizer.Tokenizer", TokenizerReplacingLoneSurrogates, ("test_rejects_lone_surrogates",),
+           "lone surrogates are replaced by U+FFFD"),
+    Mutant("tokenizer.Tokenizer", TokenizerDroppingDuplicateSpecialTokens,
+           ("test_rejects_empty_or_duplicate_special_tokens",), "a repeated special token is dropped"),
+    Mutant("tokenizer.Tokenizer", TokenizerLoadingAnything, ("test_rejects_a_file_that_is_not_a_saved_tokenizer",),
+           "an unreadable file loads as a bytes-only tokenizer"),
+    # sentencepiece
+    Mutant("tokenizer.SentencePieceTokenizer", SentencePieceReadingSpaceMarks, ("test_decode_inverts_encode",),
+           "'▁' in the text is read by sentencepiece as a space"),
+    Mutant("tokenizer.SentencePieceTokenizer", SentencePieceDecodingWithSentencepiece, ("test_decode_inverts_encode",),
+           "sentencepiece's decode drops special tokens"),
+    Mutant("tokenizer.train_sentencepiece", train_sentencepiece_with_default_normalization,
+           ("test_decode_inverts_encode",), "NFKC, dummy prefix and whitespace collapsing lose text"),
+    # export
+    Mutant("tokenizer.to_tiktoken", to_tiktoken_without_special_tokens,
+           ("test_tiktoken_export_encodes_like_the_tokenizer",), "special tokens are not passed to tiktoken"),
+    Mutant("tokenizer.to_tiktoken", to_tiktoken_with_the_gpt2_pattern,
+           ("test_tiktoken_export_encodes_like_the_tokenizer",), "the export always uses the GPT-2 pattern"),
+    Mutant("tokenizer.to_hf_tokenizer", to_hf_tokenizer_renumbering_special_tokens,
+           ("test_hf_export_encodes_like_the_tokenizer",), "the special tokens get new ids in Hugging Face"),
+    Mutant("tokenizer.to_hf_tokenizer", to_hf_tokenizer_splitting_twice, ("test_hf_export_encodes_like_the_tokenizer",),
+           "ByteLevel splits the pre-tokens again with GPT-2's pattern"),
+]
