@@ -57,6 +57,7 @@ _LOOKAHEAD = 8
 # Pre-tokens remembered by an encoder; past this, the cache starts again (bounded memory on endless streams).
 _CACHE_SIZE = 1 << 18
 _REPLACEMENT = "\N{REPLACEMENT CHARACTER}"
+_SINGLE_BYTES = [bytes([byte]) for byte in range(256)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -244,10 +245,12 @@ def _descending_key(token: bytes) -> str:
 
 
 def _merge_word(word: list[int], a: int, b: int, new: int, count: int, delta: dict, added: list) -> list[int]:
-    """Replace each occurrence of the pair (a, b), left to right, and add to `delta` the change, times `count`, of
-    every pair count, and to `added` the pairs that are new. Example: [x, a, b, y], (a, b) -> [x, new, y];
-    delta: (x,a) (a,b) (b,y) -count, (x,new) (new,y) +count; added: (x,new), (new,y). Only neighbours change. Two merges side by side ([a, b, a, b] -> [new, new])
-    share one neighbour pair: the old (b, a) and the new (new, new) are counted once, by the second merge.
+    """Replace each occurrence of the pair (a, b), left to right; add to `delta` the change of each pair count
+    (times `count`, the word's frequency) and to `added` the pairs that are new.
+
+    Example: [x, a, b, y] -> [x, new, y]; delta: (a,b) (x,a) (b,y) -count, (x,new) (new,y) +count; added: (x,new),
+    (new,y). Only the neighbours of a merge change. Two merges side by side ([a, b, a, b] -> [new, new]) share a
+    neighbour: the old (b, a) and the new (new, new) are counted once, by the second merge.
     """
     # BEGIN SOLUTION
     out, i, n = [], 0, len(word)
@@ -489,21 +492,22 @@ class Tokenizer:
         whole = ranks.get(data)
         if whole is not None:
             return (whole,)
-        parts = [data[i:i + 1] for i in range(len(data))]
-        missing = len(ranks) + len(self.special_tokens) + 2**62  # larger than every rank
-        # pair_ranks[i]: rank of parts[i] + parts[i + 1], or `missing`
-        pair_ranks = [ranks.get(left + right, missing) for left, right in zip(parts, parts[1:])]
+        parts = list(map(_SINGLE_BYTES.__getitem__, data))
+        get, missing = ranks.get, 1 << 62  # `missing` ranks after every token
+        # pair_ranks[i]: the rank of parts[i] + parts[i + 1], or `missing`
+        pair_ranks = [get(left + right, missing) for left, right in zip(parts, parts[1:])]
         while pair_ranks:
-            best = min(range(len(pair_ranks)), key=pair_ranks.__getitem__)  # leftmost of the lowest
-            if pair_ranks[best] == missing:
+            lowest = min(pair_ranks)
+            if lowest == missing:
                 break
+            best = pair_ranks.index(lowest)  # the leftmost of the lowest
             parts[best:best + 2] = [parts[best] + parts[best + 1]]
             del pair_ranks[best]
             # only the pairs touching the new part change
             if best > 0:
-                pair_ranks[best - 1] = ranks.get(parts[best - 1] + parts[best], missing)
+                pair_ranks[best - 1] = get(parts[best - 1] + parts[best], missing)
             if best < len(pair_ranks):
-                pair_ranks[best] = ranks.get(parts[best] + parts[best + 1], missing)
+                pair_ranks[best] = get(parts[best] + parts[best + 1], missing)
         return tuple(ranks[part] for part in parts)
         # END SOLUTION
 

@@ -1,0 +1,149 @@
+"""Tokenizer benchmarks: BPE training time and encoding throughput, against the libraries people use.
+
+The corpus is text that ships with every Python: the documentation topics (`pydoc_data`) and then the standard
+library's own sources, in sorted order, until it reaches LLMKATA_BENCH_MB megabytes (default 10); documents are
+joined by <|endoftext|>. Each test checks its result first, then times, best of a few rounds, and reports the
+ratio to the baselines timed in the same run in `benchmark.extra_info`:
+
+- training (vocab 4096, GPT-4 split pattern, <|endoftext|> special) against Hugging Face `tokenizers` (Rust,
+  multi-threaded, the same split regex and byte-level alphabet) and `sentencepiece` (C++, BPE, lossless config);
+- encoding MB/s against `tiktoken` (Rust) built from our own ranks and pattern, which must give the same ids.
+
+    pytest benchmarks/bench_tokenizer.py --benchmark-columns=min,mean,rounds
+"""
+
+import functools
+import os
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+
+SPECIAL = "<|endoftext|>"
+VOCAB_SIZE = 4096
+ROUNDS = int(os.environ.get("LLMKATA_BENCH_ROUNDS", "3"))
+
+
+@functools.cache
+def corpus() -> tuple[str, ...]:
+    from pydoc_data.topics import topics
+
+    target = float(os.environ.get("LLMKATA_BENCH_MB", "10")) * 1e6
+    documents = [topics[name] for name in sorted(topics)]
+    size = sum(len(d.encode()) for d in documents)
+    root = Path(sysconfig.get_paths()["stdlib"])
+    for path in sorted(root.glob("*.py")) + sorted(root.glob("*/*.py")):
+        if size >= target:
+            break
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if SPECIAL in text:
+            continue
+        documents.append(text)
+        size += len(text.encode())
+    return tuple(documents)
+
+
+def megabytes(documents) -> float:
+    return sum(len(d.encode()) for d in documents) / 1e6
+
+
+def best_of(function, rounds: int = ROUNDS) -> float:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+@functools.cache
+def trained(impl):
+    return impl.tokenizer.train_bpe(list(corpus()), VOCAB_SIZE, [SPECIAL], "gpt4")
+
+
+def train_hf(documents):
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+
+    from llmkata.reference.tokenizer import GPT4_PATTERN
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(GPT4_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=[SPECIAL], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(documents, trainer)
+    return tokenizer
+
+
+def test_train_bpe(benchmark, impl):
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("sentencepiece")
+    documents = list(corpus())
+    size = megabytes(documents)
+
+    # correctness first: the exact vocabulary size, a round trip, the same merges with one worker or several
+    ours = trained(impl)
+    assert len(ours.vocab) == VOCAB_SIZE, f"train_bpe gave {len(ours.vocab)} tokens, not {VOCAB_SIZE}"
+    sample = documents[-1][:20000]
+    assert ours.decode(ours.encode(sample)) == sample, "the trained tokenizer must round-trip"
+    one_worker = impl.tokenizer.train_bpe(documents, VOCAB_SIZE, [SPECIAL], "gpt4", num_workers=1)
+    assert one_worker.merges == ours.merges, "training with 1 worker must learn the same merges as with several"
+    hf = train_hf(documents)
+    assert hf.get_vocab_size() == VOCAB_SIZE
+
+    hf_seconds = best_of(lambda: train_hf(documents))
+    sentencepiece_seconds = best_of(
+        lambda: impl.tokenizer.train_sentencepiece(documents, VOCAB_SIZE, [SPECIAL]), rounds=1)
+    one_worker_seconds = best_of(
+        lambda: impl.tokenizer.train_bpe(documents, VOCAB_SIZE, [SPECIAL], "gpt4", num_workers=1), rounds=1)
+    benchmark.pedantic(impl.tokenizer.train_bpe, args=(documents, VOCAB_SIZE, [SPECIAL], "gpt4"),
+                       rounds=ROUNDS, iterations=1)
+    seconds = benchmark.stats.stats.min
+    benchmark.extra_info.update({
+        "corpus_mb": round(size, 2),
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "ours_s": round(seconds, 3),
+        "ours_one_worker_s": round(one_worker_seconds, 3),
+        "hf_tokenizers_s": round(hf_seconds, 3),
+        "sentencepiece_s": round(sentencepiece_seconds, 3),
+        "time_vs_hf_tokenizers": round(seconds / hf_seconds, 2),  # target <= 1.0
+        "time_vs_sentencepiece": round(seconds / sentencepiece_seconds, 2),
+    })
+
+
+def test_encode_throughput(benchmark, impl):
+    tiktoken = pytest.importorskip("tiktoken")
+    documents = corpus()
+    text = SPECIAL.join(documents)
+    size = len(text.encode()) / 1e6
+    ours = trained(impl)
+
+    # correctness first: tiktoken with our ranks and pattern gives the same ids, and they decode back
+    specials = dict(ours.special_tokens)
+    ranks = {}
+    for i, token in sorted(ours.vocab.items(), reverse=True):
+        if i not in specials.values():
+            ranks[token] = i
+    reference = tiktoken.Encoding("bench", pat_str=ours.pattern, mergeable_ranks=ranks, special_tokens=specials)
+    fresh = impl.tokenizer.Tokenizer(ours.vocab, ours.merges, [SPECIAL], ours.pattern)
+    start = time.perf_counter()
+    ids = fresh.encode(text)
+    cold_seconds = time.perf_counter() - start  # the first pass, with an empty pre-token cache
+    assert ids == reference.encode(text, allowed_special="all"), "our ids must equal tiktoken's for the same ranks"
+    assert fresh.decode(ids) == text, "the corpus must round-trip"
+
+    tiktoken_seconds = best_of(lambda: reference.encode(text, allowed_special="all"))
+    benchmark.pedantic(fresh.encode, args=(text,), rounds=ROUNDS, iterations=1)
+    seconds = benchmark.stats.stats.min
+    benchmark.extra_info.update({
+        "corpus_mb": round(size, 2),
+        "bytes_per_token": round(len(text.encode()) / len(ids), 3),
+        "ours_mb_per_s": round(size / seconds, 2),
+        "ours_cold_cache_mb_per_s": round(size / cold_seconds, 2),
+        "tiktoken_mb_per_s": round(size / tiktoken_seconds, 2),
+        "throughput_vs_tiktoken": round(tiktoken_seconds / seconds, 2),  # target >= 0.5
+        "cold_cache_throughput_vs_tiktoken": round(tiktoken_seconds / cold_seconds, 2),
+    })
