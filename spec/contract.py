@@ -46,7 +46,37 @@ class Chapter:
 
 
 CHAPTERS: list[Chapter] = [
-    # --- chapter 1: text ---
+    Chapter(1, "text", "text", {
+        # Every loader and stage takes and yields documents (str) lazily. FilterReport has `read`, `kept` and
+        # `dropped` (a Counter: rule -> documents); the rule names are listed in `failed_rules`' docstring.
+        "default_corpus": Function("()"),
+        "decode_utf8": Function("(data, source='<bytes>', errors='strict')"),
+        "load_text_files": Function("(paths, errors='strict')"),
+        "load_jsonl": Function("(paths, field='text', errors='strict')"),
+        "load_hf_dataset": Function("(dataset, field='text', split='train', streaming=False, **load_kwargs)"),
+        "normalize_unicode": Function("(text, form='NFC')"),
+        "remove_control_characters": Function("(text)"),
+        "normalize_whitespace": Function("(text)"),
+        "clean": Function("(text, form='NFC')"),
+        "QualityConfig": Class("(min_words=50, max_words=100000, min_mean_word_length=3.0, max_mean_word_length=10.0, "
+                               "max_symbol_word_ratio=0.1, min_alphabetic_fraction=0.8, max_duplicate_line_fraction=0.3)"),
+        "FilterReport": Class("()"),
+        "word_count": Function("(text)"),
+        "mean_word_length": Function("(text)"),
+        "symbol_to_word_ratio": Function("(text)"),
+        "alphabetic_word_fraction": Function("(text)"),
+        "duplicate_line_fraction": Function("(text)"),
+        "failed_rules": Function("(text, config=None)"),
+        "quality_filter": Function("(docs, config=None, report=None)"),
+        "dedup_key": Function("(text)"),
+        "exact_dedup": Function("(docs, report=None)"),
+        "shingles": Function("(text, ngram=5)"),
+        "jaccard": Function("(a, b)"),
+        "minhash_signatures": Function("(docs, num_perm=128, ngram=5, seed=0)"),
+        "estimate_jaccard": Function("(a, b)"),
+        "near_dedup": Function("(docs, threshold=0.8, num_perm=128, bands=None, ngram=5, seed=0, report=None)"),
+        "clean_corpus": Function("(docs, config=None, near_threshold=0.8, form='NFC', report=None)"),
+    }),
     Chapter(2, "tokenizer", "tokenizer", {
         # Tokenizers also carry `vocab` (id -> bytes), `special_tokens` (str -> id) and a classmethod `load(path)`;
         # Tokenizer carries `merges` and `pattern`, SentencePieceTokenizer `model` (the .model file's bytes).
@@ -61,7 +91,19 @@ CHAPTERS: list[Chapter] = [
         "to_tiktoken": Function("(tokenizer, name='llmkata')"),
         "to_hf_tokenizer": Function("(tokenizer)"),
     }),
-    # --- chapter 3: data ---
+    Chapter(3, "data", "data", {
+        # Token files are .npy (uint16 when vocab_size <= 65536, else uint32): doc_1 <eot> doc_2 <eot> ... doc_n <eot>.
+        # Padded targets in sequential_batches are -100 (data.IGNORE_INDEX).
+        "is_validation": Function("(text, val_fraction=0.1, salt='')"),
+        "train_val_split": Function("(docs, val_fraction=0.1, salt='')"),
+        "token_dtype": Function("(vocab_size)"),
+        "tokenize_and_pack": Function("(docs, tokenizer, eot_id, path, vocab_size, num_workers=1)"),
+        "load_tokens": Function("(path)"),
+        "get_batch": Function("(tokens, batch_size, context_length, generator, device=None)"),
+        "sequential_batches": Function("(tokens, batch_size, context_length, device=None)"),
+        "document_ids": Function("(x, eot_id)"),
+        "document_mask": Function("(x, eot_id)"),
+    }),
     Chapter(4, "layers", "layers", {
         "softmax": Function("(x, dim=-1)"),
         "log_softmax": Function("(x, dim=-1)"),

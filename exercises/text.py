@@ -1,0 +1,404 @@
+# Generated from reference/text.py by `llmkata exercises`. This copy is yours: replace each stub.
+"""Text: load a corpus, clean it, filter it for quality and remove exact and near duplicates.
+
+A model is only as good as its data. This module turns raw documents into a corpus worth training on:
+
+    load      default_corpus(), load_text_files(paths), load_jsonl(paths), load_hf_dataset(...): lazy iterators
+    clean     clean(text) = normalize_whitespace(normalize_unicode(remove_control_characters(text)))
+    filter    quality rules in the spirit of Gopher (Rae et al., 2021), thresholds in one QualityConfig
+    dedup     exact_dedup (hash of the normalised text, keeps the first); near_dedup (MinHash + LSH)
+    pipeline  clean_corpus(docs) chains them and records in a FilterReport why each document was dropped
+
+Every stage takes an iterable of documents (str) and yields documents, so a corpus larger than memory streams
+through. Left out: language identification, toxicity and PII filters, perplexity filters, repetition rules on
+n-grams and paragraphs, URL and boilerplate heuristics.
+
+Non-UTF-8 input is a documented choice: by default a loader raises one ValueError that names the file and the
+byte offset; with errors="replace" every invalid sequence becomes U+FFFD and a UnicodeWarning reports how many.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+import unicodedata
+import warnings
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "default_corpus", "decode_utf8", "load_text_files", "load_jsonl", "load_hf_dataset",
+    "normalize_unicode", "remove_control_characters", "normalize_whitespace", "clean",
+    "QualityConfig", "FilterReport", "word_count", "mean_word_length", "symbol_to_word_ratio",
+    "alphabetic_word_fraction", "duplicate_line_fraction", "failed_rules", "quality_filter",
+    "dedup_key", "exact_dedup", "shingles", "jaccard", "minhash_signatures", "estimate_jaccard", "near_dedup",
+    "clean_corpus",
+]
+
+ERRORS = ("strict", "replace")
+
+
+# ----------------------------------------------------------------------------------------------------------- loading
+
+def default_corpus() -> Iterator[str]:
+    """The corpus that ships with every Python: the `pydoc_data` topics (~465 KB of English), one document per topic.
+
+    Example: next(default_corpus()).splitlines()[0] -> 'The "assert" statement'
+    """
+    raise NotImplementedError('`text.default_corpus` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+def decode_utf8(data: bytes, source: str = "<bytes>", errors: str = "strict") -> str:
+    """Decode UTF-8 bytes.  errors="strict": invalid bytes raise a ValueError naming `source` and the byte offset;
+    errors="replace": each invalid sequence becomes U+FFFD and a UnicodeWarning says how many were replaced.
+
+    Example: decode_utf8(b"caf\\xc3\\xa9") -> 'café'
+    """
+    raise NotImplementedError('`text.decode_utf8` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+def _expand(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[Path]:
+    """Files named by a path, a glob pattern ('data/**/*.txt') or a folder (every *.txt under it), in sorted order."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    for entry in paths:
+        entry = os.fspath(entry)
+        if os.path.isdir(entry):
+            matches = sorted(glob.glob(os.path.join(glob.escape(entry), "**", "*.txt"), recursive=True))
+        elif glob.has_magic(entry):
+            matches = sorted(glob.glob(entry, recursive=True))
+        elif os.path.exists(entry):
+            matches = [entry]
+        else:
+            raise ValueError(f"no such file: {entry!r}")
+        if not matches:
+            raise ValueError(f"no files match {entry!r}")
+        yield from (Path(match) for match in matches)
+
+
+def load_text_files(paths, errors: str = "strict") -> Iterator[str]:
+    """One document per file, read lazily: a file is opened only when its document is asked for.
+
+    `paths`: a path, a glob pattern, a folder (its *.txt files, recursively) or a list of them.
+    `errors`: what to do with bytes that are not UTF-8 (see decode_utf8).
+    """
+    raise NotImplementedError('`text.load_text_files` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+def load_jsonl(paths, field: str = "text", errors: str = "strict") -> Iterator[str]:
+    """One document per line of JSON Lines files: the string in `field` of each object.  Blank lines are skipped.
+
+    A line that is not JSON, not an object, or lacks `field` raises a ValueError naming the file and line number.
+    Example line: {"text": "Hello.", "url": "https://example.com"}
+    """
+    raise NotImplementedError('`text.load_jsonl` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+def load_hf_dataset(dataset, field: str = "text", split: str = "train", streaming: bool = False,
+                    **load_kwargs) -> Iterator[str]:
+    """Documents from a Hugging Face `datasets` dataset: the string in `field` of each row.
+
+    `dataset` is a name or path for `datasets.load_dataset(dataset, split=split, streaming=streaming, **load_kwargs)`
+    (e.g. load_hf_dataset("json", data_files="corpus.jsonl", streaming=True)), or an already loaded Dataset or
+    IterableDataset. With streaming=True rows are read as they are asked for, nothing is downloaded in full.
+    """
+    raise NotImplementedError('`text.load_hf_dataset` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+# ---------------------------------------------------------------------------------------------------------- cleaning
+
+UNICODE_FORMS = ("NFC", "NFKC")
+
+# Translation tables, built once. Control characters (category Cc) all lie in U+0000-U+009F; the whitespace ones
+# among them (tab, line feed, form feed, U+001C-U+001F, U+0085 ...) are left to normalize_whitespace. U+FEFF
+# (byte-order mark) and U+200B (zero-width space) are invisible and carry no text; the zero-width joiner U+200D
+# stays: it glues emoji sequences together.
+_CONTROLS = {i: None for i in range(0xA0) if unicodedata.category(chr(i)) == "Cc" and not chr(i).isspace()}
+_CONTROLS.update({0xFEFF: None, 0x200B: None})
+# Whitespace other than ' ', tab and newline (all of it lies below U+3001): line breaks -> '\n', the rest -> ' '.
+# str.splitlines() knows which ones break lines.
+_SPACES = {
+    i: ("\n" if len(f"a{chr(i)}b".splitlines()) == 2 else " ")
+    for i in range(0x3001) if chr(i).isspace() and chr(i) not in " \t\n"
+}
+
+
+def normalize_unicode(text: str, form: str = "NFC") -> str:
+    """Unicode normalisation: one code point sequence for one text.  'e' + U+0301 (combining acute) -> 'é' (U+00E9).
+
+    NFC composes canonically equivalent sequences. NFKC also folds compatibility variants: 'ﬁ' -> 'fi',
+    full-width 'Ａ' -> 'A', no-break space -> space. Both are idempotent.
+    """
+    raise NotImplementedError('`text.normalize_unicode` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+def remove_control_characters(text: str) -> str:
+    """Drop control characters (Unicode category Cc) except the whitespace ones (tab, newlines, form feed ...:
+    normalize_whitespace turns those into spaces and line breaks), and the invisible U+FEFF and U+200B.
+
+    Example: 'bell\\x07 and\\x00 null\\ufeff' -> 'bell and null'
+    """
+    raise NotImplementedError('`text.remove_control_characters` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+def normalize_whitespace(text: str) -> str:
+    """Uniform whitespace, structure kept:
+
+    1. every line break (\\r\\n, \\r, \\v, \\f, U+0085, U+2028, U+2029, ...) becomes '\\n';
+    2. every other whitespace character except tab (no-break space, ideographic space ...) becomes ' ';
+    3. spaces and tabs at the end of a line go; 4. runs of blank lines shrink to one blank line;
+    5. whitespace at both ends of the document goes.
+
+    Indentation and runs of spaces inside a line stay: they carry meaning in code and tables.
+    Example: ' a \\r\\n\\n\\n\\u00a0b\\t' -> 'a\\n\\n b'
+    """
+    raise NotImplementedError('`text.normalize_whitespace` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+def clean(text: str, form: str = "NFC") -> str:
+    """normalize_whitespace(normalize_unicode(remove_control_characters(text), form)).  Idempotent.
+
+    The order matters: removing a control character between 'e' and a combining accent makes a pair that
+    normalisation composes, so controls go first; normalisation can make spaces (NFKC: U+00A0 -> ' '), so
+    whitespace goes last. Cleaning never makes a text longer than its Unicode normalisation; normalisation alone
+    can (NFC decomposes a few characters, e.g. U+FB2C -> three code points).
+    """
+    raise NotImplementedError('`text.clean` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+# --------------------------------------------------------------------------------------------------- quality filters
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Thresholds of the quality rules, after Gopher (Rae et al., 2021, appendix A.1.1). A document passes when
+
+    min_words <= words <= max_words, min_mean_word_length <= mean word length <= max_mean_word_length,
+    symbols ('#', '...', '…') per word <= max_symbol_word_ratio, words with a letter >= min_alphabetic_fraction,
+    lines repeating an earlier line <= max_duplicate_line_fraction.
+    """
+
+    min_words: int = 50
+    max_words: int = 100_000
+    min_mean_word_length: float = 3.0
+    max_mean_word_length: float = 10.0
+    max_symbol_word_ratio: float = 0.1
+    min_alphabetic_fraction: float = 0.8
+    max_duplicate_line_fraction: float = 0.3
+
+
+class FilterReport:
+    """How many documents went in, came out, and were dropped by each rule (a Counter: rule -> documents).
+
+    The stages add to one report as documents stream through; str(report) prints it as a table.
+    """
+
+    def __init__(self):
+        self.read = 0
+        self.kept = 0
+        self.dropped: Counter[str] = Counter()
+
+    def __str__(self) -> str:
+        lines = [f"read {self.read} documents, kept {self.kept}"]
+        lines += [f"  dropped by {rule:<20} {count}" for rule, count in self.dropped.most_common()]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"FilterReport(read={self.read}, kept={self.kept}, dropped={dict(self.dropped)})"
+
+
+def word_count(text: str) -> int:
+    """Words are maximal runs of non-whitespace.  Example: 'Hello,  world !' -> 3"""
+    raise NotImplementedError('`text.word_count` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+def mean_word_length(text: str) -> float:
+    """Mean characters per word (0.0 for no words).  Example: 'a bb cccccc' -> 3.0"""
+    raise NotImplementedError('`text.mean_word_length` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+def symbol_to_word_ratio(text: str) -> float:
+    """Occurrences of '#', '...' and '…' per word (0.0 for no words).  Example: '# title ... done' -> 2/4 = 0.5"""
+    raise NotImplementedError('`text.symbol_to_word_ratio` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+def alphabetic_word_fraction(text: str) -> float:
+    """Fraction of words with at least one letter (0.0 for no words).  Example: 'abc 123 x1' -> 2/3"""
+    raise NotImplementedError('`text.alphabetic_word_fraction` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+def duplicate_line_fraction(text: str) -> float:
+    """Fraction of non-blank lines that repeat an earlier line (compared without surrounding whitespace).
+
+    Example: 'a\\nb\\na\\na' -> 2/4 = 0.5 (the second and third 'a' repeat the first)
+    """
+    raise NotImplementedError('`text.duplicate_line_fraction` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+def failed_rules(text: str, config: QualityConfig | None = None) -> list[str]:
+    """Names of the quality rules `text` breaks, in this order: 'too_few_words', 'too_many_words',
+    'mean_word_length', 'symbol_to_word_ratio', 'alphabetic_fraction', 'duplicate_lines'.  [] means it passes.
+
+    A pure function: the answer depends on `text` and `config` alone, never on documents seen before.
+    """
+    raise NotImplementedError('`text.failed_rules` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+def quality_filter(docs: Iterable[str], config: QualityConfig | None = None,
+                   report: FilterReport | None = None) -> Iterator[str]:
+    """Yield the documents that break no quality rule; count each dropped one in report.dropped under the first
+    rule it breaks."""
+    raise NotImplementedError('`text.quality_filter` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+# ------------------------------------------------------------------------------------------------------ exact dedup
+
+def dedup_key(text: str) -> bytes:
+    """The identity of a document for exact deduplication: a 128-bit BLAKE2b hash of its normalised text,
+    clean(text) case-folded with every whitespace run made one space.
+
+    'Hello  World' and 'hello\\nworld' share a key; 'Hello, World' does not.
+    """
+    raise NotImplementedError('`text.dedup_key` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+def exact_dedup(docs: Iterable[str], report: FilterReport | None = None) -> Iterator[str]:
+    """Yield each document whose dedup_key has not been seen before: the first of each group of duplicates, in
+    corpus order.  Memory: 16 bytes per distinct document."""
+    raise NotImplementedError('`text.exact_dedup` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+# ------------------------------------------------------------------------------------------------------- near dedup
+
+# Near-duplicate detection: MinHash signatures over word n-gram shingles, and LSH banding to find candidates.
+#
+# Two documents are near duplicates when the Jaccard similarity of their shingle sets is high:
+#
+#     J(A, B) = |A ∩ B| / |A ∪ B|,    A = { (w_i, ..., w_{i+n-1}) : i }  the word n-grams of a document.
+#
+# MinHash (Broder, 1997). For a random hash function h, P[min h(A) = min h(B)] = J(A, B): the smallest hash over
+# A ∪ B lands in A ∩ B with that probability. With k independent functions h_1..h_k the signature of a document is
+# (min h_1(A), ..., min h_k(A)), and the fraction of equal positions estimates J with standard deviation
+# sqrt(J(1-J)/k); Hoeffding: P[|Ĵ - J| >= eps] <= 2 exp(-2 k eps^2).
+#
+# LSH banding. Cut each signature into b bands of r rows. Two documents become candidates when some band is equal
+# in all r rows, which happens with probability 1 - (1 - J^r)^b: an S-curve in J that rises steeply around
+# (1/b)^(1/r). Each band is a hash table, so finding candidates costs one lookup per band, not one comparison per
+# pair. A candidate is then confirmed by its estimated Jaccard >= threshold.
+#
+# Hashing, all vectorised with numpy. Words are hashed once (CRC-32); the n words of a shingle are combined by a
+# polynomial and a 64-bit mixer into a 32-bit shingle id x; the k hash functions are multiply-add-shift,
+# h_j(x) = ((a_j x + b_j) mod 2^64) >> 32 with random 64-bit a_j, b_j (Dietzfelbinger, 1996): strongly universal,
+# no modulo by a prime, and numpy's uint64 arithmetic wraps around mod 2^64 for free.
+#
+# Left out: weighted MinHash, one-permutation hashing, b-bit signatures, suffix-array substring dedup.
+
+# numpy computes a (num_perm, shingles) block of hashes at a time: at most this many 8-byte entries (32 MB).
+_BLOCK = 1 << 22
+# Documents signed together by near_dedup before their turn in the LSH tables comes.
+_CHUNK = 512
+
+
+def shingles(text: str, ngram: int = 5) -> set[tuple[str, ...]]:
+    """The set of word n-grams of `text` (words: whitespace-separated).  A text shorter than `ngram` words is one
+    shingle of all its words; an empty text is the one empty shingle, so every text has at least one.
+
+    Example: shingles('a b c a b', ngram=2) -> {('a', 'b'), ('b', 'c'), ('c', 'a')}
+    """
+    raise NotImplementedError('`text.shingles` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+def jaccard(a: set, b: set) -> float:
+    """|a ∩ b| / |a ∪ b|, and 1.0 for two empty sets.  Example: jaccard({1, 2, 3}, {2, 3, 4}) -> 0.5"""
+    raise NotImplementedError('`text.jaccard` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser: every input bit flips about half of the output bits.  uint64 -> uint64."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _shingle_ids(text: str, ngram: int, vocabulary: dict[str, int]) -> np.ndarray:
+    """32-bit ids of the word n-grams of `text` (with repeats), as uint64.  The same shingle always gets the same id;
+    `vocabulary` caches word hashes across documents."""
+    words = text.split() or [""]
+    for word in set(words).difference(vocabulary):
+        vocabulary[word] = zlib.crc32(word.encode("utf-8", "surrogatepass"))
+    ids = np.array(list(map(vocabulary.__getitem__, words)), dtype=np.uint64)  # (words,)
+    span = max(len(words) - ngram + 1, 1)  # shingles; a short text is one shingle of all its words
+    width = min(ngram, len(words))
+    combined = np.zeros(span, dtype=np.uint64)
+    for j in range(width):  # polynomial hash of the n word hashes: (((w_i) P + w_{i+1}) P + ...) mod 2^64
+        combined = combined * np.uint64(0x100000001B3) + ids[j:j + span]
+    # A short text and a long one never share a shingle: mix the width in.
+    return _mix64(combined + np.uint64(width)) >> np.uint64(32)
+
+
+def _hash_functions(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The multipliers a (num_perm, 1) and offsets b (num_perm, 1) of the num_perm hash functions: uint64."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, 2**64, size=(2, num_perm, 1), dtype=np.uint64)
+    return a, b
+
+
+def minhash_signatures(docs: Sequence[str], num_perm: int = 128, ngram: int = 5, seed: int = 0) -> np.ndarray:
+    """MinHash signatures, one row per document: (len(docs), num_perm) uint32.
+
+    Row i, column j is min over the shingles x of docs[i] of h_j(x). The hash functions depend on `seed` alone,
+    so signatures made with the same (num_perm, ngram, seed) can be compared across calls.
+    """
+    raise NotImplementedError('`text.minhash_signatures` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+def estimate_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """The fraction of positions where two signatures agree: an unbiased estimate of the Jaccard similarity."""
+    raise NotImplementedError('`text.estimate_jaccard` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+def _choose_bands(threshold: float, num_perm: int) -> int:
+    """The number of bands b (rows r = num_perm // b) with the most rows per band for which a pair at the threshold
+    becomes a candidate with probability at least 0.99: few false candidates, few missed duplicates.
+
+    Example: threshold 0.8, 128 permutations -> 21 bands of 6 rows: P[candidate | J=0.8] = 0.998, | J=0.5: 0.28.
+    """
+    for rows in range(num_perm, 0, -1):
+        bands = num_perm // rows
+        if 1 - (1 - threshold**rows) ** bands >= 0.99:
+            return bands
+    return num_perm
+
+
+def near_dedup(docs: Iterable[str], threshold: float = 0.8, num_perm: int = 128, bands: int | None = None,
+               ngram: int = 5, seed: int = 0, report: FilterReport | None = None) -> Iterator[str]:
+    """Yield each document unless it is a near duplicate of a document already kept.
+
+    A document is a near duplicate of a kept one when they share an LSH band (`bands` bands of num_perm // bands
+    rows; None chooses them from the threshold) and their estimated Jaccard is >= `threshold`. Only kept documents
+    go into the tables, so the first document of a group of near duplicates is the one that stays. Dropped
+    documents are counted in report.dropped['near_duplicate']. Lazy: documents are signed in chunks as they come.
+    """
+    raise NotImplementedError('`text.near_dedup` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+
+
+# --------------------------------------------------------------------------------------------------------- pipeline
+
+def clean_corpus(docs: Iterable[str], config: QualityConfig | None = None, near_threshold: float | None = 0.8,
+                 form: str = "NFC", report: FilterReport | None = None) -> Iterator[str]:
+    """clean -> drop empty -> quality_filter -> exact_dedup -> near_dedup (skipped when near_threshold is None).
+
+    Lazy like its stages. When the last document has gone by and none was kept, raises a ValueError that says how
+    many were read and what dropped them: an empty corpus is an error, not an empty training run.
+    """
+    raise NotImplementedError('`text.clean_corpus` is not implemented yet — chapter 1 (text): read spec/test_text.py.')

@@ -1,0 +1,313 @@
+"""Chapter 3 — data: split a corpus, tokenize and pack it into a token file, cut batches from the stream.
+
+The split is a function of each document alone: disjoint, complete, stable when the corpus is reordered or grows.
+Packing writes doc_1 <eot> doc_2 <eot> ... as uint16 or uint32, the same with or without worker processes, and
+atomically. Training batches are windows of the stream with y = x shifted by one, every start offset reachable,
+the same for the same seed; evaluation batches cover every target once; document masks never cross a boundary.
+
+The tokenizer is a byte-level stand-in (`encode(str) -> list[int]`), so this chapter does not need chapter 2.
+Statistical tests state their bound: a correct implementation fails one with probability below 1e-6 per run.
+"""
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from .strategies import seeds, unicode_text
+
+
+class ByteTokenizer:
+    """Token i is the byte i of the UTF-8 text; 256 is end-of-text. Picklable, for worker processes."""
+
+    eot_id = 256
+    vocab_size = 257
+
+    def __init__(self, offset: int = 0):
+        self.offset = offset  # shift every id: a vocabulary larger than uint16 holds
+
+    def encode(self, text: str) -> list[int]:
+        return [b + self.offset for b in text.encode("utf-8")]
+
+
+class FailingTokenizer(ByteTokenizer):
+    def encode(self, text: str) -> list[int]:
+        if "FAIL" in text:
+            raise RuntimeError("the tokenizer broke on purpose")
+        return super().encode(text)
+
+
+def packed(docs, eot_id: int = 256, offset: int = 0) -> list[int]:
+    """The expected stream: every document's bytes, each followed by eot_id."""
+    stream = []
+    for doc in docs:
+        stream += [b + offset for b in doc.encode("utf-8")] + [eot_id]
+    return stream
+
+
+def assert_rejects(call, *fragments, what: str) -> None:
+    """`call()` must raise a ValueError whose message contains each of `fragments`."""
+    try:
+        call()
+    except NotImplementedError:
+        raise
+    except ValueError as raised:
+        missing = [f for f in fragments if str(f) not in str(raised)]
+        assert not missing, f"{what}: the error must name {missing}; it says: {raised}"
+    except Exception as raised:
+        raise AssertionError(f"{what}: expected a ValueError naming {fragments}, got {type(raised).__name__}: {raised}")
+    else:
+        raise AssertionError(f"{what}: expected a ValueError naming {fragments}, but nothing was raised")
+
+
+# ---------------------------------------------------------------- split
+
+documents = st.lists(unicode_text, max_size=30)
+
+
+@given(documents, st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.0]))
+def test_split_is_disjoint_and_covers_every_document(impl, docs, fraction):
+    train, val = impl.data.train_val_split(docs, val_fraction=fraction)
+    assert sorted(train + val) == sorted(docs), (
+        "train and validation together must hold every document exactly once (as many copies as the corpus has)")
+    for side, name, expected in ((train, "train", False), (val, "validation", True)):
+        assert side == [d for d in docs if impl.data.is_validation(d, fraction) == expected], (
+            f"the {name} side must be the documents is_validation puts there, in corpus order")
+    assert not set(train) & set(val), "a document and its copies must all land on the same side"
+    if fraction == 0.0:
+        assert val == [], "val_fraction=0 must leave validation empty"
+    if fraction == 1.0:
+        assert train == [], "val_fraction=1 must put everything in validation"
+
+
+@given(documents, documents, seeds)
+def test_split_is_stable_under_reordering_and_growth(impl, docs, more, seed):
+    train, val = impl.data.train_val_split(docs, val_fraction=0.3)
+    shuffled = docs + more
+    random.Random(seed).shuffle(shuffled)
+    train2, val2 = impl.data.train_val_split(shuffled, val_fraction=0.3)
+    moved = [d for d in docs if (d in val) != (d in val2)]
+    assert not moved, (
+        f"a document's side must not change when the corpus is reordered or grows: {moved[:3]} changed side")
+    assert len(set(train2) & set(val2)) == 0, "the grown corpus must still split disjointly"
+
+
+# With N = 2000 distinct documents, P[|val/N - f| >= 0.07] <= 2 exp(-2 N 0.07²) < 6e-9 (Hoeffding).
+@given(seeds, st.sampled_from([0.05, 0.2, 0.5]))
+def test_validation_fraction_is_within_the_hoeffding_bound(impl, seed, fraction):
+    docs = [f"document {seed} {i}" for i in range(2000)]
+    val = [doc for doc in docs if impl.data.is_validation(doc, fraction)]
+    assert abs(len(val) / len(docs) - fraction) <= 0.07, (
+        f"is_validation(doc, {fraction}) must hold for about that fraction of documents, it held for "
+        f"{len(val)} of {len(docs)}")
+    other = [doc for doc in docs if impl.data.is_validation(doc, fraction, salt="another split")]
+    assert other != val, "a different salt must draw a different split"
+
+
+# ---------------------------------------------------------------- tokenize and pack
+
+
+def test_token_dtype_is_the_smallest_that_fits(impl):
+    cases = {2: np.uint16, 257: np.uint16, 50257: np.uint16, 65536: np.uint16, 65537: np.uint32, 128256: np.uint32}
+    for vocab_size, expected in cases.items():
+        actual = np.dtype(impl.data.token_dtype(vocab_size))
+        assert actual == np.dtype(expected), (
+            f"token_dtype({vocab_size}) must be {np.dtype(expected).name}: ids 0..{vocab_size - 1} "
+            f"{'fit' if expected is np.uint16 else 'do not fit'} in 16 bits; got {actual.name}")
+
+
+@given(st.lists(unicode_text, min_size=1, max_size=12))
+def test_packed_stream_is_each_document_followed_by_eot(impl, docs):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "train.npy"
+        tokens = impl.data.tokenize_and_pack(iter(docs), ByteTokenizer(), 256, path, vocab_size=257)
+        assert isinstance(tokens, np.memmap), f"tokenize_and_pack must return the file memory-mapped, not " \
+                                              f"{type(tokens).__name__}"
+        assert tokens.dtype == np.uint16, f"a vocabulary of 257 must be stored as uint16, got {tokens.dtype}"
+        assert tokens.tolist() == packed(docs), (
+            "the stream must be doc_1 <eot> doc_2 <eot> ... doc_n <eot>: each document's tokens followed by eot_id")
+        loaded = impl.data.load_tokens(path)
+        assert loaded.dtype == np.uint16 and loaded.tolist() == packed(docs), "load_tokens must read the file back"
+        assert np.load(path).tolist() == packed(docs), "the token file must be a .npy file numpy can load"
+        del tokens, loaded  # release the memory maps before the folder goes
+
+
+def test_packing_with_workers_equals_packing_in_one_process(impl, tmp_path):
+    rng = random.Random(0)
+    docs = ["".join(rng.choice("abc é😀\n") for _ in range(rng.randrange(0, 40))) + f" #{i}" for i in range(500)]
+    one = impl.data.tokenize_and_pack(docs, ByteTokenizer(), 256, tmp_path / "one.npy", vocab_size=257)
+    two = impl.data.tokenize_and_pack(docs, ByteTokenizer(), 256, tmp_path / "two.npy", vocab_size=257,
+                                      num_workers=2)
+    assert two.tolist() == one.tolist() == packed(docs), (
+        "tokenize_and_pack(num_workers=2) must write the same stream as one process: documents in corpus order")
+
+
+def test_large_vocabularies_pack_as_uint32(impl, tmp_path):
+    docs = ["big ids", "ü"]
+    tokens = impl.data.tokenize_and_pack(docs, ByteTokenizer(offset=70000), 70300, tmp_path / "big.npy",
+                                         vocab_size=70301)
+    assert tokens.dtype == np.uint32, f"a vocabulary of 70301 needs uint32, got {tokens.dtype}"
+    assert tokens.tolist() == packed(docs, eot_id=70300, offset=70000), "ids above 65535 must be stored exactly"
+
+
+def test_packing_writes_atomically(impl, tmp_path):
+    path = tmp_path / "tokens.npy"
+    impl.data.tokenize_and_pack(["old"], ByteTokenizer(), 256, path, vocab_size=257)
+    before = path.read_bytes()
+    docs = ["new document"] * 300 + ["FAIL here"]
+    try:
+        impl.data.tokenize_and_pack(docs, FailingTokenizer(), 256, path, vocab_size=257)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the tokenizer's error must reach the caller")
+    assert path.read_bytes() == before, (
+        "a packing that fails half way must leave the old file untouched: write to a temporary file in the same "
+        "folder, then os.replace it")
+    assert sorted(os.listdir(tmp_path)) == ["tokens.npy"], (
+        f"a failed packing must remove its temporary file, found {sorted(os.listdir(tmp_path))}")
+
+
+# ---------------------------------------------------------------- batches
+
+
+def stream(length: int, seed: int, dtype=np.uint16) -> np.ndarray:
+    """Distinct tokens in random order: a window's first token tells where it starts."""
+    return np.random.default_rng(seed).permutation(length).astype(dtype)
+
+
+@given(st.integers(1, 8), st.integers(1, 16), st.integers(0, 40), seeds,
+       st.sampled_from(["uint16", "uint32", "memmap", "tensor"]))
+def test_batches_are_windows_of_the_stream_with_y_shifted_by_one(impl, batch, context, extra, seed, kind):
+    tokens = stream(context + 1 + extra, seed, np.uint32 if kind == "uint32" else np.uint16)
+    with tempfile.TemporaryDirectory() as folder:
+        if kind == "memmap":
+            np.save(Path(folder) / "t.npy", tokens)
+            source = np.load(Path(folder) / "t.npy", mmap_mode="r")
+        else:
+            source = torch.from_numpy(tokens.astype(np.int64)) if kind == "tensor" else tokens
+        x, y = impl.data.get_batch(source, batch, context, torch.Generator().manual_seed(seed))
+        del source
+    for name, t in (("x", x), ("y", y)):
+        assert isinstance(t, torch.Tensor) and t.dtype == torch.int64, f"{name} must be an int64 tensor"
+        assert tuple(t.shape) == (batch, context), f"{name} must have shape (batch_size, context_length) = " \
+                                                   f"{(batch, context)}, got {tuple(t.shape)}"
+    position = {int(token): i for i, token in enumerate(tokens)}
+    for row in range(batch):
+        start = position[int(x[row, 0])]
+        assert x[row].tolist() == tokens[start:start + context].tolist(), (
+            f"row {row} of x must be a contiguous window of the stream")
+        assert y[row].tolist() == tokens[start + 1:start + context + 1].tolist(), (
+            f"row {row} of y must be x shifted by one: the stream at positions {start + 1}..{start + context}")
+
+
+# 32 start offsets (N = 40, T = 8), 1024 rows: P[some offset never drawn] <= 32 (31/32)^1024 < 3e-13.
+@given(seeds)
+def test_every_start_offset_is_reachable(impl, seed):
+    tokens = np.arange(40, dtype=np.uint16)
+    generator = torch.Generator().manual_seed(seed)
+    starts = set()
+    for _ in range(16):
+        x, _ = impl.data.get_batch(tokens, 64, 8, generator)
+        starts.update(x[:, 0].tolist())
+    assert starts == set(range(32)), (
+        f"with N=40 tokens and T=8, every start offset 0..31 must be drawn (the last one, 31, ends the target at the "
+        f"last token); in 1024 rows these never came: {sorted(set(range(32)) - starts)}, these are too far: "
+        f"{sorted(starts - set(range(32)))}")
+
+
+@given(seeds)
+def test_same_seed_gives_same_batches(impl, seed):
+    tokens = stream(500, seed)
+    first = [impl.data.get_batch(tokens, 4, 16, g) for g in [torch.Generator().manual_seed(seed)] * 3]
+    torch.manual_seed(seed + 1)  # the global generator must play no part
+    second = [impl.data.get_batch(tokens, 4, 16, g) for g in [torch.Generator().manual_seed(seed)] * 3]
+    for (x1, y1), (x2, y2) in zip(first, second):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2), (
+            "the same seed must give the same sequence of batches: draw offsets from the generator passed in")
+
+
+@given(st.integers(2, 60), st.integers(1, 5), st.integers(1, 9), seeds)
+def test_sequential_batches_cover_every_target_exactly_once(impl, length, batch, context, seed):
+    tokens = stream(length, seed)
+    batches = list(impl.data.sequential_batches(tokens, batch, context))
+    targets, windows = [], 0
+    for i, (x, y) in enumerate(batches):
+        assert x.dtype == y.dtype == torch.int64 and x.shape == y.shape and x.shape[1] == context, (
+            f"batch {i}: x and y must be int64 of shape (rows, {context}), got {tuple(x.shape)}, {tuple(y.shape)}")
+        assert x.shape[0] == batch or i == len(batches) - 1, f"only the last batch may have fewer than {batch} rows"
+        for row in range(x.shape[0]):
+            start = (windows + row) * context
+            valid = y[row] != -100
+            n = int(valid.sum())
+            assert valid.tolist() == [True] * n + [False] * (context - n), "padding (-100) may only end a window"
+            assert x[row, :n].tolist() == tokens[start:start + n].tolist() and \
+                y[row, :n].tolist() == tokens[start + 1:start + 1 + n].tolist(), (
+                    f"window {windows + row} must be x = tokens[{start}:{start + context}], y shifted by one")
+            targets += y[row, :n].tolist()
+        windows += x.shape[0]
+    assert targets == tokens[1:].tolist(), (
+        f"together the windows must predict every token after the first exactly once, in order: {len(targets)} "
+        f"targets for {length - 1} tokens")
+
+
+def test_document_ids_count_documents_from_zero(impl):
+    eot = 0
+    x = torch.tensor([[5, 7, eot, 9, eot, 4], [eot, eot, 1, 2, 3, eot]])
+    expected = [[0, 0, 0, 1, 1, 2], [0, 1, 2, 2, 2, 2]]
+    assert impl.data.document_ids(x, eot).tolist() == expected, (
+        "document_ids must number the documents of each row from 0; an end-of-text token belongs to the document "
+        f"it ends: expected {expected}, got {impl.data.document_ids(x, eot).tolist()}")
+
+
+@given(st.integers(1, 3), st.integers(1, 12), seeds)
+def test_document_mask_never_crosses_a_document_boundary(impl, rows, length, seed):
+    generator = torch.Generator().manual_seed(seed)
+    eot = 3
+    x = torch.randint(0, 6, (rows, length), generator=generator)  # about one token in six ends a document
+    mask = impl.data.document_mask(x, eot)
+    assert mask.dtype == torch.bool and tuple(mask.shape) == (rows, length, length), (
+        f"document_mask must be a bool tensor of shape (batch, T, T) = {(rows, length, length)}")
+    for b in range(rows):
+        for i in range(length):
+            for j in range(length):
+                allowed = j <= i and not (x[b, j:i] == eot).any()  # no document ends at j..i-1
+                assert bool(mask[b, i, j]) == allowed, (
+                    f"row {x[b].tolist()}: query {i} {'must' if allowed else 'must not'} attend to key {j} (causal, "
+                    "within the document; an end-of-text token still sees its own document)")
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_rejects_a_context_longer_than_the_data(impl):
+    tokens = np.arange(10, dtype=np.uint16)
+    generator = torch.Generator().manual_seed(0)
+    x, y = impl.data.get_batch(tokens, 2, 9, generator)  # exactly fits: one possible window
+    assert x[0].tolist() == list(range(9)) and y[0].tolist() == list(range(1, 10)), "T = N - 1 leaves one window"
+    assert_rejects(lambda: impl.data.get_batch(tokens, 2, 10, generator), 10,
+                   what="get_batch with context_length 10 on 10 tokens (a window and its target need 11)")
+    assert_rejects(lambda: impl.data.get_batch(tokens, 2, 64, generator), 64,
+                   what="get_batch with context_length 64 on 10 tokens")
+
+
+def test_rejects_an_empty_corpus(impl, tmp_path):
+    assert_rejects(lambda: impl.data.tokenize_and_pack([], ByteTokenizer(), 256, tmp_path / "t.npy", 257), "empty",
+                   what="tokenize_and_pack of no documents")
+    kept = (doc for doc in ["a", "b"] if len(doc) > 5)  # a filter that drops everything
+    assert_rejects(lambda: impl.data.tokenize_and_pack(kept, ByteTokenizer(), 256, tmp_path / "t.npy", 257), "empty",
+                   what="tokenize_and_pack of a corpus that is empty after filtering")
+    assert not (tmp_path / "t.npy").exists(), "no token file may be written for an empty corpus"
+
+
+def test_rejects_token_ids_outside_the_vocabulary(impl, tmp_path):
+    assert_rejects(lambda: impl.data.tokenize_and_pack(["ok", "ÿ"], ByteTokenizer(), 179, tmp_path / "t.npy", 180),
+                   195, what="token id 195 (the first byte of 'ÿ') with vocab_size 180")
+    assert_rejects(lambda: impl.data.tokenize_and_pack(["a"], ByteTokenizer(), 300, tmp_path / "t.npy", 257), 300,
+                   what="eot_id 300 with vocab_size 257")

@@ -1,0 +1,543 @@
+"""Chapter 1 — text: load a corpus, clean it, filter it for quality, remove exact and near duplicates.
+
+Loaders are lazy and say which file and line is wrong. Cleaning is idempotent and never lengthens a text. Quality
+rules are pure functions of one document. Exact dedup keeps the first of each group of equal normalised
+documents, in order. MinHash estimates Jaccard similarity within a Hoeffding bound; LSH + MinHash catches a
+one-word edit of a long document and keeps documents that are merely alike.
+
+Statistical tests state their bound: a correct implementation fails one with probability below 1e-6 per run.
+"""
+
+import json
+import math
+import random
+import unicodedata
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from itertools import product
+
+import numpy as np
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from .strategies import seeds, unicode_text
+
+# 10,000 four-letter words: random documents drawn from them share almost no 5-gram by chance.
+VOCABULARY = ["".join(letters) for letters in product("etaoinshrd", repeat=4)]
+
+
+def random_words(rng: random.Random, count: int) -> list[str]:
+    return [rng.choice(VOCABULARY) for _ in range(count)]
+
+
+def assert_rejects(call, *fragments, what: str, error=ValueError) -> None:
+    """`call()` must raise `error` (ValueError by default) whose message contains each of `fragments`."""
+    try:
+        call()
+    except NotImplementedError:
+        raise
+    except error as raised:
+        missing = [f for f in fragments if str(f) not in str(raised)]
+        assert not missing, f"{what}: the error must name {missing}; it says: {raised}"
+    except Exception as raised:
+        raise AssertionError(f"{what}: expected a {error.__name__} naming {fragments}, got "
+                             f"{type(raised).__name__}: {raised}")
+    else:
+        raise AssertionError(f"{what}: expected a {error.__name__} naming {fragments}, but nothing was raised")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def test_default_corpus_is_the_pydoc_topics_one_document_per_topic(impl):
+    from pydoc_data.topics import topics
+
+    docs = impl.text.default_corpus()
+    assert isinstance(docs, Iterator), (
+        f"default_corpus() must be a lazy iterator of documents (a generator), not a {type(docs).__name__}")
+    docs = list(docs)
+    assert len(docs) == len(topics), f"default_corpus() must yield one document per pydoc topic ({len(topics)}), " \
+                                     f"got {len(docs)}"
+    assert Counter(docs) == Counter(topics.values()), "default_corpus() must yield the text of each pydoc topic as is"
+
+
+def test_text_files_load_one_document_per_file_in_sorted_order(impl, tmp_path):
+    (tmp_path / "sub").mkdir()
+    contents = {"b.txt": "second\nfile\n", "a.txt": "first file ✓\n\nwith two paragraphs", "sub/c.txt": "third"}
+    for name, text in contents.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    load = impl.text.load_text_files
+    assert list(load(str(tmp_path / "*.txt"))) == [contents["a.txt"], contents["b.txt"]], (
+        "a glob must load every matching file, one document per file, whole and unchanged, in sorted path order")
+    assert list(load(tmp_path)) == [contents["a.txt"], contents["b.txt"], contents["sub/c.txt"]], (
+        "a folder must load every *.txt file under it, recursively, in sorted path order")
+    assert list(load([tmp_path / "b.txt", str(tmp_path / "a.txt")])) == [contents["b.txt"], contents["a.txt"]], (
+        "a list of paths must load those files in the order given")
+
+
+def test_loaders_are_lazy(impl, tmp_path):
+    (tmp_path / "1.txt").write_text("good document", encoding="utf-8")
+    (tmp_path / "2.txt").write_bytes(b"bad \xff document")
+    try:
+        docs = impl.text.load_text_files(str(tmp_path / "*.txt"))
+        first = next(docs)
+    except ValueError as error:
+        raise AssertionError(
+            "load_text_files must read a file only when its document is asked for: the first document must come "
+            f"out before the broken second file is read, but it failed at once: {error}") from None
+    assert first == "good document", f"the first document must be the first file, got {first!r}"
+    assert_rejects(lambda: next(docs), "2.txt", what="the second file is not UTF-8")
+
+    path = tmp_path / "corpus.jsonl"
+    path.write_text('{"text": "one"}\n{"text": "two"}\n{"title": "no text here"}\n', encoding="utf-8")
+    try:
+        docs = impl.text.load_jsonl(path)
+        first = [next(docs), next(docs)]
+    except ValueError as error:
+        raise AssertionError("load_jsonl must yield lines as they are read: the good lines must come out before the "
+                             f"bad third line is read, but it failed at once: {error}") from None
+    assert first == ["one", "two"], f"the first two documents must be 'one' and 'two', got {first}"
+    assert_rejects(lambda: next(docs), 3, what="the third line has no 'text' field")
+
+
+def test_jsonl_yields_the_field_of_each_line(impl, tmp_path):
+    records = [{"content": "Grüße, \"quoted\"\nand a new line", "id": 1}, {"content": "", "id": 2},
+               {"content": "😀 third", "text": "not this field"}]
+    path = tmp_path / "data.jsonl"
+    lines = [json.dumps(r, ensure_ascii=i % 2 == 0) for i, r in enumerate(records)]
+    path.write_text(lines[0] + "\n\n" + lines[1] + "\n   \n" + lines[2], encoding="utf-8")  # blank lines, no final \n
+    docs = list(impl.text.load_jsonl(path, field="content"))
+    assert docs == [r["content"] for r in records], (
+        "load_jsonl(path, field='content') must yield the 'content' string of every non-blank line, in order, "
+        f"got {docs!r}")
+
+
+def test_hf_datasets_load_in_memory_and_streaming(impl, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = [{"content": f"document {i} ✓", "id": i} for i in range(5)]
+    in_memory = datasets.Dataset.from_list(rows)
+    expected = [row["content"] for row in rows]
+    assert list(impl.text.load_hf_dataset(in_memory, field="content")) == expected, (
+        "load_hf_dataset(dataset, field='content') must yield the 'content' of every row, in order")
+    path = tmp_path / "local.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    streamed = impl.text.load_hf_dataset("json", field="content", streaming=True, data_files=str(path))
+    assert isinstance(streamed, Iterator), "load_hf_dataset must return a lazy iterator of documents"
+    assert list(streamed) == expected, (
+        "load_hf_dataset('json', streaming=True, data_files=...) must stream the 'content' of every row, in order")
+
+
+# ---------------------------------------------------------------- cleaning
+
+# Characters that cleaning must handle: line breaks of every kind, exotic spaces, controls, invisible characters,
+# combining marks, compatibility characters, emoji joined by U+200D.
+MESSY = list(" \t\n\r\x0b\x0c\x1c\x85\u2028\u2029\u00a0\u2000\u3000\x00\x07\x1b\x7f\x9f\ufeff\u200b\u200d"
+             "e\u0301\u0316\u0308a\u00a8\ufb01\ufb2c\u0958\uff21😀\u1fef.")
+messy_text = st.text(st.one_of(st.sampled_from(MESSY), st.characters(codec="utf-8")), max_size=80) | unicode_text
+forms = st.sampled_from(["NFC", "NFKC"])
+
+
+@given(messy_text, forms)
+@example("e\x07\u0301", "NFC")  # the control hides a composable pair
+@example("a\n\n\n\n\nb", "NFC")
+def test_cleaning_is_idempotent(impl, text, form):
+    text_ = impl.text
+    once = text_.normalize_unicode(text, form)
+    assert text_.normalize_unicode(once, form) == once, f"normalize_unicode(·, {form!r}) must be idempotent"
+    assert once == unicodedata.normalize(form, text), f"normalize_unicode(text, {form!r}) must be the {form} form"
+    once = text_.remove_control_characters(text)
+    assert text_.remove_control_characters(once) == once, "remove_control_characters must be idempotent"
+    once = text_.normalize_whitespace(text)
+    assert text_.normalize_whitespace(once) == once, (
+        f"normalize_whitespace must be idempotent: {once!r} changed again to {text_.normalize_whitespace(once)!r}")
+    once = text_.clean(text, form)
+    assert text_.clean(once, form) == once, (
+        f"clean(·, {form!r}) must be idempotent: {text!r} -> {once!r} -> {text_.clean(once, form)!r} "
+        "(remove controls before normalising: 'e' + control + accent composes once the control is gone)")
+
+
+@given(messy_text, forms)
+@example("a\tb", "NFC")
+def test_cleaning_never_makes_text_longer(impl, text, form):
+    assert len(impl.text.remove_control_characters(text)) <= len(text), "remove_control_characters must not add text"
+    out = impl.text.normalize_whitespace(text)
+    assert len(out) <= len(text), f"normalize_whitespace must not lengthen text: {text!r} -> {out!r}"
+    # Unicode normalisation itself may lengthen a text (NFC turns U+FB2C into three code points): clean is compared
+    # with the normalised text.
+    out = impl.text.clean(text, form)
+    assert len(out) <= len(unicodedata.normalize(form, text)), (
+        f"clean must never make a text longer than its {form} form: {text!r} -> {out!r}")
+
+
+@given(messy_text)
+@example("👩\u200d💻\ttab\nline\x00")
+def test_control_characters_are_removed_and_everything_else_kept(impl, text):
+    def removed(ch: str) -> bool:
+        return (unicodedata.category(ch) == "Cc" and not ch.isspace()) or ch in "\ufeff\u200b"
+
+    out = impl.text.remove_control_characters(text)
+    assert out == "".join(ch for ch in text if not removed(ch)), (
+        "remove_control_characters must drop exactly the control characters that are not whitespace, U+FEFF and "
+        f"U+200B, and keep everything else in order (line breaks, tabs, U+200D ...): {text!r} -> {out!r}")
+
+
+def test_whitespace_normalization_keeps_lines_and_indentation(impl):
+    cases = {
+        "a\r\nb\rc\u2028d\x0ce": "a\nb\nc\nd\ne",
+        "no\u00a0break\u3000ideographic\u2003em": "no break ideographic em",
+        "trailing   \nspaces\t\n": "trailing\nspaces",
+        "para\n\n\n\n\nnext\n \n \t\nlast": "para\n\nnext\n\nlast",
+        "  \n\n    indented code\n        more\nx  =  1": "indented code\n        more\nx  =  1",
+        "\r\n\r\n\r\nCRLF\r\n\r\n\r\nblank lines\r\n": "CRLF\n\nblank lines",
+    }
+    for text, expected in cases.items():
+        out = impl.text.normalize_whitespace(text)
+        assert out == expected, (
+            f"normalize_whitespace({text!r}) must be {expected!r}, got {out!r}: line breaks become '\\n', exotic "
+            "spaces ' ', line ends and document ends are stripped, blank-line runs become one blank line, "
+            "indentation and inner spaces stay")
+
+
+def test_clean_fixes_the_usual_mess(impl):
+    text = "\ufeff  Cafe\u0301\x00 au\u00a0lait\x07  \r\n\r\n\r\n\r\nfin\u200b.  "
+    assert impl.text.clean(text) == "Café au lait\n\nfin.", (
+        f"clean must drop controls and invisible characters, compose accents and normalise whitespace: {text!r} -> "
+        f"{impl.text.clean(text)!r}")
+    assert impl.text.clean("ﬁne\u00a0Ａ", form="NFKC") == "fine A", "clean(form='NFKC') must fold compatibility forms"
+
+
+# ---------------------------------------------------------------- quality filters
+
+filter_text = st.lists(st.sampled_from(list("ab xyz#.…1 \n\t") + ["...", "ab\n", "#\n"]), max_size=60).map("".join)
+
+
+def _words(text):
+    return text.split()
+
+
+@given(filter_text)
+@example("ab x\n#  1\nab x\n\n  ab x\n... …")
+def test_quality_statistics_match_their_definitions(impl, text):
+    t, words = impl.text, _words(text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    expected = {
+        "word_count": len(words),
+        "mean_word_length": sum(map(len, words)) / len(words) if words else 0.0,
+        "symbol_to_word_ratio": (text.count("#") + text.count("...") + text.count("…")) / len(words) if words else 0.0,
+        "alphabetic_word_fraction": sum(any(c.isalpha() for c in w) for w in words) / len(words) if words else 0.0,
+        "duplicate_line_fraction": (len(lines) - len(set(lines))) / len(lines) if lines else 0.0,
+    }
+    for name, value in expected.items():
+        actual = getattr(t, name)(text)
+        assert math.isclose(actual, value, rel_tol=1e-12, abs_tol=1e-12), (
+            f"{name}({text!r}) must be {value}, got {actual} (see its docstring for the definition)")
+
+
+def _doc(words: int, word: str = "word") -> str:
+    """`words` words on lines of 10, every line different."""
+    tokens = [f"{word}{chr(97 + i % 26)}" for i in range(words)]
+    return "\n".join(" ".join(tokens[i:i + 10]) + f" line{chr(97 + i // 10 % 26)}{i // 260}" for i in range(0, words, 10))
+
+
+def test_each_rule_drops_what_breaks_it_and_keeps_the_rest(impl):
+    config = impl.text.QualityConfig(min_words=20, max_words=200)
+    good = _doc(30)
+    assert impl.text.failed_rules(good, config) == [], f"a plain 30-word document must pass every rule, got " \
+                                                       f"{impl.text.failed_rules(good, config)}"
+    exactly = " ".join(["alpha"] * 20)
+    assert impl.text.failed_rules(exactly, config) == [], "the bounds are inclusive: 20 words pass min_words=20"
+    cases = {
+        "too_few_words": "just a few words here",
+        "too_many_words": _doc(250),
+        "mean_word_length": " ".join(["ab"] * 30),
+        "symbol_to_word_ratio": _doc(30) + " ### ... …",
+        "alphabetic_fraction": " ".join(["12345"] * 10 + ["words"] * 20),
+        "duplicate_lines": "\n".join(["the same line of several words again"] * 5),
+    }
+    for rule, text in cases.items():
+        failed = impl.text.failed_rules(text, config)
+        assert failed and failed[0] == rule and (rule == "too_few_words" or len(failed) == 1), (
+            f"a document built to break only {rule!r} must fail {rule!r} first, got {failed}")
+    assert impl.text.failed_rules(" ".join(["ab"] * 30), impl.text.QualityConfig(min_words=20, min_mean_word_length=2.0)) == [], (
+        "failed_rules must use the thresholds of the config it is given")
+
+
+@given(st.lists(filter_text | st.builds(_doc, st.integers(40, 80)), max_size=8), st.integers(0, 8))
+def test_filters_are_pure(impl, docs, cut):
+    config = impl.text.QualityConfig(min_words=3, max_words=500, min_mean_word_length=1.0)
+    before = list(docs)
+    whole = list(impl.text.quality_filter(docs, config))
+    assert docs == before, "quality_filter must not modify the list it is given"
+    expected = [doc for doc in docs if not impl.text.failed_rules(doc, config)]
+    assert whole == expected, "quality_filter must keep exactly the documents that break no rule, in order"
+    halves = list(impl.text.quality_filter(docs[:cut], config)) + list(impl.text.quality_filter(docs[cut:], config))
+    assert halves == whole, "whether a document passes must not depend on the documents before it"
+    again = [doc for doc in docs if not impl.text.failed_rules(doc, config)]
+    assert again == expected, "failed_rules must give the same answer when asked twice"
+
+
+def test_report_counts_each_dropped_document_under_its_first_rule(impl):
+    config = impl.text.QualityConfig(min_words=20, max_words=200)
+    docs = [_doc(30), "few words", _doc(30, "other"), "\n".join(["1 2 3 4 5"] * 5), "tiny", _doc(300)]
+    report = impl.text.FilterReport()
+    kept = list(impl.text.quality_filter(docs, config, report=report))
+    assert kept == [docs[0], docs[2]], "quality_filter must keep the two good documents"
+    expected = Counter(impl.text.failed_rules(doc, config)[0] for doc in docs if impl.text.failed_rules(doc, config))
+    assert dict(report.dropped) == dict(expected), (
+        f"report.dropped must count each dropped document once, under the first rule it breaks: expected "
+        f"{dict(expected)}, got {dict(report.dropped)}")
+
+
+# ---------------------------------------------------------------- exact dedup
+
+
+def test_dedup_key_ignores_case_whitespace_and_unicode_form_only(impl):
+    key = impl.text.dedup_key
+    same = ["Hello  World", "hello\nworld", "HELLO world\n\n", " hello\tworld "]
+    assert len({key(text) for text in same}) == 1, f"{same} must share one dedup key (case and whitespace differ)"
+    assert key("café au lait") == key("cafe\u0301 au lait"), "NFC-equal texts must share a dedup key"
+    different = ["Hello, World", "Hello World!", "Hello Word", "hello world world"]
+    keys = {key(text) for text in different + same[:1]}
+    assert len(keys) == len(different) + 1, f"{different} and {same[0]!r} must all have different dedup keys"
+
+
+# Variants that must count as the same document: case and whitespace changes.
+VARIANTS = [lambda s: s, str.upper, str.title, lambda s: "  " + s.replace(" ", "\n  ") + "\t"]
+BASES = ["the cat sat", "The dog ran off", "a b c", "A, b c", "ünïcödé text", "cafe\u0301", "café", ""]
+
+
+@given(st.lists(st.tuples(st.sampled_from(BASES), st.sampled_from(VARIANTS)), max_size=20))
+def test_exact_dedup_keeps_the_first_of_each_duplicate_in_order(impl, picks):
+    docs = [variant(base) for base, variant in picks]
+
+    def normal(text):  # the normalisation the key hashes, for these texts
+        return " ".join(unicodedata.normalize("NFC", text).casefold().split())
+
+    seen, expected = set(), []
+    for doc in docs:
+        if normal(doc) not in seen:
+            seen.add(normal(doc))
+            expected.append(doc)
+    out = list(impl.text.exact_dedup(docs))
+    assert out == expected, (
+        "exact_dedup must keep the first occurrence of each document (equal up to case, whitespace and Unicode form)"
+        f" in corpus order: expected {expected!r}, got {out!r}")
+    assert list(impl.text.exact_dedup(out)) == out, "exact_dedup must be idempotent"
+    report = impl.text.FilterReport()
+    list(impl.text.exact_dedup(docs, report=report))
+    assert report.dropped["exact_duplicate"] == len(docs) - len(expected), (
+        "exact_dedup must count its drops in report.dropped['exact_duplicate']")
+
+
+# ---------------------------------------------------------------- MinHash and LSH
+
+
+@given(st.lists(st.sampled_from(["a", "b", "c", "dd"]), max_size=12), st.integers(1, 4))
+def test_shingles_are_the_word_ngrams(impl, words, n):
+    text = " \n ".join(words)
+    expected = {tuple(words[i:i + n]) for i in range(len(words) - n + 1)} if len(words) >= n else {tuple(words)}
+    out = impl.text.shingles(text, ngram=n)
+    assert out == expected, (
+        f"shingles({text!r}, ngram={n}) must be the set of {n}-grams of whitespace-separated words (one shingle of "
+        f"all words when there are fewer than {n}): expected {expected}, got {out}")
+
+
+@given(st.sets(st.integers(0, 9)), st.sets(st.integers(0, 9)))
+def test_jaccard_is_intersection_over_union(impl, a, b):
+    expected = len(a & b) / len(a | b) if a | b else 1.0
+    assert impl.text.jaccard(a, b) == pytest.approx(expected), f"jaccard({a}, {b}) must be |a ∩ b| / |a ∪ b|"
+
+
+@st.composite
+def similar_pairs(draw, min_words=30, max_words=300):
+    """Two documents: the second has a drawn fraction of the first's words replaced, so J spans [0, 1]."""
+    rng = random.Random(draw(seeds))
+    first = random_words(rng, draw(st.integers(min_words, max_words)))
+    changed = draw(st.floats(0.0, 0.6))
+    second = [rng.choice(VOCABULARY) if rng.random() < changed else word for word in first]
+    return " ".join(first), " ".join(second)
+
+
+# With k hash functions, P[|Ĵ - J| >= eps] <= 2 exp(-2 k eps²) (Hoeffding): k = 512 and eps = 0.137 give 1e-8 per
+# example.
+K, EPS = 512, 0.137
+
+
+@given(similar_pairs(), seeds)
+def test_minhash_estimate_is_within_the_hoeffding_bound_of_the_true_jaccard(impl, pair, seed):
+    a, b = pair
+    true = len(impl.text.shingles(a, 3) & impl.text.shingles(b, 3)) / len(impl.text.shingles(a, 3) | impl.text.shingles(b, 3))
+    signatures = impl.text.minhash_signatures([a, b], num_perm=K, ngram=3, seed=seed)
+    assert signatures.shape == (2, K), f"minhash_signatures of 2 documents with num_perm={K} must have shape (2, {K})"
+    estimate = impl.text.estimate_jaccard(signatures[0], signatures[1])
+    assert abs(estimate - true) <= EPS, (
+        f"the MinHash estimate {estimate:.3f} must be within {EPS} of the true Jaccard {true:.3f} of the 3-gram "
+        f"shingles with {K} hash functions (a correct MinHash misses by that much with probability < 1e-8)")
+
+
+@given(st.lists(st.text(st.sampled_from(list("ab c\n")), max_size=30), min_size=1, max_size=6), seeds)
+def test_signatures_are_deterministic_and_independent_of_the_batch(impl, docs, seed):
+    signatures = impl.text.minhash_signatures(docs, num_perm=16, ngram=2, seed=seed)
+    assert signatures.shape == (len(docs), 16), f"one row of 16 per document, got shape {signatures.shape}"
+    for i, doc in enumerate(docs):
+        alone = impl.text.minhash_signatures([doc], num_perm=16, ngram=2, seed=seed)[0]
+        assert np.array_equal(signatures[i], alone), (
+            f"the signature of document {i} must not depend on the other documents signed with it")
+        twin = docs.index(doc)
+        assert np.array_equal(signatures[i], signatures[twin]), "identical documents must have identical signatures"
+    again = impl.text.minhash_signatures(docs[::-1], num_perm=16, ngram=2, seed=seed)
+    assert np.array_equal(again[::-1], signatures), "the same seed must give the same signatures"
+
+
+def _one_word_edit(rng: random.Random, words: list[str]) -> list[str]:
+    edited, i = list(words), rng.randrange(1, len(words) - 1)
+    kind = rng.choice(["replace", "insert", "delete"])
+    if kind == "replace":
+        edited[i] = "EDITED"
+    elif kind == "insert":
+        edited.insert(i, "INSERTED")
+    else:
+        del edited[i]
+    return edited
+
+
+# A one-word edit of an L-word document changes at most 5 of its 5-gram shingles: J >= (L - 9)/(L + 1) >= 0.99 for
+# L >= 1000. With 16 bands of 8 rows it is missed when no band agrees, (1 - 0.99^8)^16 < 2e-18, or when the
+# estimate falls below 0.8, P[Binomial(128, 0.01) >= 26] < 1e-25.
+@given(seeds, st.integers(1000, 1300))
+def test_near_dedup_catches_a_one_word_edit_of_a_long_document(impl, seed, length):
+    rng = random.Random(seed)
+    words = random_words(rng, length)
+    original, edited = " ".join(words), " ".join(_one_word_edit(rng, words))
+    other = " ".join(random_words(rng, length))
+    out = list(impl.text.near_dedup([original, other, edited], threshold=0.8, num_perm=128, bands=16, seed=seed))
+    assert out == [original, other], (
+        f"near_dedup must drop a copy of a {length}-word document with one word edited (Jaccard >= 0.99) and keep "
+        f"the original and an unrelated document; it kept {len(out)} of 3")
+
+
+@given(st.lists(st.text(st.sampled_from(list("ab c\n")), max_size=40), max_size=8), st.data())
+def test_identical_documents_are_always_near_duplicates(impl, docs, data):
+    corpus = list(docs)
+    for doc in docs:  # every document again, somewhere after its first copy
+        corpus.insert(data.draw(st.integers(corpus.index(doc) + 1, len(corpus))), doc)
+    out = list(impl.text.near_dedup(corpus, threshold=0.9, num_perm=32))
+    assert len(out) == len(set(out)), f"near_dedup must never keep two identical documents: kept {out}"
+    without_copies = list(impl.text.near_dedup(list(dict.fromkeys(docs)), threshold=0.9, num_perm=32))
+    assert out == without_copies, (
+        "copies of documents seen before must change nothing: near_dedup(corpus) must equal near_dedup of the "
+        f"corpus without its copies, got {out} and {without_copies}")
+
+
+# Pairs that share about half their words (J about 0.48 on 5-grams) must both be kept. P[Ĵ >= 0.8 | J <= 0.55] <=
+# exp(-2 · 256 · 0.25²) < 2e-14 per pair (Hoeffding), so a correct implementation drops none of the 100 pairs
+# with probability above 1 - 1e-11. Candidates from LSH alone are no proof: with 32 bands of 8 rows a pair at
+# J = 0.48 shares a band with probability about 0.08.
+@settings(max_examples=10)  # slow by nature: 200 documents per example, and each example has 100 chances to fail
+@given(seeds)
+def test_near_dedup_keeps_documents_of_low_similarity(impl, seed):
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(100):
+        shared = random_words(rng, 48)
+        docs += [" ".join(shared + random_words(rng, 20)), " ".join(shared + random_words(rng, 20))]
+    shingles = [impl.text.shingles(doc, 5) for doc in docs[:2]]
+    assert len(shingles[0] & shingles[1]) / len(shingles[0] | shingles[1]) <= 0.55, "test construction: J <= 0.55"
+    report = impl.text.FilterReport()
+    out = list(impl.text.near_dedup(docs, threshold=0.8, num_perm=256, bands=32, seed=seed, report=report))
+    assert out == docs, (
+        f"near_dedup(threshold=0.8) must keep all 200 documents of 100 pairs with Jaccard about 0.5, it dropped "
+        f"{len(docs) - len(out)}: confirm each LSH candidate by its estimated Jaccard >= threshold")
+
+
+@given(seeds, st.integers(2, 6))
+def test_near_dedup_keeps_the_first_of_each_group_in_order(impl, seed, groups):
+    rng = random.Random(seed)
+    originals = [random_words(rng, 300) for _ in range(groups)]
+    corpus = [(g, " ".join(words)) for g, words in enumerate(originals)]
+    for _ in range(2 * groups):  # edited copies, each after its original
+        g = rng.randrange(groups)
+        corpus.insert(rng.randrange(g + 1, len(corpus) + 1), (g, " ".join(_one_word_edit(rng, originals[g]))))
+    first = {}
+    for g, doc in corpus:
+        first.setdefault(g, doc)
+    expected = [doc for g, doc in corpus if first[g] == doc]
+    report = impl.text.FilterReport()
+    out = list(impl.text.near_dedup([doc for _, doc in corpus], threshold=0.7, num_perm=128, report=report))
+    assert out == expected, "near_dedup must keep the first document of each group of near duplicates, in order"
+    assert report.dropped["near_duplicate"] == len(corpus) - len(expected), (
+        "near_dedup must count its drops in report.dropped['near_duplicate']")
+
+
+# ---------------------------------------------------------------- the pipeline
+
+
+def test_clean_corpus_cleans_filters_and_deduplicates(impl):
+    config = impl.text.QualityConfig(min_words=20)
+    rng = random.Random(0)
+    long_words = random_words(rng, 200)
+    good = _doc(30)
+    docs = [
+        "\ufeff" + good.replace("\n", "\r\n") + "  \x00",  # dirty: cleaned, kept
+        "too short",  # too_few_words
+        good.upper(),  # exact duplicate of the first, once cleaned
+        " ".join(long_words),  # kept
+        " ".join(long_words[:100] + ["changed"] + long_words[101:]),  # near duplicate
+        " \n\t ",  # empty once cleaned
+    ]
+    report = impl.text.FilterReport()
+    out = list(impl.text.clean_corpus(docs, config=config, report=report))
+    assert out == [good, " ".join(long_words)], (
+        "clean_corpus must clean each document, then drop the short one, the exact and the near duplicate and "
+        f"the empty one: kept {len(out)} documents")
+    assert (report.read, report.kept) == (6, 2), f"the report must say 6 read, 2 kept; it says {report}"
+    for rule in ("too_few_words", "exact_duplicate", "near_duplicate"):
+        assert report.dropped[rule] == 1, f"the report must count one document dropped by {rule}: {report}"
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_rejects_invalid_utf8_naming_the_file_and_byte(impl, tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("ok: ".encode() + "café".encode("latin-1"))  # é as the single byte 0xE9 at offset 7
+    assert_rejects(lambda: list(impl.text.load_text_files(path)), "latin1.txt", 7,
+                   what="a text file with the byte 0xE9 at offset 7 (not UTF-8)")
+    assert_rejects(lambda: impl.text.decode_utf8(b"ab\xffcd", source="blob"), "blob", 2,
+                   what="decode_utf8(b'ab\\xffcd', source='blob')")
+
+
+def test_replacing_invalid_utf8_reports_the_count(impl, tmp_path):
+    data = b"a\xffb\xc3(c" + "\ufffd".encode() + b"\xe9"  # 3 invalid sequences and one genuine U+FFFD
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        text = impl.text.decode_utf8(data, source="blob", errors="replace")
+    assert text == "a\ufffdb\ufffd(c\ufffd\ufffd", f"each invalid sequence must become one U+FFFD, got {text!r}"
+    counted = [str(w.message) for w in caught if issubclass(w.category, UnicodeWarning)]
+    assert counted, "decode_utf8(errors='replace') must report what it replaced in a UnicodeWarning"
+    assert "3" in " ".join(counted).replace("(", " ").replace(")", " ").split(), (
+        f"the warning must count the 3 replaced sequences (not the genuine U+FFFD already there): {counted}")
+    path = tmp_path / "bad.txt"
+    path.write_bytes(data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        docs = list(impl.text.load_text_files(path, errors="replace"))
+    assert docs == [text], "load_text_files(errors='replace') must replace invalid sequences by U+FFFD"
+    assert any("bad.txt" in str(w.message) for w in caught), "the warning must name the file"
+
+
+def test_rejects_a_jsonl_line_without_the_field(impl, tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text('{"text": "a"}\n\n{"text": "b"}\n{"body": "c"}\n', encoding="utf-8")
+    assert_rejects(lambda: list(impl.text.load_jsonl(path)), "corpus.jsonl", 4, "text",
+                   what="line 4 of corpus.jsonl has no 'text' field")
+    path.write_text('{"text": "a"}\n{"text": oops}\n', encoding="utf-8")
+    assert_rejects(lambda: list(impl.text.load_jsonl(path)), "corpus.jsonl", 2, what="line 2 is not JSON")
+
+
+def test_rejects_a_corpus_empty_after_filtering(impl):
+    docs = ["too short", "   ", "also far too short to pass"]
+    assert_rejects(lambda: list(impl.text.clean_corpus(docs)), "empty",
+                   what="clean_corpus of documents that all fail the filters")
