@@ -126,8 +126,39 @@ CHAPTERS: list[Chapter] = [
         "RotaryEmbedding": Class("(head_dim, max_positions=2048, theta=10000.0, interleaved=False)",
                                  {"forward": "(x, positions)"}, example={"head_dim": 4, "max_positions": 8}),
     }),
-    # --- chapter 6: attention ---
-    # --- chapter 7: model ---
+    Chapter(6, "attention", "attention", {
+        # KVCache also carries `k`, `v` (batch, n_kv_heads, max_seq_len, head_dim) and `length` (positions filled).
+        "causal_mask": Function("(n_queries, n_keys=None, offset=0, device=None)"),
+        "attention_weights": Function("(q, k, mask=None, is_causal=False, scale=None)"),
+        "scaled_dot_product_attention": Function("(q, k, v, mask=None, is_causal=False, scale=None)"),
+        "repeat_kv": Function("(x, n_rep)"),
+        "KVCache": Class("(batch_size, n_kv_heads, head_dim, max_seq_len, dtype=torch.float32, device=None)",
+                         {"update": "(k, v)"}),
+        "CausalSelfAttention": Class(
+            "(d_model, n_heads, n_kv_heads=None, max_seq_len=2048, rope_theta=10000.0, rope_interleaved=False)",
+            {"forward": "(x, position_ids=None, cache=None)"}, example={"d_model": 8, "n_heads": 2, "n_kv_heads": 1},
+            state_dict=("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")),
+        "tiled_attention": Function("(q, k, v, is_causal=False, block_size_q=128, block_size_k=128, scale=None)"),
+    }),
+    Chapter(7, "model", "model", {
+        # Transformer(config) has `model` (Decoder: embed_tokens, layers, norm) and `lm_head`; its state-dict keys
+        # are those of Hugging Face's LlamaForCausalLM (model.layers.0.self_attn.q_proj.weight, ...).
+        "ModelConfig": Class("(vocab_size=256, d_model=256, n_layers=4, n_heads=4, n_kv_heads=None, d_ff=None, "
+                             "max_seq_len=256, norm='rmsnorm', mlp='swiglu', norm_eps=1e-05, rope_theta=10000.0, "
+                             "rope_interleaved=False, tie_embeddings=False, init_std=0.02)"),
+        "GeluMLP": Class("(dim, hidden_dim)", {"forward": "(x)"}, example={"dim": 4, "hidden_dim": 6},
+                         state_dict=("up_proj.weight", "down_proj.weight")),
+        "TransformerBlock": Class("(config)", {"forward": "(x, position_ids=None, cache=None)"}),
+        "Decoder": Class("(config)", {"forward": "(input_ids, position_ids=None, cache=None)"}),
+        "Transformer": Class("(config)", {"forward": "(input_ids, position_ids=None, cache=None)",
+                                          "make_cache": "(batch_size, max_seq_len=None)", "reset_parameters": "()"}),
+        "count_parameters": Function("(model)"),
+        "flops_per_token": Function("(config, seq_len=None)"),
+        "hf_config": Function("(config)"),
+        "config_from_hf": Function("(hf)"),
+        "save_hf": Function("(model, folder)"),
+        "load_hf": Function("(folder)"),
+    }),
     # --- chapter 8: train ---
     # --- chapter 9: generate ---
     # --- chapter 10: evaluate ---

@@ -1,0 +1,455 @@
+"""Chapter 6 — attention: masked scaled dot-product attention, multi-head and grouped-query attention, the KV cache,
+and tiled (flash) attention.
+
+The operation is checked against softmax(QKᵀ/√d + M)V computed in float64; then the properties a language model
+needs: causality (an output never depends on a later input), independent batch elements, GQA as MHA with shared
+heads, cached decoding equal to the full forward, and the tiled kernel equal to the naive one in values, log-sum-exp
+and gradients, while keeping only O(T) tensors for its backward pass.
+"""
+
+import math
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from .strategies import float_dtypes, seeds, shapes, tensors
+from .tolerances import assert_close
+
+
+def assert_rejects(call, *numbers, what: str) -> None:
+    """`call()` must raise a ValueError (or TypeError) whose message names each of `numbers`."""
+    try:
+        call()
+    except NotImplementedError:
+        raise
+    except (ValueError, TypeError) as error:
+        missing = [n for n in numbers if str(n) not in str(error)]
+        assert not missing, f"{what}: the error must name {missing}; it says: {error}"
+    except Exception as error:
+        raise AssertionError(f"{what}: expected a ValueError naming {numbers}, got {type(error).__name__}: {error}")
+    else:
+        raise AssertionError(f"{what}: expected a ValueError naming {numbers}, but nothing was raised")
+
+
+# ---------------------------------------------------------------- definitions in float64
+
+
+def causal64(n_queries: int, n_keys: int) -> torch.Tensor:
+    """Query i sits at position n_keys − n_queries + i and sees keys j ≤ that position."""
+    return torch.ones(n_queries, n_keys, dtype=torch.bool).tril(diagonal=n_keys - n_queries)
+
+
+def weights64(q, k, allowed=None, scale=None) -> torch.Tensor:
+    """softmax(q kᵀ · scale) over allowed keys, 0 on rows that allow none."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q.double() @ k.double().transpose(-2, -1)) * scale
+    if allowed is None:
+        return torch.softmax(scores, -1)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    weights = torch.softmax(scores, -1)
+    return torch.where(allowed.any(-1, keepdim=True), weights, torch.zeros_like(weights))
+
+
+def lse64(q, k, allowed=None, scale=None) -> torch.Tensor:
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q.double() @ k.double().transpose(-2, -1)) * scale
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.logsumexp(scores, -1)
+
+
+def rope64(x, positions, theta: float, interleaved: bool) -> torch.Tensor:
+    """RoPE by its definition (chapter 5): pair i at position m turned by m·θ^(−2i/d)."""
+    x, d = x.double(), x.shape[-1]
+    angles = positions.double()[..., None] * theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    x1, x2 = (x[..., 0::2], x[..., 1::2]) if interleaved else (x[..., : d // 2], x[..., d // 2:])
+    r1, r2 = x1 * angles.cos() - x2 * angles.sin(), x1 * angles.sin() + x2 * angles.cos()
+    return torch.stack((r1, r2), -1).flatten(-2) if interleaved else torch.cat((r1, r2), -1)
+
+
+def self_attention64(weights: dict, x, n_heads: int, n_kv_heads: int, theta: float, interleaved: bool):
+    """Causal multi-head self-attention from the Hugging Face-named weights, head by head, in float64.
+
+    Query head h uses key/value head h // (n_heads / n_kv_heads); positions are 0 .. T − 1.
+    """
+    x = x.double()
+    batch, length, d_model = x.shape
+    head_dim, group = d_model // n_heads, n_heads // n_kv_heads
+    q, k, v = (x @ weights[f"{name}.weight"].double().T for name in ("q_proj", "k_proj", "v_proj"))
+    positions = torch.arange(length)
+    heads = []
+    for h in range(n_heads):
+        kv = slice((h // group) * head_dim, (h // group + 1) * head_dim)
+        qh = rope64(q[..., h * head_dim:(h + 1) * head_dim], positions, theta, interleaved)
+        kh = rope64(k[..., kv], positions, theta, interleaved)
+        heads.append(weights64(qh, kh, causal64(length, length)) @ v[..., kv])
+    return torch.cat(heads, -1) @ weights["o_proj.weight"].double().T
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@st.composite
+def attention_inputs(draw, max_len: int = 6):
+    """q (..., Tq, d), k (..., Tk, d), v (..., Tk, dv), a boolean mask or None, is_causal."""
+    dtype = draw(float_dtypes)
+    lead = draw(shapes(min_dims=0, max_dims=2, max_side=3))
+    n_queries, n_keys = draw(st.integers(1, max_len)), draw(st.integers(1, max_len))
+    d, dv = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    q = draw(tensors(shape=(*lead, n_queries, d), dtype=dtype, scale=2.0))
+    k = draw(tensors(shape=(*lead, n_keys, d), dtype=dtype, scale=2.0))
+    v = draw(tensors(shape=(*lead, n_keys, dv), dtype=dtype))
+    mask = None
+    if draw(st.booleans()):
+        generator = torch.Generator().manual_seed(draw(seeds))
+        mask_shape = draw(st.sampled_from([(n_queries, n_keys), (*lead, n_queries, n_keys)]))
+        mask = torch.rand(mask_shape, generator=generator) < 0.7
+    return q, k, v, mask, draw(st.booleans())
+
+
+def allowed_of(mask, is_causal, n_queries, n_keys):
+    allowed = mask
+    if is_causal:
+        causal = causal64(n_queries, n_keys)
+        allowed = causal if allowed is None else allowed & causal
+    return allowed
+
+
+@st.composite
+def attention_modules(draw):
+    """(impl -> module in float64, x (B, T, d_model), n_heads, n_kv_heads, theta, interleaved)."""
+    n_kv_heads, group = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    n_heads = n_kv_heads * group
+    head_dim = 2 * draw(st.integers(1, 3))
+    d_model = n_heads * head_dim
+    theta, interleaved, seed = draw(st.sampled_from([10000.0, 100.0])), draw(st.booleans()), draw(seeds)
+    batch, length = draw(st.integers(1, 3)), draw(st.integers(1, 7))
+    x = draw(tensors(shape=(batch, length, d_model), dtype=torch.float64))
+
+    def build(impl, n_kv=None):
+        module = impl.attention.CausalSelfAttention(d_model, n_heads, n_kv_heads if n_kv is None else n_kv,
+                                                    max_seq_len=32, rope_theta=theta, rope_interleaved=interleaved)
+        module = module.double()
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for parameter in module.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=torch.float64) * 0.5)
+        return module
+
+    return build, x, n_heads, n_kv_heads, theta, interleaved
+
+
+# ---------------------------------------------------------------- the mask and the operation
+
+
+@given(st.integers(0, 6), st.integers(0, 9), st.integers(0, 6))
+def test_causal_mask_lets_query_i_see_keys_up_to_i_plus_offset(impl, n_queries, n_keys, offset):
+    mask = impl.attention.causal_mask(n_queries, n_keys, offset=offset)
+    expected = torch.zeros(n_queries, n_keys, dtype=torch.bool)
+    for i in range(n_queries):
+        expected[i, : max(0, min(n_keys, i + offset + 1))] = True
+    assert mask.dtype == torch.bool, f"causal_mask must be boolean (True = may attend), got {mask.dtype}"
+    assert mask.shape == expected.shape and torch.equal(mask, expected), (
+        f"causal_mask({n_queries}, {n_keys}, offset={offset}) must be True exactly where key j ≤ query i + {offset}:\n"
+        f"expected {expected.int().tolist()}, got {mask.int().tolist()}")
+    default = impl.attention.causal_mask(n_queries, offset=offset)
+    assert tuple(default.shape) == (n_queries, n_queries + offset), (
+        f"causal_mask({n_queries}, offset={offset}) must have offset + n_queries = {n_queries + offset} keys by "
+        f"default (the queries are the last positions), got shape {tuple(default.shape)}")
+
+
+@given(attention_inputs())
+def test_attention_equals_softmax_of_scaled_scores_times_v_in_float64(impl, case):
+    q, k, v, mask, is_causal = case
+    out = impl.attention.scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
+    allowed = allowed_of(mask, is_causal, q.shape[-2], k.shape[-2])
+    assert out.dtype == q.dtype, f"attention must keep the dtype of its inputs ({q.dtype}), got {out.dtype}"
+    assert_close(out, weights64(q, k, allowed) @ v.double(),
+                 f"attention(mask={'given' if mask is not None else None}, is_causal={is_causal}) must equal "
+                 "softmax(q kᵀ/√d, −inf where masked) v; with is_causal the queries are the last Tq of the Tk "
+                 "positions", dtype=q.dtype, scale=10)
+
+
+@given(attention_inputs(), st.none() | st.floats(0.1, 2.0))
+def test_attention_weights_are_rows_summing_to_one(impl, case, scale):
+    q, k, _, mask, is_causal = case
+    weights = impl.attention.attention_weights(q, k, mask=mask, is_causal=is_causal, scale=scale)
+    allowed = allowed_of(mask, is_causal, q.shape[-2], k.shape[-2])
+    expected = weights64(q, k, allowed, scale=scale)
+    assert (weights >= 0).all(), "attention weights must never be negative"
+    rows = expected.sum(-1)  # 1 where some key is allowed, 0 on a fully masked row
+    assert_close(weights.sum(-1), rows.to(weights.dtype).expand_as(weights.sum(-1)),
+                 "every row of attention weights must sum to 1 over the keys (0 where no key is allowed)",
+                 scale=10)
+    assert_close(weights, expected.to(weights.dtype),
+                 f"attention_weights(scale={scale}) must be softmax(q kᵀ · scale) over the allowed keys (scale "
+                 "1/√d by default), 0 at masked keys", scale=10)
+
+
+@given(tensors(shape=(2, 4, 3)), tensors(shape=(2, 5, 3)), tensors(shape=(2, 5, 2)))
+def test_fully_masked_rows_give_zero_not_nan(impl, q, k, v):
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    mask[1] = False  # query 1 may see nothing
+    q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
+    out = impl.attention.scaled_dot_product_attention(q, k, v, mask=mask)
+    assert not out.isnan().any(), "a fully masked row must not give NaN (exp(−inf − (−inf)) is NaN): its output is 0"
+    assert (out[:, 1] == 0).all(), f"a query that may see no key must get the output 0, got {out[:, 1].tolist()}"
+    out.sum().backward()
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        assert not tensor.grad.isnan().any(), f"the gradient of {name} must not be NaN when a row is fully masked"
+    weights = impl.attention.attention_weights(q.detach(), k.detach(), mask=mask)
+    assert (weights[:, 1] == 0).all(), "a fully masked row of attention weights must be all 0"
+    short = impl.attention.scaled_dot_product_attention(q.detach(), k[:, :2].detach(), v[:, :2].detach(),
+                                                        is_causal=True)
+    assert not short.isnan().any() and (short[:, :2] == 0).all(), (
+        "with is_causal and 4 queries over 2 keys, queries 0 and 1 sit before every key and must get 0, not NaN")
+
+
+@given(attention_inputs(), st.data())
+def test_output_at_t_ignores_inputs_after_t(impl, case, data):
+    q, k, v, _, _ = case
+    length = min(q.shape[-2], k.shape[-2])
+    q, k, v = q[..., :length, :], k[..., :length, :], v[..., :length, :]
+    t = data.draw(st.integers(0, length - 1), label="t")
+    later = torch.arange(length) > t
+    q2, k2, v2 = (torch.where(later[:, None], x + 3.0, x) for x in (q, k, v))  # change everything after t
+    before = impl.attention.scaled_dot_product_attention(q, k, v, is_causal=True)
+    after = impl.attention.scaled_dot_product_attention(q2, k2, v2, is_causal=True)
+    assert_close(after[..., : t + 1, :], before[..., : t + 1, :],
+                 f"causal attention: outputs at positions 0..{t} must not change when inputs after {t} change")
+
+
+# ---------------------------------------------------------------- heads
+
+
+@given(tensors(min_dims=4, max_dims=4, max_side=3), st.integers(1, 3))
+def test_repeat_kv_gives_query_head_h_the_kv_head_h_over_n_rep(impl, x, n_rep):
+    out = impl.attention.repeat_kv(x, n_rep)
+    batch, n_kv_heads, length, head_dim = x.shape
+    assert tuple(out.shape) == (batch, n_kv_heads * n_rep, length, head_dim), (
+        f"repeat_kv of {n_kv_heads} heads with n_rep = {n_rep} must give {n_kv_heads * n_rep} heads, "
+        f"got shape {tuple(out.shape)}")
+    for h in range(n_kv_heads * n_rep):
+        assert torch.equal(out[:, h], x[:, h // n_rep]), (
+            f"query head {h} must use key/value head {h} // {n_rep} = {h // n_rep} (groups of consecutive heads, "
+            "as in Llama), not a tiled order")
+
+
+@given(attention_modules())
+def test_attention_module_equals_the_per_head_definition_in_float64(impl, case):
+    build, x, n_heads, n_kv_heads, theta, interleaved = case
+    module = build(impl)
+    expected = self_attention64(module.state_dict(), x, n_heads, n_kv_heads, theta, interleaved)
+    assert_close(module(x), expected,
+                 f"CausalSelfAttention({x.shape[-1]}, n_heads={n_heads}, n_kv_heads={n_kv_heads}) must split q_proj "
+                 "into heads of d_model/n_heads consecutive features, rotate q and k with RoPE at positions 0..T−1, "
+                 "attend causally per head (query head h with kv head h // group) and apply o_proj to the "
+                 "concatenated heads", scale=100)
+
+
+@given(attention_modules())
+def test_gqa_equals_mha_with_each_kv_head_repeated_for_its_group(impl, case):
+    build, x, n_heads, n_kv_heads, _, _ = case
+    gqa, mha = build(impl), build(impl, n_kv=n_heads)
+    group, head_dim = n_heads // n_kv_heads, x.shape[-1] // n_heads
+    state = gqa.state_dict()
+    with torch.no_grad():
+        mha.q_proj.weight.copy_(state["q_proj.weight"])
+        mha.o_proj.weight.copy_(state["o_proj.weight"])
+        for name in ("k_proj", "v_proj"):
+            heads = state[f"{name}.weight"].view(n_kv_heads, head_dim, -1)
+            getattr(mha, name).weight.copy_(heads.repeat_interleave(group, dim=0).reshape(n_heads * head_dim, -1))
+    assert_close(gqa(x), mha(x),
+                 f"GQA with {n_kv_heads} kv heads must equal multi-head attention whose {n_heads} kv heads repeat "
+                 f"each GQA kv head for its group of {group} consecutive query heads", scale=100)
+
+
+@given(attention_modules(), st.data())
+def test_attention_module_output_at_t_ignores_inputs_after_t(impl, case, data):
+    build, x, *_ = case
+    module = build(impl)
+    t = data.draw(st.integers(0, x.shape[1] - 1), label="t")
+    changed = x.clone()
+    changed[:, t + 1:] = torch.randn_like(changed[:, t + 1:])
+    assert_close(module(changed)[:, : t + 1], module(x)[:, : t + 1],
+                 f"CausalSelfAttention: outputs at positions 0..{t} must not change when inputs after {t} change")
+
+
+@given(attention_modules())
+def test_batch_elements_are_independent(impl, case):
+    build, x, *_ = case
+    module = build(impl)
+    together = module(x)
+    for b in range(x.shape[0]):
+        assert_close(together[b:b + 1], module(x[b:b + 1]),
+                     f"batch element {b} must get the same output alone as inside a batch of {x.shape[0]}")
+
+
+# ---------------------------------------------------------------- the KV cache
+
+
+@given(attention_modules(), st.lists(st.integers(1, 3), min_size=1, max_size=4))
+def test_cached_decoding_equals_the_full_forward_at_any_split(impl, case, chunks):
+    build, x, n_heads, n_kv_heads, *_ = case
+    module = build(impl)
+    batch, length, d_model = x.shape
+    cache = impl.attention.KVCache(batch, n_kv_heads, d_model // n_heads, 16, dtype=torch.float64)
+    with torch.no_grad():
+        full = module(x)
+        pieces, start = [], 0
+        for size in chunks + [length]:  # whatever the chunks leave, in one last piece
+            size = min(size, length - start)
+            if size:
+                pieces.append(module(x[:, start:start + size], cache=cache))
+            start += size
+    splits = [min(sum(chunks[:i + 1]), length) for i in range(len(chunks))]
+    assert_close(torch.cat(pieces, dim=1), full,
+                 f"decoding in pieces ending at {splits} with a KV cache must give the full forward's outputs "
+                 "(new queries sit at positions after the cached ones, and attend to all of them)", scale=100)
+
+
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=4), seeds)
+def test_kv_cache_returns_everything_stored_so_far(impl, sizes, seed):
+    generator = torch.Generator().manual_seed(seed)
+    cache = impl.attention.KVCache(2, 3, 4, 16)
+    stored_k, stored_v = [], []
+    for size in sizes:
+        k, v = torch.randn(2, 2, 3, size, 4, generator=generator)
+        stored_k.append(k)
+        stored_v.append(v)
+        all_k, all_v = cache.update(k, v)
+        assert torch.equal(all_k, torch.cat(stored_k, dim=2)) and torch.equal(all_v, torch.cat(stored_v, dim=2)), (
+            f"after updates of {[t.shape[2] for t in stored_k]} positions, KVCache.update must return every key and "
+            "value stored so far, in order, along dimension 2")
+    assert cache.length == sum(sizes), f"KVCache.length must count the {sum(sizes)} positions stored, got {cache.length}"
+
+
+# ---------------------------------------------------------------- tiled attention
+
+
+@st.composite
+def tiled_inputs(draw, max_len: int = 20, dtype=None):
+    lead = draw(shapes(min_dims=0, max_dims=2, max_side=2))
+    n_queries, n_keys = draw(st.integers(1, max_len)), draw(st.integers(1, max_len))
+    d, dv = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    dtype = dtype or draw(float_dtypes)
+    q = draw(tensors(shape=(*lead, n_queries, d), dtype=dtype, scale=2.0))
+    k = draw(tensors(shape=(*lead, n_keys, d), dtype=dtype, scale=2.0))
+    v = draw(tensors(shape=(*lead, n_keys, dv), dtype=dtype))
+    blocks = draw(st.integers(1, max_len + 4)), draw(st.integers(1, max_len + 4))
+    return q, k, v, draw(st.booleans()), blocks
+
+
+@given(tiled_inputs())
+def test_tiled_attention_equals_naive_values_and_log_sum_exp(impl, case):
+    q, k, v, is_causal, (block_q, block_k) = case
+    out, lse = impl.attention.tiled_attention(q, k, v, is_causal=is_causal, block_size_q=block_q,
+                                              block_size_k=block_k)
+    allowed = causal64(q.shape[-2], k.shape[-2]) if is_causal else None
+    where = (f"tiled_attention(Tq={q.shape[-2]}, Tk={k.shape[-2]}, is_causal={is_causal}, block_size_q={block_q}, "
+             f"block_size_k={block_k})")
+    assert_close(out, weights64(q, k, allowed) @ v.double(),
+                 f"{where} must equal softmax(q kᵀ/√d) v (0 for a query that sees no key)", dtype=q.dtype, scale=10)
+    expected_lse = lse64(q, k, allowed)
+    assert torch.equal(torch.isinf(lse), torch.isinf(expected_lse)), (
+        f"{where}: the log-sum-exp must be −inf exactly for the queries that see no key")
+    finite = torch.isfinite(expected_lse)
+    assert_close(lse[finite], expected_lse[finite],
+                 f"{where} must return lse_i = log Σ_j exp(q_i·k_j/√d) over the keys query i sees",
+                 dtype=q.dtype, scale=10)
+
+
+@settings(max_examples=25)  # each example runs a forward and a backward pass tile by tile
+@given(tiled_inputs(max_len=12, dtype=torch.float64), seeds)
+def test_tiled_attention_gradients_equal_naive(impl, case, seed):
+    q, k, v, is_causal, (block_q, block_k) = case
+    allowed = causal64(q.shape[-2], k.shape[-2]) if is_causal else None
+    generator = torch.Generator().manual_seed(seed)
+    expected_lse = lse64(q, k, allowed)
+    grad_out = torch.randn(*q.shape[:-1], v.shape[-1], generator=generator, dtype=torch.float64)
+    grad_lse = torch.randn(expected_lse.shape, generator=generator, dtype=torch.float64)
+    grad_lse = torch.where(torch.isfinite(expected_lse), grad_lse, 0.0)
+
+    def loss(out, lse):  # both outputs carry gradient; rows that see no key are left out of lse's part
+        return (out * grad_out).sum() + (torch.where(torch.isfinite(lse), lse, 0.0) * grad_lse).sum()
+
+    inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+    tiled = torch.autograd.grad(loss(*impl.attention.tiled_attention(
+        *inputs, is_causal=is_causal, block_size_q=block_q, block_size_k=block_k)), inputs)
+    naive_inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+    nq, nk, nv = naive_inputs
+    scores = (nq @ nk.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    safe = torch.where(allowed.any(-1, keepdim=True), scores, 0.0) if allowed is not None else scores
+    naive_out = torch.softmax(safe, -1) @ nv
+    if allowed is not None:
+        naive_out = torch.where(allowed.any(-1)[:, None], naive_out, 0.0)
+    naive = torch.autograd.grad(loss(naive_out, torch.logsumexp(safe, -1)), naive_inputs)
+    for name, got, expected in zip("qkv", tiled, naive):
+        assert_close(got, expected, f"the gradient of tiled_attention (out and lse both used) with respect to {name} "
+                                    f"must equal the naive one (is_causal={is_causal}, blocks {block_q}×{block_k})",
+                     scale=100)
+
+
+def test_tiled_attention_saves_linear_memory_for_backward(impl):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 256, 8, requires_grad=True) for _ in range(3))
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out, lse = impl.attention.tiled_attention(q, k, v, is_causal=True, block_size_q=64, block_size_k=64)
+    budget = 4 * (q.numel() + k.numel() + v.numel())
+    assert sum(saved) <= budget, (
+        f"tiled_attention at T = 256 saved {sum(saved)} numbers for its backward pass, more than {budget}: it must "
+        "keep O(T) tensors (q, k, v, out, lse) and recompute probabilities tile by tile, not save T×T scores")
+    (out.sum() + lse.sum()).backward()
+    assert q.grad is not None and k.grad is not None and v.grad is not None, "tiled_attention must pass gradients on"
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_rejects_d_model_not_divisible_by_n_heads(impl):
+    attention = impl.attention.CausalSelfAttention
+    assert_rejects(lambda: attention(10, 4), 10, 4, what="CausalSelfAttention(d_model=10, n_heads=4)")
+
+
+def test_rejects_n_heads_not_divisible_by_n_kv_heads(impl):
+    attention = impl.attention.CausalSelfAttention
+    assert_rejects(lambda: attention(24, 4, 3), 4, 3, what="CausalSelfAttention(24, n_heads=4, n_kv_heads=3)")
+
+
+def test_rejects_more_positions_than_the_cache_holds(impl):
+    cache = impl.attention.KVCache(1, 2, 4, 5)
+    cache.update(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4))
+    assert_rejects(lambda: cache.update(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 4)), 5,
+                   what="a KV cache of 5 positions, 3 filled, given 4 more")
+    module = impl.attention.CausalSelfAttention(8, 2, max_seq_len=6)
+    assert_rejects(lambda: module(torch.zeros(1, 7, 8)), 6,
+                   what="CausalSelfAttention(max_seq_len=6) given a sequence of 7")
+
+
+def test_rejects_mismatched_dtypes_and_devices(impl):
+    sdpa, tiled = impl.attention.scaled_dot_product_attention, impl.attention.tiled_attention
+    q, k = torch.zeros(3, 4), torch.zeros(3, 4, dtype=torch.float64)
+    assert_rejects(lambda: sdpa(q, k, k), "float32", "float64", what="attention of float32 q and float64 k")
+    assert_rejects(lambda: tiled(q, k, k), "float32", "float64", what="tiled_attention of float32 q and float64 k")
+    meta = torch.zeros(3, 4, device="meta")
+    assert_rejects(lambda: sdpa(q, meta, meta), "cpu", "meta", what="attention of q on cpu and k on meta")
+    cache = impl.attention.KVCache(1, 1, 4, 8)
+    assert_rejects(lambda: cache.update(torch.zeros(1, 1, 2, 4, dtype=torch.float64),
+                                        torch.zeros(1, 1, 2, 4, dtype=torch.float64)),
+                   "float32", "float64", what="a float32 KV cache given float64 keys")
+
+
+def test_rejects_block_sizes_below_one(impl):
+    tiled = impl.attention.tiled_attention
+    q = torch.zeros(3, 4)
+    assert_rejects(lambda: tiled(q, q, q, block_size_q=0), 0, what="tiled_attention(block_size_q=0)")
+    assert_rejects(lambda: tiled(q, q, q, block_size_k=-2), -2, what="tiled_attention(block_size_k=-2)")
