@@ -305,6 +305,7 @@ def _tiktoken_for(tokenizer):
 @pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
 @given(text=texts)
 @example(text="aaaaaaa =========  \n\n\n        x 1234567 it'S (foo) _bar")
+@example(text="a" * 3000 + " " + "ab" * 700 + "\n" + " " * 1000 + "x")  # pre-tokens of thousands of bytes
 @example(text=MULTILINGUAL)
 def test_encode_equals_tiktoken_with_the_same_ranks_and_pattern(impl, pattern, text):
     tokenizer = make(impl, "bpe", pattern)

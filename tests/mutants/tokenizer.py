@@ -196,6 +196,18 @@ class TokenizerMergingRightmostFirst(ref.Tokenizer):
         return tuple(self._ranks[p] for p in parts)
 
 
+class TokenizerCuttingLongPreTokens(ref.Tokenizer):
+    """Cuts a pre-token of more than 256 characters into blocks of 64 to keep BPE fast: no merge crosses a cut."""
+
+    def _encode_piece(self, piece):
+        if len(piece) <= 256:
+            return super()._encode_piece(piece)
+        ids = []
+        for start in range(0, len(piece), 64):
+            ids.extend(super()._encode_piece(piece[start:start + 64]))
+        return tuple(ids)
+
+
 class TokenizerWithoutMerges(ref.Tokenizer):
     def _encode_piece(self, piece):
         return tuple(self._ranks[bytes([b])] for b in piece.encode("utf-8"))
@@ -400,6 +412,8 @@ MUTANTS = [
            "special tokens numbered past the vocabulary"),
     Mutant("tokenizer.Tokenizer", TokenizerMergingRightmostFirst,
            ("test_encode_equals_tiktoken_with_the_same_ranks_and_pattern",), "equal ranks merge rightmost first"),
+    Mutant("tokenizer.Tokenizer", TokenizerCuttingLongPreTokens,
+           ("test_encode_equals_tiktoken_with_the_same_ranks_and_pattern",), "long pre-tokens are cut into blocks"),
     Mutant("tokenizer.Tokenizer", TokenizerWithoutMerges,
            ("test_training_text_compresses", "test_encode_equals_tiktoken_with_the_same_ranks_and_pattern"),
            "encodes bytes and never merges"),
