@@ -115,17 +115,17 @@ def _special_regex(special_tokens) -> regex.Pattern | None:
 # Training
 # ---------------------------------------------------------------------------------------------------------------
 
-def _documents(data) -> Iterator[tuple[str, Iterator[str]]]:
-    """(name, blocks of text) for each document: a str is one document, a path one file, an iterable many."""
+def _documents(data) -> Iterator[Iterator[str]]:
+    """The text of each document, in blocks: a str is one document, a path one file, an iterable many."""
     if isinstance(data, (str, os.PathLike)):
         data = [data]
     elif isinstance(data, bytes) or not isinstance(data, Iterable):
         raise TypeError(f"data must be a str, a path, or an iterable of them, not {type(data).__name__}")
-    for index, item in enumerate(data):
+    for item in data:
         if isinstance(item, str):
-            yield f"document {index}", (item[i:i + _CHUNK_CHARS] for i in range(0, len(item), _CHUNK_CHARS))
+            yield (item[i:i + _CHUNK_CHARS] for i in range(0, len(item), _CHUNK_CHARS))
         elif isinstance(item, os.PathLike):
-            yield str(item), _file_blocks(Path(item))
+            yield _file_blocks(Path(item))
         else:
             raise TypeError(f"each document must be a str or a path, got {type(item).__name__}")
 
@@ -169,14 +169,13 @@ def _cut_at_special_tokens(blocks: Iterator[str], special_re, longest: int) -> I
         yield text
 
 
-def _chunks(data, special_re, longest: int, sizes: list[int]) -> Iterator[list[str]]:
-    """Lists of document parts of about _CHUNK_CHARS characters each; appends each part's length to `sizes`."""
+def _chunks(data, special_re, longest: int) -> Iterator[list[str]]:
+    """Lists of (non-empty) document parts, about _CHUNK_CHARS characters in all, one list per task."""
     chunk, size = [], 0
-    for _, blocks in _documents(data):
+    for blocks in _documents(data):
         for part in _cut_at_special_tokens(blocks, special_re, longest):
             chunk.append(part)
             size += len(part)
-            sizes.append(len(part))
             if size >= _CHUNK_CHARS:
                 yield chunk
                 chunk, size = [], 0
@@ -207,11 +206,12 @@ def _pretoken_counts(data, pattern: str, special_tokens: list[str], num_workers:
     longest = max(map(len, special_tokens), default=1)
     if num_workers is None:
         num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    sizes: list[int] = []
-    chunks = _chunks(data, special_re, longest, sizes)
+    chunks = _chunks(data, special_re, longest)
     first = next(chunks, None)
-    second = next(chunks, None) if first is not None else None
-    head = [chunk for chunk in (first, second) if chunk is not None]
+    if first is None:
+        raise ValueError("the corpus is empty: there is no text to learn merges from")
+    second = next(chunks, None)
+    head = [first] if second is None else [first, second]
     counts = Counter()
     if second is None or num_workers == 1:
         for chunk in chain(head, chunks):
@@ -228,8 +228,6 @@ def _pretoken_counts(data, pattern: str, special_tokens: list[str], num_workers:
                     counts.update(in_flight.popleft().result())
             for future in in_flight:
                 counts.update(future.result())
-    if not any(sizes):
-        raise ValueError("the corpus is empty: there is no text to learn merges from")
     return counts
     # END SOLUTION
 
@@ -352,16 +350,21 @@ def train_bpe(data, vocab_size: int, special_tokens=(), pattern: str = "gpt4",
     Documents are independent: no pre-token spans two of them. A special token in the text separates what is on
     either side just as well, and is never counted or merged into anything.
 
-    Vocabulary: ids 0..255 are the single bytes, then `special_tokens` in order, then one token per merge. Training
-    stops at exactly `vocab_size` tokens, or earlier, with a warning, when no adjacent pair is left in the corpus.
+    Vocabulary: ids 0..255 are the single bytes, then `special_tokens` in order, then the merged tokens in the
+    order learned (a merge that spells a token already there adds none). Training stops at exactly `vocab_size`
+    tokens, or earlier, with a warning, when no adjacent pair is left in the corpus.
 
     Each step merges the most frequent adjacent pair. **Tie-break**: among pairs of equal count, the
     lexicographically greatest pair of byte strings wins, comparing (left, right) as Python compares
-    (bytes, bytes) tuples. Worked example, the documents ['ab', 'cd', 'ab', 'cd', 'ac'] with vocab_size 259:
-        counts: (a,b) 2, (c,d) 2, (a,c) 1 -> (c,d) wins the tie, since b'c' > b'a'      -> merge 1: b'c' + b'd'
-        counts: (a,b) 2, (a,c) 1                                                           -> merge 2: b'a' + b'b'
-        counts: (a,c) 1                                                                    -> merge 3: b'a' + b'c'
-    and a prefix sorts first: (b'a', b'z') < (b'ab', b'c'), since b'a' < b'ab'.
+    (bytes, bytes) tuples. Worked example, the documents ['ab', 'cd', 'ab', 'cd', 'ac'], vocab_size=259:
+
+        pair counts                      merge
+        (a,b) 2   (c,d) 2   (a,c) 1      b'c' + b'd'   a tie at 2, and b'c' > b'a'
+        (a,b) 2   (a,c) 1                b'a' + b'b'
+        (a,c) 1                          b'a' + b'c'
+
+    Bytes decide, not ids: after merging ab, the pairs (b'ab', b'c') and (b'b', b'd') tie, and (b'b', b'd') wins,
+    because b'b' > b'ab' (although the token ab has the larger id).
 
     Pre-tokens are counted in `num_workers` processes (default: one per CPU) when the corpus has more than one
     chunk of about a million characters; chunks are cut where a special token starts, so the counts are the same
@@ -729,7 +732,7 @@ def train_sentencepiece(data, vocab_size: int, special_tokens=()) -> SentencePie
                          f"tokens need at least {257 + len(special_tokens)}")
     special_re = _special_regex(special_tokens)
     sentences = []
-    for _, blocks in _documents(data):
+    for blocks in _documents(data):
         text = "".join(blocks)
         _check_text(text, "the corpus")
         for segment in special_re.split(text) if special_re else (text,):
