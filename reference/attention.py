@@ -330,14 +330,15 @@ class _TiledAttention(torch.autograd.Function):
 
 
 def tiled_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = False, block_size_q: int = 128,
-                    block_size_k: int = 128, scale: float | None = None) -> tuple[Tensor, Tensor]:
+                    block_size_k: int = 256, scale: float | None = None) -> tuple[Tensor, Tensor]:
     """Attention computed block by block: (out (..., Tq, dv), lse (..., Tq)), never a Tq × Tk matrix.
 
     out equals scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale) and
     lse_i = log Σ_j exp(s_ij) over the keys query i may see (−inf, with out = 0, where it sees none).
     q (..., Tq, d), k (..., Tk, d), v (..., Tk, dv) share their leading dimensions. Block sizes need not divide
     the lengths. Memory beyond inputs and outputs: one block of scores, O(T) forward and backward.
-    Gradients flow to q, k and v from both outputs.
+    Gradients flow to q, k and v from both outputs. The default blocks suit a CPU: a (batch·heads, 128, 256)
+    float32 tile of scores is a few MB, large enough that each tensor operation amortises its dispatch cost.
     """
     _check_same_dtype_and_device(q=q, k=k, v=v)
     if q.dim() < 2 or q.shape[:-2] != k.shape[:-2] or k.shape[:-1] != v.shape[:-1] or q.shape[-1] != k.shape[-1]:

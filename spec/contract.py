@@ -138,7 +138,7 @@ CHAPTERS: list[Chapter] = [
             "(d_model, n_heads, n_kv_heads=None, max_seq_len=2048, rope_theta=10000.0, rope_interleaved=False)",
             {"forward": "(x, position_ids=None, cache=None)"}, example={"d_model": 8, "n_heads": 2, "n_kv_heads": 1},
             state_dict=("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")),
-        "tiled_attention": Function("(q, k, v, is_causal=False, block_size_q=128, block_size_k=128, scale=None)"),
+        "tiled_attention": Function("(q, k, v, is_causal=False, block_size_q=128, block_size_k=256, scale=None)"),
     }),
     Chapter(7, "model", "model", {
         # Transformer(config) has `model` (Decoder: embed_tokens, layers, norm) and `lm_head`; its state-dict keys

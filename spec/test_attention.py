@@ -322,7 +322,8 @@ def test_kv_cache_returns_everything_stored_so_far(impl, sizes, seed):
         assert torch.equal(all_k, torch.cat(stored_k, dim=2)) and torch.equal(all_v, torch.cat(stored_v, dim=2)), (
             f"after updates of {[t.shape[2] for t in stored_k]} positions, KVCache.update must return every key and "
             "value stored so far, in order, along dimension 2")
-    assert cache.length == sum(sizes), f"KVCache.length must count the {sum(sizes)} positions stored, got {cache.length}"
+    assert cache.length == sum(sizes), (
+        f"KVCache.length must count the {sum(sizes)} positions stored, got {cache.length}")
 
 
 # ---------------------------------------------------------------- tiled attention

@@ -206,7 +206,7 @@ class CacheCastingSilently(ref.KVCache):
 
 
 def _tiled_with(function):
-    def tiled_attention(q, k, v, is_causal=False, block_size_q=128, block_size_k=128, scale=None):
+    def tiled_attention(q, k, v, is_causal=False, block_size_q=128, block_size_k=256, scale=None):
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
         lead = q.shape[:-2]
         out, lse = function(q.reshape(-1, *q.shape[-2:]), k.reshape(-1, *k.shape[-2:]), v.reshape(-1, *v.shape[-2:]),
@@ -270,12 +270,12 @@ class _BackwardWithoutRowTerm(ref._TiledAttention):
         return ref._TiledAttention.backward(ctx, grad_out, grad_lse + (grad_out * out).sum(-1))
 
 
-def tiled_accepting_any_block_size(q, k, v, is_causal=False, block_size_q=128, block_size_k=128, scale=None):
+def tiled_accepting_any_block_size(q, k, v, is_causal=False, block_size_q=128, block_size_k=256, scale=None):
     return _tiled_with(_BackwardIgnoringLse.apply)(q, k, v, is_causal, max(block_size_q, 1), max(block_size_k, 1),
                                                    scale)
 
 
-def tiled_casting_silently(q, k, v, is_causal=False, block_size_q=128, block_size_k=128, scale=None):
+def tiled_casting_silently(q, k, v, is_causal=False, block_size_q=128, block_size_k=256, scale=None):
     return ref.tiled_attention(q, k.to(q), v.to(q), is_causal, block_size_q, block_size_k, scale)
 
 
@@ -332,7 +332,8 @@ MUTANTS = [
     Mutant("attention.CausalSelfAttention", AttentionWrappingPositions,
            ("test_rejects_more_positions_than_the_cache_holds",), "positions past the context wrap around"),
     Mutant("attention.KVCache", CacheThatNeverAdvances,
-           ("test_cached_decoding_equals_the_full_forward_at_any_split", "test_kv_cache_returns_everything_stored_so_far"),
+           ("test_cached_decoding_equals_the_full_forward_at_any_split",
+            "test_kv_cache_returns_everything_stored_so_far"),
            "every update overwrites position 0"),
     Mutant("attention.KVCache", CacheWithoutCapacityCheck,
            ("test_rejects_more_positions_than_the_cache_holds",), "writes past its end (a shape error from torch)"),

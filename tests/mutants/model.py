@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file
 
 import llmkata.reference.attention as attention
 import llmkata.reference.model as ref
@@ -149,8 +149,12 @@ def count_weights_only(model):
     return sum(p.numel() for name, p in model.named_parameters() if "norm" not in name)
 
 
+def _attention_term(config, seq_len):
+    return 12 * config.n_layers * (seq_len or config.max_seq_len) * config.d_model
+
+
 def flops_without_attention(config, seq_len=None):
-    return ref.flops_per_token(config, seq_len) - 12 * config.n_layers * (seq_len or config.max_seq_len) * config.d_model
+    return ref.flops_per_token(config, seq_len) - _attention_term(config, seq_len)
 
 
 def flops_counting_the_embedding(config, seq_len=None):
@@ -160,7 +164,7 @@ def flops_counting_the_embedding(config, seq_len=None):
 
 
 def flops_with_causal_half(config, seq_len=None):
-    return ref.flops_per_token(config, seq_len) - 6 * config.n_layers * (seq_len or config.max_seq_len) * config.d_model
+    return ref.flops_per_token(config, seq_len) - _attention_term(config, seq_len) // 2
 
 
 # ---------------------------------------------------------------- the Llama format
@@ -212,7 +216,6 @@ def load_hf_ignoring_tied_weights(folder):
     hf = json.loads((Path(folder) / "config.json").read_text())
     config = ref.config_from_hf(hf)
     model = ref.Transformer(dataclasses.replace(config, tie_embeddings=False))
-    from safetensors.torch import load_file
     model.load_state_dict(load_file(Path(folder) / "model.safetensors"), strict=False)
     return model
 
@@ -248,7 +251,8 @@ MUTANTS = [
     Mutant("model.flops_per_token", flops_with_causal_half, ("test_flops_per_token_counts_every_matmul",),
            "the attention term halved, though the dense computation does all of it"),
     Mutant("model.hf_config", hf_config_without_kv_heads,
-           ("test_hf_config_round_trips",), "num_key_value_heads not written: Llama assumes plain multi-head attention"),
+           ("test_hf_config_round_trips",),
+           "num_key_value_heads not written: Llama assumes plain multi-head attention"),
     Mutant("model.hf_config", hf_config_with_default_theta,
            ("test_hf_config_round_trips",), "rope_theta left at its default"),
     Mutant("model.config_from_hf", config_from_hf_without_eps, ("test_hf_config_round_trips",),
