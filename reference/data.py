@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -83,7 +84,10 @@ def _encode(task: tuple[int, list[str]], tokenizer, eot_id: int, vocab_size: int
     for number, doc in enumerate(docs, start=first):
         if not isinstance(doc, str):
             raise TypeError(f"document {number} is {type(doc).__name__}, not str")
-        ids = np.asarray(tokenizer.encode(doc), dtype=np.int64)
+        ids = tokenizer.encode(doc)
+        # fromiter with a count is the quickest way from a list of ints to an array; the ids of a numpy tokenizer
+        # are an array already.
+        ids = ids.astype(np.int64) if isinstance(ids, np.ndarray) else np.fromiter(ids, np.int64, count=len(ids))
         if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
             bad = ids[(ids < 0) | (ids >= vocab_size)][0]
             raise ValueError(f"document {number}: token id {bad} is outside the vocabulary 0..{vocab_size - 1}")
@@ -110,6 +114,24 @@ def _init_worker(*args) -> None:
 
 def _encode_in_worker(task: tuple[int, list[str]]) -> np.ndarray:
     return _encode(task, *_worker_args)
+
+
+def _encoded(tasks, pool, in_flight: int, args: tuple) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(documents, their tokens) for each task, in task order. With a pool, up to `in_flight` tasks are being
+    tokenized while the caller writes: the workers never wait for the disk, and memory stays bounded (Pool.imap
+    would read the whole corpus ahead)."""
+    if pool is None:
+        for task in tasks:
+            yield task[1], _encode(task, *args)
+        return
+    pending = deque()
+    for task in tasks:
+        pending.append((task[1], pool.apply_async(_encode_in_worker, (task,))))
+        if len(pending) >= in_flight:
+            chunk, result = pending.popleft()
+            yield chunk, result.get()
+    for chunk, result in pending:
+        yield chunk, result.get()
 
 
 def tokenize_and_pack(docs: Iterable[str], tokenizer, eot_id: int, path, vocab_size: int,
@@ -142,15 +164,10 @@ def tokenize_and_pack(docs: Iterable[str], tokenizer, eot_id: int, path, vocab_s
             # A 1-D header is 128 bytes whatever the length, so the data never has to move.
             np.lib.format.write_array_header_1_0(file, {"descr": dtype.str, "fortran_order": False, "shape": (0,)})
             start = file.tell()
-            while wave := list(islice(tasks, 4 * num_workers)):  # bounded memory: a few tasks in flight
-                if pool is None:
-                    encoded = [_encode(task, tokenizer, eot_id, vocab_size, dtype) for task in wave]
-                else:
-                    encoded = pool.map(_encode_in_worker, wave)
-                for (_, chunk), ids in zip(wave, encoded):
-                    file.write(ids.tobytes())
-                    length += ids.size
-                    documents += len(chunk)
+            for chunk, ids in _encoded(tasks, pool, 2 * num_workers, (tokenizer, eot_id, vocab_size, dtype)):
+                file.write(ids.tobytes())
+                length += ids.size
+                documents += len(chunk)
             if documents == 0:
                 raise ValueError("the corpus is empty: there are no documents to tokenize (did filtering drop all?)")
             file.seek(0)

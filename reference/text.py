@@ -456,20 +456,39 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _shingle_ids(text: str, ngram: int, vocabulary: dict[str, int]) -> np.ndarray:
-    """32-bit ids of the word n-grams of `text` (with repeats), as uint64.  The same shingle always gets the same id;
-    `vocabulary` caches word hashes across documents."""
-    words = text.split() or [""]
-    for word in set(words).difference(vocabulary):
+def _shingle_ids(docs: Sequence[str], ngram: int, vocabulary: dict[str, int]) -> list[np.ndarray]:
+    """32-bit ids of the word n-grams of each document (with repeats), as uint64 arrays: the same shingle always
+    gets the same id. Computed for all the documents at once on their words laid end to end, so numpy's cost per
+    call is paid once, not once per document. `vocabulary` caches word hashes.
+
+    Example (ngram=2): ['a b c', 'd'] -> [ids of (a, b), (b, c)], [id of (d)]
+    """
+    if not docs:
+        return []
+    words = [doc.split() or [""] for doc in docs]
+    for word in set().union(*words).difference(vocabulary):
         vocabulary[word] = zlib.crc32(word.encode("utf-8", "surrogatepass"))
-    ids = np.array(list(map(vocabulary.__getitem__, words)), dtype=np.uint64)  # (words,)
-    span = max(len(words) - ngram + 1, 1)  # shingles; a short text is one shingle of all its words
-    width = min(ngram, len(words))
-    combined = np.zeros(span, dtype=np.uint64)
-    for j in range(width):  # polynomial hash of the n word hashes: (((w_i) P + w_{i+1}) P + ...) mod 2^64
-        combined = combined * np.uint64(0x100000001B3) + ids[j:j + span]
+    flat = np.array([vocabulary[w] for doc_words in words for w in doc_words], dtype=np.uint64)  # (all words,)
+    lengths = np.array([len(doc_words) for doc_words in words])  # (documents,)
+    starts = np.cumsum(lengths) - lengths  # first word of each document
+    short = lengths < ngram  # a short text is one shingle of all its words
+    # Polynomial hash of n consecutive word hashes, (((w_i) P + w_{i+1}) P + ...) mod 2^64, at every position of
+    # the stream; windows that run past the end of their document are thrown away below.
+    combined = np.zeros(len(flat), dtype=np.uint64)
+    whole_short_text = np.zeros(len(docs), dtype=np.uint64)
+    for j in range(ngram):
+        m = max(len(flat) - j, 0)  # windows that still have a word j
+        combined[:m] = combined[:m] * np.uint64(0x100000001B3) + flat[j:j + m]
+        done = short & (lengths == j + 1)  # short texts of j + 1 words are complete now
+        whole_short_text[done] = combined[starts[done]]
+    combined[starts[short]] = whole_short_text[short]
+    last_start = np.repeat(starts + np.where(short, 0, lengths - ngram), lengths)  # per word: its document's
+    keep = np.arange(len(flat)) <= last_start  # windows that stay inside their document
     # A short text and a long one never share a shingle: mix the width in.
-    return _mix64(combined + np.uint64(width)) >> np.uint64(32)
+    widths = np.repeat(np.where(short, lengths, ngram).astype(np.uint64), lengths)
+    ids = _mix64(combined[keep] + widths[keep]) >> np.uint64(32)
+    counts = np.where(short, 1, lengths - ngram + 1)  # shingles per document
+    return np.split(ids, np.cumsum(counts)[:-1])
 
 
 def _hash_functions(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -477,6 +496,15 @@ def _hash_functions(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     a, b = rng.integers(0, 2**64, size=(2, num_perm, 1), dtype=np.uint64)
     return a, b
+
+
+def _hash(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """h_j(x) = ((a_j x + b_j) mod 2^64) >> 32 for every function j and shingle x: (num_perm, len(x)) uint64.
+    In place after the first product: this is where the time goes."""
+    hashed = a * x  # (num_perm, 1) * (len(x),) -> (num_perm, len(x)), wrapping mod 2^64
+    hashed += b
+    hashed >>= np.uint64(32)
+    return hashed
 
 
 def minhash_signatures(docs: Sequence[str], num_perm: int = 128, ngram: int = 5, seed: int = 0) -> np.ndarray:
@@ -490,30 +518,31 @@ def minhash_signatures(docs: Sequence[str], num_perm: int = 128, ngram: int = 5,
         raise ValueError(f"num_perm must be at least 1, got {num_perm}")
     if ngram < 1:
         raise ValueError(f"ngram must be at least 1, got {ngram}")
+    docs = docs if isinstance(docs, Sequence) else list(docs)
     a, b = _hash_functions(num_perm, seed)
     vocabulary: dict[str, int] = {}
-    ids = [_shingle_ids(doc, ngram, vocabulary) for doc in docs]
-    out = np.empty((len(ids), num_perm), dtype=np.uint32)
+    out = np.empty((len(docs), num_perm), dtype=np.uint32)
     per_block = max(_BLOCK // num_perm, 1)  # shingles hashed together
-    start = 0
-    while start < len(ids):
-        # Sign consecutive documents together while their shingles fit in one block.
-        stop, total = start + 1, len(ids[start])
-        while stop < len(ids) and total + len(ids[stop]) <= per_block:
-            total += len(ids[stop])
-            stop += 1
-        x = np.concatenate(ids[start:stop])  # (total,)
-        offsets = np.cumsum([0] + [len(v) for v in ids[start:stop - 1]])  # first shingle of each document
-        if stop - start == 1 and total > per_block:  # one long document: a running minimum over pieces
-            low = np.full(num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
-            for piece in range(0, total, per_block):
-                hashed = (a * x[piece:piece + per_block] + b) >> np.uint64(32)  # (num_perm, piece)
-                np.minimum(low, hashed.min(axis=1), out=low)
-            out[start] = low
-        else:
-            hashed = (a * x + b) >> np.uint64(32)  # (num_perm, total): h_j of every shingle
-            out[start:stop] = np.minimum.reduceat(hashed, offsets, axis=1).T  # (documents, num_perm)
-        start = stop
+    for first in range(0, len(docs), _CHUNK):  # bounded memory: shingle ids of _CHUNK documents at a time
+        ids = _shingle_ids(docs[first:first + _CHUNK], ngram, vocabulary)
+        start = 0
+        while start < len(ids):
+            # Sign consecutive documents together while their shingles fit in one block.
+            stop, total = start + 1, len(ids[start])
+            while stop < len(ids) and total + len(ids[stop]) <= per_block:
+                total += len(ids[stop])
+                stop += 1
+            x = np.concatenate(ids[start:stop])  # (total,)
+            offsets = np.cumsum([0] + [len(v) for v in ids[start:stop - 1]])  # first shingle of each document
+            if stop - start == 1 and total > per_block:  # one long document: a running minimum over pieces
+                low = np.full(num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
+                for piece in range(0, total, per_block):
+                    np.minimum(low, _hash(a, b, x[piece:piece + per_block]).min(axis=1), out=low)
+                out[first + start] = low
+            else:
+                hashed = _hash(a, b, x)  # (num_perm, total): h_j of every shingle
+                out[first + start:first + stop] = np.minimum.reduceat(hashed, offsets, axis=1).T  # (docs, num_perm)
+            start = stop
     return out
     # END SOLUTION
 
