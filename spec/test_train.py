@@ -1,0 +1,552 @@
+"""Chapter 8 — train: cross-entropy, gradient clipping, AdamW, the learning-rate schedule, one training step with
+gradient accumulation, and checkpoints that resume exactly.
+
+Each piece is checked against its definition computed in float64 (cross-entropy, the schedule), against torch's
+own implementation over many steps (AdamW), and against the properties training relies on: a clip that keeps the
+direction, accumulation that equals one large batch, a NaN that stops a step instead of spreading, and a resumed
+run that continues with the same bits as one that never stopped.
+"""
+
+import copy
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from .strategies import tensors
+from .tolerances import assert_close
+
+# Seeds from a short range: a failing example shrinks in a few steps (the full 32-bit range takes dozens).
+seeds = st.integers(0, 255)
+
+
+def assert_rejects(call, *words, what: str, error=ValueError) -> None:
+    """`call()` must raise `error` (ValueError by default) whose message contains each of `words`."""
+    try:
+        call()
+    except NotImplementedError:
+        raise
+    except error as raised:
+        missing = [w for w in words if str(w) not in str(raised)]
+        assert not missing, f"{what}: the error must name {missing}; it says: {raised}"
+    except Exception as raised:
+        raise AssertionError(f"{what}: expected a {error.__name__}, got {type(raised).__name__}: {raised}")
+    else:
+        raise AssertionError(f"{what}: expected a {error.__name__}, but nothing was raised")
+
+
+# ---------------------------------------------------------------------------------------------- cross-entropy
+
+
+def nll64(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """The definition in float64: mean over counted positions of logsumexp(z) − z[y]."""
+    z = logits.double().reshape(-1, logits.shape[-1])
+    y = targets.reshape(-1)
+    keep = y != ignore_index
+    z, y = z[keep], y[keep]
+    return (torch.logsumexp(z, -1) - z.gather(-1, y[:, None]).squeeze(-1)).mean()
+
+
+@st.composite
+def logits_and_targets(draw, scale=3.0, max_vocab=12):
+    """logits (*lead, V) and targets (*lead) with ids in [0, V)."""
+    lead = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=2)))
+    vocab = draw(st.integers(1, max_vocab))
+    logits = draw(tensors(shape=(*lead, vocab), scale=scale))
+    generator = torch.Generator().manual_seed(draw(seeds))
+    return logits, torch.randint(vocab, lead, generator=generator)
+
+
+@given(logits_and_targets())
+def test_cross_entropy_equals_minus_log_softmax_at_the_target(impl, case):
+    logits, targets = case
+    loss = impl.train.cross_entropy(logits, targets)
+    assert loss.dim() == 0, f"cross_entropy must return a scalar, got shape {tuple(loss.shape)}"
+    assert_close(loss, nll64(logits, targets), "cross_entropy must equal the mean over positions of "
+                 "−log softmax(logits)[target]", scale=10)
+
+
+@given(logits_and_targets(), seeds)
+def test_cross_entropy_is_invariant_to_adding_a_constant_per_row(impl, case, seed):
+    logits, targets = case
+    generator = torch.Generator().manual_seed(seed)
+    shift = (torch.rand(*logits.shape[:-1], 1, generator=generator) - 0.5) * 200  # one constant per row, |c| <= 100
+    assert_close(impl.train.cross_entropy(logits + shift, targets), impl.train.cross_entropy(logits, targets),
+                 "adding a constant to every logit of a row must not change the loss", scale=100)
+
+
+@given(st.integers(1, 1000), st.integers(1, 20), st.floats(-50, 50))
+def test_cross_entropy_of_uniform_logits_is_log_of_the_vocabulary_size(impl, vocab, n, value):
+    logits = torch.full((n, vocab), value)
+    targets = torch.arange(n) % vocab
+    loss = impl.train.cross_entropy(logits, targets)
+    assert_close(loss, torch.tensor(math.log(vocab), dtype=loss.dtype),
+                 f"equal logits over {vocab} tokens give every token probability 1/{vocab}: the loss must be log {vocab}",
+                 scale=10)
+
+
+@given(logits_and_targets(scale=1.0), st.sampled_from([1e4, -1e4, 3e4]))
+def test_cross_entropy_is_finite_at_logits_of_1e4(impl, case, big):
+    logits, targets = case
+    logits = torch.cat([logits + big, logits * big])  # all logits far from 0, and logits far from each other
+    targets = torch.cat([targets, targets])
+    loss = impl.train.cross_entropy(logits, targets)
+    assert torch.isfinite(loss), f"cross_entropy must stay finite at logits of {big} in float32 (subtract the max)"
+    assert_close(loss, nll64(logits, targets), f"cross_entropy at logits of {big} must still equal its definition",
+                 scale=10)
+
+
+@given(logits_and_targets(), seeds, st.sampled_from(["-100", "-1", "the last id"]))
+def test_cross_entropy_leaves_out_ignored_targets(impl, case, seed, which):
+    logits, targets = case
+    vocab = logits.shape[-1]
+    ignore_index = vocab - 1 if which == "the last id" else int(which)
+    generator = torch.Generator().manual_seed(seed)
+    ignored = torch.rand(targets.shape, generator=generator) < 0.4
+    ignored.view(-1)[0] = False  # at least one target counts
+    if ignore_index >= 0:  # an ignore_index inside the vocabulary: only the positions marked are ignored
+        targets = torch.where(targets == ignore_index, 0, targets)
+        if vocab == 1:
+            ignored[:] = False
+            ignore_index = -100
+    targets = torch.where(ignored, ignore_index, targets)
+    loss = impl.train.cross_entropy(logits, targets, ignore_index=ignore_index)
+    assert_close(loss, nll64(logits, targets, ignore_index),
+                 f"targets equal to ignore_index={ignore_index} must be left out of the sum and of the count",
+                 scale=10)
+
+
+@given(logits_and_targets(), seeds)
+def test_cross_entropy_gradient_is_softmax_minus_one_hot_over_n(impl, case, seed):
+    logits, targets = case
+    targets = targets.clone()
+    targets.view(-1)[torch.randperm(targets.numel(), generator=torch.Generator().manual_seed(seed))[:1]] = -100
+    if (targets != -100).sum() == 0:
+        targets.view(-1)[0] = 0
+    z = logits.double().requires_grad_()
+    impl.train.cross_entropy(z, targets).backward()
+    counted = (targets != -100)
+    one_hot = torch.zeros_like(z)
+    one_hot[counted] = nn.functional.one_hot(targets[counted], z.shape[-1]).double()
+    expected = (torch.softmax(z.detach(), -1) - one_hot) * counted[..., None] / counted.sum()
+    assert_close(z.grad, expected, "d loss / d logits must be (softmax − one-hot(target)) / N, and 0 on ignored "
+                 "positions", scale=10)
+
+
+# --------------------------------------------------------------------------------------------- gradient clipping
+
+
+@st.composite
+def gradients(draw):
+    """A list of parameters with gradients of various shapes and sizes (norms from about 1e-3 to 1e3)."""
+    count = draw(st.integers(1, 4))
+    scale = 10.0 ** draw(st.integers(-3, 3))
+    params = []
+    for _ in range(count):
+        p = nn.Parameter(torch.zeros(draw(st.lists(st.integers(1, 5), min_size=1, max_size=2))))
+        p.grad = draw(tensors(shape=p.shape, scale=scale))
+        params.append(p)
+    return params
+
+
+def global_norm(params) -> float:
+    return math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in params if p.grad is not None))
+
+
+@given(gradients(), st.floats(1e-3, 1e2))
+def test_clipped_global_norm_is_at_most_max_norm(impl, params, max_norm):
+    impl.train.clip_grad_norm(params, max_norm)
+    after = global_norm(params)
+    assert after <= max_norm * (1 + 1e-5), (
+        f"after clip_grad_norm(max_norm={max_norm}) the global norm of all gradients together is {after}")
+
+
+@given(gradients(), st.floats(1e-3, 1e2))
+def test_clipping_scales_every_gradient_by_one_factor(impl, params, max_norm):
+    before = [p.grad.clone() for p in params]
+    impl.train.clip_grad_norm(params, max_norm)
+    norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in before))
+    factor = min(1.0, max_norm / norm)
+    for old, p in zip(before, params):
+        assert_close(p.grad, old * factor, "clipping must multiply every gradient by the same factor "
+                     "max_norm / global norm (one norm over all parameters, not one per parameter)", scale=10)
+
+
+@given(gradients())
+def test_clipping_changes_nothing_below_max_norm(impl, params):
+    before = [p.grad.clone() for p in params]
+    max_norm = global_norm(params) * 1.5
+    impl.train.clip_grad_norm(params, max_norm)
+    for old, p in zip(before, params):
+        assert torch.equal(p.grad, old), "a global norm below max_norm must leave every gradient exactly as it was"
+
+
+@given(gradients(), st.floats(1e-3, 1e2))
+def test_clip_returns_the_norm_before_clipping(impl, params, max_norm):
+    expected = global_norm(params)
+    returned = float(impl.train.clip_grad_norm(params, max_norm))
+    assert math.isclose(returned, expected, rel_tol=1e-5), (
+        f"clip_grad_norm must return the global norm before clipping ({expected}), not {returned}")
+
+
+def test_clipping_skips_parameters_without_gradient(impl):
+    frozen = nn.Parameter(torch.ones(3), requires_grad=False)  # grad stays None
+    no_grad_yet = nn.Parameter(torch.ones(2))
+    live = nn.Parameter(torch.zeros(4))
+    live.grad = torch.tensor([3.0, 0.0, 4.0, 0.0])  # norm 5
+    norm = float(impl.train.clip_grad_norm([frozen, no_grad_yet, live], 1.0))
+    assert math.isclose(norm, 5.0, rel_tol=1e-6), f"parameters whose grad is None count as nothing; norm {norm} != 5"
+    assert frozen.grad is None and no_grad_yet.grad is None, "clipping must not give a gradient to a frozen parameter"
+    assert_close(live.grad, torch.tensor([0.6, 0.0, 0.8, 0.0]), "a norm of 5 clipped to 1 must scale by 1/5")
+
+
+def test_clipping_reports_a_non_finite_norm(impl):
+    for bad in (math.inf, math.nan):
+        good = nn.Parameter(torch.zeros(2))
+        good.grad = torch.tensor([1.0, 2.0])
+        broken = nn.Parameter(torch.zeros(2))
+        broken.grad = torch.tensor([bad, 1.0])
+        norm = float(impl.train.clip_grad_norm([good, broken], 1.0))
+        assert not math.isfinite(norm), (
+            f"a gradient holding {bad} must give a non-finite norm, reported to the caller, not {norm}")
+
+
+# ------------------------------------------------------------------------------------------------------ AdamW
+
+
+class TwoLayer(nn.Module):
+    """A tiny float64 network with a matrix, a bias, a norm gain and an embedding: every kind of parameter."""
+
+    def __init__(self, vocab=7, dim=5, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed_tokens = nn.Embedding(vocab, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+        self.double()
+
+    def forward(self, ids):
+        return self.lm_head(torch.tanh(self.proj(self.norm(self.embed_tokens(ids)))))  # (B, T, vocab)
+
+
+# Hyperparameters from short lists rather than float ranges: a failure shrinks in a few steps, not hundreds.
+@given(st.sampled_from([1e-3, 1e-2, 0.1]), st.sampled_from([0.0, 0.8, 0.9]), st.sampled_from([0.9, 0.95, 0.999]),
+       st.sampled_from([1e-8, 1e-6, 1e-3]), st.sampled_from([0.0, 0.1, 0.5]), seeds)
+def test_adamw_matches_torch_adamw_over_many_steps(impl, lr, beta1, beta2, eps, weight_decay, seed):
+    ours, theirs = TwoLayer(seed=seed), TwoLayer(seed=seed)
+    groups = lambda m: [  # noqa: E731
+        {"params": [m.proj.weight, m.lm_head.weight], "weight_decay": weight_decay},
+        {"params": [m.proj.bias, m.norm.weight, m.norm.bias, m.embed_tokens.weight], "weight_decay": 0.0,
+         "lr": lr / 2},
+    ]
+    settings = dict(lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
+    optimizers = impl.train.AdamW(groups(ours), **settings), torch.optim.AdamW(groups(theirs), **settings)
+    generator = torch.Generator().manual_seed(seed)
+    for step in range(8):
+        ids = torch.randint(7, (2, 3), generator=generator)
+        for model, optimizer in zip((ours, theirs), optimizers):
+            optimizer.zero_grad(set_to_none=True)
+            model(ids).pow(2).mean().backward()
+            if step % 4 == 3:
+                model.norm.bias.grad = None  # a parameter without a gradient this step: it must not move
+            optimizer.step()
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
+        assert_close(a, b, f"after 8 steps, AdamW(lr={lr}, betas=({beta1}, {beta2}), eps={eps}, "
+                     f"weight_decay={weight_decay}) must equal torch.optim.AdamW on {name} (decoupled decay "
+                     "lr·λ·θ, bias-corrected moments, per-parameter step count)", scale=1e3)
+
+
+def test_parameter_groups_exempt_norms_biases_and_embeddings(impl):
+    model = TwoLayer()
+    model.lm_head.weight = model.embed_tokens.weight  # tied: one tensor, two modules
+    frozen = nn.Linear(5, 5, bias=False).double().requires_grad_(False)
+    model.frozen = frozen
+    groups = impl.train.parameter_groups(model, 0.1)
+    listed = [p for group in groups for p in group["params"]]
+    assert len(listed) == len({id(p) for p in listed}), (
+        "each parameter must be in exactly one group, once (tied weights are one parameter)")
+    assert id(frozen.weight) not in {id(p) for p in listed}, "parameters with requires_grad=False must not be listed"
+    by_decay = {id(p): group["weight_decay"] for group in groups for p in group["params"]}
+    expected = {"proj.weight": 0.1, "proj.bias": 0.0, "norm.weight": 0.0, "norm.bias": 0.0, "embed_tokens.weight": 0.0}
+    for name, decay in expected.items():
+        p = model.get_parameter(name)
+        assert id(p) in by_decay, f"the trainable parameter {name} is missing from the groups"
+        assert by_decay[id(p)] == decay, (
+            f"{name} must get weight_decay {decay} (decay matrices; not norms, biases or embeddings), "
+            f"got {by_decay[id(p)]}")
+
+
+# ------------------------------------------------------------------------------------------------ the schedule
+
+
+@st.composite
+def schedules(draw):
+    warmup = draw(st.integers(0, 50))
+    total = warmup + draw(st.integers(1, 200))
+    max_lr = draw(st.floats(1e-5, 1.0))
+    min_lr = max_lr * draw(st.sampled_from([0.0, 0.1, 0.5, 1.0]))
+    return dict(max_lr=max_lr, warmup_steps=warmup, total_steps=total, min_lr=min_lr)
+
+
+@given(schedules())
+def test_warmup_rises_linearly_from_zero_to_the_peak(impl, schedule):
+    w, peak = schedule["warmup_steps"], schedule["max_lr"]
+    lr = lambda step: impl.train.lr_schedule(step, **schedule)  # noqa: E731
+    for step in range(w + 1):
+        assert math.isclose(lr(step), peak * step / w if w else peak, rel_tol=1e-9, abs_tol=1e-15), (
+            f"during warmup ({w} steps) the lr at step {step} must be max_lr·{step}/{w}, got {lr(step)}")
+    assert math.isclose(lr(w), peak, rel_tol=1e-12), f"the lr must peak at max_lr exactly at step warmup_steps={w}"
+
+
+@given(schedules())
+def test_cosine_decays_from_the_peak_to_the_floor(impl, schedule):
+    w, total, peak, floor = (schedule[k] for k in ("warmup_steps", "total_steps", "max_lr", "min_lr"))
+    for step in range(w, total + 1):
+        progress = (step - w) / (total - w)
+        expected = floor + (peak - floor) * (1 + math.cos(math.pi * progress)) / 2
+        got = impl.train.lr_schedule(step, **schedule)
+        assert math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-15), (
+            f"after warmup the lr follows a half cosine from max_lr to min_lr: at step {step} of {total} "
+            f"it must be {expected}, got {got}")
+
+
+@given(schedules(), st.integers(1, 10_000))
+def test_schedule_is_constant_at_the_floor_after_total_steps(impl, schedule, after):
+    got = impl.train.lr_schedule(schedule["total_steps"] + after, **schedule)
+    assert got == schedule["min_lr"], f"after total_steps the lr must stay at min_lr={schedule['min_lr']}, got {got}"
+
+
+@given(schedules())
+def test_schedule_is_continuous(impl, schedule):
+    w, total, peak = schedule["warmup_steps"], schedule["total_steps"], schedule["max_lr"]
+    # The largest step between neighbours: peak/w on the warmup ramp, at most peak·π/(2(T − w)) on the cosine.
+    largest = peak * max(1 / w if w else 0.0, math.pi / (2 * (total - w))) * (1 + 1e-9)
+    values = [impl.train.lr_schedule(step, **schedule) for step in range(total + 3)]
+    jumps = [abs(b - a) for a, b in zip(values, values[1:])]
+    worst = max(range(len(jumps)), key=jumps.__getitem__)
+    assert jumps[worst] <= largest, (
+        f"the schedule jumps by {jumps[worst]} between steps {worst} and {worst + 1}: warmup must end at max_lr "
+        "where the cosine starts, and the cosine must end at min_lr where the floor starts")
+
+
+def test_rejects_a_schedule_whose_warmup_is_not_shorter_than_training(impl):
+    assert_rejects(lambda: impl.train.lr_schedule(0, 1.0, 100, 100), 100,
+                   what="lr_schedule with warmup_steps = total_steps = 100 has no room for the decay")
+    assert_rejects(lambda: impl.train.lr_schedule(0, 1.0, 10, 5), 10, 5,
+                   what="lr_schedule with warmup_steps=10 > total_steps=5")
+
+
+# ---------------------------------------------------------------------------------------------- the training step
+
+
+class TinyLM(nn.Module):
+    """logits = lm_head(tanh(embed_tokens(ids))): a language model small enough to step in microseconds."""
+
+    def __init__(self, vocab=11, dim=6, seed=0, dtype=torch.float64):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed_tokens = nn.Embedding(vocab, dim)
+        self.lm_head = nn.Linear(dim, vocab)
+        self.to(dtype)
+        self.seen_dtype = None
+
+    def forward(self, ids):
+        logits = self.lm_head(torch.tanh(self.embed_tokens(ids)))  # (B, T, vocab)
+        self.seen_dtype = logits.dtype
+        return logits
+
+
+@st.composite
+def micro_batch_lists(draw, vocab=11):
+    """1 to 4 micro-batches (x, y) of one length and various batch sizes, some targets ignored (-100)."""
+    length = draw(st.integers(1, 5))
+    generator = torch.Generator().manual_seed(draw(seeds))
+    batches = []
+    for _ in range(draw(st.integers(1, 4))):
+        rows = draw(st.integers(1, 3))
+        x = torch.randint(vocab, (rows, length), generator=generator)
+        y = torch.randint(vocab, (rows, length), generator=generator)
+        y[torch.rand(rows, length, generator=generator) < draw(st.sampled_from([0.0, 0.3, 0.7]))] = -100
+        batches.append((x, y))
+    if all((y == -100).all() for _, y in batches):
+        batches[0][1][0, 0] = 3
+    return batches
+
+
+def sgd_step_by_hand(model, x, y, lr, max_norm):
+    """One SGD step on the mean loss of (x, y), clipped as torch clips; returns (loss, norm before clipping)."""
+    model.zero_grad(set_to_none=True)
+    loss = nll64(model(x), y)
+    loss.backward()
+    norm = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in model.parameters()))
+    factor = 1.0 if max_norm is None else min(1.0, max_norm / (norm + 1e-6))
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= lr * factor * p.grad
+    return loss.item(), norm
+
+
+def assert_same_weights(model, expected, what):
+    for (name, a), b in zip(model.named_parameters(), expected.parameters()):
+        # float32's tolerance: clipping may divide by norm + 1e-6 (as torch does) or by the norm itself
+        assert_close(a, b, f"{what}: {name} moved wrongly", dtype=torch.float32)
+
+
+@given(micro_batch_lists(), st.sampled_from([None, 0.05]))
+def test_accumulating_micro_batches_equals_one_step_on_their_concatenation(impl, batches, max_norm):
+    model, expected = TinyLM(), TinyLM()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)  # SGD: the update is linear in the gradient
+    x, y = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+    for step in range(2):  # two steps: the second must not see the first step's gradients
+        loss, norm = impl.train.train_step(model, optimizer, batches, max_norm=max_norm)
+        expected_loss, expected_norm = sgd_step_by_hand(expected, x, y, 0.5, max_norm)
+        assert math.isclose(loss, expected_loss, rel_tol=1e-9), (
+            f"step {step + 1}: the loss over {len(batches)} micro-batches ({loss}) must be the mean over all their "
+            f"counted targets ({expected_loss}): weight each micro-batch by its share of the counted targets")
+        assert math.isclose(norm, expected_norm, rel_tol=1e-9), (
+            f"step {step + 1}: the accumulated gradient norm ({norm}) must be that of the concatenated batch "
+            f"({expected_norm}), before clipping")
+        assert_same_weights(model, expected, f"step {step + 1} over {len(batches)} accumulated micro-batches must "
+                            "equal one step over their concatenation (zero the gradients once per step, weight each "
+                            "micro-batch by its counted targets / all counted targets)")
+
+
+@given(micro_batch_lists(), st.sampled_from([1e-3, 0.1, 1.0, 100.0]), st.sampled_from([0.01, 0.3, 1.0]))
+def test_train_step_returns_the_loss_and_the_norm_before_clipping_and_uses_lr(impl, batches, max_norm, lr):
+    model, expected = TinyLM(), TinyLM()
+    x, y = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+    optimizer = torch.optim.SGD(model.parameters(), lr=123.0)  # the lr argument must override this
+    loss, norm = impl.train.train_step(model, optimizer, [(x, y)], max_norm=max_norm, lr=lr)
+    expected_loss, expected_norm = sgd_step_by_hand(expected, x, y, lr, max_norm)
+    assert math.isclose(loss, expected_loss, rel_tol=1e-9), (
+        f"train_step must return the mean cross-entropy {expected_loss}, got {loss}")
+    assert math.isclose(norm, expected_norm, rel_tol=1e-9), (
+        f"train_step must return the gradient norm before clipping, {expected_norm}, got {norm}")
+    assert_same_weights(model, expected, f"train_step(lr={lr}, max_norm={max_norm}) must clip the gradients, set "
+                        "lr on every group, then step")
+
+
+def test_train_step_runs_the_forward_pass_under_bfloat16_autocast(impl):
+    model, plain = TinyLM(dtype=torch.float32), TinyLM(dtype=torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(11, (4, 8), generator=generator), torch.randint(11, (4, 8), generator=generator))]
+    loss, _ = impl.train.train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), batches,
+                                    autocast_dtype=torch.bfloat16)
+    assert model.seen_dtype == torch.bfloat16, (
+        f"with autocast_dtype=torch.bfloat16 the model's matmuls must run in bfloat16, they ran in {model.seen_dtype}")
+    expected, _ = impl.train.train_step(plain, torch.optim.SGD(plain.parameters(), lr=0.1), batches)
+    assert math.isfinite(loss) and abs(loss - expected) < 0.05 * expected, (
+        f"the bfloat16 loss ({loss}) must stay close to the float32 one ({expected}): compute the loss in float32")
+
+
+def test_rejects_a_nan_loss_and_keeps_the_last_good_weights(impl):
+    model = TinyLM()
+    before = copy.deepcopy(model.state_dict())
+    model.lm_head.bias.data[3] = math.nan  # every logit row now holds a NaN: the loss is NaN
+    before["lm_head.bias"] = model.lm_head.bias.detach().clone()
+    batches = [(torch.tensor([[1, 2, 3]]), torch.tensor([[2, 3, 4]]))]
+    for optimizer in (torch.optim.SGD(model.parameters(), lr=0.1), impl.train.AdamW(model.parameters())):
+        assert_rejects(lambda: impl.train.train_step(model, optimizer, batches), "nan",
+                       what="train_step with a NaN loss must stop with a FloatingPointError naming it",
+                       error=FloatingPointError)
+        for name, value in model.state_dict().items():
+            assert torch.equal(value.nan_to_num(7.0), before[name].nan_to_num(7.0)), (
+                f"a NaN loss must not step: {name} changed, so the last good weights are lost")
+
+
+# ------------------------------------------------------------------------------------------------- checkpoints
+
+
+OPTIMIZERS = {"torch.optim.AdamW": torch.optim.AdamW, "AdamW": None}
+
+
+def make_optimizer(impl, which, model):
+    cls = OPTIMIZERS[which] or impl.train.AdamW
+    return cls(model.parameters(), lr=0.01, weight_decay=0.1)
+
+
+def run_steps(impl, model, optimizer, generator, steps):
+    for _ in range(steps):
+        ids = torch.randint(11, (2, 5), generator=generator)
+        noise = torch.randn(1, generator=generator)  # the global RNG must come back too: a run may use it (dropout)
+        noise = noise + torch.randn(1)
+        optimizer.zero_grad()
+        (nll64(model(ids[:, :-1]), ids[:, 1:]) * (1 + 1e-3 * noise.double())).sum().backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("which", list(OPTIMIZERS))
+def test_resuming_from_a_checkpoint_continues_bit_exactly(impl, which, tmp_path):
+    torch.manual_seed(1)
+    generator = torch.Generator().manual_seed(5)
+    model = TinyLM(seed=1)
+    optimizer = make_optimizer(impl, which, model)
+    run_steps(impl, model, optimizer, generator, 3)
+    path = tmp_path / "checkpoint.safetensors"
+    config = {"dim": 6, "vocab": 11, "betas": (0.9, 0.95)}
+    impl.train.save_checkpoint(path, model, optimizer, 3, config=config, generator=generator)
+    run_steps(impl, model, optimizer, generator, 4)  # the run that never stopped
+
+    torch.manual_seed(99)  # a fresh process: other weights, another global random state
+    resumed_generator = torch.Generator().manual_seed(123)
+    resumed = TinyLM(seed=2)
+    resumed_optimizer = make_optimizer(impl, which, resumed)
+    info = impl.train.load_checkpoint(path, resumed, resumed_optimizer, config=config, generator=resumed_generator)
+    assert info["step"] == 3, f"load_checkpoint must return the step it was saved at (3), got {info['step']}"
+    run_steps(impl, resumed, resumed_optimizer, resumed_generator, 4)
+    for name, value in model.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), (
+            f"{name} differs between a run resumed from a checkpoint and one that never stopped ({which}): save the "
+            "weights in their own dtype, the optimizer state (moments and step counts), the global random state and "
+            "the batch generator's")
+
+
+def test_rejects_a_corrupted_checkpoint(impl, tmp_path):
+    model = TinyLM()
+    optimizer = torch.optim.AdamW(model.parameters())
+    run_steps(impl, model, optimizer, torch.Generator().manual_seed(0), 1)
+    path = tmp_path / "checkpoint.safetensors"
+    impl.train.save_checkpoint(path, model, optimizer, 1)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+    assert_rejects(lambda: impl.train.load_checkpoint(path, TinyLM(), torch.optim.AdamW(TinyLM().parameters())),
+                   "checkpoint.safetensors", what="a truncated checkpoint")
+    flipped = bytearray(data)
+    flipped[-20] ^= 0x10  # one bit of one weight
+    path.write_bytes(bytes(flipped))
+    victim = TinyLM(seed=4)
+    untouched = copy.deepcopy(victim.state_dict())
+    assert_rejects(lambda: impl.train.load_checkpoint(path, victim), "checkpoint.safetensors",
+                   what="a checkpoint with one bit flipped in its tensors (keep a checksum of them)")
+    for name, value in untouched.items():
+        assert torch.equal(victim.state_dict()[name], value), f"a refused checkpoint must not change the model ({name})"
+
+
+def test_rejects_a_checkpoint_with_a_different_config(impl, tmp_path):
+    model = TinyLM()
+    optimizer = torch.optim.AdamW(model.parameters())
+    path = tmp_path / "checkpoint.safetensors"
+    impl.train.save_checkpoint(path, model, optimizer, 0, config={"n_layers": 4, "dim": 6, "lr": 0.01})
+    assert_rejects(lambda: impl.train.load_checkpoint(path, TinyLM(), config={"n_layers": 2, "dim": 6, "lr": 0.01}),
+                   "n_layers", what="resuming a checkpoint written with n_layers=4 under n_layers=2")
+
+
+def test_saving_replaces_the_checkpoint_file_atomically(impl, tmp_path):
+    model = TinyLM()
+    optimizer = torch.optim.AdamW(model.parameters())
+    path = tmp_path / "checkpoint.safetensors"
+    impl.train.save_checkpoint(path, model, optimizer, 1)
+    old = path.read_bytes()
+    with open(path, "rb") as reader:  # a reader that opened the old checkpoint before the next save
+        with torch.no_grad():
+            model.lm_head.weight.add_(1.0)
+        impl.train.save_checkpoint(path, model, optimizer, 2)
+        seen = reader.read()
+    assert seen == old, ("saving must write a new file and rename it over the old one (os.replace), never rewrite "
+                         "the old file in place: a reader, or a process killed mid-write, would see half a checkpoint")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.safetensors"], (
+        f"saving must leave no temporary files behind, found {sorted(p.name for p in tmp_path.iterdir())}")

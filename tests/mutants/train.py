@@ -1,0 +1,476 @@
+"""Wrong implementations of the train chapter that a learner could plausibly write."""
+
+import contextlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+import torch
+
+import llmkata.reference.train as ref
+
+from . import Mutant
+
+# ---------------------------------------------------------------------------------------------- cross-entropy
+
+
+def ce_summing(logits, targets, ignore_index=-100):
+    counted = (targets != ignore_index).sum()
+    return ref.cross_entropy(logits, targets, ignore_index) * counted
+
+
+def ce_in_bits(logits, targets, ignore_index=-100):
+    return ref.cross_entropy(logits, targets, ignore_index) / math.log(2)
+
+
+def ce_clamping_logits(logits, targets, ignore_index=-100):
+    return ref.cross_entropy(logits.clamp(-30, 30), targets, ignore_index)
+
+
+def ce_without_max_subtraction(logits, targets, ignore_index=-100):
+    z = logits.reshape(-1, logits.shape[-1])
+    y = targets.reshape(-1)
+    keep = y != ignore_index
+    z, y = z[keep], y[keep]
+    return (z.exp().sum(-1).log() - z.gather(-1, y[:, None]).squeeze(-1)).mean()
+
+
+def ce_counting_ignored_positions(logits, targets, ignore_index=-100):
+    counted = (targets != ignore_index).sum()
+    return ref.cross_entropy(logits, targets, ignore_index) * counted / targets.numel()
+
+
+def ce_ignoring_negative_targets(logits, targets, ignore_index=-100):
+    """Treats every negative target as ignored, whatever ignore_index says."""
+    return ref.cross_entropy(logits, torch.where(targets < 0, -100, targets), -100)
+
+
+class _CrossEntropyForgettingTheCount(torch.autograd.Function):
+    """Right value, but a hand-written backward that returns softmax − one-hot without dividing by N."""
+
+    @staticmethod
+    def forward(ctx, logits, targets):
+        ctx.save_for_backward(logits, targets)
+        return ref.cross_entropy(logits, targets)
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, targets = ctx.saved_tensors
+        counted = targets != -100
+        one_hot = torch.zeros_like(logits)
+        one_hot[counted] = torch.nn.functional.one_hot(targets[counted], logits.shape[-1]).to(logits.dtype)
+        return grad * (torch.softmax(logits, -1) - one_hot) * counted[..., None], None
+
+
+def ce_with_unscaled_backward(logits, targets, ignore_index=-100):
+    return _CrossEntropyForgettingTheCount.apply(logits, targets)
+
+
+# --------------------------------------------------------------------------------------------- gradient clipping
+
+
+def _grads(parameters):
+    return [p.grad for p in ([parameters] if isinstance(parameters, torch.Tensor) else parameters)
+            if p.grad is not None]
+
+
+def clip_each_parameter_alone(parameters, max_norm):
+    grads = _grads(parameters)
+    total = torch.stack([g.pow(2).sum() for g in grads]).sum().sqrt()
+    for g in grads:
+        norm = g.norm()
+        if norm > max_norm:
+            g.mul_(max_norm / norm)
+    return total
+
+
+def clip_by_value(parameters, max_norm):
+    grads = _grads(parameters)
+    total = torch.stack([g.pow(2).sum() for g in grads]).sum().sqrt()
+    for g in grads:
+        g.clamp_(-max_norm, max_norm)
+    return total
+
+
+def clip_always_rescaling(parameters, max_norm):
+    grads = _grads(parameters)
+    total = torch.stack([g.pow(2).sum() for g in grads]).sum().sqrt()
+    for g in grads:
+        g.mul_(max_norm / total)
+    return total
+
+
+def clip_returning_the_norm_after(parameters, max_norm):
+    parameters = list(parameters)
+    ref.clip_grad_norm(parameters, max_norm)
+    return torch.stack([g.pow(2).sum() for g in _grads(parameters)]).sum().sqrt()
+
+
+def clip_giving_frozen_parameters_a_zero_gradient(parameters, max_norm):
+    parameters = list(parameters)
+    for p in parameters:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    return ref.clip_grad_norm(parameters, max_norm)
+
+
+def clip_hiding_non_finite_gradients(parameters, max_norm):
+    parameters = list(parameters)
+    for g in _grads(parameters):
+        g.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    return ref.clip_grad_norm(parameters, max_norm)
+
+
+# ------------------------------------------------------------------------------------------------------ AdamW
+
+
+class AdamWithL2Decay(ref.AdamW):
+    """Adam + L2: the decay goes into the gradient, so Adam's normalisation rescales it (not decoupled)."""
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.add_(p, alpha=group["weight_decay"])
+        decays = [group["weight_decay"] for group in self.param_groups]
+        for group in self.param_groups:
+            group["weight_decay"] = 0.0
+        super().step()
+        for group, decay in zip(self.param_groups, decays):
+            group["weight_decay"] = decay
+
+
+class AdamWWithoutBiasCorrection(ref.AdamW):
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                state["step"] += 1
+                p.mul_(1 - lr * decay)
+                state["exp_avg"].mul_(beta1).add_(p.grad, alpha=1 - beta1)
+                state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                p.addcdiv_(state["exp_avg"], state["exp_avg_sq"].sqrt().add_(eps), value=-lr)
+
+
+class AdamWWithOneGlobalStepCount(ref.AdamW):
+    """Counts steps for the optimizer, not per parameter: a parameter that skipped a step is bias-corrected wrongly."""
+
+    @torch.no_grad()
+    def step(self):
+        self._global = getattr(self, "_global", 0) + 1
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and self.state[p]:
+                    self.state[p]["step"] = self._global - 1
+        super().step()
+
+
+class AdamWWithEpsInsideTheRoot(ref.AdamW):
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                state["step"] += 1
+                t = state["step"]
+                p.mul_(1 - lr * decay)
+                state["exp_avg"].mul_(beta1).add_(p.grad, alpha=1 - beta1)
+                state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                m_hat = state["exp_avg"] / (1 - beta1**t)
+                v_hat = state["exp_avg_sq"] / (1 - beta2**t)
+                p.add_(-lr * m_hat / (v_hat + eps).sqrt())
+
+
+def groups_decaying_everything(model, weight_decay):
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+
+
+def groups_decaying_embeddings(model, weight_decay):
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def groups_listing_frozen_parameters(model, weight_decay):
+    groups = ref.parameter_groups(model, weight_decay)
+    groups[0]["params"] = groups[0]["params"] + [p for p in model.parameters() if not p.requires_grad]
+    return groups
+
+
+def groups_listing_tied_weights_twice(model, weight_decay):
+    groups = ref.parameter_groups(model, weight_decay)
+    names = dict(model.named_parameters(remove_duplicate=False))
+    if "lm_head.weight" in names and names["lm_head.weight"] is names.get("embed_tokens.weight"):
+        groups[-1]["params"] = groups[-1]["params"] + [names["lm_head.weight"]]
+    return groups
+
+
+# ------------------------------------------------------------------------------------------------- the schedule
+
+
+def schedule_warming_up_from_one_step(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    return ref.lr_schedule(step, max_lr, warmup_steps, total_steps, min_lr)
+
+
+def schedule_decaying_linearly(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
+    if warmup_steps <= step <= total_steps:
+        return max_lr - (max_lr - min_lr) * (step - warmup_steps) / (total_steps - warmup_steps)
+    return ref.lr_schedule(step, max_lr, warmup_steps, total_steps, min_lr)
+
+
+def schedule_cosine_forever(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
+    if step > total_steps:
+        progress = (step - warmup_steps) / (total_steps - warmup_steps)
+        return min_lr + (max_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+    return ref.lr_schedule(step, max_lr, warmup_steps, total_steps, min_lr)
+
+
+def schedule_cosine_to_zero_then_floor(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
+    if warmup_steps <= step <= total_steps:
+        return ref.lr_schedule(step, max_lr, warmup_steps, total_steps, 0.0)
+    return ref.lr_schedule(step, max_lr, warmup_steps, total_steps, min_lr)
+
+
+def schedule_without_checks(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
+    if step < warmup_steps:
+        return max_lr * step / warmup_steps
+    return min_lr
+
+
+# ---------------------------------------------------------------------------------------------- the training step
+
+
+def _step(model, optimizer, micro_batches, max_norm, lr, weights, zero_each=False):
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for (x, y), weight in zip(micro_batches, weights):
+        if zero_each:
+            optimizer.zero_grad(set_to_none=True)
+        loss = ref.cross_entropy(model(x), y) * weight
+        loss.backward()
+        total += loss.item()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    norm = float(ref.clip_grad_norm(params, math.inf if max_norm is None else max_norm))
+    if lr is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    optimizer.step()
+    return total, norm
+
+
+def step_dividing_by_the_number_of_micro_batches(model, optimizer, micro_batches, max_norm=1.0, lr=None,
+                                                 autocast_dtype=None):
+    return _step(model, optimizer, micro_batches, max_norm, lr, [1 / len(micro_batches)] * len(micro_batches))
+
+
+def step_zeroing_gradients_per_micro_batch(model, optimizer, micro_batches, max_norm=1.0, lr=None,
+                                           autocast_dtype=None):
+    counts = [int((y != -100).sum()) for _, y in micro_batches]
+    return _step(model, optimizer, micro_batches, max_norm, lr, [c / sum(counts) for c in counts], zero_each=True)
+
+
+def step_never_zeroing_gradients(model, optimizer, micro_batches, max_norm=1.0, lr=None, autocast_dtype=None):
+    zero_grad = optimizer.zero_grad
+    optimizer.zero_grad = lambda set_to_none=True: None
+    try:
+        return ref.train_step(model, optimizer, micro_batches, max_norm, lr, autocast_dtype)
+    finally:
+        optimizer.zero_grad = zero_grad
+
+
+def step_returning_the_clipped_norm(model, optimizer, micro_batches, max_norm=1.0, lr=None, autocast_dtype=None):
+    loss, norm = ref.train_step(model, optimizer, micro_batches, max_norm, lr, autocast_dtype)
+    return loss, min(norm, math.inf if max_norm is None else max_norm)
+
+
+def step_ignoring_lr(model, optimizer, micro_batches, max_norm=1.0, lr=None, autocast_dtype=None):
+    return ref.train_step(model, optimizer, micro_batches, max_norm, None, autocast_dtype)
+
+
+def step_ignoring_autocast(model, optimizer, micro_batches, max_norm=1.0, lr=None, autocast_dtype=None):
+    return ref.train_step(model, optimizer, micro_batches, max_norm, lr, None)
+
+
+def step_stepping_on_nan(model, optimizer, micro_batches, max_norm=1.0, lr=None, autocast_dtype=None):
+    counts = [int((y != -100).sum()) for _, y in micro_batches]
+    return _step(model, optimizer, micro_batches, max_norm, lr, [c / sum(counts) for c in counts])
+
+
+# ------------------------------------------------------------------------------------------------- checkpoints
+
+
+def save_without_optimizer_state(path, model, optimizer, step, config=None, generator=None, extra=None):
+    fresh = type(optimizer)(optimizer.param_groups)  # the same groups, no moments and no step counts
+    ref.save_checkpoint(path, model, fresh, step, config, generator, extra)
+
+
+def save_weights_in_bfloat16(path, model, optimizer, step, config=None, generator=None, extra=None):
+    copy = {name: value.clone() for name, value in model.state_dict().items()}
+    with torch.no_grad():
+        for value in model.state_dict().values():
+            value.copy_(value.to(torch.bfloat16))
+    try:
+        ref.save_checkpoint(path, model, optimizer, step, config, generator, extra)
+    finally:
+        model.load_state_dict(copy)
+
+
+def load_without_the_generator(path, model, optimizer=None, config=None, generator=None):
+    return ref.load_checkpoint(path, model, optimizer, config, None)
+
+
+def load_without_the_global_random_state(path, model, optimizer=None, config=None, generator=None):
+    state = torch.get_rng_state()
+    info = ref.load_checkpoint(path, model, optimizer, config, generator)
+    torch.set_rng_state(state)
+    return info
+
+
+def load_without_the_optimizer(path, model, optimizer=None, config=None, generator=None):
+    return ref.load_checkpoint(path, model, None, config, generator)
+
+
+def load_ignoring_the_config(path, model, optimizer=None, config=None, generator=None):
+    return ref.load_checkpoint(path, model, optimizer, None, generator)
+
+
+@contextlib.contextmanager
+def _replaced(module, name, value):
+    original = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
+def load_trusting_the_bytes(path, model, optimizer=None, config=None, generator=None):
+    """No checksum: a flipped bit in a weight loads silently."""
+    data = Path(path).read_bytes()
+    try:
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+        stored = json.loads(header["__metadata__"]["llmkata"])["sha256"]
+    except Exception:
+        stored = None
+    with _replaced(ref, "_digest", lambda tensors: stored):
+        return ref.load_checkpoint(path, model, optimizer, config, generator)
+
+
+def save_in_place(path, model, optimizer, step, config=None, generator=None, extra=None):
+    """Rewrites the existing file (same inode) instead of renaming a new one over it."""
+    temporary = Path(path).with_name("elsewhere.bin")
+    ref.save_checkpoint(temporary, model, optimizer, step, config, generator, extra)
+    shutil.copyfile(temporary, path)
+    temporary.unlink()
+
+
+MUTANTS = [
+    Mutant("train.cross_entropy", ce_summing,
+           ("test_cross_entropy_equals_minus_log_softmax_at_the_target",
+            "test_cross_entropy_of_uniform_logits_is_log_of_the_vocabulary_size"), "sums instead of averaging"),
+    Mutant("train.cross_entropy", ce_in_bits,
+           ("test_cross_entropy_equals_minus_log_softmax_at_the_target",
+            "test_cross_entropy_of_uniform_logits_is_log_of_the_vocabulary_size"), "log base 2 instead of e"),
+    Mutant("train.cross_entropy", ce_clamping_logits,
+           ("test_cross_entropy_is_invariant_to_adding_a_constant_per_row", "test_cross_entropy_is_finite_at_logits_of_1e4"),
+           "clamps logits to ±30 to avoid overflow"),
+    Mutant("train.cross_entropy", ce_without_max_subtraction, ("test_cross_entropy_is_finite_at_logits_of_1e4",),
+           "log Σ exp without subtracting the max: overflows"),
+    Mutant("train.cross_entropy", ce_counting_ignored_positions, ("test_cross_entropy_leaves_out_ignored_targets",),
+           "drops ignored positions from the sum but not from the count"),
+    Mutant("train.cross_entropy", ce_ignoring_negative_targets, ("test_cross_entropy_leaves_out_ignored_targets",),
+           "ignores negative targets, not ignore_index"),
+    Mutant("train.cross_entropy", ce_with_unscaled_backward,
+           ("test_cross_entropy_gradient_is_softmax_minus_one_hot_over_n",), "a backward that forgets the 1/N"),
+    Mutant("train.clip_grad_norm", clip_each_parameter_alone,
+           ("test_clipped_global_norm_is_at_most_max_norm", "test_clipping_scales_every_gradient_by_one_factor"),
+           "clips each parameter's gradient to max_norm on its own"),
+    Mutant("train.clip_grad_norm", clip_by_value, ("test_clipping_scales_every_gradient_by_one_factor",),
+           "clamps each coordinate: the direction changes"),
+    Mutant("train.clip_grad_norm", clip_always_rescaling, ("test_clipping_changes_nothing_below_max_norm",),
+           "rescales to max_norm even when the norm is below it"),
+    Mutant("train.clip_grad_norm", clip_returning_the_norm_after, ("test_clip_returns_the_norm_before_clipping",),
+           "returns the norm after clipping"),
+    Mutant("train.clip_grad_norm", clip_giving_frozen_parameters_a_zero_gradient,
+           ("test_clipping_skips_parameters_without_gradient",), "fills missing gradients with zeros"),
+    Mutant("train.clip_grad_norm", clip_hiding_non_finite_gradients, ("test_clipping_reports_a_non_finite_norm",),
+           "replaces inf and NaN by 0 before measuring"),
+    Mutant("train.AdamW", AdamWithL2Decay, ("test_adamw_matches_torch_adamw_over_many_steps",),
+           "L2 regularisation through the gradient instead of decoupled decay"),
+    Mutant("train.AdamW", AdamWWithoutBiasCorrection, ("test_adamw_matches_torch_adamw_over_many_steps",),
+           "no bias correction"),
+    Mutant("train.AdamW", AdamWWithOneGlobalStepCount, ("test_adamw_matches_torch_adamw_over_many_steps",),
+           "one step count for all parameters"),
+    Mutant("train.AdamW", AdamWWithEpsInsideTheRoot, ("test_adamw_matches_torch_adamw_over_many_steps",),
+           "sqrt(v̂ + ε) instead of sqrt(v̂) + ε"),
+    Mutant("train.parameter_groups", groups_decaying_everything,
+           ("test_parameter_groups_exempt_norms_biases_and_embeddings",), "decays norms, biases and embeddings"),
+    Mutant("train.parameter_groups", groups_decaying_embeddings,
+           ("test_parameter_groups_exempt_norms_biases_and_embeddings",), "decays the embedding table (it is 2-D)"),
+    Mutant("train.parameter_groups", groups_listing_frozen_parameters,
+           ("test_parameter_groups_exempt_norms_biases_and_embeddings",), "lists parameters that do not train"),
+    Mutant("train.parameter_groups", groups_listing_tied_weights_twice,
+           ("test_parameter_groups_exempt_norms_biases_and_embeddings",), "lists a tied weight once per module"),
+    Mutant("train.lr_schedule", schedule_warming_up_from_one_step,
+           ("test_warmup_rises_linearly_from_zero_to_the_peak",), "warmup (step + 1) / w: never 0"),
+    Mutant("train.lr_schedule", schedule_decaying_linearly, ("test_cosine_decays_from_the_peak_to_the_floor",),
+           "linear decay instead of cosine"),
+    Mutant("train.lr_schedule", schedule_cosine_forever, ("test_schedule_is_constant_at_the_floor_after_total_steps",),
+           "the cosine keeps going past total_steps and rises again"),
+    Mutant("train.lr_schedule", schedule_cosine_to_zero_then_floor,
+           ("test_schedule_is_continuous", "test_cosine_decays_from_the_peak_to_the_floor"),
+           "the cosine ends at 0, then jumps to min_lr"),
+    Mutant("train.lr_schedule", schedule_without_checks,
+           ("test_rejects_a_schedule_whose_warmup_is_not_shorter_than_training",),
+           "accepts warmup_steps >= total_steps silently"),
+    Mutant("train.train_step", step_dividing_by_the_number_of_micro_batches,
+           ("test_accumulating_micro_batches_equals_one_step_on_their_concatenation",),
+           "weights every micro-batch by 1/k, wrong when they count different numbers of targets"),
+    Mutant("train.train_step", step_zeroing_gradients_per_micro_batch,
+           ("test_accumulating_micro_batches_equals_one_step_on_their_concatenation",),
+           "zeroes the gradients before each micro-batch: only the last one counts"),
+    Mutant("train.train_step", step_never_zeroing_gradients,
+           ("test_accumulating_micro_batches_equals_one_step_on_their_concatenation",),
+           "never zeroes the gradients: each step adds the previous step's"),
+    Mutant("train.train_step", step_returning_the_clipped_norm,
+           ("test_train_step_returns_the_loss_and_the_norm_before_clipping_and_uses_lr",),
+           "returns the norm after clipping"),
+    Mutant("train.train_step", step_ignoring_lr,
+           ("test_train_step_returns_the_loss_and_the_norm_before_clipping_and_uses_lr",),
+           "does not set the scheduled lr"),
+    Mutant("train.train_step", step_ignoring_autocast, ("test_train_step_runs_the_forward_pass_under_bfloat16_autocast",),
+           "ignores autocast_dtype"),
+    Mutant("train.train_step", step_stepping_on_nan, ("test_rejects_a_nan_loss_and_keeps_the_last_good_weights",),
+           "steps on a NaN loss, and the weights become NaN"),
+    Mutant("train.save_checkpoint", save_without_optimizer_state,
+           ("test_resuming_from_a_checkpoint_continues_bit_exactly",), "saves the weights but not the AdamW moments"),
+    Mutant("train.save_checkpoint", save_weights_in_bfloat16,
+           ("test_resuming_from_a_checkpoint_continues_bit_exactly",), "saves the weights in bfloat16"),
+    Mutant("train.load_checkpoint", load_without_the_generator,
+           ("test_resuming_from_a_checkpoint_continues_bit_exactly",), "does not restore the batch generator"),
+    Mutant("train.load_checkpoint", load_without_the_global_random_state,
+           ("test_resuming_from_a_checkpoint_continues_bit_exactly",), "does not restore torch's global RNG"),
+    Mutant("train.load_checkpoint", load_without_the_optimizer,
+           ("test_resuming_from_a_checkpoint_continues_bit_exactly",), "does not restore the optimizer"),
+    Mutant("train.load_checkpoint", load_trusting_the_bytes, ("test_rejects_a_corrupted_checkpoint",),
+           "no checksum: a flipped bit loads silently"),
+    Mutant("train.load_checkpoint", load_ignoring_the_config, ("test_rejects_a_checkpoint_with_a_different_config",),
+           "resumes under any configuration"),
+    Mutant("train.save_checkpoint", save_in_place, ("test_saving_replaces_the_checkpoint_file_atomically",),
+           "rewrites the file in place"),
+]
