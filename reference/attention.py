@@ -252,12 +252,11 @@ class _TiledAttention(torch.autograd.Function):
         acc_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
         out = torch.empty(n, n_queries, value_dim, dtype=q.dtype, device=q.device)
         lse = torch.empty(n, n_queries, dtype=acc_dtype, device=q.device)
-        q_scaled = q * scale
         lowest = torch.finfo(acc_dtype).min
 
         for i0 in range(0, n_queries, block_size_q):
             i1 = min(i0 + block_size_q, n_queries)
-            q_block = q_scaled[:, i0:i1]  # (n, bq, d)
+            q_block = q[:, i0:i1] * scale  # (n, bq, d): scaling a block, not a copy of all of q
             # Start the running max at the lowest finite number, not −inf: then a row whose keys so far were all
             # masked gets exp(−inf − lowest) = 0 instead of exp(−inf + inf) = NaN.
             row_max = torch.full((n, i1 - i0), lowest, dtype=acc_dtype, device=q.device)

@@ -15,8 +15,8 @@ Initialisation follows GPT-2: every matrix normal(0, init_std), except the two t
 stream in each block (`o_proj`, `down_proj`), whose std is divided by √(2·n_layers): the stream is a sum of
 2·n_layers branch outputs, and this keeps its variance at initialisation independent of depth.
 
-Left out: dropout, biases in linear layers, padding masks, mixture-of-experts, sliding-window attention, weight
-sharding across files larger than one safetensors file when saving (loading reads sharded checkpoints too).
+Left out: dropout, biases in linear layers, padding masks, mixture-of-experts, sliding-window attention, and
+sharded saving (`save_hf` writes one safetensors file; `load_hf` reads sharded checkpoints too).
 """
 
 import json

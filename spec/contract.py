@@ -141,8 +141,8 @@ CHAPTERS: list[Chapter] = [
         "tiled_attention": Function("(q, k, v, is_causal=False, block_size_q=128, block_size_k=256, scale=None)"),
     }),
     Chapter(7, "model", "model", {
-        # Transformer(config) has `model` (Decoder: embed_tokens, layers, norm) and `lm_head`; its state-dict keys
-        # are those of Hugging Face's LlamaForCausalLM (model.layers.0.self_attn.q_proj.weight, ...).
+        # Transformer(config) keeps `config` and has `model` (Decoder: embed_tokens, layers, norm) and `lm_head`; keys
+        # of its state dict are those of Hugging Face's LlamaForCausalLM (model.layers.0.self_attn.q_proj.weight, ...).
         "ModelConfig": Class("(vocab_size=256, d_model=256, n_layers=4, n_heads=4, n_kv_heads=None, d_ff=None, "
                              "max_seq_len=256, norm='rmsnorm', mlp='swiglu', norm_eps=1e-05, rope_theta=10000.0, "
                              "rope_interleaved=False, tie_embeddings=False, init_std=0.02)"),
