@@ -208,6 +208,11 @@ class TokenizerCuttingLongPreTokens(ref.Tokenizer):
         return tuple(ids)
 
 
+class TokenizerWithTheGpt2PatternAlways(ref.Tokenizer):
+    def __init__(self, vocab, merges, special_tokens=(), pattern="gpt4"):
+        super().__init__(vocab, merges, special_tokens, "gpt2")
+
+
 class TokenizerWithoutMerges(ref.Tokenizer):
     def _encode_piece(self, piece):
         return tuple(self._ranks[bytes([b])] for b in piece.encode("utf-8"))
@@ -414,6 +419,8 @@ MUTANTS = [
            ("test_encode_equals_tiktoken_with_the_same_ranks_and_pattern",), "equal ranks merge rightmost first"),
     Mutant("tokenizer.Tokenizer", TokenizerCuttingLongPreTokens,
            ("test_encode_equals_tiktoken_with_the_same_ranks_and_pattern",), "long pre-tokens are cut into blocks"),
+    Mutant("tokenizer.Tokenizer", TokenizerWithTheGpt2PatternAlways,
+           ("test_encode_equals_tiktoken_with_the_same_ranks_and_pattern",), "'gpt4' is split with GPT-2's pattern"),
     Mutant("tokenizer.Tokenizer", TokenizerWithoutMerges,
            ("test_training_text_compresses", "test_encode_equals_tiktoken_with_the_same_ranks_and_pattern"),
            "encodes bytes and never merges"),
