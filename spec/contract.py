@@ -78,16 +78,16 @@ CHAPTERS: list[Chapter] = [
         "clean_corpus": Function("(docs, config=None, near_threshold=0.8, form='NFC', report=None)"),
     }),
     Chapter(2, "tokenizer", "tokenizer", {
-        # Tokenizers also carry `vocab` (id -> bytes), `special_tokens` (str -> id) and a classmethod `load(path)`;
+        # Tokenizers also carry `vocab` (id -> bytes) and `special_tokens` (str -> id);
         # Tokenizer carries `merges` and `pattern`, SentencePieceTokenizer `model` (the .model file's bytes).
         "train_bpe": Function("(data, vocab_size, special_tokens=(), pattern='gpt4', num_workers=None)"),
         "Tokenizer": Class("(vocab, merges, special_tokens=(), pattern='gpt4')", {
             "encode": "(text, allowed_special='all')", "decode": "(ids)",
-            "encode_iterable": "(iterable, allowed_special='all')", "save": "(path)"}),
+            "encode_iterable": "(iterable, allowed_special='all')", "save": "(path)", "load": "(path)"}),
         "train_sentencepiece": Function("(data, vocab_size, special_tokens=())"),
         "SentencePieceTokenizer": Class("(model)", {
             "encode": "(text, allowed_special='all')", "decode": "(ids)",
-            "encode_iterable": "(iterable, allowed_special='all')", "save": "(path)"}),
+            "encode_iterable": "(iterable, allowed_special='all')", "save": "(path)", "load": "(path)"}),
         "to_tiktoken": Function("(tokenizer, name='llmkata')"),
         "to_hf_tokenizer": Function("(tokenizer)"),
     }),

@@ -21,10 +21,12 @@ def plain_signature(obj) -> str:
 
 
 def method_signature(cls, method: str) -> str:
-    function = inspect.getattr_static(cls, method, None)
-    assert function is not None, f"{cls.__name__} must define the method {method}"
-    text = plain_signature(function)
-    return text.replace("(self, ", "(").replace("(self)", "()")
+    """The method's signature as a caller sees it: without self (or cls, for a classmethod)."""
+    static = inspect.getattr_static(cls, method, None)
+    assert static is not None, f"{cls.__name__} must define the method {method}"
+    if isinstance(static, staticmethod):
+        return plain_signature(static.__func__)
+    return plain_signature(getattr(cls, method) if isinstance(static, classmethod) else static.__get__(object()))
 
 
 @pytest.mark.parametrize("chapter, name, entry", NAMES, ids=[f"{c.module}.{n}" for c, n, _ in NAMES])
