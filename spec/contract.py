@@ -159,9 +159,33 @@ CHAPTERS: list[Chapter] = [
         "save_hf": Function("(model, folder)"),
         "load_hf": Function("(folder)"),
     }),
-    # --- chapter 8: train ---
-    # --- chapter 9: generate ---
-    # --- chapter 10: evaluate ---
+    Chapter(8, "train", "train", {
+        "cross_entropy": Function("(logits, targets, ignore_index=-100)"),
+        "clip_grad_norm": Function("(parameters, max_norm)"),
+        # A torch.optim.Optimizer: state_dict / load_state_dict / zero_grad come from the base class.
+        "AdamW": Class("(params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01)", {"step": "()"}),
+        "parameter_groups": Function("(model, weight_decay)"),
+        "lr_schedule": Function("(step, max_lr, warmup_steps, total_steps, min_lr=0.0)"),
+        "train_step": Function("(model, optimizer, micro_batches, max_norm=1.0, lr=None, autocast_dtype=None)"),
+        "save_checkpoint": Function("(path, model, optimizer, step, config=None, generator=None, extra=None)"),
+        "load_checkpoint": Function("(path, model, optimizer=None, config=None, generator=None)"),
+    }),
+    Chapter(9, "generate", "generate", {
+        "top_k_filter": Function("(logits, k)"),
+        "top_p_filter": Function("(logits, p)"),
+        "sample_next": Function("(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None)"),
+        "generate": Function("(model, prompt, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, stop_tokens=(), "
+                             "context_length=None, generator=None, use_cache=True)"),
+    }),
+    Chapter(10, "evaluate", "evaluate", {
+        "evaluate_loss": Function("(model, batches)"),
+        "perplexity": Function("(mean_nll)"),
+        "bits_per_byte": Function("(mean_nll, n_tokens, n_bytes)"),
+        "continuation_logprob": Function("(model, context, continuation, context_length=None)"),
+        "score_choices": Function("(model, context, choices)"),
+        "load_choice_tasks": Function("(path)"),
+        "multiple_choice_accuracy": Function("(model, tokenizer, tasks)"),
+    }),
 ]
 
 BY_MODULE: dict[str, Chapter] = {chapter.module: chapter for chapter in CHAPTERS}

@@ -1,0 +1,278 @@
+"""Chapter 9 — generate: temperature, top-k and top-p sampling, and the generation loop with a KV cache and a
+context window.
+
+The samplers are checked against their definitions (which tokens survive a filter, which distribution a draw
+follows), and the loop against a plain sliding-window decoder written here: with or without the cache, cropped
+or not, it must produce the same tokens, feed one token per step once the prompt is cached, and never show the
+model more than its context window. The model used is a toy defined below: its logits depend on the token, the
+one before it and the position, so a lost cache, a wrong position or a missing crop all change its output.
+"""
+
+import math
+from types import SimpleNamespace
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from .strategies import tensors
+
+seeds = st.integers(0, 255)  # a short range: failing examples shrink in a few steps
+
+
+def assert_rejects(call, *words, what: str) -> None:
+    """`call()` must raise a ValueError whose message contains each of `words`. A generator is run to its end."""
+    try:
+        result = call()
+        if hasattr(result, "__next__"):
+            list(result)
+    except NotImplementedError:
+        raise
+    except ValueError as raised:
+        missing = [w for w in words if str(w) not in str(raised)]
+        assert not missing, f"{what}: the error must name {missing}; it says: {raised}"
+    except Exception as raised:
+        raise AssertionError(f"{what}: expected a ValueError, got {type(raised).__name__}: {raised}")
+    else:
+        raise AssertionError(f"{what}: expected a ValueError, but nothing was raised")
+
+
+@st.composite
+def distinct_logits(draw, rows=None, min_vocab=2, max_vocab=10):
+    """(rows, V) logits whose entries in a row differ by at least 0.05: no ties to argue about."""
+    vocab = draw(st.integers(min_vocab, max_vocab))
+    rows = rows or draw(st.integers(1, 4))
+    generator = torch.Generator().manual_seed(draw(seeds))
+    steps = torch.rand(rows, vocab, generator=generator) + 0.05
+    order = torch.argsort(torch.rand(rows, vocab, generator=generator), dim=-1)
+    return torch.cumsum(steps, -1).gather(-1, order) * draw(st.sampled_from([1.0, 3.0]))
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+
+
+@given(distinct_logits(), seeds)
+def test_temperature_zero_is_greedy(impl, logits, seed):
+    generator = torch.Generator().manual_seed(seed)
+    greedy = impl.generate.sample_next(logits, temperature=0.0, generator=generator)
+    assert torch.equal(greedy, logits.argmax(-1)), "temperature=0 must pick the argmax of every row (greedy)"
+    cold = impl.generate.sample_next(logits.expand(50, *logits.shape), temperature=1e-3, generator=generator)
+    assert (cold == logits.argmax(-1)).all(), (
+        "as the temperature goes to 0, sampling must become greedy: at temperature 1e-3, with logits 0.05 apart, "
+        "every draw must be the argmax")
+
+
+def frequencies(ids: torch.Tensor, vocab: int) -> torch.Tensor:
+    return torch.bincount(ids.reshape(-1), minlength=vocab).double() / ids.numel()
+
+
+@given(distinct_logits(rows=1, max_vocab=6), st.sampled_from([0.5, 1.0, 2.0]), seeds)
+def test_sampling_draws_from_the_softmax_of_logits_over_temperature(impl, logits, temperature, seed):
+    draws = 20_000
+    generator = torch.Generator().manual_seed(seed)
+    ids = impl.generate.sample_next(logits.expand(draws, -1), temperature=temperature, generator=generator)
+    expected = torch.softmax(logits[0].double() / temperature, -1)
+    # Each frequency has standard deviation sqrt(p(1 − p)/n) <= 0.0036: 0.02 is more than 5 of them.
+    observed = frequencies(ids, logits.shape[-1])
+    worst = (observed - expected).abs().max().item()
+    assert worst < 0.02, (
+        f"at temperature {temperature}, draws must follow softmax(logits / temperature) = {expected.tolist()}; "
+        f"observed {observed.tolist()}")
+
+
+@given(distinct_logits(), st.data())
+def test_top_k_filter_keeps_exactly_the_k_largest(impl, logits, data):
+    k = data.draw(st.integers(1, logits.shape[-1]))
+    kept = impl.generate.top_k_filter(logits, k)
+    expected = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, logits.topk(k, -1).indices, True)
+    assert torch.equal(torch.isfinite(kept), expected), f"top_k_filter(k={k}) must keep the k largest logits of each row"
+    assert torch.equal(kept[expected], logits[expected]), "top_k_filter must leave the logits it keeps unchanged"
+    assert (kept[~expected] == -math.inf).all(), "top_k_filter must set the logits it drops to -inf"
+
+
+def nucleus(probs: torch.Tensor, p: float) -> set[int]:
+    """The smallest set of most likely tokens whose mass is >= p (computed in float64)."""
+    order = torch.argsort(probs, descending=True).tolist()
+    kept, mass = set(), 0.0
+    for token in order:
+        kept.add(token)
+        mass += probs[token].item()
+        if mass >= p:
+            break
+    return kept
+
+
+@given(distinct_logits(), st.sampled_from([0.1, 0.5, 0.8, 0.9, 0.99]))
+def test_top_p_keeps_the_smallest_set_with_mass_at_least_p(impl, logits, p):
+    kept = impl.generate.top_p_filter(logits, p)
+    for row in range(logits.shape[0]):
+        probs = torch.softmax(logits[row].double(), -1)
+        got = set(torch.isfinite(kept[row]).nonzero().flatten().tolist())
+        mass = sum(probs[t].item() for t in got)
+        expected = nucleus(probs, p)
+        assert got == expected, (
+            f"top_p_filter(p={p}) must keep the smallest set of most likely tokens with mass >= p: expected "
+            f"{sorted(expected)}, kept {sorted(got)} (mass {mass:.4f}) of probabilities {probs.tolist()}")
+        assert torch.equal(kept[row][list(got)], logits[row][list(got)]), "top_p_filter must not change kept logits"
+
+
+@given(distinct_logits(rows=1), st.integers(1, 4), st.sampled_from([0.3, 0.7, 0.95]), seeds)
+def test_sampling_never_emits_a_token_the_filters_dropped(impl, logits, k, p, seed):
+    generator = torch.Generator().manual_seed(seed)
+    k = min(k, logits.shape[-1])
+    ids = impl.generate.sample_next(logits.expand(2000, -1), temperature=1.0, top_k=k, generator=generator)
+    allowed = set(logits[0].topk(k).indices.tolist())
+    assert set(ids.tolist()) <= allowed, f"with top_k={k} only the {k} most likely tokens {sorted(allowed)} may be drawn"
+    ids = impl.generate.sample_next(logits.expand(2000, -1), temperature=1.0, top_p=p, generator=generator)
+    allowed = nucleus(torch.softmax(logits[0].double(), -1), p)
+    assert set(ids.tolist()) <= allowed, f"with top_p={p} only the nucleus {sorted(allowed)} may be drawn"
+
+
+@given(distinct_logits())
+def test_k_zero_and_p_one_do_not_filter(impl, logits):
+    assert torch.equal(impl.generate.top_k_filter(logits, 0), logits), "top_k=0 means no filter: every logit stays"
+    assert torch.equal(impl.generate.top_p_filter(logits, 1.0), logits), "top_p=1 means no filter: every logit stays"
+    peaked = logits.clone()
+    peaked[:, 0] = 200.0  # every other probability underflows: a running sum reaches 1.0 before the last token
+    assert torch.equal(impl.generate.top_p_filter(peaked, 1.0), peaked), (
+        "top_p=1 must keep every token, even those whose probability rounds to 0")
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+class ToyCache:
+    """The toy model's cache: the ids it has seen (a real KV cache keeps keys and values instead)."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.ids = capacity, []
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+
+class ToyLM(nn.Module):
+    """logits at position t = A[x_t] + B[x_{t−1}] + P[t]: depends on the token, the previous one and the position.
+
+    It follows the model chapter's protocol: model(ids (1, T), cache=None) -> logits (1, T, V), make_cache(batch,
+    max_seq_len), config.max_seq_len; and it refuses, with an AssertionError, more positions than its context.
+    """
+
+    def __init__(self, vocab=7, max_seq_len=6, seed=0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.config = SimpleNamespace(max_seq_len=max_seq_len)
+        self.a = nn.Parameter(torch.randn(vocab, vocab, generator=generator) * 2)
+        self.b = nn.Parameter(torch.randn(vocab, vocab, generator=generator))
+        self.p = nn.Parameter(torch.randn(max_seq_len, vocab, generator=generator))
+        self.calls = []  # (tokens fed, positions already cached) per call
+
+    def make_cache(self, batch_size, max_seq_len=None):
+        return [ToyCache(self.config.max_seq_len if max_seq_len is None else max_seq_len)]
+
+    def forward(self, input_ids, position_ids=None, cache=None):
+        history = cache[0].ids if cache is not None else []
+        length, offset = input_ids.shape[1], len(history)
+        context = self.config.max_seq_len
+        assert offset + length <= context, (
+            f"generate fed the model {offset + length} positions ({offset} cached + {length} new) but its context "
+            f"holds {context}: crop to the last context_length tokens")
+        self.calls.append((length, offset))
+        seq = history + input_ids[0].tolist()
+        rows = [self.a[seq[t]] + self.b[seq[t - 1] if t else seq[t]] + self.p[t] for t in range(offset, len(seq))]
+        if cache is not None:
+            cache[0].ids = seq
+        return torch.stack(rows)[None]  # (1, T, V)
+
+
+def sliding_window_greedy(model, prompt, steps):
+    """The definition: at each step, the argmax of the last logits over the last max_seq_len tokens, no cache."""
+    ids, out = list(prompt), []
+    for _ in range(steps):
+        with torch.no_grad():
+            token = int(model(torch.tensor([ids[-model.config.max_seq_len:]]))[0, -1].argmax())
+        out.append(token)
+        ids.append(token)
+    return out
+
+
+prompts = st.lists(st.integers(0, 6), min_size=1, max_size=9)  # up to 9 tokens, a context of 6: some are cropped
+
+
+@given(prompts, st.integers(0, 12), seeds)
+def test_generation_sees_the_last_context_length_tokens(impl, prompt, steps, seed):
+    model = ToyLM(seed=seed)
+    expected = sliding_window_greedy(model, prompt, steps)
+    for use_cache in (False, True):
+        got = list(impl.generate.generate(model, prompt, steps, temperature=0.0, use_cache=use_cache))
+        assert got == expected, (
+            f"greedy generation (use_cache={use_cache}) from {prompt} with a context of 6 must see the last 6 tokens "
+            f"at every step (a longer prompt is cropped to its end): expected {expected}, got {got}")
+
+
+@given(prompts, st.integers(1, 12), seeds, st.sampled_from([(1.0, 0, 1.0), (0.8, 3, 1.0), (1.5, 0, 0.9)]))
+def test_generation_with_the_cache_equals_generation_without(impl, prompt, steps, seed, sampling):
+    temperature, top_k, top_p = sampling
+    runs = []
+    for use_cache in (True, False):
+        generator = torch.Generator().manual_seed(seed)
+        runs.append(list(impl.generate.generate(ToyLM(seed=seed), prompt, steps, temperature=temperature, top_k=top_k,
+                                                top_p=top_p, generator=generator, use_cache=use_cache)))
+    assert runs[0] == runs[1], (
+        f"with the same seed, generation must give the same tokens with the KV cache ({runs[0]}) and without it "
+        f"({runs[1]})")
+
+
+@given(st.lists(st.integers(0, 6), min_size=1, max_size=5), seeds)
+def test_generation_feeds_one_token_per_step_while_the_window_has_room(impl, prompt, seed):
+    model = ToyLM(seed=seed)
+    steps = model.config.max_seq_len - len(prompt)  # exactly fills the window
+    list(impl.generate.generate(model, prompt, steps, temperature=0.0, use_cache=True))
+    fed = [length for length, _ in model.calls]
+    assert fed and fed[0] == len(prompt), f"the first call must run the whole prompt ({len(prompt)} tokens), got {fed}"
+    assert all(length == 1 for length in fed[1:]), (
+        f"with the cache, each step after the prompt must feed only the newest token; the model was fed {fed}")
+
+
+@given(prompts, seeds)
+def test_same_seed_gives_the_same_tokens(impl, prompt, seed):
+    logits = torch.zeros(200, 5)  # uniform: every draw is a coin toss
+    draws = []
+    for _ in range(2):
+        torch.rand(3)  # the global random state moves on between the runs: only the generator may matter
+        draws.append(impl.generate.sample_next(logits, generator=torch.Generator().manual_seed(seed)))
+    assert torch.equal(draws[0], draws[1]), f"sample_next with a generator seeded {seed} must draw the same ids twice"
+    runs = []
+    for _ in range(2):
+        torch.rand(3)  # the global random state moves on between the runs: only the generator may matter
+        generator = torch.Generator().manual_seed(seed)
+        runs.append(list(impl.generate.generate(ToyLM(seed=1), prompt, 20, temperature=2.0, generator=generator)))
+    assert runs[0] == runs[1], f"two runs with a generator seeded {seed} must give the same tokens: {runs}"
+
+
+@given(prompts, seeds)
+def test_generation_stops_at_a_stop_token_without_yielding_it(impl, prompt, seed):
+    model = ToyLM(seed=seed)
+    free = sliding_window_greedy(model, prompt, 10)
+    stop = free[len(free) // 2]
+    got = list(impl.generate.generate(model, prompt, 10, temperature=0.0, stop_tokens=[stop]))
+    expected = free[: free.index(stop)]
+    assert got == expected, (
+        f"generation must end when it samples the stop token {stop}, without yielding it: expected {expected}, "
+        f"got {got}")
+
+
+@given(prompts, st.integers(0, 15), seeds)
+def test_generation_yields_max_new_tokens_tokens(impl, prompt, steps, seed):
+    generator = torch.Generator().manual_seed(seed)
+    got = list(impl.generate.generate(ToyLM(seed=seed), prompt, steps, generator=generator))
+    assert len(got) == steps, f"without stop tokens, generate must yield exactly max_new_tokens={steps}, got {len(got)}"
+    assert all(isinstance(t, int) and 0 <= t < 7 for t in got), f"generate must yield token ids as ints, got {got}"
+
+
+def test_rejects_an_empty_prompt(impl):
+    assert_rejects(lambda: impl.generate.generate(ToyLM(), [], 5), "empty", what="generate from an empty prompt")
+    assert_rejects(lambda: impl.generate.generate(ToyLM(), torch.tensor([], dtype=torch.long), 5), "empty",
+                   what="generate from an empty tensor prompt")

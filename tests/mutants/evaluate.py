@@ -1,0 +1,178 @@
+"""Wrong implementations of the evaluate chapter that a learner could plausibly write."""
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+import llmkata.reference.evaluate as ref
+
+from . import Mutant
+
+
+def loss_as_a_mean_of_batch_means(model, batches):
+    means, count = [], 0
+    for x, y in batches:
+        loss, tokens = ref.evaluate_loss(model, [(x, y)])
+        means.append(loss)
+        count += tokens
+    return sum(means) / len(means), count
+
+
+def loss_counting_ignored_positions(model, batches):
+    batches = list(batches)
+    loss, count = ref.evaluate_loss(model, batches)
+    everything = sum(y.numel() for _, y in batches)
+    return loss * count / everything, everything
+
+
+def loss_leaving_the_model_in_eval_mode(model, batches):
+    result = ref.evaluate_loss(model, batches)
+    model.eval()
+    return result
+
+
+def loss_with_gradients(model, batches):
+    total, count = 0.0, 0
+    for x, y in batches:
+        logits = model(x)
+        counted = y != -100
+        nll = -torch.log_softmax(logits, -1).gather(-1, y.clamp(min=0)[..., None]).squeeze(-1)[counted].sum()
+        nll.backward()  # "to check the graph": leaves gradients behind
+        total += nll.item()
+        count += int(counted.sum())
+    return total / count, count
+
+
+def perplexity_base_two(mean_nll):
+    return 2.0**mean_nll
+
+
+def bits_per_byte_per_token(mean_nll, n_tokens, n_bytes):
+    """Forgets the token count: the mean loss in bits, divided by bytes."""
+    return mean_nll / math.log(2) / n_bytes * min(n_tokens, 1)
+
+
+def bits_per_byte_in_nats(mean_nll, n_tokens, n_bytes):
+    return mean_nll * n_tokens / n_bytes
+
+
+def logprob_off_by_one(model, context, continuation, context_length=None):
+    """Scores each token by the logits at its own position instead of the one before."""
+    ids = list(context) + list(continuation)
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([ids]))[0].double(), -1)
+    n = len(continuation)
+    return float(lp[-n:].gather(-1, torch.tensor(continuation)[:, None]).sum())
+
+
+def logprob_of_logits(model, context, continuation, context_length=None):
+    """Sums raw logits instead of log-probabilities."""
+    ids = list(context) + list(continuation)
+    with torch.no_grad():
+        z = model(torch.tensor([ids]))[0].double()
+    n = len(continuation)
+    return float(z[-n - 1:-1].gather(-1, torch.tensor(continuation)[:, None]).sum())
+
+
+def logprob_cropping_the_continuation(model, context, continuation, context_length=None):
+    """Crops from the right: the end of the continuation is lost."""
+    limit = model.config.max_seq_len
+    ids = (list(context) + list(continuation))[:limit]
+    kept = ids[len(context):]
+    if not kept:
+        return 0.0
+    return ref.continuation_logprob(model, context[:limit], kept, context_length)
+
+
+def logprob_not_cropping(model, context, continuation, context_length=None):
+    return ref.continuation_logprob(model, context, continuation, context_length=10**9)
+
+
+def logprob_of_the_last_token_only(model, context, continuation, context_length=None):
+    return ref.continuation_logprob(model, list(context) + list(continuation[:-1]), continuation[-1:], context_length)
+
+
+def scores_normalised_by_tokens(model, context, choices):
+    return [ref.continuation_logprob(model, context, c) / max(1, len(c)) for c in choices]
+
+
+def accuracy_normalising_by_tokens(model, tokenizer, tasks):
+    right = right_norm = 0
+    for task in tasks:
+        encoded = [tokenizer.encode(c) for c in task["choices"]]
+        scores = ref.score_choices(model, tokenizer.encode(task["context"]), encoded)
+        normalised = [s / max(1, len(e)) for s, e in zip(scores, encoded)]
+        right += max(range(len(scores)), key=scores.__getitem__) == task["label"]
+        right_norm += max(range(len(scores)), key=normalised.__getitem__) == task["label"]
+    return {"accuracy": right / len(tasks), "accuracy_norm": right_norm / len(tasks), "n": len(tasks)}
+
+
+def accuracy_picking_the_least_likely(model, tokenizer, tasks):
+    right = 0
+    for task in tasks:
+        scores = ref.score_choices(model, tokenizer.encode(task["context"]),
+                                   [tokenizer.encode(c) for c in task["choices"]])
+        right += min(range(len(scores)), key=scores.__getitem__) == task["label"]
+    result = ref.multiple_choice_accuracy(model, tokenizer, tasks)
+    return {**result, "accuracy": right / len(tasks)}
+
+
+def load_tasks_without_checks(path):
+    tasks = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                tasks.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return tasks
+
+
+def load_tasks_keeping_blank_lines(path):
+    tasks = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        tasks.append(json.loads(line) if line.strip() else {"context": "", "choices": ["", ""], "label": 0})
+    return tasks
+
+
+MUTANTS = [
+    Mutant("evaluate.evaluate_loss", loss_as_a_mean_of_batch_means,
+           ("test_evaluate_loss_is_the_mean_nll_over_tokens_not_batches",), "averages per-batch means"),
+    Mutant("evaluate.evaluate_loss", loss_counting_ignored_positions,
+           ("test_evaluate_loss_is_the_mean_nll_over_tokens_not_batches",), "counts ignored positions"),
+    Mutant("evaluate.evaluate_loss", loss_leaving_the_model_in_eval_mode, ("test_evaluation_leaves_the_model_as_it_was",),
+           "switches to eval mode and never back"),
+    Mutant("evaluate.evaluate_loss", loss_with_gradients, ("test_evaluation_leaves_the_model_as_it_was",),
+           "runs backward, leaving gradients in the model"),
+    Mutant("evaluate.perplexity", perplexity_base_two, ("test_perplexity_is_exp_of_the_mean_nll",),
+           "2 ** loss with a loss in nats"),
+    Mutant("evaluate.bits_per_byte", bits_per_byte_per_token, ("test_bits_per_byte_is_the_total_nll_in_bits_over_the_bytes",
+                                                               "test_bits_per_byte_does_not_depend_on_the_tokenizer"),
+           "divides the per-token loss by the bytes, forgetting the token count"),
+    Mutant("evaluate.bits_per_byte", bits_per_byte_in_nats, ("test_bits_per_byte_is_the_total_nll_in_bits_over_the_bytes",
+                                                             "test_bits_per_byte_does_not_depend_on_the_tokenizer"),
+           "nats per byte"),
+    Mutant("evaluate.continuation_logprob", logprob_off_by_one, ("test_continuation_logprob_is_the_chain_rule_sum",),
+           "scores each token with the logits at its own position"),
+    Mutant("evaluate.continuation_logprob", logprob_of_logits,
+           ("test_single_token_continuations_have_probabilities_summing_to_one",), "sums logits, not log-probabilities"),
+    Mutant("evaluate.continuation_logprob", logprob_cropping_the_continuation,
+           ("test_continuation_logprob_crops_the_context_from_the_left",), "crops the end instead of the start"),
+    Mutant("evaluate.continuation_logprob", logprob_not_cropping,
+           ("test_continuation_logprob_crops_the_context_from_the_left",), "never crops"),
+    Mutant("evaluate.continuation_logprob", logprob_of_the_last_token_only,
+           ("test_continuation_logprob_is_the_chain_rule_sum",), "scores only the last token"),
+    Mutant("evaluate.score_choices", scores_normalised_by_tokens,
+           ("test_score_choices_scores_each_choice_by_its_log_likelihood",), "divides by the token count"),
+    Mutant("evaluate.multiple_choice_accuracy", accuracy_normalising_by_tokens,
+           ("test_multiple_choice_accuracy_picks_the_likeliest_choice",),
+           "normalises by the token count, not the byte length"),
+    Mutant("evaluate.multiple_choice_accuracy", accuracy_picking_the_least_likely,
+           ("test_multiple_choice_accuracy_picks_the_likeliest_choice",), "argmin instead of argmax"),
+    Mutant("evaluate.load_choice_tasks", load_tasks_without_checks, ("test_rejects_a_malformed_task_file",),
+           "accepts malformed lines silently"),
+    Mutant("evaluate.load_choice_tasks", load_tasks_keeping_blank_lines, ("test_load_choice_tasks_reads_json_lines",),
+           "turns blank lines into empty tasks"),
+]
