@@ -20,6 +20,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from .checks import assert_rejects
 from .strategies import seeds, unicode_text
 
 
@@ -49,21 +50,6 @@ def packed(docs, eot_id: int = 256, offset: int = 0) -> list[int]:
     for doc in docs:
         stream += [b + offset for b in doc.encode("utf-8")] + [eot_id]
     return stream
-
-
-def assert_rejects(call, *fragments, what: str) -> None:
-    """`call()` must raise a ValueError whose message contains each of `fragments`."""
-    try:
-        call()
-    except NotImplementedError:
-        raise
-    except ValueError as raised:
-        missing = [f for f in fragments if str(f) not in str(raised)]
-        assert not missing, f"{what}: the error must name {missing}; it says: {raised}"
-    except Exception as raised:
-        raise AssertionError(f"{what}: expected a ValueError naming {fragments}, got {type(raised).__name__}: {raised}")
-    else:
-        raise AssertionError(f"{what}: expected a ValueError naming {fragments}, but nothing was raised")
 
 
 # ---------------------------------------------------------------- split

@@ -22,6 +22,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from .checks import assert_rejects
 from .strategies import seeds, unicode_text
 
 # 10,000 four-letter words: random documents drawn from them share almost no 5-gram by chance.
@@ -30,22 +31,6 @@ VOCABULARY = ["".join(letters) for letters in product("etaoinshrd", repeat=4)]
 
 def random_words(rng: random.Random, count: int) -> list[str]:
     return [rng.choice(VOCABULARY) for _ in range(count)]
-
-
-def assert_rejects(call, *fragments, what: str, error=ValueError) -> None:
-    """`call()` must raise `error` (ValueError by default) whose message contains each of `fragments`."""
-    try:
-        call()
-    except NotImplementedError:
-        raise
-    except error as raised:
-        missing = [f for f in fragments if str(f) not in str(raised)]
-        assert not missing, f"{what}: the error must name {missing}; it says: {raised}"
-    except Exception as raised:
-        raise AssertionError(f"{what}: expected a {error.__name__} naming {fragments}, got "
-                             f"{type(raised).__name__}: {raised}")
-    else:
-        raise AssertionError(f"{what}: expected a {error.__name__} naming {fragments}, but nothing was raised")
 
 
 # ---------------------------------------------------------------- loading
