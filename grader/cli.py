@@ -76,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--impl", default="reference", help="reference (default), exercises, a folder or a module name")
     bench.set_defaults(run=cmd_bench)
 
+    from llmkata.train_run import register as register_train_sample_eval
+
+    register_train_sample_eval(sub)
+
     args, extra = parser.parse_known_args(argv)
     if args.command != "bench" and extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

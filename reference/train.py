@@ -365,6 +365,9 @@ def save_checkpoint(path, model: nn.Module, optimizer, step: int, config=None, g
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes the file private; a checkpoint is an ordinary file
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()

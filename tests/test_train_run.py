@@ -1,0 +1,223 @@
+"""`llmkata train`, `sample` and `eval` end to end, on a tiny configuration (seconds, not minutes).
+
+The kill test is real: a training process is killed with SIGKILL in the middle of its run, resumed by a second
+process, and its final weights must be identical, bit for bit, to those of a run that never stopped.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import llmkata.reference
+from llmkata import cli
+from llmkata.train_run import CHECKPOINT, ConfigError, RunConfig, config_from_mapping, read_toml, train, write_toml
+
+TINY = dict(max_documents=12, vocab_size=300, d_model=32, n_layers=2, n_heads=2, context_length=32, batch_size=4,
+            steps=24, warmup_steps=2, eval_every=12, checkpoint_every=5, log_every=1, sample_tokens=8,
+            progress=False, threads=1)
+
+
+def tiny(**changes) -> RunConfig:
+    return config_from_mapping({**TINY, **changes})
+
+
+def flags(**changes) -> list[str]:
+    """The tiny configuration as command-line flags."""
+    out = []
+    for name, value in {**TINY, **changes}.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + name.replace("_", "-"))
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in load_file(run / CHECKPOINT).items() if k.startswith("model.")}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    train(tiny(), run, say=lambda message: None)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- configuration
+
+
+def test_bad_configuration_values_get_one_message_naming_the_field():
+    for field, value in [("steps", -1), ("lr", -0.1), ("d_model", 30), ("dtype", "float8"), ("val_fraction", 1.5),
+                         ("warmup_steps", 5000), ("vocab_size", 100), ("n_kv_heads", 3), ("device", "tpu")]:
+        with pytest.raises(ConfigError, match=field):
+            config_from_mapping({field: value})
+    with pytest.raises(ConfigError, match="unknown field 'learning_rate'"):
+        config_from_mapping({"learning_rate": 0.1})
+    with pytest.raises(ConfigError, match="steps must be int"):
+        config_from_mapping({"steps": "many"})
+
+
+def test_the_command_line_names_the_bad_field(capsys, tmp_path):
+    assert cli.main(["train", "--out", str(tmp_path / "r"), "--lr", "-1"]) == 2
+    assert "lr must be" in capsys.readouterr().err
+    config = tmp_path / "bad.toml"
+    config.write_text("steps = 0\n")
+    assert cli.main(["train", "--out", str(tmp_path / "r"), "--config", str(config)]) == 2
+    assert "steps must be a positive integer" in capsys.readouterr().err
+
+
+def test_toml_configuration_round_trips(tmp_path):
+    config = tiny(data=["a.txt", "b dir/c.md"], lr=1e-4, tie_embeddings=True)
+    write_toml(config, tmp_path / "config.toml")
+    assert config_from_mapping(read_toml(tmp_path / "config.toml")) == config
+
+
+def test_flags_override_the_toml_file(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr("llmkata.train_run.train", lambda config, run, resume, say: seen.update(config=config) or {
+        "train_seconds": 0, "val_loss": 0, "val_bits_per_byte": 0})
+    (tmp_path / "run.toml").write_text("steps = 50\nlr = 0.01\nd_model = 64\n")
+    assert cli.main(["train", "--out", str(tmp_path / "r"), "--config", str(tmp_path / "run.toml"), "--lr", "0.002"]) == 0
+    assert (seen["config"].steps, seen["config"].lr, seen["config"].d_model) == (50, 0.002, 64)
+
+
+# ---------------------------------------------------------------------------------------------- a whole run
+
+
+def test_a_run_writes_its_folder(finished_run):
+    for name in ("config.toml", "data.json", "tokenizer.json", "train.npy", "val.npy", CHECKPOINT, "metrics.jsonl",
+                 "loss.png", "samples.txt", "summary.json", "hf/config.json", "hf/model.safetensors"):
+        assert (finished_run / name).exists(), f"the run folder lacks {name}"
+    records = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, 25))
+    assert [r["step"] for r in records if r["split"] == "val"] == [12, 24]
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert summary["steps"] == 24 and summary["val_bits_per_byte"] > 0
+    first, last = records[0]["loss"], [r for r in records if r["split"] == "train"][-1]["loss"]
+    assert last < first, f"the loss must go down in 24 steps: {first} -> {last}"
+    assert summary["multiple_choice"]["n"] > 0
+
+
+def test_sample_streams_text_and_is_seeded(finished_run, capsys):
+    outputs = []
+    for _ in range(2):
+        assert cli.main(["sample", "--run", str(finished_run), "--prompt", "The", "--max-new-tokens", "12",
+                         "--seed", "3"]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0].startswith("The") and len(outputs[0]) > len("The\n")
+    assert outputs[0] == outputs[1], "the same seed must give the same text"
+    assert cli.main(["sample", "--run", str(finished_run), "--prompt", "", "--max-new-tokens", "5"]) == 0, (
+        "an empty prompt starts a new document")
+
+
+def test_eval_prints_the_validation_metrics(finished_run, capsys):
+    assert cli.main(["eval", "--run", str(finished_run), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert result["validation"]["loss"] == pytest.approx(summary["val_loss"], rel=1e-6)
+    assert result["validation"]["bits_per_byte"] == pytest.approx(summary["val_bits_per_byte"], rel=1e-6)
+    assert cli.main(["eval", "--run", str(finished_run)]) == 0
+    assert "bits per byte" in capsys.readouterr().out
+
+
+def test_resume_with_a_mismatched_config_is_refused(finished_run, capsys):
+    assert cli.main(["train", "--resume", str(finished_run), "--d-model", "64"]) == 2
+    assert "d_model" in capsys.readouterr().err
+
+
+def test_resume_from_a_corrupted_checkpoint_is_refused(finished_run, tmp_path, capsys):
+    run = tmp_path / "copy"
+    shutil.copytree(finished_run, run)
+    data = bytearray((run / CHECKPOINT).read_bytes())
+    data[-9] ^= 0x01
+    (run / CHECKPOINT).write_bytes(bytes(data))
+    assert cli.main(["train", "--resume", str(run), "--no-progress"]) == 2
+    assert "corrupted" in capsys.readouterr().err
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    run = tmp_path / "nan"
+    assert cli.main(["train", "--out", str(run), *flags(lr=1e30, min_lr_ratio=0.0, warmup_steps=0, checkpoint_every=1,
+                                                        grad_clip=0.0)]) == 1
+    message = capsys.readouterr().err
+    assert "stopped" in message and "last good checkpoint" in message, message
+    kept = load_file(run / CHECKPOINT)
+    assert all(torch.isfinite(v).all() for k, v in kept.items() if k.startswith("model.")), (
+        "the checkpoint left behind must hold the last finite weights")
+
+
+def test_exercises_fail_with_the_stub_sentence(tmp_path, capsys):
+    assert cli.main(["train", "--out", str(tmp_path / "r"), *flags(impl="exercises")]) == 2
+    assert "is not implemented yet" in capsys.readouterr().err
+
+
+def test_a_folder_implementation_trains_with_its_own_components(tmp_path):
+    folder = tmp_path / "my_llm"
+    shutil.copytree(Path(llmkata.reference.__path__[0]), folder, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(folder / "train.py", "a") as file:  # this learner's schedule is constant
+        file.write("\n\ndef lr_schedule(step, max_lr, warmup_steps, total_steps, min_lr=0.0):\n    return 1e-3\n")
+    run = tmp_path / "run"
+    train(tiny(impl=str(folder), steps=6), run, say=lambda message: None)
+    lrs = {json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines()
+           if json.loads(line)["split"] == "train"}
+    assert lrs == {1e-3}, f"the run must use the folder's own lr_schedule, got learning rates {lrs}"
+
+
+# ---------------------------------------------------------------------------------------------- kill -9 and resume
+
+
+def _train_process(run: Path, steps: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "llmkata.cli", "train", "--out", str(run),
+               *flags(steps=steps, checkpoint_every=7, eval_every=50, log_every=1)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+
+def _steps_logged(run: Path) -> int:
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    steps = [json.loads(line)["step"] for line in path.read_text().splitlines()[:-1]]  # the last may be partial
+    return max(steps, default=0)
+
+
+def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+    steps = 150
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    process = _train_process(killed, steps)
+    deadline = time.monotonic() + 120
+    while _steps_logged(killed) < 20 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, (
+        f"the run must still be going when it is killed (it ended with {process.returncode}: "
+        f"{process.stderr.read().decode()[-500:]})")
+    reached = _steps_logged(killed)
+    assert 20 <= reached < steps, f"killed after step {reached}"
+
+    resumed = subprocess.run([sys.executable, "-m", "llmkata.cli", "train", "--resume", str(killed), "--no-progress"],
+                             capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    assert "resuming" in resumed.stderr.decode()
+    uninterrupted = _train_process(whole, steps)
+    _, err = uninterrupted.communicate()
+    assert uninterrupted.returncode == 0, err.decode()[-2000:]
+
+    a, b = weights(killed), weights(whole)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"after kill -9 and resume, these weights differ from the uninterrupted run: {different}"
+    logged = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in logged if r["split"] == "train"]
+    assert train_steps == list(range(1, steps + 1)), "metrics.jsonl must hold each step once after a resume"
