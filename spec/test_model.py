@@ -15,23 +15,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from .checks import assert_rejects
 from .strategies import seeds
 from .tolerances import assert_close
-
-
-def assert_rejects(call, *numbers, what: str) -> None:
-    """`call()` must raise a ValueError (or TypeError) whose message names each of `numbers`."""
-    try:
-        call()
-    except NotImplementedError:
-        raise
-    except (ValueError, TypeError) as error:
-        missing = [n for n in numbers if str(n) not in str(error)]
-        assert not missing, f"{what}: the error must name {missing}; it says: {error}"
-    except Exception as error:
-        raise AssertionError(f"{what}: expected a ValueError naming {numbers}, got {type(error).__name__}: {error}")
-    else:
-        raise AssertionError(f"{what}: expected a ValueError naming {numbers}, but nothing was raised")
 
 
 @st.composite

@@ -10,26 +10,12 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from .checks import assert_rejects
 from .strategies import float_dtypes, seeds, shapes, tensors
 from .tolerances import assert_close
 
 thetas = st.sampled_from([10000.0, 500.0, 1e6])
 half_dims = st.integers(1, 8)
-
-
-def assert_rejects(call, *numbers, what: str) -> None:
-    """`call()` must raise a ValueError (or TypeError) whose message names each of `numbers`."""
-    try:
-        call()
-    except NotImplementedError:
-        raise
-    except (ValueError, TypeError) as error:
-        missing = [n for n in numbers if str(n) not in str(error)]
-        assert not missing, f"{what}: the error must name {missing}; it says: {error}"
-    except Exception as error:
-        raise AssertionError(f"{what}: expected a ValueError naming {numbers}, got {type(error).__name__}: {error}")
-    else:
-        raise AssertionError(f"{what}: expected a ValueError naming {numbers}, but nothing was raised")
 
 
 @st.composite
