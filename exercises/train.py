@@ -31,7 +31,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
@@ -66,8 +66,8 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> 
 def clip_grad_norm(parameters, max_norm: float) -> Tensor:
     """Scale all gradients by one factor so that their global L2 norm is at most `max_norm`; return the norm before.
 
-    The global norm is ‖g‖ = sqrt(Σ_p Σ_i g_p,i²) over every parameter that has a gradient (frozen parameters, with
-    grad None, are skipped). If ‖g‖ > max_norm every gradient is multiplied by max_norm / ‖g‖, which keeps the
+    The global norm is ‖g‖ = sqrt(Σ_p Σ_i g_p,i²) over every parameter that has a gradient (frozen parameters,
+    with grad None, are skipped). If ‖g‖ > max_norm every gradient is multiplied by max_norm / ‖g‖, which keeps the
     direction of the update and only shortens it; otherwise nothing changes.
 
     A non-finite norm (an inf or NaN somewhere in a gradient) is returned as it is and the gradients are left alone:
@@ -85,10 +85,10 @@ class AdamW(torch.optim.Optimizer):
 
     For each parameter θ with gradient g, at step t = 1, 2, ... with the group's lr, (β₁, β₂), ε and λ:
 
-        θ ← θ − lr·λ·θ                      decoupled decay: shrink the weight itself, not through the gradient
-        m ← β₁ m + (1 − β₁) g               first moment (a running mean of the gradient)
-        v ← β₂ v + (1 − β₂) g²              second moment (a running mean of its square)
-        m̂ = m / (1 − β₁ᵗ),  v̂ = v / (1 − β₂ᵗ)   bias correction: m and v start at 0, so early averages are too small
+        θ ← θ − lr·λ·θ                           decoupled decay: shrink the weight itself, not via the gradient
+        m ← β₁ m + (1 − β₁) g                    first moment (a running mean of the gradient)
+        v ← β₂ v + (1 − β₂) g²                   second moment (a running mean of its square)
+        m̂ = m / (1 − β₁ᵗ),  v̂ = v / (1 − β₂ᵗ)    bias correction: m and v start at 0, early means are too small
         θ ← θ − lr · m̂ / (√v̂ + ε)
 
     Each parameter keeps its own step count t in its state (a parameter that gets no gradient in some step does not
@@ -134,13 +134,15 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def lr_schedule(step: int, max_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:
     """The learning rate at `step` (counted from 0): linear warmup, cosine decay, then a floor.
 
-        step < w:       max_lr · step / w                                                (0 at step 0)
-        w ≤ step ≤ T:   min_lr + (max_lr − min_lr) · (1 + cos(π (step − w) / (T − w))) / 2   (max_lr at w, min_lr at T)
+        step < w:       max_lr · step / w                                        (0 at step 0)
+        w ≤ step ≤ T:   min_lr + (max_lr − min_lr) · (1 + cos(π (step − w) / (T − w))) / 2
+                                                                   (max_lr at step w, min_lr at step T)
         step > T:       min_lr
 
     with w = warmup_steps and T = total_steps. Continuous everywhere: warmup reaches max_lr exactly where the cosine
     starts, and the cosine reaches min_lr exactly where the floor starts.
-    Example: lr_schedule(5, 1.0, 10, 110) -> 0.5;  lr_schedule(60, 1.0, 10, 110) -> 0.5;  lr_schedule(200, 1.0, 10, 110) -> 0.0
+    Example: lr_schedule(5, 1.0, 10, 110) -> 0.5;  lr_schedule(60, 1.0, 10, 110) -> 0.5;
+             lr_schedule(200, 1.0, 10, 110) -> 0.0
     """
     raise NotImplementedError('`train.lr_schedule` is not implemented yet — chapter 8 (train): read spec/test_train.py.')
 
@@ -148,8 +150,9 @@ def lr_schedule(step: int, max_lr: float, warmup_steps: int, total_steps: int, m
 # ------------------------------------------------------------------------------------------------ one step
 
 
-def train_step(model: nn.Module, optimizer, micro_batches: Sequence[tuple[Tensor, Tensor]], max_norm: float | None = 1.0,
-               lr: float | None = None, autocast_dtype: torch.dtype | None = None) -> tuple[float, float]:
+def train_step(model: nn.Module, optimizer, micro_batches: Sequence[tuple[Tensor, Tensor]],
+               max_norm: float | None = 1.0, lr: float | None = None,
+               autocast_dtype: torch.dtype | None = None) -> tuple[float, float]:
     """One optimizer step on the concatenation of `micro_batches`; returns (mean loss, gradient norm before clipping).
 
     model(x) must return logits (B, T, V) for ids x (B, T); each micro-batch is (x, y) with targets y (B, T).

@@ -143,7 +143,8 @@ FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 HELP = {
     "impl": "implementation: reference (default), exercises, a folder or a module name",
     "data": "text files or folders (.txt, .md, .jsonl), or a Hugging Face dataset name (default: the pydoc corpus)",
-    "steps": "optimizer steps", "lr": "peak learning rate", "min_lr_ratio": "the final learning rate as a fraction of lr",
+    "steps": "optimizer steps", "lr": "peak learning rate",
+    "min_lr_ratio": "the final learning rate as a fraction of lr",
     "dtype": "float32, or bfloat16 (autocast)", "device": "auto, cpu, cuda, cuda:N or mps",
     "grad_clip": "clip the global gradient norm to this (0: no clipping)",
 }
@@ -434,7 +435,8 @@ def train(config: RunConfig, run: Path, resume: bool = False, say=print) -> dict
     last_val = None
     try:
         for step in range(start, config.steps):
-            lr = impl.train.lr_schedule(step, config.lr, config.warmup_steps, config.steps, config.lr * config.min_lr_ratio)
+            lr = impl.train.lr_schedule(step, config.lr, config.warmup_steps, config.steps,
+                                        config.lr * config.min_lr_ratio)
             micro = [impl.data.get_batch(train_tokens, config.batch_size, config.context_length, generator,
                                          device=device) for _ in range(config.grad_accum)]
             try:

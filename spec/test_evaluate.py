@@ -15,22 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from .checks import assert_rejects
+
 seeds = st.integers(0, 255)  # a short range: failing examples shrink in a few steps
-
-
-def assert_rejects(call, *words, what: str) -> None:
-    """`call()` must raise a ValueError whose message contains each of `words`."""
-    try:
-        call()
-    except NotImplementedError:
-        raise
-    except ValueError as raised:
-        missing = [w for w in words if str(w) not in str(raised)]
-        assert not missing, f"{what}: the error must name {missing}; it says: {raised}"
-    except Exception as raised:
-        raise AssertionError(f"{what}: expected a ValueError, got {type(raised).__name__}: {raised}")
-    else:
-        raise AssertionError(f"{what}: expected a ValueError, but nothing was raised")
 
 
 class PositionalBigram(nn.Module):
@@ -124,7 +111,8 @@ def test_bits_per_byte_does_not_depend_on_the_tokenizer(impl):
     one = impl.evaluate.bits_per_byte(math.log(256), text_bytes, text_bytes)
     two = impl.evaluate.bits_per_byte(math.log(65536), text_bytes // 2, text_bytes)
     for got, what in ((one, "256 single-byte tokens"), (two, "65536 two-byte tokens")):
-        assert math.isclose(got, 8.0, rel_tol=1e-12), f"a uniform model over {what} must score 8 bits per byte, got {got}"
+        assert math.isclose(got, 8.0, rel_tol=1e-12), (
+            f"a uniform model over {what} must score 8 bits per byte, got {got}")
 
 
 # ---------------------------------------------------------------------------------------------- multiple choice

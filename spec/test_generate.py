@@ -16,26 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from .strategies import tensors
+from .checks import assert_rejects
 
 seeds = st.integers(0, 255)  # a short range: failing examples shrink in a few steps
-
-
-def assert_rejects(call, *words, what: str) -> None:
-    """`call()` must raise a ValueError whose message contains each of `words`. A generator is run to its end."""
-    try:
-        result = call()
-        if hasattr(result, "__next__"):
-            list(result)
-    except NotImplementedError:
-        raise
-    except ValueError as raised:
-        missing = [w for w in words if str(w) not in str(raised)]
-        assert not missing, f"{what}: the error must name {missing}; it says: {raised}"
-    except Exception as raised:
-        raise AssertionError(f"{what}: expected a ValueError, got {type(raised).__name__}: {raised}")
-    else:
-        raise AssertionError(f"{what}: expected a ValueError, but nothing was raised")
 
 
 @st.composite
@@ -86,7 +69,8 @@ def test_top_k_filter_keeps_exactly_the_k_largest(impl, logits, data):
     k = data.draw(st.integers(1, logits.shape[-1]))
     kept = impl.generate.top_k_filter(logits, k)
     expected = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, logits.topk(k, -1).indices, True)
-    assert torch.equal(torch.isfinite(kept), expected), f"top_k_filter(k={k}) must keep the k largest logits of each row"
+    assert torch.equal(torch.isfinite(kept), expected), (
+        f"top_k_filter(k={k}) must keep the k largest logits of each row")
     assert torch.equal(kept[expected], logits[expected]), "top_k_filter must leave the logits it keeps unchanged"
     assert (kept[~expected] == -math.inf).all(), "top_k_filter must set the logits it drops to -inf"
 
@@ -123,7 +107,8 @@ def test_sampling_never_emits_a_token_the_filters_dropped(impl, logits, k, p, se
     k = min(k, logits.shape[-1])
     ids = impl.generate.sample_next(logits.expand(2000, -1), temperature=1.0, top_k=k, generator=generator)
     allowed = set(logits[0].topk(k).indices.tolist())
-    assert set(ids.tolist()) <= allowed, f"with top_k={k} only the {k} most likely tokens {sorted(allowed)} may be drawn"
+    assert set(ids.tolist()) <= allowed, (
+        f"with top_k={k} only the {k} most likely tokens {sorted(allowed)} may be drawn")
     ids = impl.generate.sample_next(logits.expand(2000, -1), temperature=1.0, top_p=p, generator=generator)
     allowed = nucleus(torch.softmax(logits[0].double(), -1), p)
     assert set(ids.tolist()) <= allowed, f"with top_p={p} only the nucleus {sorted(allowed)} may be drawn"

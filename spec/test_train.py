@@ -16,26 +16,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from .checks import assert_rejects
 from .strategies import tensors
 from .tolerances import assert_close
 
 # Seeds from a short range: a failing example shrinks in a few steps (the full 32-bit range takes dozens).
 seeds = st.integers(0, 255)
-
-
-def assert_rejects(call, *words, what: str, error=ValueError) -> None:
-    """`call()` must raise `error` (ValueError by default) whose message contains each of `words`."""
-    try:
-        call()
-    except NotImplementedError:
-        raise
-    except error as raised:
-        missing = [w for w in words if str(w) not in str(raised)]
-        assert not missing, f"{what}: the error must name {missing}; it says: {raised}"
-    except Exception as raised:
-        raise AssertionError(f"{what}: expected a {error.__name__}, got {type(raised).__name__}: {raised}")
-    else:
-        raise AssertionError(f"{what}: expected a {error.__name__}, but nothing was raised")
 
 
 # ---------------------------------------------------------------------------------------------- cross-entropy
@@ -84,7 +70,8 @@ def test_cross_entropy_of_uniform_logits_is_log_of_the_vocabulary_size(impl, voc
     targets = torch.arange(n) % vocab
     loss = impl.train.cross_entropy(logits, targets)
     assert_close(loss, torch.tensor(math.log(vocab), dtype=loss.dtype),
-                 f"equal logits over {vocab} tokens give every token probability 1/{vocab}: the loss must be log {vocab}",
+                 f"equal logits over {vocab} tokens give each token probability 1/{vocab}: the loss must be "
+                 f"log {vocab}",
                  scale=10)
 
 

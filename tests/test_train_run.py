@@ -87,7 +87,8 @@ def test_flags_override_the_toml_file(tmp_path, monkeypatch):
     monkeypatch.setattr("llmkata.train_run.train", lambda config, run, resume, say: seen.update(config=config) or {
         "train_seconds": 0, "val_loss": 0, "val_bits_per_byte": 0})
     (tmp_path / "run.toml").write_text("steps = 50\nlr = 0.01\nd_model = 64\n")
-    assert cli.main(["train", "--out", str(tmp_path / "r"), "--config", str(tmp_path / "run.toml"), "--lr", "0.002"]) == 0
+    argv = ["train", "--out", str(tmp_path / "r"), "--config", str(tmp_path / "run.toml"), "--lr", "0.002"]
+    assert cli.main(argv) == 0
     assert (seen["config"].steps, seen["config"].lr, seen["config"].d_model) == (50, 0.002, 64)
 
 
