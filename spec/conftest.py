@@ -9,12 +9,15 @@
 import functools
 
 import pytest
+import torch
 
 from llmkata.impl import Implementation, Missing, load
 
 from . import profiles
 
 PROFILE = profiles.load()
+# The spec's tensors are small: one thread is faster than OpenMP workers spinning for a busy core.
+torch.set_num_threads(1)
 
 
 def pytest_addoption(parser):
