@@ -738,6 +738,7 @@ def cmd_sample(args) -> int:
             sys.stdout.flush()
             shown = text
         sys.stdout.write(tokenizer.decode(produced)[len(shown):] + "\n")
+        sys.stdout.flush()
     except (ValueError, *_not_yet()) as error:
         print(f"llmkata sample: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
@@ -774,7 +775,8 @@ def cmd_eval(args) -> int:
             ("validation tokens", f"{val['targets']:,}"), ("validation loss", f"{val['loss']:.4f} nats/token"),
             ("perplexity", f"{val['perplexity']:.2f}"), ("bits per byte", f"{val['bits_per_byte']:.4f}")]
     if choice:
-        rows += [(f"multiple choice ({choice['tasks']}, {choice['n']} tasks)",
+        skipped = f", {choice['skipped']} longer than the context left out" if choice["skipped"] else ""
+        rows += [(f"multiple choice ({choice['tasks']}, {choice['n']} tasks{skipped})",
                   f"accuracy {choice['accuracy']:.3f}, per byte {choice['accuracy_norm']:.3f}, "
                   f"chance {choice['chance']:.3f}")]
     width = max(len(name) for name, _ in rows)

@@ -92,6 +92,27 @@ def test_flags_override_the_toml_file(tmp_path, monkeypatch):
     assert (seen["config"].steps, seen["config"].lr, seen["config"].d_model) == (50, 0.002, 64)
 
 
+def test_data_comes_from_text_files_folders_and_json_lines(tmp_path):
+    from llmkata.impl import load
+    from llmkata.train_run import prepare_data
+
+    folder = tmp_path / "notes"
+    (folder / "deeper").mkdir(parents=True)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    for i in range(20):
+        (folder / ("deeper" if i % 2 else "") / f"note{i}.txt").write_text(
+            " ".join(words[(i + j) % len(words)] for j in range(40 + i)) + "\n")
+    (folder / "note0-copy.md").write_text((folder / "note0.txt").read_text())  # an exact duplicate: dropped
+    lines = tmp_path / "more.jsonl"
+    lines.write_text("".join(json.dumps({"body": f"document number {i} " * 30}) + "\n" for i in range(10)))
+    run = tmp_path / "run"
+    run.mkdir()
+    info = prepare_data(load("reference"), tiny(data=[str(folder), str(lines)], data_field="body", max_documents=0),
+                        run, say=lambda message: None)
+    assert info["train_documents"] + info["val_documents"] == 30, info
+    assert info["train_tokens"] > 0 and info["val_bytes"] > 0
+
+
 # ---------------------------------------------------------------------------------------------- a whole run
 
 
