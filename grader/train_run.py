@@ -231,15 +231,31 @@ def _documents(impl, config: RunConfig):
             rest = [p for p in paths if p.suffix != ".jsonl"]
             docs = _chain(text.load_jsonl(jsonl, field=config.data_field) if jsonl else (),
                           text.load_text_files(rest) if rest else ())
-        elif len(config.data) == 1 and not any(p.exists() for p in paths):
-            docs = text.load_hf_dataset(config.data[0], field=config.data_field, split=config.data_split,
-                                        streaming=True)
+        elif len(config.data) == 1 and not _looks_like_a_path(config.data[0]):
+            docs = _hf_documents(text, config)
         else:
             missing = [str(p) for p in paths if not p.exists()]
             raise ConfigError(f"data: no such file or folder: {', '.join(missing)}")
     if config.max_documents:
         docs = _take(docs, config.max_documents)
     return text.exact_dedup(d for d in map(text.clean, docs) if d.strip())
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """'notes/a.txt', './x', 'a.jsonl' are paths; 'roneneldan/TinyStories' or 'wikitext' are dataset names."""
+    return name.startswith((".", "/", "~")) or Path(name).suffix in (".txt", ".md", ".jsonl", ".json", ".text")
+
+
+def _hf_documents(text, config: RunConfig):
+    """The rows of a Hugging Face dataset, streamed; a dataset that cannot be loaded is a ConfigError."""
+    try:
+        yield from text.load_hf_dataset(config.data[0], field=config.data_field, split=config.data_split,
+                                        streaming=True)
+    except _not_yet():
+        raise
+    except Exception as error:  # datasets raises many kinds: not found, no network, no such split or field
+        raise ConfigError(f"data: cannot read the Hugging Face dataset {config.data[0]!r} "
+                          f"(split {config.data_split!r}, field {config.data_field!r}): {error}") from None
 
 
 def _chain(*iterables):

@@ -74,6 +74,8 @@ def test_the_command_line_names_the_bad_field(capsys, tmp_path):
     config.write_text("steps = 0\n")
     assert cli.main(["train", "--out", str(tmp_path / "r"), "--config", str(config)]) == 2
     assert "steps must be a positive integer" in capsys.readouterr().err
+    assert cli.main(["train", "--out", str(tmp_path / "r"), "--data", str(tmp_path / "missing.txt")]) == 2
+    assert "no such file" in capsys.readouterr().err
 
 
 def test_toml_configuration_round_trips(tmp_path):
