@@ -10,9 +10,13 @@ $LLMKATA_HYPOTHESIS_PROFILE if given, else `ci` under CI, else `dev`.
 
 import os
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
-COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors])
+# No `explain` phase: it reruns a failing test many times to annotate lines, which costs more than it tells here
+# (every assertion already says which rule broke), and it dominates the cost of running the mutants.
+PHASES = (Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink)
+COMMON = dict(deadline=None, phases=PHASES,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors])
 
 settings.register_profile("dev", max_examples=40, **COMMON)
 settings.register_profile("ci", max_examples=40, derandomize=True, print_blob=True, **COMMON)
