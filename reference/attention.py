@@ -83,23 +83,30 @@ def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None, is_causa
     # BEGIN SOLUTION
     n_queries, n_keys = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = (q @ k.transpose(-2, -1)) * scale  # (..., Tq, Tk)
+    # (q · scale) kᵀ = (q kᵀ) · scale, but scaling q touches Tq × d numbers instead of Tq × Tk.
+    scores = (q * scale) @ k.transpose(-2, -1)  # (..., Tq, Tk)
     allowed = mask
     if is_causal:
         causal = causal_mask(n_queries, n_keys, offset=n_keys - n_queries, device=q.device)
         allowed = causal if allowed is None else allowed & causal
-    if allowed is None:
-        probabilities = (scores - scores.amax(-1, keepdim=True)).exp()
-        return probabilities / probabilities.sum(-1, keepdim=True)
-    scores = scores.masked_fill(~allowed, float("-inf"))
+    if allowed is not None:
+        # Adding the mask M (0 or −inf) rather than filling the scores: the gradient of a sum passes through
+        # unchanged, where masked_fill's backward pass would make one more (Tq, Tk) pass to zero it.
+        bias = torch.zeros(allowed.shape, dtype=scores.dtype, device=scores.device).masked_fill_(~allowed,
+                                                                                                float("-inf"))
+        scores = scores + bias
+    # Subtracting the row max only keeps exp from overflowing: the softmax does not depend on it, so no gradient
+    # needs to flow through it, and detaching it spares the backward pass of amax (a T × T comparison).
+    row_max = scores.amax(-1, keepdim=True).detach()  # (..., Tq, 1)
     # The subtle case: in a fully masked row the max is −inf and exp(−inf − (−inf)) is NaN. Subtracting 0 there
     # instead gives exp(−inf) = 0 everywhere, and dividing by 1 instead of the empty sum keeps the row at 0.
     # (layers.softmax, written for unmasked rows, would return NaN here, and NaN gradients.)
-    row_max = scores.amax(-1, keepdim=True)
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    probabilities = (scores - row_max).exp()
-    total = probabilities.sum(-1, keepdim=True)
-    return probabilities / torch.where(total > 0, total, torch.ones_like(total))
+    row_max = torch.where(torch.isfinite(row_max), row_max, 0.0)
+    probabilities = (scores - row_max).exp_()  # in place: the difference is a temporary nothing else keeps
+    total = probabilities.sum(-1, keepdim=True)  # (..., Tq, 1)
+    # One reciprocal per row, then a product: the backward pass of a product over the (Tq, Tk) scores is cheaper
+    # than that of a quotient.
+    return probabilities * torch.where(total > 0, total, 1.0).reciprocal()
     # END SOLUTION
 
 

@@ -125,7 +125,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # BEGIN SOLUTION
         x32 = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        rms_inv = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        rms_inv = torch.rsqrt((x32 * x32).mean(dim=-1, keepdim=True) + self.eps)  # (..., 1): one rsqrt per row
         return (x32 * rms_inv).to(x.dtype) * self.weight
         # END SOLUTION
 
