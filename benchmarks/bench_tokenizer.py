@@ -58,15 +58,24 @@ def best_of(function, rounds: int = ROUNDS) -> float:
     return min(times)
 
 
+def _cpu_used() -> float:
+    return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF,
+                                                                          resource.RUSAGE_CHILDREN)))
+
+
 def cpu_seconds(function) -> float:
     """CPU time of `function`, all threads and finished child processes included: the work done, which a busy
     machine disturbs less than the wall-clock time."""
-    def used():
-        return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF,
-                                                                              resource.RUSAGE_CHILDREN)))
-    start = used()
+    start = _cpu_used()
     function()
-    return used() - start
+    return _cpu_used() - start
+
+
+def wall_and_cpu_seconds(function) -> tuple[float, float]:
+    """Wall-clock and CPU seconds (as cpu_seconds counts them) of one call of `function`."""
+    wall, cpu = time.perf_counter(), _cpu_used()
+    function()
+    return time.perf_counter() - wall, _cpu_used() - cpu
 
 
 @functools.cache
@@ -153,16 +162,21 @@ def test_encode_throughput(benchmark, impl):
     assert ids == reference.encode(text, allowed_special="all"), "our ids must equal tiktoken's for the same ranks"
     assert fresh.decode(ids) == text, "the corpus must round-trip"
 
-    tiktoken_times, cold_times = [], []
+    tiktoken_times, cold_times, tiktoken_cpu, cold_cpu = [], [], [], []
 
     def baselines():  # right before each timed round: the machine's load drifts, interleaving is fairer
-        tiktoken_times.append(best_of(lambda: reference.encode(text, allowed_special="all"), rounds=1))
+        wall, cpu = wall_and_cpu_seconds(lambda: reference.encode(text, allowed_special="all"))
+        tiktoken_times.append(wall)
+        tiktoken_cpu.append(cpu)
         # a first pass: a new tokenizer, its pre-token cache empty
         new = impl.tokenizer.Tokenizer(ours.vocab, ours.merges, [SPECIAL], ours.pattern)
-        cold_times.append(best_of(lambda: new.encode(text), rounds=1))
+        wall, cpu = wall_and_cpu_seconds(lambda: new.encode(text))
+        cold_times.append(wall)
+        cold_cpu.append(cpu)
 
     benchmark.pedantic(fresh.encode, args=(text,), setup=baselines, rounds=ROUNDS, iterations=1)
     seconds, tiktoken_seconds, cold_seconds = benchmark.stats.stats.min, min(tiktoken_times), min(cold_times)
+    warm_cpu = cpu_seconds(lambda: fresh.encode(text))
     benchmark.extra_info.update({
         "corpus_mb": round(size, 2),
         "bytes_per_token": round(len(text.encode()) / len(ids), 3),
@@ -171,5 +185,10 @@ def test_encode_throughput(benchmark, impl):
         "tiktoken_mb_per_s": round(size / tiktoken_seconds, 2),
         "throughput_vs_tiktoken": round(tiktoken_seconds / seconds, 2),  # target >= 0.5
         "cold_cache_throughput_vs_tiktoken": round(tiktoken_seconds / cold_seconds, 2),
+        "tiktoken_cpu_s": round(min(tiktoken_cpu), 3),
+        "ours_cold_cache_cpu_s": round(min(cold_cpu), 3),
+        "ours_cpu_s": round(warm_cpu, 3),
+        "cpu_throughput_vs_tiktoken": round(min(tiktoken_cpu) / warm_cpu, 2),
+        "cold_cache_cpu_throughput_vs_tiktoken": round(min(tiktoken_cpu) / min(cold_cpu), 2),
         "load_average": round(os.getloadavg()[0], 2),
     })

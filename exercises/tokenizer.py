@@ -34,7 +34,8 @@ import warnings
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from itertools import chain
+from itertools import chain, repeat
+from operator import add
 from pathlib import Path
 
 import regex
@@ -236,26 +237,27 @@ def _descending_key(token: bytes) -> str:
     return token.decode("latin-1").translate(_INVERT) + "\u0101"
 
 
-def _merge_word(word: list[int], a: int, b: int, new: int, count: int, delta: dict, added: list) -> list[int]:
-    """Replace each occurrence of the pair (a, b), left to right; add to `delta` the change of each pair count
-    (times `count`, the word's frequency) and to `added` the pairs that are new.
-
-    Example: [x, a, b, y] -> [x, new, y]; delta: (a,b) (x,a) (b,y) -count, (x,new) (new,y) +count; added: (x,new),
-    (new,y). Only the neighbours of a merge change. Two merges side by side ([a, b, a, b] -> [new, new]) share a
-    neighbour: the old (b, a) and the new (new, new) are counted once, by the second merge.
-    """
-    raise NotImplementedError('`tokenizer._merge_word` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
-
-
 def _learn_merges(counts: dict[str, int], vocab: dict[int, bytes], vocab_size: int) -> list[tuple[bytes, bytes]]:
     """Grow `vocab` (in place) by BPE merges over the pre-token table `counts`; return the merges in order.
 
-    Each distinct pre-token is a word of token ids, counted with its frequency. `pair_counts[p]` is the number of
-    times the pair p occurs in the corpus; `where[p]` the words that may contain it. Merging (a, b) rewrites only
-    the words in where[(a, b)], and changes only the counts of pairs in those words, so the work per merge is
-    proportional to what it changes, not to the corpus. The best pair comes from a heap of (-count, key(a),
-    key(b)) entries; a count that changed leaves its old entry behind, and an entry is used only if its count is
-    still the current one (lazy deletion).
+    Each distinct pre-token is a word, counted with its frequency. A word is a str with one character per token: the
+    token with id t is the character chr(t) (ids up to 0x10FFFF), so the word b'hi!' starts as 'hi!' and a pair of
+    adjacent tokens is a 2-character string. Then `word.replace(pair, chr(new))` is the merge itself: every
+    occurrence, left to right, without overlap ('aaa' -> [aa, a]), as BPE does it, and it runs in C.
+
+    `pair_counts[p]` is the number of times the pair p occurs in the corpus, `where[p]` the words that may hold it
+    (a list: a word can be in it twice, or no longer hold p; both are skipped). Merging p rewrites only the words in
+    where[p], and changes only the pairs that overlap an occurrence: in each word, those in the stretch from the
+    first occurrence's left neighbour to the last occurrence's right neighbour ('xaby' -> 'xNy' when merging 'ab';
+    outside it nothing changes). Words with the same stretch change the counts alike, so each distinct stretch is
+    counted once, with the words' total frequency. The work per merge is proportional to what it changes, not to the
+    corpus.
+
+    The best pair comes from a heap of (-count, key(left), key(right), pair) entries. A merge lowers the counts of
+    the pairs it breaks up, and raises only those of the pairs it makes (with the new token), which are pushed
+    again. So every pair has an entry at least as large as its count; the top entry, once its count is checked to be
+    the current one, is the most frequent pair (lazy deletion: an entry that has gone stale is put back with the
+    count it has now, or dropped when the pair is gone).
     """
     raise NotImplementedError('`tokenizer._learn_merges` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
 

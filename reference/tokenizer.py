@@ -33,7 +33,8 @@ import warnings
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from itertools import chain
+from itertools import chain, repeat
+from operator import add
 from pathlib import Path
 
 import regex
@@ -271,100 +272,96 @@ def _descending_key(token: bytes) -> str:
     return token.decode("latin-1").translate(_INVERT) + "\u0101"
 
 
-def _merge_word(word: list[int], a: int, b: int, new: int, count: int, delta: dict, added: list) -> list[int]:
-    """Replace each occurrence of the pair (a, b), left to right; add to `delta` the change of each pair count
-    (times `count`, the word's frequency) and to `added` the pairs that are new.
-
-    Example: [x, a, b, y] -> [x, new, y]; delta: (a,b) (x,a) (b,y) -count, (x,new) (new,y) +count; added: (x,new),
-    (new,y). Only the neighbours of a merge change. Two merges side by side ([a, b, a, b] -> [new, new]) share a
-    neighbour: the old (b, a) and the new (new, new) are counted once, by the second merge.
-    """
-    # BEGIN SOLUTION
-    out, i, n = [], 0, len(word)
-    while i < n:
-        token = word[i]
-        if token == a and i + 1 < n and word[i + 1] == b:
-            delta[a, b] -= count
-            if i > 0:  # the left neighbour: word[i - 1] in the old word, out[-1] (maybe `new`) in the new one
-                delta[word[i - 1], a] -= count
-                delta[out[-1], new] += count
-                added.append((out[-1], new))
-            if i + 2 < n and not (word[i + 2] == a and i + 3 < n and word[i + 3] == b):
-                delta[b, word[i + 2]] -= count  # the right neighbour, unless it is merged next
-                delta[new, word[i + 2]] += count
-                added.append((new, word[i + 2]))
-            out.append(new)
-            i += 2
-        else:
-            out.append(token)
-            i += 1
-    return out
-    # END SOLUTION
-
-
 def _learn_merges(counts: dict[str, int], vocab: dict[int, bytes], vocab_size: int) -> list[tuple[bytes, bytes]]:
     """Grow `vocab` (in place) by BPE merges over the pre-token table `counts`; return the merges in order.
 
-    Each distinct pre-token is a word of token ids, counted with its frequency. `pair_counts[p]` is the number of
-    times the pair p occurs in the corpus; `where[p]` the words that may contain it. Merging (a, b) rewrites only
-    the words in where[(a, b)], and changes only the counts of pairs in those words, so the work per merge is
-    proportional to what it changes, not to the corpus. The best pair comes from a heap of (-count, key(a),
-    key(b)) entries; a count that changed leaves its old entry behind, and an entry is used only if its count is
-    still the current one (lazy deletion).
+    Each distinct pre-token is a word, counted with its frequency. A word is a str with one character per token: the
+    token with id t is the character chr(t) (ids up to 0x10FFFF), so the word b'hi!' starts as 'hi!' and a pair of
+    adjacent tokens is a 2-character string. Then `word.replace(pair, chr(new))` is the merge itself: every
+    occurrence, left to right, without overlap ('aaa' -> [aa, a]), as BPE does it, and it runs in C.
+
+    `pair_counts[p]` is the number of times the pair p occurs in the corpus, `where[p]` the words that may hold it
+    (a list: a word can be in it twice, or no longer hold p; both are skipped). Merging p rewrites only the words in
+    where[p], and changes only the pairs that overlap an occurrence: in each word, those in the stretch from the
+    first occurrence's left neighbour to the last occurrence's right neighbour ('xaby' -> 'xNy' when merging 'ab';
+    outside it nothing changes). Words with the same stretch change the counts alike, so each distinct stretch is
+    counted once, with the words' total frequency. The work per merge is proportional to what it changes, not to the
+    corpus.
+
+    The best pair comes from a heap of (-count, key(left), key(right), pair) entries. A merge lowers the counts of
+    the pairs it breaks up, and raises only those of the pairs it makes (with the new token), which are pushed
+    again. So every pair has an entry at least as large as its count; the top entry, once its count is checked to be
+    the current one, is the most frequent pair (lazy deletion: an entry that has gone stale is put back with the
+    count it has now, or dropped when the pair is gone).
     """
     # BEGIN SOLUTION
     ranks = {bytes([byte]): byte for byte in range(256)}  # the ordinary tokens so far; specials are not merged
-    key = {i: _descending_key(token) for i, token in vocab.items()}
+    key = {chr(i): _descending_key(token) for i, token in vocab.items()}  # character -> tie-break key
     words, freqs = [], []
     for piece, count in counts.items():
         data = piece.encode("utf-8")  # lone surrogates were rejected when the corpus was read
         if len(data) > 1:
-            words.append(list(data))
+            words.append(data.decode("latin-1"))  # byte b -> chr(b): the character of the byte's token
             freqs.append(count)
-    pair_counts: dict[tuple[int, int], int] = defaultdict(int)
-    where: dict[tuple[int, int], set[int]] = defaultdict(set)
+    pair_counts: dict[str, int] = defaultdict(int)
+    where: dict[str, list[int]] = defaultdict(list)
     for i, word in enumerate(words):
-        for pair in zip(word, word[1:]):
+        for pair in map(add, word, word[1:]):  # 'abc' -> 'ab', 'bc'
             pair_counts[pair] += freqs[i]
-            where[pair].add(i)
-    heap = [(-count, key[a], key[b], a, b) for (a, b), count in pair_counts.items()]
+            where[pair].append(i)
+    heap = [(-count, key[pair[0]], key[pair[1]], pair) for pair, count in pair_counts.items()]
     heapq.heapify(heap)
 
     merges = []
     while len(vocab) < vocab_size:
-        while heap and pair_counts.get((heap[0][3], heap[0][4]), 0) != -heap[0][0]:
-            heapq.heappop(heap)  # a stale entry: the pair's count has changed since it was pushed
+        while heap:
+            negated, _, _, pair = heap[0]
+            count = pair_counts.get(pair, 0)
+            if count == -negated:
+                break
+            if count:  # the pair's count has fallen since this entry was pushed
+                heapq.heapreplace(heap, (-count, key[pair[0]], key[pair[1]], pair))
+            else:
+                heapq.heappop(heap)
         if not heap:
             break  # no pair occurs any more: every pre-token is a single token
-        _, _, _, a, b = heapq.heappop(heap)
+        pair = heapq.heappop(heap)[3]
+        a, b = ord(pair[0]), ord(pair[1])
         merged = vocab[a] + vocab[b]
         new = ranks.get(merged)
         if new is None:
             new = len(vocab)
             vocab[new] = ranks[merged] = merged
-            key[new] = _descending_key(merged)
+            key[chr(new)] = _descending_key(merged)
         # else: the subtle case. Another pair already spelled these bytes (b'ab' + b'c' and b'a' + b'bc' both give
         # b'abc'): the merge is recorded and applied, but the vocabulary does not grow, and the loop goes on.
         merges.append((vocab[a], vocab[b]))
+        token = chr(new)
 
-        delta: dict[tuple[int, int], int] = defaultdict(int)
-        for i in where.pop((a, b)):
+        stretches: dict[str, list[int]] = defaultdict(list)  # changed stretch -> the words that have it
+        for i in where.pop(pair):
             word = words[i]
-            added: list[tuple[int, int]] = []
-            merged_word = _merge_word(word, a, b, new, freqs[i], delta, added)
-            if len(merged_word) == len(word):
-                continue  # the word lost this pair to an earlier merge; `where` is not pruned eagerly
-            for pair in added:
-                where[pair].add(i)
-            words[i] = merged_word
-        for pair, change in delta.items():
-            if change:
-                count = pair_counts[pair] + change
-                if count:
-                    pair_counts[pair] = count
-                    heapq.heappush(heap, (-count, key[pair[0]], key[pair[1]], *pair))
-                else:
-                    del pair_counts[pair]
+            first = word.find(pair)
+            if first < 0:
+                continue  # listed twice, or the pair went in an earlier merge: `where` is not pruned eagerly
+            words[i] = word.replace(pair, token)
+            # max(..., 0): an occurrence at the start has no left neighbour; a slice past the end stops there
+            stretches[word[max(first - 1, 0):word.rfind(pair) + 3]].append(i)
+        created: dict[str, int] = defaultdict(int)
+        for stretch, group in stretches.items():
+            count = sum(map(freqs.__getitem__, group))
+            for old in map(add, stretch, stretch[1:]):
+                pair_counts[old] -= count
+            # the stretch merges as the word did: its first character cannot start an occurrence (find would
+            # have found that one), so replace finds the same occurrences in it
+            merged_stretch = stretch.replace(pair, token)
+            for new_pair in map(add, merged_stretch, merged_stretch[1:]):
+                created[new_pair] += count
+                where[new_pair].extend(group)
+        del pair_counts[pair]  # all its occurrences are merged: its count is now 0
+        for new_pair, change in created.items():
+            count = pair_counts[new_pair] = pair_counts[new_pair] + change
+            heapq.heappush(heap, (-count, key[new_pair[0]], key[new_pair[1]], new_pair))
     return merges
     # END SOLUTION
 
@@ -529,12 +526,10 @@ class Tokenizer:
             return self._encode_long_piece(data)
         parts = list(map(_SINGLE_BYTES.__getitem__, data))
         get, missing = ranks.get, 1 << 62  # `missing` ranks after every token
-        # pair_ranks[i]: the rank of parts[i] + parts[i + 1], or `missing`
-        pair_ranks = [get(left + right, missing) for left, right in zip(parts, parts[1:])]
-        while pair_ranks:
-            lowest = min(pair_ranks)
-            if lowest == missing:
-                break
+        # pair_ranks[i]: the rank of parts[i] + parts[i + 1], or `missing`. It never runs empty: the last merge
+        # would make the whole pre-token, which is not a token (it would have been returned above).
+        pair_ranks = list(map(get, map(add, parts, parts[1:]), repeat(missing)))
+        while (lowest := min(pair_ranks)) != missing:
             best = pair_ranks.index(lowest)  # the leftmost of the lowest
             parts[best:best + 2] = [parts[best] + parts[best + 1]]
             del pair_ranks[best]
@@ -543,7 +538,7 @@ class Tokenizer:
                 pair_ranks[best - 1] = get(parts[best - 1] + parts[best], missing)
             if best < len(pair_ranks):
                 pair_ranks[best] = get(parts[best] + parts[best + 1], missing)
-        return tuple(ranks[part] for part in parts)
+        return tuple(map(ranks.__getitem__, parts))
         # END SOLUTION
 
     def _encode_long_piece(self, data: bytes) -> tuple[int, ...]:
