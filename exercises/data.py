@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
-import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import islice
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .files import atomic_path
 
 __all__ = [
     "is_validation", "train_val_split", "token_dtype", "tokenize_and_pack", "load_tokens",

@@ -22,8 +22,6 @@ sharded saving (`save_hf` writes one safetensors file; `load_hf` reads sharded c
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .attention import CausalSelfAttention, KVCache
+from .files import atomic_path, write_text_atomic
 from .layers import Embedding, LayerNorm, Linear, RMSNorm, SwiGLU, gelu
 
 NORMS = ("rmsnorm", "layernorm")
@@ -212,18 +211,6 @@ def _halves_from_adjacent(weight: Tensor, n_heads: int, head_dim: int) -> Tensor
     """
     order = torch.cat((torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)))
     return weight.view(n_heads, head_dim, -1)[:, order].reshape(n_heads * head_dim, -1)
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_hf(model: Transformer, folder) -> None:

@@ -29,14 +29,14 @@ import contextlib
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from .files import write_bytes_atomic
 
 IGNORE_INDEX = -100  # the target of a position that does not count (padding); torch uses the same value
 

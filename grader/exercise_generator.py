@@ -19,11 +19,10 @@ balanced and not nested; a region must sit inside a function, so that the stub n
 from __future__ import annotations
 
 import ast
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmkata.reference.files import write_text_atomic
 from llmkata.spec.contract import BY_MODULE
 
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
@@ -111,17 +110,6 @@ def expected_tree(reference: Path) -> dict[str, str]:
     }
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def stale(reference: Path, exercises: Path) -> list[str]:
     """Files of `exercises` that differ from what `reference` generates (missing, changed or extra)."""
     expected = expected_tree(reference)
@@ -136,7 +124,7 @@ def generate(reference: Path, exercises: Path) -> list[str]:
     changed = stale(reference, exercises)
     for name in changed:
         if name in expected:
-            _write_atomic(exercises / name, expected[name])
+            write_text_atomic(exercises / name, expected[name])
         else:
             (exercises / name).unlink()
     return changed

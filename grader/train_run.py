@@ -41,6 +41,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmkata.reference.files import write_text_atomic
+
 EOT = "<|endoftext|>"
 CHECKPOINT = "checkpoint.safetensors"
 # Fields that may differ when a run is resumed: they change where and how fast it runs, not what it computes.
@@ -195,13 +197,7 @@ def write_toml(config: RunConfig, path: Path) -> None:
         else:  # str or list[str]: JSON strings are TOML basic strings
             text = json.dumps(value, ensure_ascii=False)
         lines.append(f"{name} = {text}")
-    _atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------- the pipeline
@@ -295,7 +291,7 @@ def prepare_data(impl, config: RunConfig, run: Path, say) -> dict:
             "seconds": round(time.perf_counter() - started, 2)}
     if info["val_tokens"] < 2:
         raise ConfigError("the validation split has fewer than 2 tokens: nothing to evaluate")
-    _atomic_write_text(info_path, json.dumps(info, indent=1) + "\n")
+    write_text_atomic(info_path, json.dumps(info, indent=1) + "\n")
     return info
 
 
@@ -336,7 +332,7 @@ class Metrics:
                     continue  # a line cut by a kill
                 if record.get("step", 0) <= resume_step:
                     kept.append(line)
-        _atomic_write_text(path, "".join(line + "\n" for line in kept))
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
         self.file = open(path, "a", encoding="utf-8")
 
     def write(self, **record) -> None:
@@ -516,7 +512,7 @@ def finish(impl, config: RunConfig, run: Path, model, info: dict, device, train_
         "multiple_choice": accuracy,
         "sample": samples[0] if samples else None,
     }
-    _atomic_write_text(run / "summary.json", json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(run / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
 
 
@@ -538,7 +534,7 @@ def write_samples(impl, config: RunConfig, run: Path, model, tokenizer, device) 
         shown = "" if prompt == [eot] else tokenizer.decode(prompt)
         texts.append(f"{shown}\u2192{tokenizer.decode(ids)}" if shown else tokenizer.decode(ids))
     sep = "\n" + "-" * 72 + "\n"
-    _atomic_write_text(run / "samples.txt", sep.join(texts) + "\n")
+    write_text_atomic(run / "samples.txt", sep.join(texts) + "\n")
     return texts[1:] or texts
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
-import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import islice
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .files import atomic_path
 
 __all__ = [
     "is_validation", "train_val_split", "token_dtype", "tokenize_and_pack", "load_tokens",
@@ -151,7 +152,6 @@ def tokenize_and_pack(docs: Iterable[str], tokenizer, eot_id: int, path, vocab_s
     if num_workers < 1:
         raise ValueError(f"num_workers must be at least 1, got {num_workers}")
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tasks = _tasks(docs)
     pool = None
     if num_workers > 1:
@@ -159,7 +159,7 @@ def tokenize_and_pack(docs: Iterable[str], tokenizer, eot_id: int, path, vocab_s
             num_workers, initializer=_init_worker, initargs=(tokenizer, eot_id, vocab_size, dtype))
     length = documents = 0
     try:
-        with open(tmp, "wb") as file:
+        with atomic_path(path) as tmp, open(tmp, "wb") as file:
             # The .npy header holds the length, unknown until the end: write a placeholder, fill it in last.
             # A 1-D header is 128 bytes whatever the length, so the data never has to move.
             np.lib.format.write_array_header_1_0(file, {"descr": dtype.str, "fortran_order": False, "shape": (0,)})
@@ -174,10 +174,6 @@ def tokenize_and_pack(docs: Iterable[str], tokenizer, eot_id: int, path, vocab_s
             np.lib.format.write_array_header_1_0(
                 file, {"descr": dtype.str, "fortran_order": False, "shape": (length,)})
             assert file.tell() == start, "the .npy header changed size"
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     finally:
         if pool is not None:
             pool.terminate()

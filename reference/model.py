@@ -21,8 +21,6 @@ sharded saving (`save_hf` writes one safetensors file; `load_hf` reads sharded c
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .attention import CausalSelfAttention, KVCache
+from .files import atomic_path, write_text_atomic
 from .layers import Embedding, LayerNorm, Linear, RMSNorm, SwiGLU, gelu
 
 NORMS = ("rmsnorm", "layernorm")
@@ -305,18 +304,6 @@ def _halves_from_adjacent(weight: Tensor, n_heads: int, head_dim: int) -> Tensor
     return weight.view(n_heads, head_dim, -1)[:, order].reshape(n_heads * head_dim, -1)
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_hf(model: Transformer, folder) -> None:
     """Write `config.json` and `model.safetensors` that `transformers.LlamaForCausalLM.from_pretrained(folder)` loads.
 
@@ -338,8 +325,9 @@ def save_hf(model: Transformer, folder) -> None:
             elif name.endswith("k_proj.weight"):
                 tensors[name] = _halves_from_adjacent(tensors[name], config.n_kv_heads, config.head_dim)
     hf["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
-    _write_atomic(folder / "model.safetensors", lambda path: save_file(tensors, path, metadata={"format": "pt"}))
-    _write_atomic(folder / "config.json", lambda path: Path(path).write_text(json.dumps(hf, indent=2) + "\n"))
+    with atomic_path(folder / "model.safetensors") as temporary:
+        save_file(tensors, str(temporary), metadata={"format": "pt"})
+    write_text_atomic(folder / "config.json", json.dumps(hf, indent=2) + "\n")
     # END SOLUTION
 
 

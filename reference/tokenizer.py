@@ -28,7 +28,6 @@ import json
 import multiprocessing
 import os
 import re
-import tempfile
 import warnings
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Iterator
@@ -38,6 +37,8 @@ from operator import add
 from pathlib import Path
 
 import regex
+
+from .files import write_bytes_atomic
 
 # The split patterns, as tiktoken and Hugging Face write them. GPT-2: contractions, letters with an optional
 # leading space, digits likewise, other symbols likewise, then whitespace. GPT-4 (cl100k) differs: contractions are
@@ -677,7 +678,7 @@ class Tokenizer:
             "vocab": {str(i): as_text(token) for i, token in sorted(self.vocab.items())},
             "merges": [[as_text(a), as_text(b)] for a, b in self.merges],
         }
-        _atomic_write(path, json.dumps(document, indent=1).encode("utf-8"))
+        write_bytes_atomic(path, json.dumps(document, indent=1).encode("utf-8"))
         # END SOLUTION
 
     @classmethod
@@ -709,21 +710,6 @@ def _in(key, mapping) -> bool:
         return key in mapping
     except TypeError:  # unhashable
         return False
-
-
-def _atomic_write(path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename it over `path`: all or nothing."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -896,7 +882,7 @@ class SentencePieceTokenizer:
         """Write the sentencepiece model itself (atomically): `sentencepiece.SentencePieceProcessor(model_file=path)`
         reads it too."""
         # BEGIN SOLUTION
-        _atomic_write(path, self.model)
+        write_bytes_atomic(path, self.model)
         # END SOLUTION
 
     @classmethod

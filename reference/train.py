@@ -28,14 +28,14 @@ import contextlib
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from .files import write_bytes_atomic
 
 IGNORE_INDEX = -100  # the target of a position that does not count (padding); torch uses the same value
 
@@ -368,19 +368,7 @@ def save_checkpoint(path, model: nn.Module, optimizer, step: int, config=None, g
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes the file private; a checkpoint is an ordinary file
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    write_bytes_atomic(path, data)  # a new file renamed over the old: never half a checkpoint
     # END SOLUTION
 
 

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from .strategies import float_dtypes, seeds, shapes, tensors
+from .strategies import seeds, shapes, tensors
 from .tolerances import assert_close
 
 # ---------------------------------------------------------------- softmax and log_softmax
