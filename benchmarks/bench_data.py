@@ -18,42 +18,15 @@ sources, in sorted order.
 import functools
 import os
 import random
-import sysconfig
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROUNDS = int(os.environ.get("LLMKATA_BENCH_ROUNDS", "3"))
+from .common import ROUNDS, best_of, python_corpus
+
 NUM_PERM, NGRAM, THRESHOLD = 128, 5, 0.8
-
-
-@functools.cache
-def corpus(megabytes: float) -> tuple[str, ...]:
-    """Documents of Python's own text, in a fixed order, until `megabytes` of UTF-8."""
-    from pydoc_data.topics import topics
-
-    documents = [topics[name] for name in sorted(topics)]
-    size = sum(len(d.encode()) for d in documents)
-    root = Path(sysconfig.get_paths()["stdlib"])
-    for path in sorted(root.glob("*.py")) + sorted(root.glob("*/*.py")):
-        if size >= megabytes * 1e6:
-            break
-        text = path.read_text(encoding="utf-8", errors="replace")
-        documents.append(text)
-        size += len(text.encode())
-    return tuple(documents)
-
-
-def best_of(function, rounds: int = ROUNDS) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def cpus() -> int:
@@ -67,7 +40,7 @@ def cpus() -> int:
 def dedup_corpus(documents: int = 3000, words: int = 200) -> tuple[list[str], dict[int, int]]:
     """(documents, {index of a planted near duplicate: index of its original}): 200-word windows of distinct text,
     and for a fifth of them a copy with one word replaced, placed somewhere after the original."""
-    stream = " ".join(corpus(5.0)).split()
+    stream = " ".join(python_corpus(5.0)).split()
     originals, seen = [], set()
     for start in range(0, len(stream) - words, words):
         window = " ".join(stream[start:start + words])
@@ -174,7 +147,7 @@ class HFTokenizer:
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         trainer = trainers.BpeTrainer(vocab_size=self.vocab_size, special_tokens=["<|endoftext|>"],
                                       show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-        tokenizer.train_from_iterator(corpus(0.0), trainer)  # the pydoc topics
+        tokenizer.train_from_iterator(python_corpus(0.0), trainer)  # the pydoc topics
         self.json = tokenizer.to_str()
         self.eot_id = tokenizer.token_to_id("<|endoftext|>")
         self._tokenizer = tokenizer
@@ -198,7 +171,7 @@ def test_tokenize_and_pack_throughput(benchmark, impl, kind, workers):
     if kind == "bpe":
         pytest.importorskip("tokenizers")
     tokenizer = ByteTokenizer() if kind == "bytes" else HFTokenizer()
-    docs = corpus(float(os.environ.get("LLMKATA_BENCH_MB", "10")))
+    docs = python_corpus(float(os.environ.get("LLMKATA_BENCH_MB", "10")))
     size = sum(len(d.encode()) for d in docs) / 1e6
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "tokens.npy"

@@ -15,47 +15,22 @@ ratio to the baselines timed in the same run in `benchmark.extra_info`:
 import functools
 import os
 import resource
-import sysconfig
 import time
-from pathlib import Path
 
 import pytest
 
+from .common import ROUNDS, best_of, python_corpus
+
 SPECIAL = "<|endoftext|>"
 VOCAB_SIZE = 4096
-ROUNDS = int(os.environ.get("LLMKATA_BENCH_ROUNDS", "3"))
 
 
-@functools.cache
 def corpus() -> tuple[str, ...]:
-    from pydoc_data.topics import topics
-
-    target = float(os.environ.get("LLMKATA_BENCH_MB", "10")) * 1e6
-    documents = [topics[name] for name in sorted(topics)]
-    size = sum(len(d.encode()) for d in documents)
-    root = Path(sysconfig.get_paths()["stdlib"])
-    for path in sorted(root.glob("*.py")) + sorted(root.glob("*/*.py")):
-        if size >= target:
-            break
-        text = path.read_text(encoding="utf-8", errors="replace")
-        if SPECIAL in text:
-            continue
-        documents.append(text)
-        size += len(text.encode())
-    return tuple(documents)
+    return python_corpus(float(os.environ.get("LLMKATA_BENCH_MB", "10")), skip_containing=SPECIAL)
 
 
 def megabytes(documents) -> float:
     return sum(len(d.encode()) for d in documents) / 1e6
-
-
-def best_of(function, rounds: int = ROUNDS) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def _cpu_used() -> float:
