@@ -18,7 +18,7 @@ def test_grading_the_stubs_prints_a_table_with_the_first_failing_property():
     assert run.returncode == 0, run.stderr
     rows = run.stdout.splitlines()
     at = next(i for i, row in enumerate(rows) if " layers " in row)
-    assert rows[at].split()[2] == "9" and "test_" in rows[at], f"only the 9 contract checks pass on stubs:\n{run.stdout}"
+    assert rows[at].split()[2] == "0" and "test_" in rows[at], f"no property passes on stubs:\n{run.stdout}"
     assert "`layers." in rows[at + 1] and "is not implemented yet" in rows[at + 1], run.stdout
     assert "hypothesis seed 1" in run.stdout and "total" in run.stdout
 
@@ -38,6 +38,19 @@ def test_strict_fails_when_anything_fails():
 def test_bad_implementation_is_one_clear_message():
     run = grade("./no/such/folder")
     assert run.returncode == 2 and "no implementation at" in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def test_contract_checks_do_not_score_but_their_failures_are_reported():
+    records = [
+        {"nodeid": "spec/test_contract.py::test_signature_matches_the_contract[layers.silu]", "when": "call",
+         "outcome": "failed", "message": "wrong signature"},
+        {"nodeid": "spec/test_contract.py::test_signature_matches_the_contract[layers.gelu]", "when": "call",
+         "outcome": "passed", "message": ""},
+        {"nodeid": "spec/test_layers.py::test_a", "when": "call", "outcome": "passed", "message": ""},
+    ]
+    layers = score(records)["layers"]
+    assert (layers.passed, layers.total) == (1, 1)
+    assert layers.first_failure == "test_signature_matches_the_contract[layers.silu]: wrong signature"
 
 
 def test_score_counts_a_failure_in_any_phase():
