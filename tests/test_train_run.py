@@ -115,6 +115,34 @@ def test_data_comes_from_text_files_folders_and_json_lines(tmp_path):
     assert info["train_tokens"] > 0 and info["val_bytes"] > 0
 
 
+def test_data_can_be_a_hugging_face_dataset_name(tmp_path, monkeypatch):
+    """A dataset name goes to `datasets.load_dataset` (streaming); the hub is replaced by a dataset made here."""
+    datasets = pytest.importorskip("datasets")
+    from llmkata.impl import load
+    from llmkata.train_run import prepare_data
+
+    rows = [{"story": f"story number {i}: " + "once upon a time there was a tiny model " * (5 + i)} for i in range(24)]
+    calls = []
+
+    def load_dataset(name, **kwargs):
+        calls.append((name, kwargs))
+        if name != "someone/tiny-stories":
+            raise FileNotFoundError(f"Dataset '{name}' doesn't exist on the Hub")
+        return datasets.Dataset.from_list(rows).to_iterable_dataset()
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    run = tmp_path / "run"
+    run.mkdir()
+    config = tiny(data=["someone/tiny-stories"], data_field="story", data_split="train", max_documents=0)
+    info = prepare_data(load("reference"), config, run, say=lambda message: None)
+    assert calls == [("someone/tiny-stories", {"split": "train", "streaming": True})], calls
+    assert info["train_documents"] + info["val_documents"] == 24, info
+
+    missing = tiny(data=["nobody/nothing"], max_documents=0)
+    with pytest.raises(ConfigError, match="cannot read the Hugging Face dataset 'nobody/nothing'"):
+        prepare_data(load("reference"), missing, tmp_path / "run2", say=lambda message: None)
+
+
 # ---------------------------------------------------------------------------------------------- a whole run
 
 
