@@ -466,27 +466,18 @@ class SentencePieceTokenizer:
     def __repr__(self) -> str:
         return f"SentencePieceTokenizer(vocab_size={len(self.vocab)}, special_tokens={list(self.special_tokens)})"
 
-    def _special_re(self, allowed: frozenset):
-        found = self._special_res.get(allowed)
-        if found is None and allowed:
-            found = self._special_res[allowed] = _special_regex(allowed)
-        return found
+    # Splitting out special tokens and joining bytes are the same for both tokenizers: written once, in Tokenizer.
+    _special_re = Tokenizer._special_re
+    encode = Tokenizer.encode
+    decode = Tokenizer.decode
 
     def _encode_ordinary(self, text: str) -> list[int]:
         raise NotImplementedError('`tokenizer.SentencePieceTokenizer._encode_ordinary` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
-
-    def encode(self, text: str, allowed_special="all") -> list[int]:
-        """Token ids of `text`; allowed_special as in Tokenizer.encode."""
-        raise NotImplementedError('`tokenizer.SentencePieceTokenizer.encode` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
 
     def encode_iterable(self, iterable: Iterable[str], allowed_special="all") -> Iterator[int]:
         """Ids of the concatenation of `iterable`'s strings, one line at a time: sentencepiece never merges across
         a newline (it learned from lines), so text up to the last newline is final."""
         raise NotImplementedError('`tokenizer.SentencePieceTokenizer.encode_iterable` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
-
-    def decode(self, ids) -> str:
-        """The text of `ids`; invalid UTF-8 becomes U+FFFD, as in Tokenizer.decode."""
-        raise NotImplementedError('`tokenizer.SentencePieceTokenizer.decode` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
 
     def save(self, path) -> None:
         """Write the sentencepiece model itself (atomically): `sentencepiece.SentencePieceProcessor(model_file=path)`

@@ -804,11 +804,10 @@ class SentencePieceTokenizer:
     def __repr__(self) -> str:
         return f"SentencePieceTokenizer(vocab_size={len(self.vocab)}, special_tokens={list(self.special_tokens)})"
 
-    def _special_re(self, allowed: frozenset):
-        found = self._special_res.get(allowed)
-        if found is None and allowed:
-            found = self._special_res[allowed] = _special_regex(allowed)
-        return found
+    # Splitting out special tokens and joining bytes are the same for both tokenizers: written once, in Tokenizer.
+    _special_re = Tokenizer._special_re
+    encode = Tokenizer.encode
+    decode = Tokenizer.decode
 
     def _encode_ordinary(self, text: str) -> list[int]:
         # BEGIN SOLUTION
@@ -821,23 +820,6 @@ class SentencePieceTokenizer:
                 ids += self._space_ids
             elif part:
                 ids += self._sp.encode(part)
-        return ids
-        # END SOLUTION
-
-    def encode(self, text: str, allowed_special="all") -> list[int]:
-        """Token ids of `text`; allowed_special as in Tokenizer.encode."""
-        # BEGIN SOLUTION
-        if not isinstance(text, str):
-            raise TypeError(f"encode takes a str, not {type(text).__name__}")
-        special_re = self._special_re(_allowed_set(allowed_special, self.special_tokens))
-        if special_re is None:
-            return self._encode_ordinary(text)
-        ids, start = [], 0
-        for match in special_re.finditer(text):
-            ids += self._encode_ordinary(text[start:match.start()])
-            ids.append(self.special_tokens[match.group()])
-            start = match.end()
-        ids += self._encode_ordinary(text[start:])
         return ids
         # END SOLUTION
 
@@ -861,21 +843,6 @@ class SentencePieceTokenizer:
                 yield from self.encode(buffer[:cut], allowed)
                 buffer = buffer[cut:]
         yield from self.encode(buffer, allowed)
-        # END SOLUTION
-
-    def decode(self, ids) -> str:
-        """The text of `ids`; invalid UTF-8 becomes U+FFFD, as in Tokenizer.decode."""
-        # BEGIN SOLUTION
-        if hasattr(ids, "tolist"):
-            ids = ids.tolist()
-        ids = list(ids)
-        try:
-            data = b"".join(map(self.vocab.__getitem__, ids))
-        except (KeyError, TypeError):
-            bad = next(i for i in ids if not _in(i, self.vocab))
-            raise ValueError(
-                f"cannot decode the id {bad!r}: the vocabulary has ids 0..{len(self.vocab) - 1}") from None
-        return data.decode("utf-8", errors="replace")
         # END SOLUTION
 
     def save(self, path) -> None:
