@@ -24,6 +24,23 @@ def tensors(draw, shape=None, dtype: torch.dtype = torch.float32, scale: float =
     return (torch.randn(shape, generator=generator, dtype=torch.float64) * scale).to(dtype)
 
 
+@st.composite
+def token_batches(draw, vocab: int, length, ignore_rates=(0.0, 0.5, 0.9)):
+    """1 to 4 batches (x, y) of `length` tokens (an int or a strategy) and 1 to 3 rows each, with a drawn share
+    of the targets ignored (-100); at least one target is always counted."""
+    length = draw(length) if isinstance(length, st.SearchStrategy) else length
+    generator = torch.Generator().manual_seed(draw(seeds))
+    batches = []
+    for _ in range(draw(st.integers(1, 4))):
+        rows = draw(st.integers(1, 3))
+        x = torch.randint(vocab, (rows, length), generator=generator)
+        y = torch.randint(vocab, (rows, length), generator=generator)
+        y[torch.rand(rows, length, generator=generator) < draw(st.sampled_from(ignore_rates))] = -100
+        batches.append((x, y))
+    batches[0][1][0, 0] = 1
+    return batches
+
+
 float_dtypes = st.sampled_from([torch.float32, torch.float64])
 
 # Any Unicode text that can be encoded as UTF-8 (no lone surrogates): emoji, combining marks, CJK, whitespace runs.

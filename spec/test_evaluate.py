@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from .checks import assert_rejects
+from .strategies import token_batches
 
 seeds = st.integers(0, 255)  # a short range: failing examples shrink in a few steps
 
@@ -44,19 +45,8 @@ def log_probs64(model, ids: list[int]) -> torch.Tensor:
         return torch.log_softmax(model(torch.tensor([ids]))[0].double(), -1)
 
 
-@st.composite
-def eval_batches(draw, vocab=9, length=8):
-    """1 to 4 batches (x, y) of various sizes, some targets ignored (-100), at least one counted."""
-    generator = torch.Generator().manual_seed(draw(seeds))
-    batches = []
-    for _ in range(draw(st.integers(1, 4))):
-        rows = draw(st.integers(1, 3))
-        x = torch.randint(vocab, (rows, length), generator=generator)
-        y = torch.randint(vocab, (rows, length), generator=generator)
-        y[torch.rand(rows, length, generator=generator) < draw(st.sampled_from([0.0, 0.5, 0.9]))] = -100
-        batches.append((x, y))
-    batches[0][1][0, 0] = 1
-    return batches
+def eval_batches():
+    return token_batches(vocab=9, length=8)
 
 
 # ---------------------------------------------------------------------------------------------- held-out loss

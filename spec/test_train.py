@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from .checks import assert_rejects
-from .strategies import tensors
+from .strategies import tensors, token_batches
 from .tolerances import assert_close
 
 # Seeds from a short range: a failing example shrinks in a few steps (the full 32-bit range takes dozens).
@@ -347,21 +347,9 @@ class TinyLM(nn.Module):
         return logits
 
 
-@st.composite
-def micro_batch_lists(draw, vocab=11):
+def micro_batch_lists(vocab=11):
     """1 to 4 micro-batches (x, y) of one length and various batch sizes, some targets ignored (-100)."""
-    length = draw(st.integers(1, 5))
-    generator = torch.Generator().manual_seed(draw(seeds))
-    batches = []
-    for _ in range(draw(st.integers(1, 4))):
-        rows = draw(st.integers(1, 3))
-        x = torch.randint(vocab, (rows, length), generator=generator)
-        y = torch.randint(vocab, (rows, length), generator=generator)
-        y[torch.rand(rows, length, generator=generator) < draw(st.sampled_from([0.0, 0.3, 0.7]))] = -100
-        batches.append((x, y))
-    if all((y == -100).all() for _, y in batches):
-        batches[0][1][0, 0] = 3
-    return batches
+    return token_batches(vocab=vocab, length=st.integers(1, 5), ignore_rates=(0.0, 0.3, 0.7))
 
 
 def sgd_step_by_hand(model, x, y, lr, max_norm):
