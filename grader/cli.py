@@ -40,7 +40,7 @@ def cmd_exercises(args) -> int:
             print("exercises are up to date")
             return 0
         written = generator.generate(reference, target)
-    except generator.MarkerError as error:
+    except (generator.MarkerError, OSError) as error:
         print(f"llmkata exercises: {error}", file=sys.stderr)
         return 2
     print(f"wrote {len(written)} file(s) to {target}" + (f": {', '.join(written)}" if written else ""))

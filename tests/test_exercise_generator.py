@@ -98,3 +98,10 @@ def test_exercises_can_be_written_to_a_fresh_folder_and_graded_from_there(tmp_pa
     assert impl.package == "my_impl"
     with pytest.raises(NotImplementedError, match=r"`layers\.softmax` is not implemented yet — chapter 4"):
         impl.layers.softmax(None)
+
+
+def test_writing_over_a_file_is_one_clear_message(tmp_path, capsys):
+    target = tmp_path / "not_a_folder"
+    target.write_text("")
+    assert cli.main(["exercises", "--out", str(target)]) == 2
+    assert "llmkata exercises:" in capsys.readouterr().err
