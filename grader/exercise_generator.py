@@ -13,7 +13,9 @@ Each marked region is replaced, at the indentation of its BEGIN line, by
         raise NotImplementedError("`layers.softmax` is not implemented yet — chapter 4 (layers): read spec/test_layers.py.")
 
 Everything else (signatures, type hints, docstrings, unmarked helpers, constructors) is kept as it is. Markers must be
-balanced and not nested; a region must sit inside a function, so that the stub names it.
+balanced and not nested; a region must sit inside a function, so that the stub names it, or else start at the left
+margin of the module: such a region holds code that only the reference's solutions use (a hand-written backward pass,
+say), and the exercise leaves it out entirely, so the learner writes the marked functions in their own way.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class MarkerError(ValueError):
 class Region:
     begin: int  # 1-based line numbers of the two markers
     end: int
-    owner: str  # qualified name of the enclosing function, e.g. "RMSNorm.forward"
+    owner: str  # qualified name of the enclosing function, e.g. "RMSNorm.forward"; "" for a module-level region
 
 
 def _functions(tree: ast.AST) -> list[tuple[int, int, str]]:
@@ -72,9 +74,11 @@ def find_regions(source: str, filename: str) -> list[Region]:
             if open_at is None:
                 raise MarkerError(f"{filename}:{number}: {END} without a {BEGIN} before it")
             owners = [name for first, last, name in functions if first < open_at <= last]
-            if not owners:
-                raise MarkerError(f"{filename}:{open_at}: a solution region must sit inside a function")
-            regions.append(Region(open_at, number, owners[-1]))
+            at_margin = not lines[open_at - 1].startswith((" ", "\t")) and not line.startswith((" ", "\t"))
+            if not owners and not at_margin:
+                raise MarkerError(f"{filename}:{open_at}: a solution region must sit inside a function or start "
+                                  "at the left margin of the module")
+            regions.append(Region(open_at, number, owners[-1] if owners else ""))
             open_at = None
         elif BEGIN in line or END in line:
             raise MarkerError(f"{filename}:{number}: a solution marker must stand alone on its line")
@@ -95,6 +99,11 @@ def make_exercise(source: str, module: str, filename: str) -> str:
     out, cursor = [HEADER.format(name=Path(filename).name)], 0
     for region in regions:
         out.extend(lines[cursor:region.begin - 1])
+        if not region.owner:  # a module-level region: left out, with the blank lines that follow it
+            cursor = region.end
+            while cursor < len(lines) and not lines[cursor].strip():
+                cursor += 1
+            continue
         indent = lines[region.begin - 1][: len(lines[region.begin - 1]) - len(lines[region.begin - 1].lstrip())]
         out.append(f"{indent}raise NotImplementedError({stub_message(module, region.owner)!r})\n")
         cursor = region.end

@@ -49,11 +49,20 @@ def test_stub_replaces_each_region_and_keeps_the_rest():
     compile(out, "exercise", "exec")
 
 
+def test_a_module_level_region_is_left_out_of_the_exercise():
+    source = SOURCE.replace('def helper(x):', '# BEGIN SOLUTION\ndef _fast_softmax(x):\n    return x\n# END SOLUTION\n\n\ndef helper(x):')
+    out = make_exercise(source, "layers", "reference/layers.py")
+    assert "_fast_softmax" not in out and "BEGIN SOLUTION" not in out, "the region and its markers are gone"
+    assert '"""A module."""\n\n\ndef helper(x):' in out, "the blank lines after the region go with it"
+    assert "`layers.softmax` is not implemented yet" in out, "the regions inside functions are still stubs"
+    compile(out, "exercise", "exec")
+
+
 @pytest.mark.parametrize("source, complaint", [
     ("def f():\n    # BEGIN SOLUTION\n    return 1\n", ":2: # BEGIN SOLUTION is never closed"),
     ("def f():\n    return 1\n    # END SOLUTION\n", ":3: # END SOLUTION without a # BEGIN SOLUTION"),
     ("def f():\n    # BEGIN SOLUTION\n    # BEGIN SOLUTION\n    return 1\n    # END SOLUTION\n", ":3: # BEGIN SOLUTION inside"),
-    ("# BEGIN SOLUTION\nx = 1\n# END SOLUTION\n", ":1: a solution region must sit inside a function"),
+    ("class C:\n    # BEGIN SOLUTION\n    x = 1\n    # END SOLUTION\n", ":2: a solution region must sit inside a function"),
     ("def f():\n    return 1  # BEGIN SOLUTION\n", ":2: a solution marker must stand alone"),
 ])
 def test_bad_markers_give_one_clear_error_with_file_and_line(source, complaint):
