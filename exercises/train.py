@@ -19,7 +19,7 @@ One optimizer step, as `train_step` does it:
 moments and step counts, the step number (which fixes the schedule), the random number generators (the global
 one and the one that draws batches, which is the position in the data), and the run's configuration.
 
-Left out: loss scaling for float16 (bfloat16 needs none), fused and foreach optimizer kernels, other optimizers
+Left out: loss scaling for float16 (bfloat16 needs none), a fused optimizer kernel, other optimizers
 (Lion, Muon, Adafactor), z-loss and label smoothing, distributed training (see the parallel chapter).
 """
 

@@ -18,7 +18,7 @@ One optimizer step, as `train_step` does it:
 moments and step counts, the step number (which fixes the schedule), the random number generators (the global
 one and the one that draws batches, which is the position in the data), and the run's configuration.
 
-Left out: loss scaling for float16 (bfloat16 needs none), fused and foreach optimizer kernels, other optimizers
+Left out: loss scaling for float16 (bfloat16 needs none), a fused optimizer kernel, other optimizers
 (Lion, Muon, Adafactor), z-loss and label smoothing, distributed training (see the parallel chapter).
 """
 
@@ -40,6 +40,48 @@ from .files import write_bytes_atomic
 IGNORE_INDEX = -100  # the target of a position that does not count (padding); torch uses the same value
 
 # ------------------------------------------------------------------------------------------------ the loss
+
+
+# BEGIN SOLUTION
+_LOG2_E = math.log2(math.e)  # e^x = 2^(x·log₂e)
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """The mean cross-entropy of logits z (N, V) against targets y (N,) over the counted rows, with its backward.
+
+    With n counted rows and p_i = softmax(z_i), L = (1/n) Σ_{i counted} (logsumexp(z_i) − z_i[y_i]). Since
+    ∂ logsumexp(z)/∂z_j = p_j and ∂ z[y]/∂z_j = [j = y], the gradient of row i is
+
+        ∂L/∂z_i = (p_i − onehot(y_i)) · g / n   on a counted row,   0 on an ignored one   (g: the upstream gradient).
+
+    Autograd of the formula would save the shifted logits and their exponentials, and its backward would pass over
+    (N, V) tensors once per operation. Here the forward writes one (N, V) buffer, e_ij = exp(z_ij − m_i), and
+    keeps it; the backward scales it in place by g / (n Σ_j e_ij), one factor per row (0 on ignored rows), and
+    subtracts g/n at each target. The buffer becomes the gradient, so backward can run only once. The logits
+    arrive in float32 at least (cross_entropy upcasts half precision).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, counted):
+        row_max = logits.amax(dim=-1, keepdim=True)  # (N, 1)
+        # e^(z − m) = 2^((z − m)·log₂e): exp2 takes about half the time of exp on a CPU. z − m is formed first,
+        # exactly, and only that small number is scaled, so logits of 1e4 lose no digits.
+        exps = torch.sub(logits, row_max).mul_(_LOG2_E).exp2_()  # (N, V), in (0, 1]; 1 at the row max
+        sums = exps.sum(dim=-1)  # (N,): Σ_j e^(z_j − m), between 1 and V
+        target_logits = logits.gather(-1, targets[:, None]).squeeze(-1) - row_max.squeeze(-1)  # (N,): z[y] − m
+        nll = torch.where(counted, sums.log() - target_logits, 0.0)  # (N,)
+        ctx.save_for_backward(exps, sums, targets, counted)
+        return nll.sum() / counted.sum()  # 0/0 = NaN when every target is ignored
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        exps, sums, targets, counted = ctx.saved_tensors
+        row_grad = torch.where(counted, grad / counted.sum(), 0.0)  # (N,): g/n on counted rows, 0 on ignored ones
+        grad_logits = exps.mul_((row_grad / sums)[:, None])  # (g/n)·p, in place: p = e / Σ e
+        grad_logits.scatter_add_(-1, targets[:, None], -row_grad[:, None])  # − (g/n)·onehot(y)
+        return grad_logits, None, None
+# END SOLUTION
 
 
 def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
@@ -70,13 +112,8 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> 
     if bad.any():
         raise ValueError(f"target {int(targets[bad][0])} is outside the vocabulary 0..{vocab - 1} "
                          f"(and is not ignore_index={ignore_index})")
-    safe_targets = torch.where(counted, targets, 0)  # any valid id: the row is dropped below
-    # Shift each row by its max (a constant per row changes nothing, so no gradient needs to flow through it).
-    shifted = logits - logits.amax(dim=-1, keepdim=True).detach()  # (N, V), every entry <= 0
-    log_sum = shifted.exp().sum(dim=-1).log()  # (N,): log Σ_j exp(z_j − m), between 0 and log V
-    nll = log_sum - shifted.gather(-1, safe_targets[:, None]).squeeze(-1)  # (N,)
-    nll = torch.where(counted, nll, 0.0)
-    return nll.sum() / counted.sum()
+    safe_targets = torch.where(counted, targets, 0)  # any valid id: the row is dropped from the sum
+    return _CrossEntropy.apply(logits, safe_targets, counted)
     # END SOLUTION
 
 
@@ -151,24 +188,43 @@ class AdamW(torch.optim.Optimizer):
     def step(self) -> None:
         """One AdamW update of every parameter that has a gradient."""
         # BEGIN SOLUTION
+        # The loop form, one parameter at a time, as the docstring writes it:
+        #
+        #     for p in params:                     # t = state[p]["step"] after its increment
+        #         p.mul_(1 − lr·λ)
+        #         m.lerp_(g, 1 − β₁)               # m + (1 − β₁)(g − m) = β₁ m + (1 − β₁) g
+        #         v.mul_(β₂).addcmul_(g, g, value=1 − β₂)
+        #         p.addcdiv_(m, v.sqrt() / √(1 − β₂ᵗ) + ε, value=−lr / (1 − β₁ᵗ))   # = −lr·m̂/(√v̂ + ε)
+        #
+        # Below, each line does one of those operations for the whole group at once (torch._foreach_*: one call
+        # instead of one small kernel per parameter), in the same order as torch.optim.AdamW, so the numbers are
+        # the same, bit for bit. The bias corrections are per parameter: lists of scalars, one per step count.
         for group in self.param_groups:
             lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
                 state["step"] += 1
-                t, m, v, g = state["step"], state["exp_avg"], state["exp_avg_sq"], p.grad
-                p.mul_(1 - lr * decay)
-                m.lerp_(g, 1 - beta1)  # m + (1 − β₁)(g − m) = β₁ m + (1 − β₁) g
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                m_hat = m / (1 - beta1**t)
-                v_hat = v / (1 - beta2**t)
-                p.addcdiv_(m_hat, v_hat.sqrt().add_(eps), value=-lr)
+            states = [self.state[p] for p in params]
+            grads = [p.grad for p in params]
+            exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+            steps = [s["step"] for s in states]
+
+            if decay != 0:  # multiplying by 1 changes nothing: skip the pass
+                torch._foreach_mul_(params, 1 - lr * decay)
+            torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+            denominators = torch._foreach_sqrt(exp_avg_sqs)  # √v, then √v̂ = √v / √(1 − β₂ᵗ), then √v̂ + ε
+            torch._foreach_div_(denominators, [math.sqrt(1 - beta2**t) for t in steps])
+            torch._foreach_add_(denominators, eps)
+            torch._foreach_addcdiv_(params, exp_avgs, denominators, [-lr / (1 - beta1**t) for t in steps])
         # END SOLUTION
 
 

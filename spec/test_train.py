@@ -123,6 +123,23 @@ def test_cross_entropy_gradient_is_softmax_minus_one_hot_over_n(impl, case, seed
                  "positions", scale=10)
 
 
+@given(logits_and_targets(), seeds, st.sampled_from([-100, -1]), st.sampled_from([-3.0, 0.5]))
+def test_cross_entropy_gradient_equals_autograd_of_the_definition_times_the_upstream_gradient(
+        impl, case, seed, ignore_index, upstream):
+    logits, targets = case
+    generator = torch.Generator().manual_seed(seed)
+    ignored = torch.rand(targets.shape, generator=generator) < 0.4
+    ignored.view(-1)[0] = False  # at least one target counts
+    targets = torch.where(ignored, ignore_index, targets)
+    z = logits.double().requires_grad_()
+    (impl.train.cross_entropy(z, targets, ignore_index=ignore_index) * upstream).backward()
+    z64 = logits.double().requires_grad_()
+    (nll64(z64, targets, ignore_index) * upstream).backward()
+    assert_close(z.grad, z64.grad, f"the gradient of {upstream} · cross_entropy must be {upstream} times that of "
+                 "the definition (a backward multiplies by the gradient flowing in), and 0 at targets equal to "
+                 f"ignore_index={ignore_index}", scale=10)
+
+
 # --------------------------------------------------------------------------------------------- gradient clipping
 
 

@@ -12,6 +12,17 @@ import llmkata.reference.train as ref
 
 from . import Mutant
 
+
+@contextlib.contextmanager
+def _replaced(module, name, value):
+    original = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
 # ---------------------------------------------------------------------------------------------- cross-entropy
 
 
@@ -46,25 +57,85 @@ def ce_ignoring_negative_targets(logits, targets, ignore_index=-100):
     return ref.cross_entropy(logits, torch.where(targets < 0, -100, targets), -100)
 
 
-class _CrossEntropyForgettingTheCount(torch.autograd.Function):
-    """Right value, but a hand-written backward that returns softmax − one-hot without dividing by N."""
+# Wrong hand-written backward passes: the reference's forward (right value), a backward written out with one mistake.
+# Each class stands in for the reference's autograd Function while cross_entropy runs.
 
-    @staticmethod
-    def forward(ctx, logits, targets):
-        ctx.save_for_backward(logits, targets)
-        return ref.cross_entropy(logits, targets)
 
+def _softmax(exps, sums):
+    return exps / sums[:, None]  # the forward keeps e^(z − m) and its row sums
+
+
+def _one_hot(targets, like):
+    return torch.nn.functional.one_hot(targets, like.shape[-1]).to(like.dtype)
+
+
+def _counted_share(grad, counted):
+    return (grad * counted / counted.sum())[:, None]  # (N, 1): g/n on counted rows, 0 on ignored ones
+
+
+class _BackwardForgettingTheCount(ref._CrossEntropy):
     @staticmethod
     def backward(ctx, grad):
-        logits, targets = ctx.saved_tensors
-        counted = targets != -100
-        one_hot = torch.zeros_like(logits)
-        one_hot[counted] = torch.nn.functional.one_hot(targets[counted], logits.shape[-1]).to(logits.dtype)
-        return grad * (torch.softmax(logits, -1) - one_hot) * counted[..., None], None
+        exps, sums, targets, counted = ctx.saved_tensors
+        return grad * (_softmax(exps, sums) - _one_hot(targets, exps)) * counted[:, None], None, None
+
+
+class _BackwardIgnoringTheUpstreamGradient(ref._CrossEntropy):
+    @staticmethod
+    def backward(ctx, grad):
+        exps, sums, targets, counted = ctx.saved_tensors
+        return (_softmax(exps, sums) - _one_hot(targets, exps)) * _counted_share(1.0, counted), None, None
+
+
+class _BackwardWithTheSignFlipped(ref._CrossEntropy):
+    @staticmethod
+    def backward(ctx, grad):
+        exps, sums, targets, counted = ctx.saved_tensors
+        return (_one_hot(targets, exps) - _softmax(exps, sums)) * _counted_share(grad, counted), None, None
+
+
+class _BackwardKeepingIgnoredRows(ref._CrossEntropy):
+    @staticmethod
+    def backward(ctx, grad):
+        exps, sums, targets, counted = ctx.saved_tensors
+        return (_softmax(exps, sums) - _one_hot(targets, exps)) * grad / counted.sum(), None, None
+
+
+class _BackwardWithoutNormalising(ref._CrossEntropy):
+    @staticmethod
+    def backward(ctx, grad):
+        exps, _, targets, counted = ctx.saved_tensors
+        return (exps - _one_hot(targets, exps)) * _counted_share(grad, counted), None, None
+
+
+def _with_backward(function, logits, targets, ignore_index):
+    with _replaced(ref, "_CrossEntropy", function):
+        return ref.cross_entropy(logits, targets, ignore_index)
 
 
 def ce_with_unscaled_backward(logits, targets, ignore_index=-100):
-    return _CrossEntropyForgettingTheCount.apply(logits, targets)
+    """Returns softmax − one-hot without dividing by n."""
+    return _with_backward(_BackwardForgettingTheCount, logits, targets, ignore_index)
+
+
+def ce_backward_ignoring_the_upstream_gradient(logits, targets, ignore_index=-100):
+    """Returns (softmax − one-hot)/n whatever gradient flows in: right for loss.backward() alone, wrong for 3·loss."""
+    return _with_backward(_BackwardIgnoringTheUpstreamGradient, logits, targets, ignore_index)
+
+
+def ce_backward_with_the_sign_flipped(logits, targets, ignore_index=-100):
+    """Returns (one-hot − softmax)/n: gradient descent would then climb the loss."""
+    return _with_backward(_BackwardWithTheSignFlipped, logits, targets, ignore_index)
+
+
+def ce_backward_keeping_ignored_rows(logits, targets, ignore_index=-100):
+    """Gives ignored rows the gradient of their placeholder target."""
+    return _with_backward(_BackwardKeepingIgnoredRows, logits, targets, ignore_index)
+
+
+def ce_backward_without_normalising(logits, targets, ignore_index=-100):
+    """Uses e^(z − m) where softmax needs e^(z − m) / Σ e^(z − m)."""
+    return _with_backward(_BackwardWithoutNormalising, logits, targets, ignore_index)
 
 
 # --------------------------------------------------------------------------------------------- gradient clipping
@@ -192,6 +263,64 @@ class AdamWWithEpsInsideTheRoot(ref.AdamW):
                 m_hat = state["exp_avg"] / (1 - beta1**t)
                 v_hat = state["exp_avg_sq"] / (1 - beta2**t)
                 p.add_(-lr * m_hat / (v_hat + eps).sqrt())
+
+
+def _advance(optimizer, group, with_missing_gradients=False):
+    """The group's (params, grads, exp_avgs, exp_avg_sqs, steps), each step count advanced, as AdamW.step does."""
+    params = [p for p in group["params"] if with_missing_gradients or p.grad is not None]
+    for p in params:
+        state = optimizer.state[p]
+        if not state:
+            state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        state["step"] += 1
+    states = [optimizer.state[p] for p in params]
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+    return params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states]
+
+
+def _foreach_update(group, params, grads, exp_avgs, exp_avg_sqs, steps, eps_before_correction=False):
+    lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    if not params:
+        return
+    torch._foreach_mul_(params, 1 - lr * decay)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+    denominators = torch._foreach_sqrt(exp_avg_sqs)
+    if eps_before_correction:
+        torch._foreach_add_(denominators, eps)
+    torch._foreach_div_(denominators, [math.sqrt(1 - beta2**t) for t in steps])
+    if not eps_before_correction:
+        torch._foreach_add_(denominators, eps)
+    torch._foreach_addcdiv_(params, exp_avgs, denominators, [-lr / (1 - beta1**t) for t in steps])
+
+
+class AdamWCorrectingByTheFirstParametersStep(ref.AdamW):
+    """Multi-tensor update with one bias correction for the whole group, from its first parameter's step count."""
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            params, grads, exp_avgs, exp_avg_sqs, steps = _advance(self, group)
+            _foreach_update(group, params, grads, exp_avgs, exp_avg_sqs, steps[:1] * len(steps))
+
+
+class AdamWMovingParametersWithoutGradient(ref.AdamW):
+    """Multi-tensor update over every parameter, a missing gradient taken as 0: it still decays and coasts on m."""
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            _foreach_update(group, *_advance(self, group, with_missing_gradients=True))
+
+
+class AdamWAddingEpsBeforeTheBiasCorrection(ref.AdamW):
+    """(√v + ε)/√(1 − β₂ᵗ): ε is scaled up along with √v, early steps most."""
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            _foreach_update(group, *_advance(self, group), eps_before_correction=True)
 
 
 def groups_decaying_everything(model, weight_decay):
@@ -349,16 +478,6 @@ def load_ignoring_the_config(path, model, optimizer=None, config=None, generator
     return ref.load_checkpoint(path, model, optimizer, None, generator)
 
 
-@contextlib.contextmanager
-def _replaced(module, name, value):
-    original = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, original)
-
-
 def load_trusting_the_bytes(path, model, optimizer=None, config=None, generator=None):
     """No checksum: a flipped bit in a weight loads silently."""
     data = Path(path).read_bytes()
@@ -398,6 +517,20 @@ MUTANTS = [
            "ignores negative targets, not ignore_index"),
     Mutant("train.cross_entropy", ce_with_unscaled_backward,
            ("test_cross_entropy_gradient_is_softmax_minus_one_hot_over_n",), "a backward that forgets the 1/N"),
+    Mutant("train.cross_entropy", ce_backward_ignoring_the_upstream_gradient,
+           ("test_cross_entropy_gradient_equals_autograd_of_the_definition_times_the_upstream_gradient",),
+           "a backward that does not multiply by the gradient flowing in"),
+    Mutant("train.cross_entropy", ce_backward_with_the_sign_flipped,
+           ("test_cross_entropy_gradient_is_softmax_minus_one_hot_over_n",
+            "test_cross_entropy_gradient_equals_autograd_of_the_definition_times_the_upstream_gradient"),
+           "a backward returning one-hot − softmax"),
+    Mutant("train.cross_entropy", ce_backward_keeping_ignored_rows,
+           ("test_cross_entropy_gradient_is_softmax_minus_one_hot_over_n",
+            "test_cross_entropy_gradient_equals_autograd_of_the_definition_times_the_upstream_gradient"),
+           "a backward that gives ignored positions a gradient"),
+    Mutant("train.cross_entropy", ce_backward_without_normalising,
+           ("test_cross_entropy_gradient_is_softmax_minus_one_hot_over_n",),
+           "a backward using e^(z − m) without dividing by its row sum"),
     Mutant("train.clip_grad_norm", clip_each_parameter_alone,
            ("test_clipped_global_norm_is_at_most_max_norm", "test_clipping_scales_every_gradient_by_one_factor"),
            "clips each parameter's gradient to max_norm on its own"),
@@ -419,6 +552,12 @@ MUTANTS = [
            "one step count for all parameters"),
     Mutant("train.AdamW", AdamWWithEpsInsideTheRoot, ("test_adamw_matches_torch_adamw_over_many_steps",),
            "sqrt(v̂ + ε) instead of sqrt(v̂) + ε"),
+    Mutant("train.AdamW", AdamWCorrectingByTheFirstParametersStep, ("test_adamw_matches_torch_adamw_over_many_steps",),
+           "one bias correction per group, from the first parameter's step count"),
+    Mutant("train.AdamW", AdamWMovingParametersWithoutGradient, ("test_adamw_matches_torch_adamw_over_many_steps",),
+           "updates parameters without a gradient as if it were 0"),
+    Mutant("train.AdamW", AdamWAddingEpsBeforeTheBiasCorrection, ("test_adamw_matches_torch_adamw_over_many_steps",),
+           "adds ε to √v before dividing by √(1 − β₂ᵗ)"),
     Mutant("train.parameter_groups", groups_decaying_everything,
            ("test_parameter_groups_exempt_norms_biases_and_embeddings",), "decays norms, biases and embeddings"),
     Mutant("train.parameter_groups", groups_decaying_embeddings,
