@@ -6,6 +6,11 @@ LayerNorm, RMSNorm and the SwiGLU feed-forward. Each is written from its definit
 torch's own versions (`torch.nn.functional.softmax`, `nn.LayerNorm`, ...) are what the spec is *not* allowed to
 assume you used. Parameter names follow the Hugging Face Llama convention (`weight`, `bias`, `gate_proj`, ...).
 
+The reference gives RMSNorm and the SwiGLU product SiLU(gate) · up hand-written backward passes
+(`torch.autograd.Function`): autograd of the formula stores and rereads one tensor per operation, while the
+derivative written out makes fewer passes over memory and computes the sigmoid once. Plain autograd is just as
+correct: the spec compares the gradients with those of the definition.
+
 Left out: dropout (no regularisation is needed at this scale) and fused kernels (see the attention chapter).
 """
 

@@ -42,6 +42,7 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Te
 
     x: (..., d); cos, sin: (..., d/2), broadcastable against x[..., :d/2]; pair i turns by the angle of column i.
     Split halves pair x_i with x_{i+d/2}; adjacent pairs (interleaved) pair x_{2i} with x_{2i+1}.
+    Gradients flow to x only: cos and sin are tables of fixed angles, and get none.
     """
     raise NotImplementedError('`rope.rotate` is not implemented yet — chapter 5 (rope): read spec/test_rope.py.')
 

@@ -243,3 +243,48 @@ def test_gradients_match_finite_differences(impl, name):
     except RuntimeError as error:  # e.g. an op without a backward
         raise AssertionError(f"{name}: gradients could not be computed: {error}") from None
     assert ok, f"the gradient of {name} must match finite differences (torch.autograd.gradcheck in float64)"
+
+
+def grads_of(output: torch.Tensor, inputs, grad_output: torch.Tensor) -> list[torch.Tensor]:
+    """d⟨output, grad_output⟩ / d input for each input (zeros where the output does not depend on it)."""
+    try:
+        return list(torch.autograd.grad(output, inputs, grad_output, allow_unused=True, materialize_grads=True))
+    except RuntimeError as error:  # e.g. an output computed without autograd (detached, or under no_grad)
+        raise AssertionError(f"gradients could not be computed: {error}") from None
+
+
+@given(norm_inputs(dtype=torch.float64), seeds, st.sampled_from([1e-6, 1e-2, 1.0]))
+def test_rmsnorm_gradients_equal_those_of_its_definition(impl, x, seed, eps):
+    torch.manual_seed(seed)
+    norm = impl.layers.RMSNorm(x.shape[-1], eps=eps).double()
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(x.shape[-1]))
+    grad_output = torch.randn(x.shape, dtype=torch.float64)
+    x = x.detach().clone().requires_grad_()
+    grad_x, grad_weight = grads_of(norm(x), (x, norm.weight), grad_output)
+    weight = norm.weight.detach().clone().requires_grad_()
+    expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+    expected_x, expected_weight = grads_of(expected, (x, weight), grad_output)
+    assert_close(grad_x, expected_x, "the gradient of RMSNorm with respect to x must be that of "
+                 "x / sqrt(mean(x²) + eps) * weight: r·(g − x̂·mean(g·x̂)) with g = dy·weight, x̂ = x·r", scale=100)
+    assert_close(grad_weight, expected_weight, "the gradient of RMSNorm with respect to its weight must be the sum of "
+                 "dy · x / sqrt(mean(x²) + eps) over every leading dimension", scale=100)
+
+
+@given(tensors(min_dims=2, max_dims=3, max_side=6, dtype=torch.float64, scale=2.0), st.integers(1, 8), seeds)
+def test_swiglu_gradients_equal_those_of_its_definition(impl, x, hidden, seed):
+    torch.manual_seed(seed)
+    mlp = impl.layers.SwiGLU(x.shape[-1], hidden).double()
+    names = ("gate_proj", "up_proj", "down_proj")
+    weights = [mlp.get_parameter(f"{name}.weight") for name in names]
+    x = x.detach().clone().requires_grad_()
+    out = mlp(x)
+    grad_output = torch.randn(out.shape, dtype=torch.float64)
+    got = grads_of(out, (x, *weights), grad_output)
+    g, u, d = (w.detach().clone().requires_grad_() for w in weights)
+    gate = x @ g.T
+    expected = grads_of((gate * torch.sigmoid(gate) * (x @ u.T)) @ d.T, (x, g, u, d), grad_output)
+    for name, actual, wanted in zip(("the input", *names), got, expected):
+        assert_close(actual, wanted, f"the gradient of SwiGLU with respect to {name} must be that of "
+                     "down_proj(silu(gate_proj(x)) * up_proj(x)), with silu'(a) = σ(a)·(1 + a·(1 − σ(a)))",
+                     scale=100)

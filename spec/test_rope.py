@@ -3,11 +3,12 @@
 RoPE rotates pair i of a vector at position m by the angle m·θ_i, θ_i = θ^(−2i/d). The spec checks that definition
 against complex multiplication in float64, then the properties attention relies on: lengths are kept, position 0
 changes nothing, scores depend only on relative positions, rotating back undoes, the two pairing conventions are
-one rotation up to a permutation, and the cached tables agree with the direct computation.
+one rotation up to a permutation, and the cached tables agree with the direct computation. Last, the gradient
+that reaches x is that of the rotation: the output's gradient turned back by minus the angle.
 """
 
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from .checks import assert_rejects
@@ -160,6 +161,52 @@ def test_cached_tables_equal_the_direct_computation_at_any_positions(impl, case,
                  f"{positions.tolist()}, as apply_rope does", scale=10)
     assert list(rotary.state_dict()) == [], (
         "RoPE learns nothing: its cos/sin tables must be buffers left out of the state dict (persistent=False)")
+
+
+# ---------------------------------------------------------------- gradients
+
+
+def grads_of(output: torch.Tensor, x: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+    """d⟨output, grad_output⟩ / dx."""
+    try:
+        return torch.autograd.grad(output, x, grad_output)[0]
+    except RuntimeError as error:  # e.g. an output computed without autograd (detached, or under no_grad)
+        raise AssertionError(f"the gradient with respect to x could not be computed: {error}") from None
+
+
+@given(rope_cases(dtype=torch.float64), seeds)
+def test_rotate_passes_back_the_gradient_turned_by_minus_the_angle(impl, case, seed):
+    x, _, _, interleaved = case
+    generator = torch.Generator().manual_seed(seed)
+    angles = torch.rand(x.shape[-2], x.shape[-1] // 2, generator=generator, dtype=torch.float64) * 20 - 10  # (T, d/2)
+    grad_output = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    x = x.detach().clone().requires_grad_()
+    # tables of shape (T, d/2) broadcast over the leading dimensions of x, as over (batch, heads) in attention
+    out = impl.rope.rotate(x, angles.cos(), angles.sin(), interleaved=interleaved)
+    expected = from_pairs(pairs_of(x, interleaved) * torch.polar(torch.ones_like(angles), angles), interleaved)
+    assert_close(grads_of(out, x, grad_output), grads_of(expected, x, grad_output),
+                 f"the gradient of rotate (interleaved={interleaved}) with respect to x must be that of the rotation: "
+                 "the output's gradient turned by minus the angle (a rotation's transpose is its inverse)", scale=10)
+
+
+_AWAY_FROM_ZERO = (torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64),
+                   torch.tensor([1, 2, 3]), 10000.0, False)  # x (2, 3, 4) at positions 1..3: every angle nonzero
+
+
+@given(rope_cases(dtype=torch.float64, max_position=63), st.booleans(), seeds)
+@example(case=_AWAY_FROM_ZERO, per_row=False, seed=0)
+def test_rotary_embedding_gradient_is_that_of_the_rotation(impl, case, per_row, seed):
+    x, positions, theta, interleaved = case
+    generator = torch.Generator().manual_seed(seed)
+    if per_row and x.dim() >= 3:  # one row of positions per leading index, as in batched decoding with offsets
+        positions = torch.randint(0, 64, x.shape[:-1], generator=generator)
+    grad_output = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    x = x.detach().clone().requires_grad_()
+    out = impl.rope.RotaryEmbedding(x.shape[-1], max_positions=64, theta=theta, interleaved=interleaved)(x, positions)
+    assert_close(grads_of(out, x, grad_output), grads_of(rope64(x, positions, theta, interleaved), x, grad_output),
+                 f"the gradient of RotaryEmbedding (interleaved={interleaved}) with respect to x must be that of the "
+                 f"rotation to positions {positions.tolist()}: the output's gradient turned back by minus the angle",
+                 scale=10)
 
 
 # ---------------------------------------------------------------- bad input

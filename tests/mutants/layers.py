@@ -148,6 +148,80 @@ class SwiGLUWithBiases(ref.SwiGLU):
         self.gate_proj = ref.Linear(dim, hidden_dim, bias=True)
 
 
+class _RMSNormBackwardWithoutTheMeanTerm(ref._RMSNormFunction):
+    """dx = r · dy · w: treats r as a constant and forgets that every x_j moves r."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, rms_inv = ctx.saved_tensors
+        return grad * weight * rms_inv, (grad * x * rms_inv).sum_to_size(weight.shape), None
+
+
+class _RMSNormBackwardWithASumForTheMean(ref._RMSNormFunction):
+    """dx = r · (g − x̂ · Σ g·x̂): a sum over the row where the derivative of mean(x²) gives a mean."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, rms_inv = ctx.saved_tensors
+        x_hat, g = x * rms_inv, grad * weight
+        grad_x = rms_inv * (g - x_hat * (g * x_hat).sum(-1, keepdim=True))
+        return grad_x, (grad * x_hat).sum_to_size(weight.shape), None
+
+
+class _RMSNormBackwardWithWeightGradientOfX(ref._RMSNormFunction):
+    """dw = Σ dy · x: the weight multiplies the normalised x̂, not x."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_x, _, _ = ref._RMSNormFunction.backward(ctx, grad)
+        x, weight, _ = ctx.saved_tensors
+        return grad_x, (grad * x).sum_to_size(weight.shape), None
+
+
+class RMSNormBackwardWithoutTheMeanTerm(ref.RMSNorm):
+    def forward(self, x):
+        return _RMSNormBackwardWithoutTheMeanTerm.apply(x, self.weight, self.eps)
+
+
+class RMSNormBackwardWithASumForTheMean(ref.RMSNorm):
+    def forward(self, x):
+        return _RMSNormBackwardWithASumForTheMean.apply(x, self.weight, self.eps)
+
+
+class RMSNormBackwardWithWeightGradientOfX(ref.RMSNorm):
+    def forward(self, x):
+        return _RMSNormBackwardWithWeightGradientOfX.apply(x, self.weight, self.eps)
+
+
+class _SwiGLUBackwardWithSigmoidAsTheDerivative(ref._SwiGLUFunction):
+    """dgate = dh · up · σ(gate): differentiates gate · σ(gate) as if σ(gate) were a constant."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, up, s = ctx.saved_tensors
+        return grad * up * s, grad * gate * s
+
+
+class _SwiGLUBackwardWithASignError(ref._SwiGLUFunction):
+    """dgate = dh · up · (s − SiLU · (1 − s)): σ' taken as −σ(1 − σ)."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, up, s = ctx.saved_tensors
+        silu = gate * s
+        return grad * up * (s - silu * (1 - s)), grad * silu
+
+
+class SwiGLUBackwardWithSigmoidAsTheDerivative(ref.SwiGLU):
+    def forward(self, x):
+        return self.down_proj(_SwiGLUBackwardWithSigmoidAsTheDerivative.apply(self.gate_proj(x), self.up_proj(x)))
+
+
+class SwiGLUBackwardWithASignError(ref.SwiGLU):
+    def forward(self, x):
+        return self.down_proj(_SwiGLUBackwardWithASignError.apply(self.gate_proj(x), self.up_proj(x)))
+
+
 MUTANTS = [
     Mutant("layers.softmax", softmax_without_max_subtraction, ("test_softmax_survives_large_logits",),
            "exp(x) / sum(exp(x)) without subtracting the max overflows"),
@@ -202,4 +276,15 @@ MUTANTS = [
     Mutant("layers.RMSNorm", RMSNormWithoutTheSqrt,
            ("test_rmsnorm_is_invariant_to_scaling_the_input", "test_rmsnorm_output_has_unit_rms_over_the_last_dimension"),
            "divides by the mean square instead of its root"),
+    Mutant("layers.RMSNorm", RMSNormBackwardWithoutTheMeanTerm,
+           ("test_rmsnorm_gradients_equal_those_of_its_definition", "test_gradients_match_finite_differences"),
+           "hand-written backward dx = r·dy·w, without the term from r's dependence on x"),
+    Mutant("layers.RMSNorm", RMSNormBackwardWithASumForTheMean, ("test_rmsnorm_gradients_equal_those_of_its_definition",),
+           "hand-written backward with Σ g·x̂ where mean(g·x̂) belongs"),
+    Mutant("layers.RMSNorm", RMSNormBackwardWithWeightGradientOfX, ("test_rmsnorm_gradients_equal_those_of_its_definition",),
+           "hand-written backward gives the weight Σ dy·x instead of Σ dy·x̂"),
+    Mutant("layers.SwiGLU", SwiGLUBackwardWithSigmoidAsTheDerivative, ("test_swiglu_gradients_equal_those_of_its_definition",),
+           "hand-written backward takes σ(gate) as the derivative of SiLU, missing SiLU·(1 − σ)"),
+    Mutant("layers.SwiGLU", SwiGLUBackwardWithASignError, ("test_swiglu_gradients_equal_those_of_its_definition",),
+           "hand-written backward with σ' = −σ(1 − σ)"),
 ]

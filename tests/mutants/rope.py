@@ -82,6 +82,26 @@ class RotaryClampingPositions(ref.RotaryEmbedding):
         return super().forward(x, positions.clamp(0, self.max_positions - 1))
 
 
+class _RotateBackwardByThePlusAngle(ref._RotateFunction):
+    """Backward turns the gradient by the same angle as the forward: Rᵀ taken to be R."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        grad_x = ref._rotate_into(torch.empty_like(grad), grad, cos, sin, 1.0, ctx.interleaved)
+        return grad_x.sum_to_size(ctx.x_shape), None, None, None
+
+
+def rotate_with_backward_by_the_plus_angle(x, cos, sin, interleaved=False):
+    return _RotateBackwardByThePlusAngle.apply(x, cos, sin, interleaved)
+
+
+class RotaryWithBackwardByThePlusAngle(ref.RotaryEmbedding):
+    def forward(self, x, positions):
+        cos, sin = self.cos[positions].to(x.dtype), self.sin[positions].to(x.dtype)
+        return _RotateBackwardByThePlusAngle.apply(x, cos, sin, self.interleaved)
+
+
 MUTANTS = [
     Mutant("rope.rope_frequencies", frequencies_without_the_factor_two,
            ("test_frequencies_are_theta_to_the_minus_2i_over_d",), "θ^(−i/d) instead of θ^(−2i/d)"),
@@ -115,4 +135,10 @@ MUTANTS = [
            "saves the cos/sin tables in the state dict, so checkpoints carry (and can disagree on) them"),
     Mutant("rope.RotaryEmbedding", RotaryClampingPositions,
            ("test_rejects_positions_outside_the_table",), "clamps positions past the table"),
+    Mutant("rope.rotate", rotate_with_backward_by_the_plus_angle,
+           ("test_rotate_passes_back_the_gradient_turned_by_minus_the_angle",),
+           "hand-written backward turns the gradient by +angle, as the forward does"),
+    Mutant("rope.RotaryEmbedding", RotaryWithBackwardByThePlusAngle,
+           ("test_rotary_embedding_gradient_is_that_of_the_rotation",),
+           "hand-written backward turns the gradient by +angle, as the forward does"),
 ]
