@@ -1,5 +1,7 @@
 """Assertions the chapters share beyond `tolerances.assert_close`."""
 
+import torch
+
 
 def _name(error) -> str:
     return " or ".join(e.__name__ for e in error) if isinstance(error, tuple) else error.__name__
@@ -26,3 +28,11 @@ def assert_rejects(call, *fragments, what: str, error=ValueError) -> None:
         raise AssertionError(f"{what}: expected a {expected}, got {type(raised).__name__}: {raised}") from None
     else:
         raise AssertionError(f"{what}: expected a {expected}, but nothing was raised")
+
+
+def grads_of(output: torch.Tensor, inputs, grad_output: torch.Tensor) -> list[torch.Tensor]:
+    """d⟨output, grad_output⟩ / d input for each of `inputs` (zeros where the output does not depend on it)."""
+    try:
+        return list(torch.autograd.grad(output, inputs, grad_output, allow_unused=True, materialize_grads=True))
+    except RuntimeError as error:  # e.g. an output computed without autograd (detached, or under no_grad)
+        raise AssertionError(f"gradients could not be computed: {error}") from None

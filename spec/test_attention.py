@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .checks import assert_rejects
+from .checks import assert_rejects, grads_of
 from .strategies import float_dtypes, seeds, shapes, tensors
 from .tolerances import assert_close
 
@@ -155,6 +155,20 @@ def test_attention_equals_softmax_of_scaled_scores_times_v_in_float64(impl, case
                  f"attention(mask={'given' if mask is not None else None}, is_causal={is_causal}) must equal "
                  "softmax(q kᵀ/√d, −inf where masked) v; with is_causal the queries are the last Tq of the Tk "
                  "positions", dtype=q.dtype, scale=10)
+
+
+@given(attention_inputs(), seeds)
+def test_attention_gradients_equal_those_of_the_definition_in_float64(impl, case, seed):
+    q, k, v, mask, is_causal = (t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+                                for t in case)
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out = impl.attention.scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
+    grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    expected = weights64(q, k, allowed_of(mask, is_causal, q.shape[-2], k.shape[-2])) @ v
+    for name, got, want in zip("qkv", grads_of(out, (q, k, v), grad_output), grads_of(expected, (q, k, v), grad_output)):
+        assert_close(got, want, f"the gradient of attention (mask={'given' if mask is not None else None}, "
+                     f"is_causal={is_causal}) with respect to {name} must be that of softmax(q kᵀ/√d) v: with "
+                     "P the weights, dv = Pᵀ dout and ds = P ⊙ (dout vᵀ − rowsum(dout ⊙ out))", scale=10)
 
 
 @given(attention_inputs(), st.none() | st.floats(0.1, 2.0))

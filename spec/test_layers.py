@@ -11,6 +11,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from .checks import grads_of
 from .strategies import seeds, shapes, tensors
 from .tolerances import assert_close
 
@@ -243,14 +244,6 @@ def test_gradients_match_finite_differences(impl, name):
     except RuntimeError as error:  # e.g. an op without a backward
         raise AssertionError(f"{name}: gradients could not be computed: {error}") from None
     assert ok, f"the gradient of {name} must match finite differences (torch.autograd.gradcheck in float64)"
-
-
-def grads_of(output: torch.Tensor, inputs, grad_output: torch.Tensor) -> list[torch.Tensor]:
-    """d⟨output, grad_output⟩ / d input for each input (zeros where the output does not depend on it)."""
-    try:
-        return list(torch.autograd.grad(output, inputs, grad_output, allow_unused=True, materialize_grads=True))
-    except RuntimeError as error:  # e.g. an output computed without autograd (detached, or under no_grad)
-        raise AssertionError(f"gradients could not be computed: {error}") from None
 
 
 @given(norm_inputs(dtype=torch.float64), seeds, st.sampled_from([1e-6, 1e-2, 1.0]))

@@ -270,6 +270,41 @@ class _BackwardWithoutRowTerm(ref._TiledAttention):
         return ref._TiledAttention.backward(ctx, grad_out, grad_lse + (grad_out * out).sum(-1))
 
 
+def _sdpa_through(function):
+    """scaled_dot_product_attention as the reference runs it (q, k, v with the same leading dimensions), through
+    `function` in place of the reference's hand-written backward."""
+    def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, scale=None):
+        lead, n_queries, n_keys = q.shape[:-2], q.shape[-2], k.shape[-2]
+        bias = ref._attention_bias(q, k, mask, is_causal)
+        if bias is not None and bias.dim() > 2:
+            bias = bias.expand(*lead, n_queries, n_keys).reshape(-1, n_queries, n_keys)
+        scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+        out = function.apply(q.reshape(-1, n_queries, q.shape[-1]), k.reshape(-1, n_keys, k.shape[-1]),
+                             v.reshape(-1, n_keys, v.shape[-1]), bias, scale)
+        return out.reshape(*lead, n_queries, v.shape[-1])
+    return scaled_dot_product_attention
+
+
+class _AttentionBackwardWithoutRowTerm(ref._AttentionFunction):
+    """ds = P ⊙ dP: the softmax Jacobian's cross term − P (dout · out) forgotten."""
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, probabilities, out = ctx.saved_tensors
+        grad_s = (grad_out @ v.transpose(1, 2)) * probabilities
+        return ((grad_s @ k) * ctx.scale, (grad_s.transpose(1, 2) @ q) * ctx.scale,
+                probabilities.transpose(1, 2) @ grad_out, None, None)
+
+
+class _AttentionBackwardUnscaledKeys(ref._AttentionFunction):
+    """dk = dsᵀ q, forgetting that the scores were q kᵀ times the scale."""
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_q, grad_k, grad_v, _, _ = ref._AttentionFunction.backward(ctx, grad_out)
+        return grad_q, grad_k / ctx.scale, grad_v, None, None
+
+
 def tiled_accepting_any_block_size(q, k, v, is_causal=False, block_size_q=128, block_size_k=256, scale=None):
     return _tiled_with(_BackwardIgnoringLse.apply)(q, k, v, is_causal, max(block_size_q, 1), max(block_size_k, 1),
                                                    scale)
@@ -310,6 +345,12 @@ MUTANTS = [
             "test_attention_equals_softmax_of_scaled_scores_times_v_in_float64"), "the mask is off by one"),
     Mutant("attention.scaled_dot_product_attention", sdpa_casting_silently,
            ("test_rejects_mismatched_dtypes_and_devices",), "casts k and v to q's dtype and device"),
+    Mutant("attention.scaled_dot_product_attention", _sdpa_through(_AttentionBackwardWithoutRowTerm),
+           ("test_attention_gradients_equal_those_of_the_definition_in_float64",),
+           "the hand-written backward pass forgets the softmax cross term"),
+    Mutant("attention.scaled_dot_product_attention", _sdpa_through(_AttentionBackwardUnscaledKeys),
+           ("test_attention_gradients_equal_those_of_the_definition_in_float64",),
+           "the gradient of k leaves out the 1/√d of the scores"),
     Mutant("attention.repeat_kv", repeat_kv_tiled,
            ("test_repeat_kv_gives_query_head_h_the_kv_head_h_over_n_rep",), "tiles heads [k0, k1, k0, k1]"),
     Mutant("attention.CausalSelfAttention", AttentionWithHeadsSplitWrong,
