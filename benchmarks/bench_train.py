@@ -11,6 +11,9 @@ same machine load; the fastest round of each counts. Reported in `benchmark.extr
     ratio_vs_builtin                      target >= 1.0
     mfu                                   tokens/s × FLOPs per token / the matmul peak measured in this run, with
                                           FLOPs per token = 6N + 12·n_layers·T·d (model.flops_per_token)
+    *_ms                                  each part of a step alone, ours and built-in (model forward + backward
+                                          with F.cross_entropy on both sides, the loss, clipping, the optimizer;
+                                          torch's AdamW also with foreach=True, which is not its CPU default)
 
     pytest benchmarks/bench_train.py --benchmark-columns=min,mean,rounds
 
@@ -141,6 +144,10 @@ def best_ms(function, repeats: int = 5) -> float:
 def components(impl, model, baseline, optimizer, torch_optimizer, x, y, max_norm) -> dict:
     """Milliseconds of each part of a step, ours and built-in: where a gap in the whole step comes from."""
     vocab = model.config.vocab_size
+    foreach_optimizer = torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"]}
+                                           for g in torch_optimizer.param_groups],
+                                          lr=torch_optimizer.defaults["lr"], betas=torch_optimizer.defaults["betas"],
+                                          foreach=True)
     logits = torch.randn(x.numel(), vocab, generator=torch.Generator().manual_seed(1)).requires_grad_()
     targets = y.reshape(-1)
 
@@ -154,6 +161,8 @@ def components(impl, model, baseline, optimizer, torch_optimizer, x, y, max_norm
         "clip_ms": best_ms(lambda: impl.train.clip_grad_norm(model.parameters(), max_norm)),
         "builtin_clip_ms": best_ms(lambda: torch.nn.utils.clip_grad_norm_(baseline.parameters(), max_norm)),
         "optimizer_ms": best_ms(optimizer.step), "builtin_optimizer_ms": best_ms(torch_optimizer.step),
+        # torch's AdamW on CPU loops over the parameters by default; its multi-tensor variant, for comparison
+        "builtin_foreach_optimizer_ms": best_ms(foreach_optimizer.step),
     }
 
 

@@ -11,7 +11,10 @@ on anything after it, and one forward pass trains every position of a sequence a
 
 This module builds, in order:
 - `causal_mask` and `attention_weights` / `scaled_dot_product_attention`: the definition, for any leading batch
-  dimensions, with a documented answer for a query that may see no key at all (weights 0, output 0, never NaN);
+  dimensions, with a documented answer for a query that may see no key at all (weights 0, output 0, never NaN).
+  The reference differentiates the attention by hand (`_AttentionFunction`: four matmuls and two passes over the
+  scores, where autograd, following the formula step by step, makes several more); plain autograd is just as
+  correct, and the spec checks the gradients against it;
 - `repeat_kv` and `CausalSelfAttention`: multi-head attention with RoPE on queries and keys, and grouped-query
   attention (GQA: n_heads query heads share n_kv_heads key/value heads, n_kv_heads = n_heads is plain multi-head,
   n_kv_heads = 1 is multi-query attention);
