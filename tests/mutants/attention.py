@@ -271,17 +271,14 @@ class _BackwardWithoutRowTerm(ref._TiledAttention):
 
 
 def _sdpa_through(function):
-    """scaled_dot_product_attention as the reference runs it (q, k, v with the same leading dimensions), through
-    `function` in place of the reference's hand-written backward."""
+    """The reference's scaled_dot_product_attention with `function` in place of its hand-written backward pass
+    (the forward pass is applied through `function`, so autograd later calls its backward)."""
     def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, scale=None):
-        lead, n_queries, n_keys = q.shape[:-2], q.shape[-2], k.shape[-2]
-        bias = ref._attention_bias(q, k, mask, is_causal)
-        if bias is not None and bias.dim() > 2:
-            bias = bias.expand(*lead, n_queries, n_keys).reshape(-1, n_queries, n_keys)
-        scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-        out = function.apply(q.reshape(-1, n_queries, q.shape[-1]), k.reshape(-1, n_keys, k.shape[-1]),
-                             v.reshape(-1, n_keys, v.shape[-1]), bias, scale)
-        return out.reshape(*lead, n_queries, v.shape[-1])
+        original, ref._AttentionFunction = ref._AttentionFunction, function
+        try:
+            return ref.scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale)
+        finally:
+            ref._AttentionFunction = original
     return scaled_dot_product_attention
 
 
