@@ -21,11 +21,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
+
+from .common import seconds
 
 ROUNDS = int(os.environ.get("LLMKATA_BENCH_ROUNDS", "3"))
 if os.environ.get("LLMKATA_BENCH_THREADS"):
@@ -36,12 +37,6 @@ B, H, D = 4, 8, 64
 def attention_inputs(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
     return tuple(torch.randn(B, H, n, D, generator=generator) for _ in range(3))
-
-
-def seconds(function) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
 
 
 @pytest.mark.parametrize("n, causal", [(1024, False), (1024, True), (4096, False), (4096, True)],

@@ -17,6 +17,11 @@ same machine load; the fastest round of each counts. Reported in `benchmark.extr
 
     pytest benchmarks/bench_train.py --benchmark-columns=min,mean,rounds
 
+A second benchmark times the pieces of the step alone, forward + backward at the default model's shapes, each
+against torch's own: RMSNorm (`nn.RMSNorm`), the SwiGLU feed-forward (`F.silu`, `nn.Linear`), RoPE's rotation
+(the usual `torch.cat` version), causal attention (`F.scaled_dot_product_attention`) and the loss
+(`F.cross_entropy`). Values and gradients are checked first; `speed_vs_builtin` is torch's time / ours.
+
 Knobs: LLMKATA_BENCH_ROUNDS (default 3), LLMKATA_BENCH_THREADS (torch threads; default torch's choice).
 """
 
@@ -24,11 +29,14 @@ import math
 import os
 import time
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from llmkata.train_run import RunConfig, build_model
+
+from .common import seconds
 
 ROUNDS = int(os.environ.get("LLMKATA_BENCH_ROUNDS", "3"))
 STEPS = 5  # optimizer steps per timed round
@@ -220,4 +228,81 @@ def test_training_step_vs_builtin_torch(benchmark, impl):
         "mfu": round(tokens / ours_s * flops_per_token / peak, 4),
         "baseline_mfu": round(tokens / builtin_s * flops_per_token / peak, 4),
         **components(impl, model, baseline, optimizer, torch_optimizer, x, y, config.grad_clip),
+    })
+
+
+# ---------------------------------------------------------------- the pieces of a step, forward + backward
+
+PIECE_REPEATS = 10  # forward + backward passes per timed round
+
+
+def rotate_with_cat(x, cos, sin):
+    """RoPE's rotation as it is usually written with torch (split halves)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def pieces(impl, name: str):
+    """(ours, built-in, inputs): two functions of the same inputs that must give the same values and gradients."""
+    config, generator = RunConfig(), torch.Generator().manual_seed(0)
+    batch, length, d_model, n_heads = config.batch_size, config.context_length, config.d_model, config.n_heads
+    head_dim = d_model // n_heads
+    x = torch.randn(batch, length, d_model, generator=generator)
+    # q, k, v as attention makes them: (B, T, H, hd) projections viewed as (B, H, T, hd)
+    heads = [torch.randn(batch, length, n_heads, head_dim, generator=generator).transpose(1, 2) for _ in range(3)]
+    if name == "rmsnorm":
+        ours, builtin = impl.layers.RMSNorm(d_model), nn.RMSNorm(d_model, eps=1e-5)
+        with torch.no_grad():
+            ours.weight.copy_(torch.rand(d_model, generator=generator) + 0.5)
+            ours.eps = 1e-5
+        builtin.load_state_dict(ours.state_dict())
+        return ours, builtin, [x]
+    if name == "swiglu":
+        d_ff = build_model(impl, config, config.vocab_size).config.d_ff  # the default model's hidden size
+        ours, builtin = impl.layers.SwiGLU(d_model, d_ff), BuiltinMLP(d_model, d_ff)
+        builtin.load_state_dict(ours.state_dict())
+        return ours, builtin, [x]
+    if name == "rope":
+        angles = torch.arange(length)[:, None] * 10000.0 ** (-torch.arange(0, head_dim, 2) / head_dim)
+        cos, sin = angles.cos(), angles.sin()
+        return (lambda q: impl.rope.rotate(q, cos, sin)), (lambda q: rotate_with_cat(q, cos, sin)), heads[:1]
+    if name == "attention":
+        return (lambda q, k, v: impl.attention.scaled_dot_product_attention(q, k, v, is_causal=True),
+                lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), heads)
+    if name == "cross_entropy":
+        logits = torch.randn(batch * length, config.vocab_size, generator=generator)
+        targets = torch.randint(config.vocab_size, (batch * length,), generator=generator)
+        return (lambda z: impl.train.cross_entropy(z, targets)), (lambda z: F.cross_entropy(z, targets)), [logits]
+    raise ValueError(name)
+
+
+@pytest.mark.parametrize("name", ["rmsnorm", "swiglu", "rope", "attention", "cross_entropy"])
+def test_step_pieces_forward_backward_vs_builtin_torch(benchmark, impl, name):
+    ours, builtin, inputs = pieces(impl, name)
+    inputs = [t.detach().requires_grad_() for t in inputs]
+    out = ours(*inputs)
+    grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+
+    def gradients(function):
+        return torch.autograd.grad(function(*inputs), inputs, grad_output)
+
+    # correctness first: the same values and the same gradients with respect to every input
+    torch.testing.assert_close(out, builtin(*inputs), rtol=1e-4, atol=1e-5)
+    for got, expected in zip(gradients(ours), gradients(builtin)):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+    def passes(function):
+        return lambda: [gradients(function) for _ in range(PIECE_REPEATS)]
+
+    builtin_times = []
+    benchmark.pedantic(passes(ours), rounds=ROUNDS, iterations=1, warmup_rounds=1,
+                       setup=lambda: builtin_times.append(seconds(passes(builtin))))
+    ours_s, builtin_s = benchmark.stats.stats.min / PIECE_REPEATS, min(builtin_times) / PIECE_REPEATS
+    benchmark.extra_info.update({
+        "threads": torch.get_num_threads(),
+        "shape": "x".join(map(str, inputs[0].shape)),
+        "ms": round(ours_s * 1000, 3),
+        "builtin_ms": round(builtin_s * 1000, 3),
+        "speed_vs_builtin": round(builtin_s / ours_s, 2),
     })

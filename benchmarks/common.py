@@ -37,3 +37,10 @@ def best_of(function, rounds: int = ROUNDS) -> float:
         function()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def seconds(function) -> float:
+    """The wall-clock time of one call of `function()`, in seconds."""
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
