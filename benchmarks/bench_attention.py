@@ -9,6 +9,10 @@
 - Greedy decoding after a 1024-token prompt, one token at a time: with the KV cache against recomputing the
   whole prefix for every new token, on a small Llama-shaped model. Target: tokens/s ratio >= 5.
 
+- The two choices inside the kernels, on one (B·H, 128, 256) tile of causal scores: `torch.exp2` of the scores
+  times log₂e against `torch.exp`, and the mask added as a 0/−inf bias against `masked_fill_` with the boolean
+  mask. Reported as the speed of the kernels' choice over the alternative.
+
     pytest benchmarks/bench_attention.py --benchmark-columns=min,mean,rounds
 
 Knobs: LLMKATA_BENCH_ROUNDS (default 3), LLMKATA_BENCH_THREADS (torch threads; default torch's choice),
@@ -68,6 +72,38 @@ def test_tiled_attention_vs_torch_sdpa(benchmark, impl, n, causal):
         "tiled_s": round(tiled_seconds, 4),
         "sdpa_s": round(sdpa_seconds, 4),
         "throughput_vs_sdpa": round(sdpa_seconds / tiled_seconds, 2),  # target >= 0.6
+    })
+
+
+def causal_tile(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One tile of scores (B·H, 128, 256) as the kernels see it, and its causal mask (True = masked)."""
+    scores = torch.randn(B * H, 128, 256, generator=generator) * 3
+    return scores, torch.ones(128, 256, dtype=torch.bool).triu(129)
+
+
+@pytest.mark.parametrize("choice", ["exp2_vs_exp", "bias_vs_masked_fill"])
+def test_kernel_choices_on_one_tile(benchmark, choice):
+    scores, masked = causal_tile(torch.Generator().manual_seed(0))
+    out = torch.empty_like(scores)
+    if choice == "exp2_vs_exp":
+        scores = scores.masked_fill(masked, float("-inf"))  # exp is slow on −inf; the kernels' scores have them
+        base2 = scores * math.log2(math.e)
+        torch.testing.assert_close(torch.exp2(base2), torch.exp(scores), rtol=1e-5, atol=0)
+        ours, theirs = (lambda: torch.exp2(base2, out=out)), (lambda: torch.exp(scores, out=out))
+    else:
+        bias = torch.zeros(masked.shape).masked_fill_(masked, float("-inf"))
+        assert torch.equal(out.copy_(scores).add_(bias), scores.masked_fill(masked, float("-inf")))
+        ours, theirs = (lambda: out.copy_(scores).add_(bias)), (lambda: out.copy_(scores).masked_fill_(masked,
+                                                                                                      float("-inf")))
+    repeats, alternative_times = 20, []
+    benchmark.pedantic(lambda: [ours() for _ in range(repeats)], rounds=ROUNDS, iterations=1, warmup_rounds=1,
+                       setup=lambda: alternative_times.append(seconds(lambda: [theirs() for _ in range(repeats)])))
+    ours_s, theirs_s = benchmark.stats.stats.min / repeats, min(alternative_times) / repeats
+    benchmark.extra_info.update({
+        "threads": torch.get_num_threads(),
+        "ms": round(ours_s * 1000, 3),
+        "alternative_ms": round(theirs_s * 1000, 3),
+        "speed_vs_alternative": round(theirs_s / ours_s, 2),
     })
 
 

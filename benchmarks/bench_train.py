@@ -44,6 +44,13 @@ if os.environ.get("LLMKATA_BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["LLMKATA_BENCH_THREADS"]))
 
 
+def rotate_with_cat(x, cos, sin):
+    """RoPE's rotation as it is usually written with torch (split halves)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
 class BuiltinAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, max_seq_len: int, theta: float):
         super().__init__()
@@ -59,10 +66,8 @@ class BuiltinAttention(nn.Module):
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
     def rope(self, x):
-        length, half = x.shape[-2], self.head_dim // 2
-        cos, sin = self.cos[:length], self.sin[:length]
-        x1, x2 = x[..., :half], x[..., half:]
-        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        length = x.shape[-2]
+        return rotate_with_cat(x, self.cos[:length], self.sin[:length])
 
     def forward(self, x):
         batch, length, _ = x.shape
@@ -234,13 +239,6 @@ def test_training_step_vs_builtin_torch(benchmark, impl):
 # ---------------------------------------------------------------- the pieces of a step, forward + backward
 
 PIECE_REPEATS = 10  # forward + backward passes per timed round
-
-
-def rotate_with_cat(x, cos, sin):
-    """RoPE's rotation as it is usually written with torch (split halves)."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
 def pieces(impl, name: str):

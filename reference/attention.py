@@ -330,7 +330,8 @@ class _TiledAttention(torch.autograd.Function):
     are s·log₂e and e^(s − m) = 2^(s·log₂e − m·log₂e). On a CPU torch.exp2 takes about half the time of torch.exp
     (and exp slows down several times on the −inf entries of a causal mask), and exponentials are the largest
     cost after the matmuls. The causal mask is added as a 0/−inf bias by the matmul itself (baddbmm), on the
-    tiles that cross the diagonal only.
+    tiles that cross the diagonal only: masked_fill_ with a broadcast mask is several times slower
+    (`pytest benchmarks/bench_attention.py -k choices` times both choices).
     """
 
     @staticmethod

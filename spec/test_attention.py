@@ -165,7 +165,8 @@ def test_attention_gradients_equal_those_of_the_definition_in_float64(impl, case
     out = impl.attention.scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
     grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     expected = weights64(q, k, allowed_of(mask, is_causal, q.shape[-2], k.shape[-2])) @ v
-    for name, got, want in zip("qkv", grads_of(out, (q, k, v), grad_output), grads_of(expected, (q, k, v), grad_output)):
+    got, want = grads_of(out, (q, k, v), grad_output), grads_of(expected, (q, k, v), grad_output)
+    for name, got, want in zip("qkv", got, want):
         assert_close(got, want, f"the gradient of attention (mask={'given' if mask is not None else None}, "
                      f"is_causal={is_causal}) with respect to {name} must be that of softmax(q kᵀ/√d) v: with "
                      "P the weights, dv = Pᵀ dout and ds = P ⊙ (dout vᵀ − rowsum(dout ⊙ out))", scale=10)
