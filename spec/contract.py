@@ -80,7 +80,7 @@ CHAPTERS: list[Chapter] = [
     Chapter(2, "tokenizer", "tokenizer", {
         # Tokenizers also carry `vocab` (id -> bytes) and `special_tokens` (str -> id);
         # Tokenizer carries `merges` and `pattern`, SentencePieceTokenizer `model` (the .model file's bytes).
-        "train_bpe": Function("(data, vocab_size, special_tokens=(), pattern='gpt4', num_workers=None)"),
+        "train_bpe": Function("(data, vocab_size, special_tokens=(), pattern='gpt4')"),
         "Tokenizer": Class("(vocab, merges, special_tokens=(), pattern='gpt4')", {
             "encode": "(text, allowed_special='all')", "decode": "(ids)",
             "encode_iterable": "(iterable, allowed_special='all')", "save": "(path)", "load": "(path)"}),
@@ -115,15 +115,15 @@ CHAPTERS: list[Chapter] = [
                            example={"num_embeddings": 5, "embedding_dim": 3}, state_dict=("weight",)),
         "LayerNorm": Class("(dim, eps=1e-05, bias=True)", {"forward": "(x)"},
                            example={"dim": 4}, state_dict=("weight", "bias")),
-        "RMSNorm": Class("(dim, eps=1e-06)", {"forward": "(x)"}, example={"dim": 4}, state_dict=("weight",)),
-        "SwiGLU": Class("(dim, hidden_dim)", {"forward": "(x)"}, example={"dim": 4, "hidden_dim": 6},
+        "RMSNorm": Class("(dim, eps=1e-06, kernels=False)", {"forward": "(x)"}, example={"dim": 4}, state_dict=("weight",)),
+        "SwiGLU": Class("(dim, hidden_dim, kernels=False)", {"forward": "(x)"}, example={"dim": 4, "hidden_dim": 6},
                         state_dict=("gate_proj.weight", "up_proj.weight", "down_proj.weight")),
     }),
     Chapter(5, "rope", "rope", {
         "rope_frequencies": Function("(head_dim, theta=10000.0)"),
         "rotate": Function("(x, cos, sin, interleaved=False)"),
         "apply_rope": Function("(x, positions, theta=10000.0, interleaved=False)"),
-        "RotaryEmbedding": Class("(head_dim, max_positions=2048, theta=10000.0, interleaved=False)",
+        "RotaryEmbedding": Class("(head_dim, max_positions=2048, theta=10000.0, interleaved=False, kernels=False)",
                                  {"forward": "(x, positions)"}, example={"head_dim": 4, "max_positions": 8}),
     }),
     Chapter(6, "attention", "attention", {
@@ -135,17 +135,17 @@ CHAPTERS: list[Chapter] = [
         "KVCache": Class("(batch_size, n_kv_heads, head_dim, max_seq_len, dtype=torch.float32, device=None)",
                          {"update": "(k, v)"}),
         "CausalSelfAttention": Class(
-            "(d_model, n_heads, n_kv_heads=None, max_seq_len=2048, rope_theta=10000.0, rope_interleaved=False)",
+            "(d_model, n_heads, n_kv_heads=None, max_seq_len=2048, rope_theta=10000.0, rope_interleaved=False, "
+            "kernels=False)",
             {"forward": "(x, position_ids=None, cache=None)"}, example={"d_model": 8, "n_heads": 2, "n_kv_heads": 1},
             state_dict=("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")),
-        "tiled_attention": Function("(q, k, v, is_causal=False, block_size_q=128, block_size_k=256, scale=None)"),
     }),
     Chapter(7, "model", "model", {
         # Transformer(config) keeps `config` and has `model` (Decoder: embed_tokens, layers, norm) and `lm_head`; keys
         # of its state dict are those of Hugging Face's LlamaForCausalLM (model.layers.0.self_attn.q_proj.weight, ...).
         "ModelConfig": Class("(vocab_size=256, d_model=256, n_layers=4, n_heads=4, n_kv_heads=None, d_ff=None, "
                              "max_seq_len=256, norm='rmsnorm', mlp='swiglu', norm_eps=1e-05, rope_theta=10000.0, "
-                             "rope_interleaved=False, tie_embeddings=False, init_std=0.02)"),
+                             "rope_interleaved=False, tie_embeddings=False, init_std=0.02, kernels=False)"),
         "GeluMLP": Class("(dim, hidden_dim)", {"forward": "(x)"}, example={"dim": 4, "hidden_dim": 6},
                          state_dict=("up_proj.weight", "down_proj.weight")),
         "TransformerBlock": Class("(config)", {"forward": "(x, position_ids=None, cache=None)"}),
@@ -185,6 +185,25 @@ CHAPTERS: list[Chapter] = [
         "score_choices": Function("(model, context, choices)"),
         "load_choice_tasks": Function("(path)"),
         "multiple_choice_accuracy": Function("(model, tokenizer, tasks)"),
+    }),
+    Chapter(14, "kernels", "kernels", {
+        # The fast paths of chapters 2, 4, 5, 6 and 8, each equal to its chapter's definition. The autograd Functions
+        # are called as `Function.apply(...)` with the arguments of their `forward`, minus ctx.
+        "RMSNormFunction": Class("(*args, **kwargs)", {"forward": "(ctx, x, weight, eps)", "backward": "(ctx, grad)"}),
+        "SwiGLUFunction": Class("(*args, **kwargs)", {"forward": "(ctx, gate, up)", "backward": "(ctx, grad)"}),
+        "RotateFunction": Class("(*args, **kwargs)", {"forward": "(ctx, x, cos, sin, interleaved)",
+                                                      "backward": "(ctx, grad)"}),
+        "CrossEntropyFunction": Class("(*args, **kwargs)", {"forward": "(ctx, logits, targets, ignore_index)",
+                                                            "backward": "(ctx, grad)"}),
+        "cross_entropy": Function("(logits, targets, ignore_index=-100)"),
+        "AttentionFunction": Class("(*args, **kwargs)", {"forward": "(ctx, q, k, v, bias, scale)",
+                                                         "backward": "(ctx, grad_out)"}),
+        "attention": Function("(q, k, v, mask=None, is_causal=False, scale=None)"),
+        "TiledAttentionFunction": Class("(*args, **kwargs)", {
+            "forward": "(ctx, q, k, v, is_causal, block_size_q, block_size_k, scale)",
+            "backward": "(ctx, grad_out, grad_lse)"}),
+        "tiled_attention": Function("(q, k, v, is_causal=False, block_size_q=128, block_size_k=256, scale=None)"),
+        "train_bpe": Function("(data, vocab_size, special_tokens=(), pattern='gpt4', num_workers=None)"),
     }),
 ]
 
