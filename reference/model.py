@@ -40,7 +40,11 @@ MLPS = ("swiglu", "gelu")
 class ModelConfig:
     """The shape of a model. n_kv_heads=None means n_heads (plain multi-head attention); d_ff=None means
     4·d_model for the GELU MLP, and for SwiGLU 8/3·d_model rounded up to a multiple of 8 (three matrices of
-    8/3·d² hold as many parameters as two of 4·d²)."""
+    8/3·d² hold as many parameters as two of 4·d²). kernels=True computes the same function through the
+    hand-written backward passes of chapter 14 (RMSNorm, SwiGLU, RoPE, attention, and the loss in train_step).
+
+    Construction checks the shape: every size a positive int, heads that divide d_model into an even head_dim,
+    kv heads that divide the heads, a known norm and MLP; each violation is one ValueError naming it."""
 
     vocab_size: int = 256
     d_model: int = 256
@@ -56,12 +60,14 @@ class ModelConfig:
     rope_interleaved: bool = False
     tie_embeddings: bool = False
     init_std: float = 0.02
+    kernels: bool = False
 
     def __post_init__(self):
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model if self.mlp == "gelu" else 8 * math.ceil(8 * self.d_model / 3 / 8)
+        # BEGIN SOLUTION
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -78,6 +84,7 @@ class ModelConfig:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.mlp not in MLPS:
             raise ValueError(f"mlp must be one of {MLPS}, got {self.mlp!r}")
+        # END SOLUTION
 
     @property
     def head_dim(self) -> int:
@@ -100,7 +107,7 @@ class GeluMLP(nn.Module):
 
 def _norm(config: ModelConfig) -> nn.Module:
     if config.norm == "rmsnorm":
-        return RMSNorm(config.d_model, eps=config.norm_eps)
+        return RMSNorm(config.d_model, eps=config.norm_eps, kernels=config.kernels)
     return LayerNorm(config.d_model, eps=config.norm_eps)
 
 
@@ -111,10 +118,12 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.input_layernorm = _norm(config)
         self.self_attn = CausalSelfAttention(config.d_model, config.n_heads, config.n_kv_heads, config.max_seq_len,
-                                             config.rope_theta, config.rope_interleaved)
+                                             config.rope_theta, config.rope_interleaved, kernels=config.kernels)
         self.post_attention_layernorm = _norm(config)
-        self.mlp = SwiGLU(config.d_model, config.d_ff) if config.mlp == "swiglu" else GeluMLP(config.d_model,
-                                                                                               config.d_ff)
+        if config.mlp == "swiglu":
+            self.mlp = SwiGLU(config.d_model, config.d_ff, kernels=config.kernels)
+        else:
+            self.mlp = GeluMLP(config.d_model, config.d_ff)
 
     def forward(self, x: Tensor, position_ids: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
         # BEGIN SOLUTION

@@ -27,6 +27,8 @@ rotating only part of the head dimension.
 import torch
 from torch import Tensor, nn
 
+from . import kernels
+
 
 def rope_frequencies(head_dim: int, theta: float = 10000.0) -> Tensor:
     """The d/2 angular frequencies θ_i = θ^(−2i/d), in float64, fastest first.
@@ -43,55 +45,26 @@ def rope_frequencies(head_dim: int, theta: float = 10000.0) -> Tensor:
     # END SOLUTION
 
 
-# BEGIN SOLUTION
-def _rotate_into(out: Tensor, x: Tensor, cos: Tensor, sin: Tensor, sign: float, interleaved: bool) -> Tensor:
-    """Write into `out` the pairs of x turned by the angle whose cosine is cos and whose sine is sign · sin."""
-    if interleaved:
-        x1, x2, out1, out2 = x[..., 0::2], x[..., 1::2], out[..., 0::2], out[..., 1::2]  # (..., d/2) views
-    else:
-        half = x.shape[-1] // 2
-        x1, x2, out1, out2 = x[..., :half], x[..., half:], out[..., :half], out[..., half:]
-    torch.mul(x1, cos, out=out1).addcmul_(x2, sin, value=-sign)  # x₁ cos − x₂ sin
-    torch.mul(x2, cos, out=out2).addcmul_(x1, sin, value=sign)  # x₁ sin + x₂ cos
-    return out
-
-
-class _RotateFunction(torch.autograd.Function):
-    """y = R x, R turning every pair by its angle; backward dx = Rᵀ dy, the pairs of dy turned by minus the angle.
-
-    A rotation is orthogonal: its Jacobian is R and Rᵀ = R⁻¹ is the rotation by the opposite angle, (cos, −sin).
-    Both passes write the two coordinates of every pair straight into the result (out=, addcmul_): no cat or
-    stack, and no temporary per product.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> Tensor:
-        dtype = torch.promote_types(x.dtype, torch.promote_types(cos.dtype, sin.dtype))
-        # the tables may broadcast to more leading dimensions than x has
-        shape = (*torch.broadcast_shapes(x.shape[:-1], cos.shape[:-1], sin.shape[:-1]), x.shape[-1])
-        ctx.save_for_backward(cos, sin)
-        ctx.interleaved, ctx.x_shape, ctx.x_dtype = interleaved, x.shape, x.dtype
-        return _rotate_into(torch.empty(shape, dtype=dtype, device=x.device), x, cos, sin, 1.0, interleaved)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
-        cos, sin = ctx.saved_tensors
-        grad_x = _rotate_into(torch.empty_like(grad), grad, cos, sin, -1.0, ctx.interleaved)
-        # summed over the leading dimensions that x was broadcast along, if any
-        return grad_x.sum_to_size(ctx.x_shape).to(ctx.x_dtype), None, None, None
-# END SOLUTION
-
-
 def rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
     """Rotate every pair of coordinates of x by the angles whose cosines and sines are given.
 
     x: (..., d); cos, sin: (..., d/2), broadcastable against x[..., :d/2]; pair i turns by the angle of column i.
     Split halves pair x_i with x_{i+d/2}; adjacent pairs (interleaved) pair x_{2i} with x_{2i+1}.
     Gradients flow to x only: cos and sin are tables of fixed angles, and get none.
+    Example (d = 2, one pair, a quarter turn): rotate([1., 0.], cos=[0.], sin=[1.]) -> [0., 1.]
     """
     # BEGIN SOLUTION
-    return _RotateFunction.apply(x, cos, sin, interleaved)
+    if interleaved:
+        x1, x2 = x[..., 0::2], x[..., 1::2]  # (..., d/2): the even and the odd coordinates
+    else:
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]  # (..., d/2): the first and the second half
+    cos, sin = cos.detach(), sin.detach()
+    rotated1 = x1 * cos - x2 * sin
+    rotated2 = x1 * sin + x2 * cos
+    if interleaved:
+        return torch.stack((rotated1, rotated2), dim=-1).flatten(-2)  # pairs back side by side: (..., d)
+    return torch.cat((rotated1, rotated2), dim=-1)  # (..., d)
     # END SOLUTION
 
 
@@ -122,10 +95,13 @@ class RotaryEmbedding(nn.Module):
     The tables are buffers that are not saved in the state dict (they follow from the constructor's arguments);
     they are kept in float64 and cast to the input's dtype on use. forward(x, positions) equals
     apply_rope(x, positions, theta, interleaved) for positions inside the table, and raises for any other.
+    kernels=True turns the pairs with chapter 14's hand-written backward pass (the same rotation).
     """
 
-    def __init__(self, head_dim: int, max_positions: int = 2048, theta: float = 10000.0, interleaved: bool = False):
+    def __init__(self, head_dim: int, max_positions: int = 2048, theta: float = 10000.0, interleaved: bool = False,
+                 kernels: bool = False):
         super().__init__()
+        self.kernels = kernels
         if not isinstance(max_positions, int) or max_positions <= 0:
             raise ValueError(f"max_positions must be a positive number of positions, got {max_positions}")
         self.head_dim, self.max_positions, self.theta, self.interleaved = head_dim, max_positions, theta, interleaved
@@ -145,5 +121,7 @@ class RotaryEmbedding(nn.Module):
                              f"(0..{self.max_positions - 1})")
         cos = self.cos[positions].to(x.dtype)  # (..., T, d/2)
         sin = self.sin[positions].to(x.dtype)
+        if self.kernels:
+            return kernels.RotateFunction.apply(x, cos, sin, self.interleaved)
         return rotate(x, cos, sin, self.interleaved)
         # END SOLUTION

@@ -35,52 +35,28 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from . import kernels
 from .files import write_bytes_atomic
+from .layers import log_softmax
 
 IGNORE_INDEX = -100  # the target of a position that does not count (padding); torch uses the same value
 
 # ------------------------------------------------------------------------------------------------ the loss
 
-
 # BEGIN SOLUTION
-_LOG2_E = math.log2(math.e)  # e^x = 2^(x·log₂e)
-
-
-class _CrossEntropy(torch.autograd.Function):
-    """The mean cross-entropy of logits z (N, V) against targets y (N,) over the counted rows, with its backward.
-
-    With n counted rows and p_i = softmax(z_i), L = (1/n) Σ_{i counted} (logsumexp(z_i) − z_i[y_i]). Since
-    ∂ logsumexp(z)/∂z_j = p_j and ∂ z[y]/∂z_j = [j = y], the gradient of row i is
-
-        ∂L/∂z_i = (p_i − onehot(y_i)) · g / n   on a counted row,   0 on an ignored one   (g: the upstream gradient).
-
-    Autograd of the formula would save the shifted logits and their exponentials, and its backward would pass over
-    (N, V) tensors once per operation. Here the forward writes one (N, V) buffer, e_ij = exp(z_ij − m_i), and
-    keeps it; the backward scales it in place by g / (n Σ_j e_ij), one factor per row (0 on ignored rows), and
-    subtracts g/n at each target. The buffer becomes the gradient, so backward can run only once. The logits
-    arrive in float32 at least (cross_entropy upcasts half precision).
-    """
-
-    @staticmethod
-    def forward(ctx, logits, targets, counted):
-        row_max = logits.amax(dim=-1, keepdim=True)  # (N, 1)
-        # e^(z − m) = 2^((z − m)·log₂e): exp2 takes about half the time of exp on a CPU. z − m is formed first,
-        # exactly, and only that small number is scaled, so logits of 1e4 lose no digits.
-        exps = torch.sub(logits, row_max).mul_(_LOG2_E).exp2_()  # (N, V), in (0, 1]; 1 at the row max
-        sums = exps.sum(dim=-1)  # (N,): Σ_j e^(z_j − m), between 1 and V
-        target_logits = logits.gather(-1, targets[:, None]).squeeze(-1) - row_max.squeeze(-1)  # (N,): z[y] − m
-        nll = torch.where(counted, sums.log() - target_logits, 0.0)  # (N,)
-        ctx.save_for_backward(exps, sums, targets, counted)
-        return nll.sum() / counted.sum()  # 0/0 = NaN when every target is ignored
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        exps, sums, targets, counted = ctx.saved_tensors
-        row_grad = torch.where(counted, grad / counted.sum(), 0.0)  # (N,): g/n on counted rows, 0 on ignored ones
-        grad_logits = exps.mul_((row_grad / sums)[:, None])  # (g/n)·p, in place: p = e / Σ e
-        grad_logits.scatter_add_(-1, targets[:, None], -row_grad[:, None])  # − (g/n)·onehot(y)
-        return grad_logits, None, None
+def _flat_logits_and_targets(logits: Tensor, targets: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
+    """Check logits (..., V) against targets (...) and flatten them to (N, V) and (N,); half precision -> float32."""
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} must be targets {tuple(targets.shape)} plus one vocabulary "
+                         "dimension")
+    vocab = logits.shape[-1]
+    bad = (targets != ignore_index) & ((targets < 0) | (targets >= vocab))
+    if bad.any():
+        raise ValueError(f"target {int(targets[bad][0])} is outside the vocabulary 0..{vocab - 1} "
+                         f"(and is not ignore_index={ignore_index})")
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return logits.reshape(-1, vocab), targets.reshape(-1)
 # END SOLUTION
 
 
@@ -99,21 +75,12 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> 
     Example: logits [[0., 0.]], targets [1] -> log 2 ≈ 0.6931
     """
     # BEGIN SOLUTION
-    if logits.shape[:-1] != targets.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} must be targets {tuple(targets.shape)} plus one vocabulary "
-                         "dimension")
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    logits = logits.reshape(-1, logits.shape[-1])  # (N, V)
-    targets = targets.reshape(-1)  # (N,)
+    logits, targets = _flat_logits_and_targets(logits, targets, ignore_index)  # (N, V) at least float32, (N,)
     counted = targets != ignore_index
-    vocab = logits.shape[-1]
-    bad = counted & ((targets < 0) | (targets >= vocab))
-    if bad.any():
-        raise ValueError(f"target {int(targets[bad][0])} is outside the vocabulary 0..{vocab - 1} "
-                         f"(and is not ignore_index={ignore_index})")
-    safe_targets = torch.where(counted, targets, 0)  # any valid id: the row is dropped from the sum
-    return _CrossEntropy.apply(logits, safe_targets, counted)
+    log_probabilities = log_softmax(logits, dim=-1)  # (N, V)
+    safe_targets = torch.where(counted, targets, 0)  # any valid id on ignored rows: they are dropped below
+    nll = -log_probabilities.gather(-1, safe_targets[:, None]).squeeze(-1)  # (N,)
+    return torch.where(counted, nll, 0.0).sum() / counted.sum()  # 0/0 = NaN when every target is ignored
     # END SOLUTION
 
 
@@ -310,6 +277,9 @@ def train_step(model: nn.Module, optimizer, micro_batches: Sequence[tuple[Tensor
     if not micro_batches:
         raise ValueError("train_step needs at least one micro-batch")
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    # A model built with kernels (ModelConfig(kernels=True)) gets chapter 14's loss too: the same numbers.
+    uses_kernels = getattr(getattr(model, "config", None), "kernels", False)
+    loss_function = kernels.cross_entropy if uses_kernels else cross_entropy
     optimizer.zero_grad(set_to_none=True)
     total = sum(int((y != IGNORE_INDEX).sum()) for _, y in micro_batches)
     if total == 0:
@@ -325,7 +295,7 @@ def train_step(model: nn.Module, optimizer, micro_batches: Sequence[tuple[Tensor
             context = torch.autocast(device_type=x.device.type, dtype=autocast_dtype)
         with context:
             logits = model(x)  # (B, T, V)
-        loss = cross_entropy(logits, y) * (counted / total)
+        loss = loss_function(logits, y) * (counted / total)
         loss.backward()
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
     loss_value = float(loss_sum)

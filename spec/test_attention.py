@@ -1,10 +1,8 @@
-"""Chapter 6 — attention: masked scaled dot-product attention, multi-head and grouped-query attention, the KV cache,
-and tiled (flash) attention.
+"""Chapter 6 — attention: masked scaled dot-product attention, multi-head and grouped-query attention, the KV cache.
 
 The operation is checked against softmax(QKᵀ/√d + M)V computed in float64; then the properties a language model
 needs: causality (an output never depends on a later input), independent batch elements, GQA as MHA with shared
-heads, cached decoding equal to the full forward, and the tiled kernel equal to the naive one in values, log-sum-exp
-and gradients, while keeping only O(T) tensors for its backward pass.
+heads, cached decoding equal to the full forward. (Tiled attention and the hand-written backward pass are chapter 14's.)
 """
 
 import math
@@ -327,93 +325,6 @@ def test_kv_cache_returns_everything_stored_so_far(impl, sizes, seed):
         f"KVCache.length must count the {sum(sizes)} positions stored, got {cache.length}")
 
 
-# ---------------------------------------------------------------- tiled attention
-
-
-@st.composite
-def tiled_inputs(draw, max_len: int = 20, dtype=None):
-    lead = draw(shapes(min_dims=0, max_dims=2, max_side=2))
-    n_queries, n_keys = draw(st.integers(1, max_len)), draw(st.integers(1, max_len))
-    d, dv = draw(st.integers(1, 6)), draw(st.integers(1, 6))
-    dtype = dtype or draw(float_dtypes)
-    q = draw(tensors(shape=(*lead, n_queries, d), dtype=dtype, scale=2.0))
-    k = draw(tensors(shape=(*lead, n_keys, d), dtype=dtype, scale=2.0))
-    v = draw(tensors(shape=(*lead, n_keys, dv), dtype=dtype))
-    blocks = draw(st.integers(1, max_len + 4)), draw(st.integers(1, max_len + 4))
-    return q, k, v, draw(st.booleans()), blocks
-
-
-@given(tiled_inputs())
-def test_tiled_attention_equals_naive_values_and_log_sum_exp(impl, case):
-    q, k, v, is_causal, (block_q, block_k) = case
-    out, lse = impl.attention.tiled_attention(q, k, v, is_causal=is_causal, block_size_q=block_q,
-                                              block_size_k=block_k)
-    allowed = causal64(q.shape[-2], k.shape[-2]) if is_causal else None
-    where = (f"tiled_attention(Tq={q.shape[-2]}, Tk={k.shape[-2]}, is_causal={is_causal}, block_size_q={block_q}, "
-             f"block_size_k={block_k})")
-    assert_close(out, weights64(q, k, allowed) @ v.double(),
-                 f"{where} must equal softmax(q kᵀ/√d) v (0 for a query that sees no key)", dtype=q.dtype, scale=10)
-    expected_lse = lse64(q, k, allowed)
-    assert torch.equal(torch.isinf(lse), torch.isinf(expected_lse)), (
-        f"{where}: the log-sum-exp must be −inf exactly for the queries that see no key")
-    finite = torch.isfinite(expected_lse)
-    assert_close(lse[finite], expected_lse[finite],
-                 f"{where} must return lse_i = log Σ_j exp(q_i·k_j/√d) over the keys query i sees",
-                 dtype=q.dtype, scale=10)
-
-
-@settings(max_examples=25)  # each example runs a forward and a backward pass tile by tile
-@given(tiled_inputs(max_len=12, dtype=torch.float64), seeds)
-def test_tiled_attention_gradients_equal_naive(impl, case, seed):
-    q, k, v, is_causal, (block_q, block_k) = case
-    allowed = causal64(q.shape[-2], k.shape[-2]) if is_causal else None
-    generator = torch.Generator().manual_seed(seed)
-    expected_lse = lse64(q, k, allowed)
-    grad_out = torch.randn(*q.shape[:-1], v.shape[-1], generator=generator, dtype=torch.float64)
-    grad_lse = torch.randn(expected_lse.shape, generator=generator, dtype=torch.float64)
-    grad_lse = torch.where(torch.isfinite(expected_lse), grad_lse, 0.0)
-
-    def loss(out, lse):  # both outputs carry gradient; rows that see no key are left out of lse's part
-        return (out * grad_out).sum() + (torch.where(torch.isfinite(lse), lse, 0.0) * grad_lse).sum()
-
-    inputs = [t.clone().requires_grad_() for t in (q, k, v)]
-    tiled = torch.autograd.grad(loss(*impl.attention.tiled_attention(
-        *inputs, is_causal=is_causal, block_size_q=block_q, block_size_k=block_k)), inputs)
-    naive_inputs = [t.clone().requires_grad_() for t in (q, k, v)]
-    nq, nk, nv = naive_inputs
-    scores = (nq @ nk.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-    if allowed is not None:
-        scores = scores.masked_fill(~allowed, float("-inf"))
-    safe = torch.where(allowed.any(-1, keepdim=True), scores, 0.0) if allowed is not None else scores
-    naive_out = torch.softmax(safe, -1) @ nv
-    if allowed is not None:
-        naive_out = torch.where(allowed.any(-1)[:, None], naive_out, 0.0)
-    naive = torch.autograd.grad(loss(naive_out, torch.logsumexp(safe, -1)), naive_inputs)
-    for name, got, expected in zip("qkv", tiled, naive):
-        assert_close(got, expected, f"the gradient of tiled_attention (out and lse both used) with respect to {name} "
-                                    f"must equal the naive one (is_causal={is_causal}, blocks {block_q}×{block_k})",
-                     scale=100)
-
-
-def test_tiled_attention_saves_linear_memory_for_backward(impl):
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 256, 8, requires_grad=True) for _ in range(3))
-    saved = []
-
-    def pack(tensor):
-        saved.append(tensor.numel())
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        out, lse = impl.attention.tiled_attention(q, k, v, is_causal=True, block_size_q=64, block_size_k=64)
-    budget = 4 * (q.numel() + k.numel() + v.numel())
-    assert sum(saved) <= budget, (
-        f"tiled_attention at T = 256 saved {sum(saved)} numbers for its backward pass, more than {budget}: it must "
-        "keep O(T) tensors (q, k, v, out, lse) and recompute probabilities tile by tile, not save T×T scores")
-    (out.sum() + lse.sum()).backward()
-    assert q.grad is not None and k.grad is not None and v.grad is not None, "tiled_attention must pass gradients on"
-
-
 # ---------------------------------------------------------------- bad input
 
 
@@ -438,20 +349,12 @@ def test_rejects_more_positions_than_the_cache_holds(impl):
 
 
 def test_rejects_mismatched_dtypes_and_devices(impl):
-    sdpa, tiled = impl.attention.scaled_dot_product_attention, impl.attention.tiled_attention
+    sdpa = impl.attention.scaled_dot_product_attention
     q, k = torch.zeros(3, 4), torch.zeros(3, 4, dtype=torch.float64)
     assert_rejects(lambda: sdpa(q, k, k), "float32", "float64", what="attention of float32 q and float64 k")
-    assert_rejects(lambda: tiled(q, k, k), "float32", "float64", what="tiled_attention of float32 q and float64 k")
     meta = torch.zeros(3, 4, device="meta")
     assert_rejects(lambda: sdpa(q, meta, meta), "cpu", "meta", what="attention of q on cpu and k on meta")
     cache = impl.attention.KVCache(1, 1, 4, 8)
     assert_rejects(lambda: cache.update(torch.zeros(1, 1, 2, 4, dtype=torch.float64),
                                         torch.zeros(1, 1, 2, 4, dtype=torch.float64)),
                    "float32", "float64", what="a float32 KV cache given float64 keys")
-
-
-def test_rejects_block_sizes_below_one(impl):
-    tiled = impl.attention.tiled_attention
-    q = torch.zeros(3, 4)
-    assert_rejects(lambda: tiled(q, q, q, block_size_q=0), 0, what="tiled_attention(block_size_q=0)")
-    assert_rejects(lambda: tiled(q, q, q, block_size_k=-2), -2, what="tiled_attention(block_size_k=-2)")
