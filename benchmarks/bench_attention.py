@@ -1,9 +1,12 @@
-"""Attention benchmarks: tiled attention against torch's fused kernel, and KV-cache decoding against recomputing.
+"""Attention benchmarks: the definition and the kernels against torch's fused kernel, and KV-cache decoding.
 
-- `tiled_attention` (plain PyTorch, online softmax) against `torch.nn.functional.scaled_dot_product_attention`
+- `kernels.tiled_attention` (plain PyTorch, online softmax) against `torch.nn.functional.scaled_dot_product_attention`
   on CPU in float32, B=4 H=8 D=64, N in {1024, 4096}, causal and not. Throughput by the flash-attention
   convention: 4·B·H·N²·D FLOPs forward, half of it when causal. Each round times SDPA and then the tiled kernel,
   so both see the same machine load. Target: throughput ratio >= 0.6.
+- Forward + backward at N = 1024, causal, for each path the model can take: the definition
+  (`attention.scaled_dot_product_attention`, differentiated by autograd), `kernels.attention` (its hand-written
+  backward pass) and `kernels.tiled_attention`, against SDPA: what each kernel buys over the definition.
 - Peak memory of tiled attention at N = 16384 (causal), in a fresh process: peak RSS above what the inputs take,
   beside the B·H·N² float32 score matrix (34 GB) that the naive definition would have to hold.
 - Greedy decoding after a 1024-token prompt, one token at a time: with the KV cache against recomputing the
@@ -47,7 +50,7 @@ def attention_inputs(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
                          ids=["N1024", "N1024-causal", "N4096", "N4096-causal"])
 def test_tiled_attention_vs_torch_sdpa(benchmark, impl, n, causal):
     q, k, v = attention_inputs(n)
-    tiled = impl.attention.tiled_attention
+    tiled = impl.kernels.tiled_attention
 
     # correctness first: the same output as torch's kernel, and lse = logsumexp of the scores on a slice
     out, lse = tiled(q, k, v, is_causal=causal)
@@ -72,6 +75,39 @@ def test_tiled_attention_vs_torch_sdpa(benchmark, impl, n, causal):
         "tiled_s": round(tiled_seconds, 4),
         "sdpa_s": round(sdpa_seconds, 4),
         "throughput_vs_sdpa": round(sdpa_seconds / tiled_seconds, 2),  # target >= 0.6
+    })
+
+
+PATHS = {
+    "definition": lambda impl: impl.attention.scaled_dot_product_attention,
+    "kernel": lambda impl: impl.kernels.attention,
+    "tiled": lambda impl: (lambda q, k, v, is_causal: impl.kernels.tiled_attention(q, k, v, is_causal=is_causal)[0]),
+}
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_attention_paths_forward_backward_vs_torch_sdpa(benchmark, impl, path):
+    n = 1024
+    q, k, v = (t.requires_grad_() for t in attention_inputs(n))
+    attention = PATHS[path](impl)
+    grad_out = torch.randn(B, H, n, D, generator=torch.Generator().manual_seed(1))
+
+    def gradients(function):
+        return torch.autograd.grad(function(q, k, v, is_causal=True), (q, k, v), grad_out)
+
+    # correctness first: the values and gradients of torch's kernel
+    for got, expected in zip(gradients(attention), gradients(F.scaled_dot_product_attention)):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    sdpa_times = []
+    benchmark.pedantic(lambda: gradients(attention), rounds=ROUNDS, iterations=1, warmup_rounds=1,
+                       setup=lambda: sdpa_times.append(seconds(lambda: gradients(F.scaled_dot_product_attention))))
+    ours_s, sdpa_s = benchmark.stats.stats.min, min(sdpa_times)
+    flops = 3.5 * 4 * B * H * n * n * D / 2  # forward + backward (2.5× forward), causal
+    benchmark.extra_info.update({
+        "threads": torch.get_num_threads(),
+        "gflops": round(flops / ours_s / 1e9, 1),
+        "sdpa_gflops": round(flops / sdpa_s / 1e9, 1),
+        "throughput_vs_sdpa": round(sdpa_s / ours_s, 2),
     })
 
 
@@ -110,7 +146,7 @@ def test_kernel_choices_on_one_tile(benchmark, choice):
 PEAK_SCRIPT = textwrap.dedent("""
     import json, resource, sys, time
     import torch
-    from llmkata.impl import load
+    from llmkata.spec.impl import load
 
     which, kernel, n, b, h, d = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
     if len(sys.argv) > 7:
@@ -118,7 +154,7 @@ PEAK_SCRIPT = textwrap.dedent("""
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(b, h, n, d, generator=generator) for _ in range(3))
     if kernel == "tiled":
-        attention = load(which).attention.tiled_attention
+        attention = load(which).kernels.tiled_attention
         run = lambda: attention(q, k, v, is_causal=True)[0]
     else:
         run = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -148,7 +184,7 @@ def test_tiled_attention_peak_memory_at_16k(benchmark, impl):
     n = int(os.environ.get("LLMKATA_BENCH_MEMORY_N", "16384"))
     # correctness first, on a size the naive definition can still hold
     q, k, v = attention_inputs(512)
-    out, _ = impl.attention.tiled_attention(q, k, v, is_causal=True)
+    out, _ = impl.kernels.tiled_attention(q, k, v, is_causal=True)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), rtol=1e-4, atol=1e-5)
 
     tiled = benchmark.pedantic(peak_memory, args=(impl.name, "tiled", n), rounds=1, iterations=1)
