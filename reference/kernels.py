@@ -19,13 +19,28 @@ gradients, for shapes that are not multiples of any block, Tq ≠ Tk and fully m
 Left out: GPU kernels (Triton), fused optimizers, and kernels for inference only (paged KV caches).
 """
 
+import heapq
 import math
+import multiprocessing
+import os
+import warnings
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from itertools import chain
+from operator import add
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-LOG2_E = math.log2(math.e)  # e^x = 2^(x·log₂e)
-LN_2 = math.log(2.0)
+from .tokenizer import (Tokenizer, _check_special_tokens, _check_text, _check_vocab_size, _PreTokenizer,
+                        _resolve_pattern, _sources, _special_regex)
+
+# BEGIN SOLUTION
+_LOG2_E = math.log2(math.e)  # e^x = 2^(x·log₂e)
+_LN_2 = math.log(2.0)
+# END SOLUTION
 
 
 # ------------------------------------------------------------------------------------------------------ RMSNorm
@@ -180,7 +195,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         row_max = logits.amax(dim=-1, keepdim=True)  # (N, 1)
         # e^(z − m) = 2^((z − m)·log₂e): exp2 takes about half the time of exp on a CPU. z − m is formed first,
         # exactly, and only that small number is scaled, so logits of 1e4 lose no digits.
-        exps = torch.sub(logits, row_max).mul_(LOG2_E).exp2_()  # (N, V), in (0, 1]; 1 at the row max
+        exps = torch.sub(logits, row_max).mul_(_LOG2_E).exp2_()  # (N, V), in (0, 1]; 1 at the row max
         sums = exps.sum(dim=-1)  # (N,): Σ_j e^(z_j − m), between 1 and V
         target_logits = logits.gather(-1, targets[:, None]).squeeze(-1) - row_max.squeeze(-1)  # (N,): z[y] − m
         nll = torch.where(counted, sums.log() - target_logits, 0.0)  # (N,)
@@ -206,32 +221,14 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> 
     logits (..., V), targets (...); computed in float32 at least (half-precision logits are upcast first).
     """
     # BEGIN SOLUTION
-    if logits.shape[:-1] != targets.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} must be targets {tuple(targets.shape)} plus one vocabulary "
-                         "dimension")
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    vocab = logits.shape[-1]
-    bad = (targets != ignore_index) & ((targets < 0) | (targets >= vocab))
-    if bad.any():
-        raise ValueError(f"target {int(targets[bad][0])} is outside the vocabulary 0..{vocab - 1} "
-                         f"(and is not ignore_index={ignore_index})")
-    return CrossEntropyFunction.apply(logits.reshape(-1, vocab), targets.reshape(-1), ignore_index)
+    from .train import _flat_logits_and_targets  # here, not at the top: train imports this module
+
+    logits, targets = _flat_logits_and_targets(logits, targets, ignore_index)  # (N, V) at least float32, (N,)
+    return CrossEntropyFunction.apply(logits, targets, ignore_index)
     # END SOLUTION
 
 
 # ---------------------------------------------------------------------------------------------------- attention
-
-
-def _check_same_dtype_and_device(**tensors: Tensor) -> None:
-    """One clear error when tensors that meet in a matmul disagree on dtype or device."""
-    first_name, first = next(iter(tensors.items()))
-    for name, tensor in tensors.items():
-        if tensor.dtype != first.dtype:
-            raise ValueError(f"{first_name} is {first.dtype} but {name} is {tensor.dtype}: cast them to one dtype")
-        if tensor.device != first.device:
-            raise ValueError(f"{first_name} is on {first.device} but {name} is on {tensor.device}: move them to one "
-                             "device")
 
 
 class AttentionFunction(torch.autograd.Function):
@@ -252,7 +249,7 @@ class AttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float) -> Tensor:
         # BEGIN SOLUTION
-        q_base2 = q * (scale * LOG2_E)
+        q_base2 = q * (scale * _LOG2_E)
         if bias is None:
             scores = torch.bmm(q_base2, k.transpose(1, 2))  # (N, Tq, Tk)
         else:
@@ -291,6 +288,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_ca
     to (..., Tq, Tk), True = may attend; is_causal aligns the queries to the last Tq positions.
     """
     # BEGIN SOLUTION
+    from .attention import _check_same_dtype_and_device  # here, not at the top: attention imports this module
+
     _check_same_dtype_and_device(q=q, k=k, v=v)
     if q.dim() < 2 or q.shape[:-2] != k.shape[:-2] or k.shape[:-1] != v.shape[:-1] or q.shape[-1] != k.shape[-1]:
         raise ValueError(f"attention needs q (..., Tq, d), k (..., Tk, d), v (..., Tk, dv) with the same leading "
@@ -363,7 +362,7 @@ class TiledAttentionFunction(torch.autograd.Function):
 
         for i0 in range(0, n_queries, block_size_q):
             i1 = min(i0 + block_size_q, n_queries)
-            q_block = q[:, i0:i1].to(acc_dtype) * (scale * LOG2_E)  # (n, bq, d): scores in base 2
+            q_block = q[:, i0:i1].to(acc_dtype) * (scale * _LOG2_E)  # (n, bq, d): scores in base 2
             # Start the running max at the lowest finite number, not −inf: then a row whose keys so far were all
             # masked gets 2^(−inf − lowest) = 0 instead of 2^(−inf + inf) = NaN.
             row_max = torch.full((n, i1 - i0), lowest, dtype=acc_dtype, device=q.device)
@@ -384,7 +383,7 @@ class TiledAttentionFunction(torch.autograd.Function):
             # A query that saw no key: row_sum = 0, output 0 and lse = −inf.
             seen = row_sum > 0
             out[:, i0:i1] = (acc / torch.where(seen, row_sum, 1.0)[..., None]).to(q.dtype)
-            lse[:, i0:i1] = torch.where(seen, (row_max + row_sum.log2()) * LN_2, float("-inf"))
+            lse[:, i0:i1] = torch.where(seen, (row_max + row_sum.log2()) * _LN_2, float("-inf"))
 
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.settings = (is_causal, block_size_q, block_size_k, scale)
@@ -405,13 +404,13 @@ class TiledAttentionFunction(torch.autograd.Function):
         # D_i = dout_i · out_i, minus dlse_i: the two terms every ds_ij of row i subtracts.
         row_term = (grad_out * out.to(acc_dtype)).sum(-1) - grad_lse  # (n, Tq)
         # Rows that saw no key have lse = −inf; their scores are all −inf too, and P = 2^(−inf − 0) = 0.
-        lse = torch.where(torch.isfinite(lse), lse * LOG2_E, 0.0)  # base 2, as the scores below
+        lse = torch.where(torch.isfinite(lse), lse * _LOG2_E, 0.0)  # base 2, as the scores below
         grad_q, grad_k, grad_v = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
 
         for i0 in range(0, n_queries, block_size_q):
             i1 = min(i0 + block_size_q, n_queries)
             q_block, dout_block = q[:, i0:i1], grad_out[:, i0:i1]  # (n, bq, d), (n, bq, dv)
-            q_block_base2 = q_block * (scale * LOG2_E)
+            q_block_base2 = q_block * (scale * _LOG2_E)
             key_end = min(n_keys, i1 + offset) if is_causal else n_keys
             for j0 in range(0, max(key_end, 0), block_size_k):
                 j1 = min(j0 + block_size_k, key_end)
@@ -442,6 +441,8 @@ def tiled_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = False, bl
     float32 tile of scores is a few MB, large enough that each tensor operation amortises its dispatch cost.
     """
     # BEGIN SOLUTION
+    from .attention import _check_same_dtype_and_device  # here, not at the top: attention imports this module
+
     _check_same_dtype_and_device(q=q, k=k, v=v)
     if q.dim() < 2 or q.shape[:-2] != k.shape[:-2] or k.shape[:-1] != v.shape[:-1] or q.shape[-1] != k.shape[-1]:
         raise ValueError(f"tiled_attention needs q (..., Tq, d), k (..., Tk, d), v (..., Tk, dv) with the same "
@@ -461,8 +462,245 @@ def tiled_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = False, bl
 # --------------------------------------------------------------------------------- the incremental BPE trainer
 
 
+# BEGIN SOLUTION
+# The corpus is cut into chunks of about this many characters, each ending where a special token starts; the
+# pre-tokens of each chunk are counted in a worker process.
+_CHUNK_CHARS = 1 << 20
+
+
+def _document_blocks(data) -> Iterator[Iterator[str]]:
+    """The text of each document in blocks of at most _CHUNK_CHARS characters: a file is never read whole."""
+    for source in _sources(data):
+        if isinstance(source, str):
+            yield (source[i:i + _CHUNK_CHARS] for i in range(0, len(source), _CHUNK_CHARS))
+        else:
+            yield _file_blocks(source)
+
+
+def _file_blocks(path: Path) -> Iterator[str]:
+    # newline="" keeps "\r\n" as it is: the tokenizer sees the file's exact text.
+    with open(path, encoding="utf-8", newline="") as file:
+        try:
+            while block := file.read(_CHUNK_CHARS):
+                yield block
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path} is not UTF-8 text: {error}") from None
+
+
+def _cut_at_special_tokens(blocks: Iterator[str], special_re, longest: int) -> Iterator[str]:
+    """Reassemble a document from its blocks into parts of at least _CHUNK_CHARS that end where a special token
+    starts, so that splitting each part at special tokens gives exactly the pieces of the whole document.
+
+    A match found at position i saw text[i : i + longest]; only matches that start at least `longest` characters
+    before the end of what has arrived are certain, so the cut goes at the start of the last such match.
+    """
+    pending, size = [], 0
+    for block in blocks:
+        pending.append(block)
+        size += len(block)
+        if special_re is None or size < _CHUNK_CHARS:
+            continue
+        text = "".join(pending)
+        cut = 0
+        for match in special_re.finditer(text):
+            if match.start() > len(text) - longest:
+                break
+            cut = match.start()
+        if cut > 0:
+            yield text[:cut]
+            pending, size = [text[cut:]], len(text) - cut
+        else:
+            pending = [text]
+    text = "".join(pending)
+    if text:
+        yield text
+
+
+def _chunks(data, special_re, longest: int) -> Iterator[list[str]]:
+    """Lists of (non-empty) document parts, about _CHUNK_CHARS characters in all, one list per task."""
+    chunk, size = [], 0
+    for blocks in _document_blocks(data):
+        for part in _cut_at_special_tokens(blocks, special_re, longest):
+            chunk.append(part)
+            size += len(part)
+            if size >= _CHUNK_CHARS:
+                yield chunk
+                chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _count_pretokens(parts: list[str], pattern: str, special_tokens: list[str]) -> Counter:
+    """The pre-token frequency table of some text: special tokens cut out, the rest split by `pattern`.
+
+    Example (GPT-2 pattern, special '<|eot|>'): ['hi hi<|eot|>hi'] -> Counter({'hi': 2, ' hi': 1})
+    """
+    split = _PreTokenizer(pattern)
+    special_re = _special_regex(special_tokens)
+    counts = Counter()
+    for part in parts:
+        for segment in special_re.split(part) if special_re else (part,):
+            counts.update(split(segment))
+    return counts
+
+
+def _pretoken_counts(data, pattern: str, special_tokens: list[str], num_workers: int | None) -> Counter:
+    """Count pre-tokens over the whole corpus, one chunk per task; several processes when there are chunks enough."""
+    special_re = _special_regex(special_tokens)
+    longest = max(map(len, special_tokens), default=1)
+    if num_workers is None:
+        num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    chunks = _chunks(data, special_re, longest)
+    first = next(chunks, None)
+    if first is None:
+        raise ValueError("the corpus is empty: there is no text to learn merges from")
+    second = next(chunks, None)
+    head = [first] if second is None else [first, second]
+    counts = Counter()
+    if second is None or num_workers == 1:
+        for chunk in chain(head, chunks):
+            counts.update(_count_pretokens(chunk, pattern, special_tokens))
+        return counts
+    # fork starts workers at once and needs no importable module name (any folder can be graded).
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    with ProcessPoolExecutor(max_workers=num_workers, mp_context=context) as pool:
+        in_flight = deque()
+        for chunk in chain(head, chunks):
+            in_flight.append(pool.submit(_count_pretokens, chunk, pattern, special_tokens))
+            if len(in_flight) > 2 * num_workers:  # bounded memory: a few chunks at a time
+                counts.update(in_flight.popleft().result())
+        for future in in_flight:
+            counts.update(future.result())
+    return counts
+
+
+_INVERT = {byte: 0x100 - byte for byte in range(256)}
+
+
+def _descending_key(token: bytes) -> str:
+    """A string whose ascending order is the descending order of byte strings.
+
+    Each byte b becomes the character 256 - b, and a terminator 257 sorts a prefix after its extensions.
+    Example: sorted([b'a', b'ab', b'b'], key=_descending_key) -> [b'b', b'ab', b'a']
+    """
+    return token.decode("latin-1").translate(_INVERT) + "\u0101"
+
+
+def _learn_merges(counts: dict[str, int], vocab: dict[int, bytes], vocab_size: int) -> list[tuple[bytes, bytes]]:
+    """Grow `vocab` (in place) by BPE merges over the pre-token table `counts`; return the merges in order.
+
+    Words are strs with one character per token (the token with id t is chr(t)), so that a pair is a 2-character
+    string and `word.replace(pair, chr(new))` is the merge itself, in C: every occurrence, left to right, without
+    overlap ('aaa' -> [aa, a]).
+    """
+    key = {chr(i): _descending_key(token) for i, token in vocab.items()}  # character -> tie-break key
+    words, freqs = [], []
+    for piece, count in counts.items():
+        data = piece.encode("utf-8")  # lone surrogates were rejected when the corpus was read
+        if len(data) > 1:
+            words.append(data.decode("latin-1"))  # byte b -> chr(b): the character of the byte's token
+            freqs.append(count)
+    pair_counts: dict[str, int] = defaultdict(int)
+    where: dict[str, list[int]] = defaultdict(list)  # pair -> the words that may hold it
+    for i, word in enumerate(words):
+        for pair in map(add, word, word[1:]):  # 'abc' -> 'ab', 'bc'
+            pair_counts[pair] += freqs[i]
+            where[pair].append(i)
+    heap = [(-count, key[pair[0]], key[pair[1]], pair) for pair, count in pair_counts.items()]
+    heapq.heapify(heap)
+
+    merges = []
+    while len(vocab) < vocab_size:
+        while heap:
+            negated, _, _, pair = heap[0]
+            count = pair_counts.get(pair, 0)
+            if count == -negated:
+                break
+            if count:  # the pair's count has fallen since this entry was pushed
+                heapq.heapreplace(heap, (-count, key[pair[0]], key[pair[1]], pair))
+            else:
+                heapq.heappop(heap)
+        if not heap:
+            break  # no pair occurs any more: every pre-token is a single token
+        pair = heapq.heappop(heap)[3]
+        left, right = vocab[ord(pair[0])], vocab[ord(pair[1])]
+        merges.append((left, right))
+        new = len(vocab)  # every merge makes a new token (see tokenizer.train_bpe)
+        vocab[new] = left + right
+        token = chr(new)
+        key[token] = _descending_key(left + right)
+
+        stretches: dict[str, list[int]] = defaultdict(list)  # changed stretch -> the words that have it
+        for i in where.pop(pair):
+            word = words[i]
+            first = word.find(pair)
+            if first < 0:
+                continue  # listed twice, or the pair went in an earlier merge: `where` is not pruned eagerly
+            words[i] = word.replace(pair, token)
+            # max(..., 0): an occurrence at the start has no left neighbour; a slice past the end stops there
+            stretches[word[max(first - 1, 0):word.rfind(pair) + 3]].append(i)
+        created: dict[str, int] = defaultdict(int)
+        for stretch, group in stretches.items():
+            count = sum(map(freqs.__getitem__, group))
+            for old in map(add, stretch, stretch[1:]):
+                pair_counts[old] -= count
+            # the stretch merges as the word did: its first character cannot start an occurrence (find would
+            # have found that one), so replace finds the same occurrences in it
+            merged_stretch = stretch.replace(pair, token)
+            for new_pair in map(add, merged_stretch, merged_stretch[1:]):
+                created[new_pair] += count
+                where[new_pair].extend(group)
+        del pair_counts[pair]  # all its occurrences are merged: its count is now 0
+        for new_pair, change in created.items():
+            count = pair_counts[new_pair] = pair_counts[new_pair] + change
+            heapq.heappush(heap, (-count, key[new_pair[0]], key[new_pair[1]], new_pair))
+    return merges
+# END SOLUTION
+
+
 def train_bpe(data, vocab_size: int, special_tokens=(), pattern: str = "gpt4", num_workers: int | None = None):
-    """tokenizer.train_bpe, fast: the same arguments and exactly the same merges, plus `num_workers`."""
+    """tokenizer.train_bpe, fast: the same arguments, the same errors, exactly the same merges and vocabulary.
+
+    num_workers: processes that count pre-tokens (default: one per CPU; a positive int, or None). The corpus is
+    cut into chunks of about a million characters, each ending where a special token starts, so that no
+    pre-token and no special token spans two chunks: the counts are the same for any number of workers. A corpus
+    of one chunk is counted in this process.
+
+    The textbook loop recounts every pair of the corpus after each merge. Here each distinct pre-token is a word,
+    counted with its frequency, and the pair counts are kept up to date instead:
+
+    - `pair_counts[p]`: how often the pair p occurs in the corpus; `where[p]`: the words that may hold it (a
+      list: a word can be in it twice, or no longer hold p; both are skipped when p is merged).
+    - Merging p rewrites only the words in where[p], and changes only the pairs that overlap an occurrence: in
+      each word, those in the stretch from the first occurrence's left neighbour to the last occurrence's right
+      neighbour ('xaby' -> 'xNy' when merging 'ab'; outside it nothing changes). Words with the same stretch
+      change the counts alike, so each distinct stretch is counted once, with the words' total frequency. The
+      work per merge is proportional to what it changes, not to the corpus.
+    - The best pair comes from a heap of (-count, key(left), key(right), pair) entries, where key orders byte
+      strings in descending order (the tie-break). A merge lowers the counts of the pairs it breaks up, and
+      raises only those of the pairs it makes (with the new token), which are pushed again. So every pair has
+      an entry at least as large as its count; the top entry, once its count is checked to be the current one,
+      is the most frequent pair (lazy deletion: an entry that has gone stale is put back with the count it has
+      now, or dropped when the pair is gone).
+    """
     # BEGIN SOLUTION
-    raise NotImplementedError("the incremental BPE trainer is being moved here")
+    special_tokens = _check_special_tokens(special_tokens)
+    _check_vocab_size(vocab_size, special_tokens)
+    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
+                                    or num_workers < 1):
+        raise ValueError(f"num_workers must be a positive int or None, got {num_workers!r}")
+    pattern = _resolve_pattern(pattern)
+
+    counts = _pretoken_counts(data, pattern, special_tokens, num_workers)
+    for piece in counts:
+        _check_text(piece, "the corpus")
+    vocab = {i: bytes([i]) for i in range(256)}
+    for token in special_tokens:
+        vocab[len(vocab)] = token.encode("utf-8")
+    merges = _learn_merges(counts, vocab, vocab_size)
+    if len(vocab) < vocab_size:
+        warnings.warn(f"the corpus ran out of pairs to merge after {len(merges)} merges: the vocabulary has "
+                      f"{len(vocab)} tokens, not vocab_size={vocab_size}", stacklevel=2)
+    return Tokenizer(vocab, merges, special_tokens, pattern)
     # END SOLUTION

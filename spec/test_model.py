@@ -14,6 +14,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from .checks import assert_rejects
 from .strategies import seeds
@@ -171,6 +172,50 @@ def test_blocks_are_pre_norm(impl, kwargs, seed):
                  "with o_proj and down_proj zero, every block must pass the residual stream through unchanged "
                  "(pre-norm: x + f(norm(x)), never norm(x + f(x))), so logits = lm_head(norm(embed(ids)))",
                  scale=10)
+
+
+class LowRankUpdate(nn.Module):
+    """A LoRA-style wrapper: base(x) + x Aᵀ Bᵀ. It exposes the base's `weight`, as wrappers often do, so code that
+    reads projection.weight instead of calling projection(x) silently skips the update."""
+
+    def __init__(self, base, rank: int, seed: int):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.base, self.weight = base, base.weight
+        out_features, in_features = base.weight.shape
+        dtype = base.weight.dtype
+        self.a = nn.Parameter(torch.randn(rank, in_features, generator=generator, dtype=torch.float64).to(dtype))
+        self.b = nn.Parameter(torch.randn(out_features, rank, generator=generator, dtype=torch.float64).to(dtype))
+
+    def forward(self, x):
+        return self.base(x) + x @ self.a.T @ self.b.T
+
+
+PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+               "mlp.up_proj", "mlp.down_proj")
+
+
+def wrap_and_merge(wrapped, merged, projection: str, seed: int) -> None:
+    """Wrap `projection` of every block of `wrapped` in a LowRankUpdate, and add B·A to its weight in `merged`."""
+    for wrapped_block, merged_block in zip(wrapped.model.layers, merged.model.layers):
+        owner_name, name = projection.split(".")
+        owner = getattr(wrapped_block, owner_name)
+        wrapper = LowRankUpdate(getattr(owner, name), 2, seed)
+        setattr(owner, name, wrapper)
+        with torch.no_grad():
+            getattr(getattr(merged_block, owner_name), name).weight.add_(wrapper.b @ wrapper.a)
+
+
+@pytest.mark.parametrize("projection", PROJECTIONS)
+def test_every_projection_goes_through_its_module(impl, projection):
+    kwargs = dict(vocab_size=11, d_model=8, n_layers=2, n_heads=2, n_kv_heads=1, max_seq_len=8)
+    wrapped, merged = build(impl, kwargs, 0), build(impl, kwargs, 0)
+    wrap_and_merge(wrapped, merged, projection, seed=1)
+    ids = token_ids(kwargs, 0, 2, 6)
+    assert_close(wrapped(ids), merged(ids),
+                 f"with {projection} wrapped in a module that adds x·(BA)ᵀ, the model must compute what it computes "
+                 f"with W + BA as the weight: every projection is called as a module (self.{projection}(x)), "
+                 "never read through its weight", scale=100)
 
 
 @given(configs(), seeds, st.integers(2, 16), st.data())
