@@ -22,6 +22,9 @@ against torch's own: RMSNorm (`nn.RMSNorm`), the SwiGLU feed-forward (`F.silu`, 
 (the usual `torch.cat` version), causal attention (`F.scaled_dot_product_attention`) and the loss
 (`F.cross_entropy`). Values and gradients are checked first; `speed_vs_builtin` is torch's time / ours.
 
+Both benchmarks run twice: with chapter 14's kernels (what `llmkata train` uses for the reference) and with the
+chapters' definitions differentiated by autograd, so a reader sees what each kernel buys.
+
 Knobs: LLMKATA_BENCH_ROUNDS (default 3), LLMKATA_BENCH_THREADS (torch threads; default torch's choice).
 """
 
@@ -34,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmkata.train_run import RunConfig, build_model
+from llmkata.pipeline import build_model
+from llmkata.run_config import RunConfig
 
 from .common import seconds
 
@@ -179,8 +183,9 @@ def components(impl, model, baseline, optimizer, torch_optimizer, x, y, max_norm
     }
 
 
-def test_training_step_vs_builtin_torch(benchmark, impl):
-    config = RunConfig()
+@pytest.mark.parametrize("kernels", ["on", "off"], ids=["kernels", "definitions"])
+def test_training_step_vs_builtin_torch(benchmark, impl, kernels):
+    config = RunConfig(kernels=kernels)
     vocab = config.vocab_size
     model = build_model(impl, config, vocab)
     baseline = BuiltinLlama(model.config)
@@ -224,6 +229,7 @@ def test_training_step_vs_builtin_torch(benchmark, impl):
     peak = matmul_peak_flops()
     benchmark.extra_info.update({
         "threads": torch.get_num_threads(),
+        "kernels": kernels,
         "parameters": impl.model.count_parameters(model),
         "flops_per_token": flops_per_token,
         "tokens_per_s": round(tokens / ours_s, 1),
@@ -241,8 +247,10 @@ def test_training_step_vs_builtin_torch(benchmark, impl):
 PIECE_REPEATS = 10  # forward + backward passes per timed round
 
 
-def pieces(impl, name: str):
-    """(ours, built-in, inputs): two functions of the same inputs that must give the same values and gradients."""
+def pieces(impl, name: str, kernels: bool):
+    """(ours, built-in, inputs): two functions of the same inputs that must give the same values and gradients.
+
+    Ours is the chapter's definition, or with `kernels` the fast path of chapter 14 that the model uses instead."""
     config, generator = RunConfig(), torch.Generator().manual_seed(0)
     batch, length, d_model, n_heads = config.batch_size, config.context_length, config.d_model, config.n_heads
     head_dim = d_model // n_heads
@@ -250,7 +258,7 @@ def pieces(impl, name: str):
     # q, k, v as attention makes them: (B, T, H, hd) projections viewed as (B, H, T, hd)
     heads = [torch.randn(batch, length, n_heads, head_dim, generator=generator).transpose(1, 2) for _ in range(3)]
     if name == "rmsnorm":
-        ours, builtin = impl.layers.RMSNorm(d_model), nn.RMSNorm(d_model, eps=1e-5)
+        ours, builtin = impl.layers.RMSNorm(d_model, kernels=kernels), nn.RMSNorm(d_model, eps=1e-5)
         with torch.no_grad():
             ours.weight.copy_(torch.rand(d_model, generator=generator) + 0.5)
             ours.eps = 1e-5
@@ -258,26 +266,30 @@ def pieces(impl, name: str):
         return ours, builtin, [x]
     if name == "swiglu":
         d_ff = build_model(impl, config, config.vocab_size).config.d_ff  # the default model's hidden size
-        ours, builtin = impl.layers.SwiGLU(d_model, d_ff), BuiltinMLP(d_model, d_ff)
+        ours, builtin = impl.layers.SwiGLU(d_model, d_ff, kernels=kernels), BuiltinMLP(d_model, d_ff)
         builtin.load_state_dict(ours.state_dict())
         return ours, builtin, [x]
     if name == "rope":
         angles = torch.arange(length)[:, None] * 10000.0 ** (-torch.arange(0, head_dim, 2) / head_dim)
         cos, sin = angles.cos(), angles.sin()
-        return (lambda q: impl.rope.rotate(q, cos, sin)), (lambda q: rotate_with_cat(q, cos, sin)), heads[:1]
+        rotate = impl.kernels.RotateFunction.apply if kernels else impl.rope.rotate
+        return (lambda q: rotate(q, cos, sin, False)), (lambda q: rotate_with_cat(q, cos, sin)), heads[:1]
     if name == "attention":
-        return (lambda q, k, v: impl.attention.scaled_dot_product_attention(q, k, v, is_causal=True),
+        attention = impl.kernels.attention if kernels else impl.attention.scaled_dot_product_attention
+        return (lambda q, k, v: attention(q, k, v, is_causal=True),
                 lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), heads)
     if name == "cross_entropy":
         logits = torch.randn(batch * length, config.vocab_size, generator=generator)
         targets = torch.randint(config.vocab_size, (batch * length,), generator=generator)
-        return (lambda z: impl.train.cross_entropy(z, targets)), (lambda z: F.cross_entropy(z, targets)), [logits]
+        loss = impl.kernels.cross_entropy if kernels else impl.train.cross_entropy
+        return (lambda z: loss(z, targets)), (lambda z: F.cross_entropy(z, targets)), [logits]
     raise ValueError(name)
 
 
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "definitions"])
 @pytest.mark.parametrize("name", ["rmsnorm", "swiglu", "rope", "attention", "cross_entropy"])
-def test_step_pieces_forward_backward_vs_builtin_torch(benchmark, impl, name):
-    ours, builtin, inputs = pieces(impl, name)
+def test_step_pieces_forward_backward_vs_builtin_torch(benchmark, impl, name, kernels):
+    ours, builtin, inputs = pieces(impl, name, kernels)
     inputs = [t.detach().requires_grad_() for t in inputs]
     out = ours(*inputs)
     grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))

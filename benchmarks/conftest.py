@@ -11,7 +11,7 @@ measured in the same run (`benchmark.extra_info`), never as an absolute threshol
 import pytest
 import torch
 
-from llmkata.impl import load
+from llmkata.spec.impl import load
 
 
 def pytest_addoption(parser):

@@ -1,12 +1,33 @@
-"""The `llmkata` command line."""
+"""The `llmkata` command line.
+
+    llmkata grade [IMPL]                        # the spec against an implementation, scored by chapter
+    llmkata exercises [--check | --out DIR]     # the stubs, written from the reference
+    llmkata bench [--impl IMPL]                 # the benchmarks
+    llmkata train                               # default corpus, default model, a few minutes on 2 CPU cores
+    llmkata train --impl exercises              # the same, with your own components
+    llmkata train --data notes/ --steps 2000    # your files (.txt, .md, .jsonl, folders), or a Hugging Face dataset
+    llmkata train --config run.toml --lr 1e-3   # a TOML file, then flags on top
+    llmkata train --resume runs/20250101-120000 # continue a run where its last checkpoint left it
+    llmkata sample --prompt "The with statement"
+    llmkata eval --run runs/20250101-120000
+
+The train, sample and eval commands only parse arguments and report: the run itself is `llmkata.pipeline`, its
+configuration `llmkata.run_config`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
 import sys
 from pathlib import Path
 
 import llmkata.exercise_generator as generator
+from llmkata.run_config import (EOT, ConfigError, RunConfig, add_config_arguments, config_from_mapping, flags_given,
+                                read_toml, resumed_config)
+from llmkata.run_metrics import read_metrics
 
 
 def _package_dir(name: str) -> Path:
@@ -55,6 +76,140 @@ def cmd_bench(args, extra: list[str]) -> int:
     return subprocess.run(command).returncode
 
 
+def _quiet_threads() -> None:
+    """Threads that sleep while they wait. OpenMP's default is to spin, which costs little on an idle machine but,
+    on one shared with other processes every small op waits for a descheduled thread (benchmarks/results/
+    attention.md: tiled attention fell from about 0.6x to 0.19x of SDPA that way). Read once, when torch loads,
+    so this runs before anything imports torch (the pipeline, or an implementation)."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _train_config(args) -> tuple[RunConfig, Path]:
+    """The configuration and run folder of `llmkata train`: a new run's, or the saved one of the run to resume."""
+    flags = flags_given(args)
+    if args.resume:
+        run = Path(args.resume)
+        if not (run / "config.toml").exists():
+            raise ConfigError(f"--resume {run}: there is no run there (config.toml is missing)")
+        if args.config:
+            raise ConfigError("--resume takes its configuration from the run folder: drop --config")
+        saved = config_from_mapping(read_toml(run / "config.toml"), where=str(run / "config.toml"))
+        return resumed_config(saved, flags, where=f"--resume {run}"), run
+    base = config_from_mapping(read_toml(args.config), where=args.config) if args.config else RunConfig()
+    config = config_from_mapping(flags, base=base, where="the flags")
+    run = Path(args.out) if args.out else Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    from llmkata.pipeline import CHECKPOINT
+
+    if (run / CHECKPOINT).exists():
+        raise ConfigError(f"{run} already holds a run: --resume {run} continues it, or choose another --out")
+    return config, run
+
+
+def cmd_train(args) -> int:
+    _quiet_threads()
+    from llmkata import pipeline
+
+    try:
+        config, run = _train_config(args)
+    except ConfigError as error:
+        print(f"llmkata train: {error}", file=sys.stderr)
+        return 2
+    say = (lambda message: print(message, file=sys.stderr, flush=True))
+    say(f"llmkata train: run folder {run}, implementation {config.impl}")
+    try:
+        summary = pipeline.train(config, run, resume=bool(args.resume), say=say)
+    except ConfigError as error:
+        print(f"llmkata train: {error}", file=sys.stderr)
+        return 2
+    except pipeline.NOT_YET as error:
+        print(f"llmkata train --impl {config.impl}: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except FloatingPointError as error:
+        checkpoint = run / pipeline.CHECKPOINT
+        last = "no checkpoint was written yet"
+        if checkpoint.exists():
+            step = pipeline.checkpoint_step(checkpoint)
+            last = f"the last good checkpoint is {checkpoint} (step {'unknown' if step is None else step})"
+        print(f"llmkata train: the loss stopped being a number at {error}. Training stopped; {last}. "
+              "Try a lower --lr or a longer --warmup-steps in a new run.", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=1))
+    say(f"done in {summary['train_seconds']:.0f} s of training: validation loss {summary['val_loss']:.3f}, "
+        f"{summary['val_bits_per_byte']:.3f} bits/byte. Next: llmkata sample --run {run} --prompt \"...\"")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    _quiet_threads()
+    import torch
+
+    from llmkata import pipeline
+
+    try:
+        folder = pipeline.find_run(args.run_folder)
+        run = pipeline.Run.open(folder, args.impl)
+        tokenizer = run.tokenizer
+        eot = tokenizer.special_tokens[EOT]
+        prompt = tokenizer.encode(args.prompt) if args.prompt else []
+        if not prompt:
+            prompt = [eot]  # an empty prompt starts a new document
+        seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+        generator = torch.Generator().manual_seed(seed)
+        tokens = run.impl.generate.generate(run.model, prompt, args.max_new_tokens, temperature=args.temperature,
+                                            top_k=args.top_k, top_p=args.top_p, stop_tokens=[eot],
+                                            generator=generator, use_cache=not args.no_cache)
+        sys.stdout.write(args.prompt)
+        sys.stdout.flush()
+        produced, shown = [], ""
+        for token in tokens:
+            produced.append(token)
+            text = tokenizer.decode(produced)
+            if text.endswith("\ufffd"):
+                continue  # a character cut between tokens: wait for its other bytes
+            sys.stdout.write(text[len(shown):])
+            sys.stdout.flush()
+            shown = text
+        sys.stdout.write(tokenizer.decode(produced)[len(shown):] + "\n")
+        sys.stdout.flush()
+    except (ValueError, *pipeline.NOT_YET) as error:
+        print(f"llmkata sample: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(f"[{len(produced)} tokens, seed {seed}, run {folder}]", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    _quiet_threads()
+    from llmkata import pipeline
+
+    try:
+        folder = pipeline.find_run(args.run_folder)
+        run = pipeline.Run.open(folder, args.impl)
+        val = run.validate(run.tokens("val"))
+        choice = run.multiple_choice(args.tasks)
+    except (ValueError, *pipeline.NOT_YET) as error:
+        print(f"llmkata eval: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
+    history = [r for r in read_metrics(folder) if r.get("split") == "train"]
+    result = {"run": str(folder), "step": history[-1]["step"] if history else None, "validation": val,
+              "multiple_choice": choice}
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    rows = [("run", str(folder)), ("steps trained", str(result["step"])),
+            ("validation tokens", f"{val['targets']:,}"), ("validation loss", f"{val['loss']:.4f} nats/token"),
+            ("perplexity", f"{val['perplexity']:.2f}"), ("bits per byte", f"{val['bits_per_byte']:.4f}")]
+    if choice:
+        skipped = f", {choice['skipped']} longer than the context left out" if choice["skipped"] else ""
+        rows += [(f"multiple choice ({choice['tasks']}, {choice['n']} tasks{skipped})",
+                  f"accuracy {choice['accuracy']:.3f}, per byte {choice['accuracy_norm']:.3f}, "
+                  f"chance {choice['chance']:.3f}")]
+    width = max(len(name) for name, _ in rows)
+    print("\n".join(f"{name.ljust(width)}  {value}" for name, value in rows))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llmkata", description="Build an LLM from scratch, one specified part at a time.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,9 +231,34 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--impl", default="reference", help="reference (default), exercises, a folder or a module name")
     bench.set_defaults(run=cmd_bench)
 
-    from llmkata.train_run import register as register_train_sample_eval
+    train = sub.add_parser("train", help="train a small model end to end (default corpus, a few CPU minutes)")
+    train.add_argument("--config", default=None, help="a TOML file of fields (flags given here override it)")
+    train.add_argument("--out", default=None, help="the run folder (default: runs/<date-time>)")
+    train.add_argument("--resume", default=None, metavar="RUN", help="continue the run in this folder")
+    add_config_arguments(train)
+    train.set_defaults(run=cmd_train)
 
-    register_train_sample_eval(sub)
+    sample = sub.add_parser("sample", help="continue a prompt with a trained run, streaming the text")
+    sample.add_argument("--run", dest="run_folder", default=None,
+                        help="run folder (default: the newest under ./runs)")
+    sample.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
+    sample.add_argument("--max-new-tokens", type=int, default=200)
+    sample.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    sample.add_argument("--top-k", type=int, default=40, help="0: no top-k filter")
+    sample.add_argument("--top-p", type=float, default=1.0, help="1: no top-p filter")
+    sample.add_argument("--seed", type=int, default=None, help="seed of the sampler (default: random)")
+    sample.add_argument("--impl", default=None, help="implementation (default: the run's)")
+    sample.add_argument("--no-cache", action="store_true", help="recompute every position at every step")
+    sample.set_defaults(run=cmd_sample)
+
+    evaluate = sub.add_parser("eval", help="validation loss, bits per byte and multiple-choice accuracy of a run")
+    evaluate.add_argument("--run", dest="run_folder", default=None,
+                          help="run folder (default: the newest under ./runs)")
+    evaluate.add_argument("--tasks", default=None,
+                          help="a multiple-choice JSONL file (default: the shipped example set)")
+    evaluate.add_argument("--impl", default=None, help="implementation (default: the run's)")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.set_defaults(run=cmd_eval)
 
     args, extra = parser.parse_known_args(argv)
     if args.command != "bench" and extra:

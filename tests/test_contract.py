@@ -5,7 +5,7 @@ import inspect
 
 import pytest
 
-from llmkata.impl import load
+from llmkata.spec.impl import load
 from llmkata.spec.contract import CHAPTERS
 import llmkata.spec.test_contract as spec_contract
 

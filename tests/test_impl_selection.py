@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import llmkata.reference.layers
-from llmkata.impl import Missing, load
+from llmkata.spec.impl import Missing, load
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,6 +6,7 @@ process, and its final weights must be identical, bit for bit, to those of a run
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,7 +20,8 @@ from safetensors.torch import load_file
 
 import llmkata.reference
 from llmkata import cli
-from llmkata.train_run import CHECKPOINT, ConfigError, RunConfig, config_from_mapping, read_toml, train, write_toml
+from llmkata.pipeline import CHECKPOINT, Run, train
+from llmkata.run_config import ConfigError, RunConfig, config_from_mapping, read_toml, write_toml
 
 TINY = dict(max_documents=12, vocab_size=300, d_model=32, n_layers=2, n_heads=2, context_length=32, batch_size=4,
             steps=24, warmup_steps=2, eval_every=12, checkpoint_every=5, log_every=1, sample_tokens=8,
@@ -86,7 +88,7 @@ def test_toml_configuration_round_trips(tmp_path):
 
 def test_flags_override_the_toml_file(tmp_path, monkeypatch):
     seen = {}
-    monkeypatch.setattr("llmkata.train_run.train", lambda config, run, resume, say: seen.update(config=config) or {
+    monkeypatch.setattr("llmkata.pipeline.train", lambda config, run, resume, say: seen.update(config=config) or {
         "train_seconds": 0, "val_loss": 0, "val_bits_per_byte": 0})
     (tmp_path / "run.toml").write_text("steps = 50\nlr = 0.01\nd_model = 64\n")
     argv = ["train", "--out", str(tmp_path / "r"), "--config", str(tmp_path / "run.toml"), "--lr", "0.002"]
@@ -94,10 +96,53 @@ def test_flags_override_the_toml_file(tmp_path, monkeypatch):
     assert (seen["config"].steps, seen["config"].lr, seen["config"].d_model) == (50, 0.002, 64)
 
 
-def test_data_comes_from_text_files_folders_and_json_lines(tmp_path):
-    from llmkata.impl import load
-    from llmkata.train_run import prepare_data
+def test_model_shape_rules_are_the_implementations_own(tmp_path):
+    """The run's configuration is checked by the implementation's ModelConfig: a learner's stricter rule applies."""
+    folder = tmp_path / "strict_llm"
+    shutil.copytree(Path(llmkata.reference.__path__[0]), folder, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(folder / "model.py", "a") as file:
+        file.write("\n\n_post_init = ModelConfig.__post_init__\n\n\ndef _strict(self):\n    _post_init(self)\n"
+                   "    if self.n_layers > 3:\n        raise ValueError('n_layers: at most 3 here')\n\n\n"
+                   "ModelConfig.__post_init__ = _strict\n")
+    with pytest.raises(ConfigError, match="n_layers: at most 3 here"):
+        config_from_mapping({"impl": str(folder), "n_layers": 4})
+    assert config_from_mapping({"impl": str(folder), "n_layers": 3}).n_layers == 3
 
+
+def test_kernels_auto_means_on_for_the_reference_and_off_for_any_other(tmp_path):
+    folder = tmp_path / "kernels_llm"
+    shutil.copytree(Path(llmkata.reference.__path__[0]), folder, ignore=shutil.ignore_patterns("__pycache__"))
+    assert Run(tmp_path / "a", tiny()).config.kernels == "on"
+    assert Run(tmp_path / "b", tiny(impl="exercises")).config.kernels == "off"
+    assert Run(tmp_path / "c", tiny(impl=str(folder))).config.kernels == "off"
+    assert Run(tmp_path / "d", tiny(impl=str(folder), kernels="on")).config.kernels == "on"
+    assert Run(tmp_path / "e", tiny(kernels="off")).config.kernels == "off"
+    with pytest.raises(ConfigError, match="kernels must be on, off or auto"):
+        tiny(kernels="yes")
+
+
+def test_kernels_choose_the_tokenizer_trainer_and_the_model_path(tmp_path):
+    calls = []
+
+    def trainer(name):
+        def train_bpe(data, vocab_size, special_tokens=(), pattern="gpt4", **kwargs):
+            calls.append((name, vocab_size, list(special_tokens), kwargs))
+            raise NotImplementedError("stop here")
+        return train_bpe
+
+    for kernels, threads in (("on", 3), ("off", 3), ("on", 0)):
+        run = Run(tmp_path / kernels, tiny(kernels=kernels, threads=threads))
+        run.impl = run.impl.replacing({"kernels.train_bpe": trainer("kernels"),
+                                       "tokenizer.train_bpe": trainer("tokenizer")})
+        with pytest.raises(NotImplementedError, match="stop here"):
+            run.prepare_data()
+        assert run.config.model_config(run.impl, 300).kernels is (kernels == "on")
+    assert calls == [("kernels", 300, ["<|endoftext|>"], {"num_workers": 3}),
+                     ("tokenizer", 300, ["<|endoftext|>"], {}),
+                     ("kernels", 300, ["<|endoftext|>"], {"num_workers": None})], calls
+
+
+def test_data_comes_from_text_files_folders_and_json_lines(tmp_path):
     folder = tmp_path / "notes"
     (folder / "deeper").mkdir(parents=True)
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
@@ -109,8 +154,8 @@ def test_data_comes_from_text_files_folders_and_json_lines(tmp_path):
     lines.write_text("".join(json.dumps({"body": f"document number {i} " * 30}) + "\n" for i in range(10)))
     run = tmp_path / "run"
     run.mkdir()
-    info = prepare_data(load("reference"), tiny(data=[str(folder), str(lines)], data_field="body", max_documents=0),
-                        run, say=lambda message: None)
+    info = Run(run, tiny(data=[str(folder), str(lines)], data_field="body", max_documents=0),
+               say=lambda message: None).prepare_data()
     assert info["train_documents"] + info["val_documents"] == 30, info
     assert info["train_tokens"] > 0 and info["val_bytes"] > 0
 
@@ -118,9 +163,6 @@ def test_data_comes_from_text_files_folders_and_json_lines(tmp_path):
 def test_data_can_be_a_hugging_face_dataset_name(tmp_path, monkeypatch):
     """A dataset name goes to `datasets.load_dataset` (streaming); the hub is replaced by a dataset made here."""
     datasets = pytest.importorskip("datasets")
-    from llmkata.impl import load
-    from llmkata.train_run import prepare_data
-
     rows = [{"story": f"story number {i}: " + "once upon a time there was a tiny model " * (5 + i)} for i in range(24)]
     calls = []
 
@@ -134,19 +176,20 @@ def test_data_can_be_a_hugging_face_dataset_name(tmp_path, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()
     config = tiny(data=["someone/tiny-stories"], data_field="story", data_split="train", max_documents=0)
-    info = prepare_data(load("reference"), config, run, say=lambda message: None)
+    info = Run(run, config, say=lambda message: None).prepare_data()
     assert calls == [("someone/tiny-stories", {"split": "train", "streaming": True})], calls
     assert info["train_documents"] + info["val_documents"] == 24, info
 
     missing = tiny(data=["nobody/nothing"], max_documents=0)
     with pytest.raises(ConfigError, match="cannot read the Hugging Face dataset 'nobody/nothing'"):
-        prepare_data(load("reference"), missing, tmp_path / "run2", say=lambda message: None)
+        Run(tmp_path / "run2", missing, say=lambda message: None).prepare_data()
 
 
 # ---------------------------------------------------------------------------------------------- a whole run
 
 
 def test_a_run_writes_its_folder(finished_run):
+    assert read_toml(finished_run / "config.toml")["kernels"] == "on", "the folder records the kernels decided"
     for name in ("config.toml", "data.json", "tokenizer.json", "train.npy", "val.npy", CHECKPOINT, "metrics.jsonl",
                  "loss.png", "samples.txt", "summary.json", "hf/config.json", "hf/model.safetensors"):
         assert (finished_run / name).exists(), f"the run folder lacks {name}"
@@ -203,6 +246,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, c
                                                         grad_clip=0.0)]) == 1
     message = capsys.readouterr().err
     assert "stopped" in message and "last good checkpoint" in message, message
+    assert re.search(r"\(step \d+\)", message), f"the message must say the checkpoint's step: {message}"
     kept = load_file(run / CHECKPOINT)
     assert all(torch.isfinite(v).all() for k, v in kept.items() if k.startswith("model.")), (
         "the checkpoint left behind must hold the last finite weights")

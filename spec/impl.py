@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from llmkata.spec.contract import BY_MODULE
+from .contract import BY_MODULE
 
 ALIASES = {"reference": "llmkata.reference", "exercises": "llmkata.exercises"}
 ENV_VAR = "LLMKATA_IMPL"

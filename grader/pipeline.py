@@ -1,0 +1,399 @@
+"""The pipeline behind `llmkata train`, `sample` and `eval`: one run, end to end, with any implementation.
+
+    Run(folder, config).train()              # a new run;  .train(resume=True) continues one
+    run = Run.open(folder);  run.model       # a finished (or interrupted) run, its model loaded
+
+Every step is done by the implementation under test, reached through `llmkata.spec.impl.load`: the text chapter
+loads and cleans the corpus, the tokenizer chapter learns a byte-level BPE on the training split, the data chapter
+packs both splits into token files and draws the batches, the model chapter builds the transformer, the train
+chapter steps it (AdamW, schedule, clipping, checkpoints), the evaluate chapter measures it, and the generate
+chapter writes the samples. With `kernels` on (the default for the reference) the model and the tokenizer trainer
+take chapter 14's fast paths. A run folder holds everything:
+
+    config.toml              the configuration, complete, kernels decided (reload it with --config)
+    data.json                documents, tokens and bytes of each split
+    tokenizer.json           the tokenizer;  train.npy, val.npy: the packed token streams
+    checkpoint.safetensors   weights + optimizer + step + random states, rewritten atomically
+    metrics.jsonl            one JSON object per log line: train loss, lr, grad norm, tokens/s; val loss, bits/byte
+    loss.png                 the loss curves;  samples.txt: text the model wrote at the end
+    summary.json             the final numbers: wall time, validation loss and bits/byte, accuracy, throughput
+    hf/                      the model in the Hugging Face Llama format (Llama-shaped configurations only)
+
+Resuming loads the checkpoint and continues bit-exactly: the same weights, after the same number of steps, as a
+run that never stopped.
+
+Left out: distributed training, and data that does not fit in memory before it is packed (the packed token
+files are memory-mapped; the documents of the split are not).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from itertools import chain, islice
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from llmkata.atomic import write_text_atomic
+from llmkata.run_config import EOT, ConfigError, RunConfig, config_from_mapping, read_toml, write_toml
+from llmkata.run_metrics import Metrics, plot_losses, read_metrics
+from llmkata.spec.impl import Implementation, Missing, load
+
+CHECKPOINT = "checkpoint.safetensors"
+# What an implementation raises for a part it has not written yet: a stub, or a name that is missing.
+NOT_YET = (NotImplementedError, Missing)
+
+
+def pick_device(name: str) -> torch.device:
+    """`name`, or for "auto" the first of cuda, mps and cpu that this machine has."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def build_model(impl: Implementation, config: RunConfig, vocab_size: int):
+    """The implementation's Transformer for `config`, initialised from config.seed (on the CPU)."""
+    torch.manual_seed(config.seed)
+    return impl.model.Transformer(config.model_config(impl, vocab_size))
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint was saved at, read from its safetensors metadata; None if the file does not say."""
+    try:
+        with safe_open(str(path), "pt") as file:
+            return int(json.loads(file.metadata()["llmkata"])["step"])
+    except Exception:  # a torn file, or an implementation whose checkpoints keep their step elsewhere
+        return None
+
+
+def find_run(folder: str | None) -> Path:
+    """The run folder given, or the newest one under ./runs that has a checkpoint."""
+    if folder:
+        path = Path(folder).expanduser()
+        if not (path / CHECKPOINT).exists():
+            raise ConfigError(f"{path} is not a run folder with a checkpoint ({CHECKPOINT} is missing)")
+        return path
+    candidates = sorted((p for p in Path("runs").glob("*") if (p / CHECKPOINT).exists()),
+                        key=lambda p: (p / CHECKPOINT).stat().st_mtime)
+    if not candidates:
+        raise ConfigError("no run found under ./runs: train one with `llmkata train`, or pass --run FOLDER")
+    return candidates[-1]
+
+
+def default_tasks_path() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("llmkata") / "data" / "choices.jsonl"))
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """'notes/a.txt', './x', 'a.jsonl' are paths; 'roneneldan/TinyStories' or 'wikitext' are dataset names."""
+    return name.startswith((".", "/", "~")) or Path(name).suffix in (".txt", ".md", ".jsonl", ".json", ".text")
+
+
+def train(config: RunConfig, folder: Path, resume: bool = False, say=print) -> dict:
+    """Run (or resume) training in `folder`; return the summary. FloatingPointError on a NaN loss."""
+    return Run(folder, config, say).train(resume)
+
+
+class Run:
+    """One run folder and what a run works with: the implementation, the configuration (kernels decided for that
+    implementation), the device, and, once made or loaded, the data's numbers, the tokenizer and the model."""
+
+    def __init__(self, folder: Path, config: RunConfig, say=print, device: torch.device | None = None):
+        self.folder = Path(folder)
+        self.impl = load(config.impl)
+        self.config = config.resolved(self.impl)
+        self.say = say
+        self.device = device or pick_device(self.config.device)
+        self.info: dict | None = None  # data.json
+        self.tokenizer = None
+        self.model = None
+
+    @classmethod
+    def open(cls, folder: Path, impl: str | None = None, device: torch.device | None = None) -> Run:
+        """A finished or interrupted run with its tokenizer, and its model loaded from the checkpoint onto `device`
+        (default: the run's). `impl` replaces the run's implementation."""
+        folder = Path(folder)
+        values = read_toml(folder / "config.toml")
+        if impl and impl != values.get("impl"):
+            # The weights are the same on either path; whether to take the fast ones is the new implementation's.
+            values = {**values, "impl": impl, "kernels": "auto"}
+        run = cls(folder, config_from_mapping(values, where=str(folder / "config.toml")), say=lambda message: None,
+                  device=device)
+        run.info = json.loads((folder / "data.json").read_text())
+        run.model = build_model(run.impl, run.config, run.info["vocab_size"])
+        run.impl.train.load_checkpoint(folder / CHECKPOINT, run.model)
+        run.model = run.model.to(run.device)
+        run.tokenizer = run.impl.tokenizer.Tokenizer.load(folder / "tokenizer.json")
+        return run
+
+    def tokens(self, split: str):
+        """The packed token stream of a split ("train" or "val"), as the data chapter loads it."""
+        return self.impl.data.load_tokens(self.folder / f"{split}.npy")
+
+    # ------------------------------------------------------------------------------------------------ data
+
+    def documents(self):
+        """The corpus as documents: the default one, files, or a Hugging Face dataset; cleaned, exact duplicates
+        out."""
+        text, config = self.impl.text, self.config
+        if not config.data:
+            docs = text.default_corpus()
+        else:
+            paths = [Path(p).expanduser() for p in config.data]
+            if all(p.exists() for p in paths):
+                jsonl = [p for p in paths if p.suffix == ".jsonl"]
+                rest = [p for p in paths if p.suffix != ".jsonl"]
+                docs = chain(text.load_jsonl(jsonl, field=config.data_field) if jsonl else (),
+                             text.load_text_files(rest) if rest else ())
+            elif len(config.data) == 1 and not _looks_like_a_path(config.data[0]):
+                docs = self._hf_documents()
+            else:
+                missing = [str(p) for p in paths if not p.exists()]
+                raise ConfigError(f"data: no such file or folder: {', '.join(missing)}")
+        if config.max_documents:
+            docs = islice(docs, config.max_documents)
+        return text.exact_dedup(d for d in map(text.clean, docs) if d.strip())
+
+    def _hf_documents(self):
+        """The rows of a Hugging Face dataset, streamed; a dataset that cannot be loaded is a ConfigError."""
+        config = self.config
+        try:
+            yield from self.impl.text.load_hf_dataset(config.data[0], field=config.data_field,
+                                                      split=config.data_split, streaming=True)
+        except NOT_YET:
+            raise
+        except Exception as error:  # datasets raises many kinds: not found, no network, no such split or field
+            raise ConfigError(f"data: cannot read the Hugging Face dataset {config.data[0]!r} "
+                              f"(split {config.data_split!r}, field {config.data_field!r}): {error}") from None
+
+    def train_tokenizer(self, documents: list[str]):
+        """A byte-level BPE of config.vocab_size tokens with EOT, by chapter 14's trainer when kernels are on."""
+        if self.config.kernels == "on":
+            return self.impl.kernels.train_bpe(documents, self.config.vocab_size, special_tokens=[EOT],
+                                               num_workers=self.config.threads or None)
+        return self.impl.tokenizer.train_bpe(documents, self.config.vocab_size, special_tokens=[EOT])
+
+    def prepare_data(self) -> dict:
+        """Split, train the tokenizer, pack both splits; skipped when the run folder already has them (resume)."""
+        info_path = self.folder / "data.json"
+        if info_path.exists() and (self.folder / "tokenizer.json").exists() and (self.folder / "train.npy").exists():
+            self.info = json.loads(info_path.read_text())
+            return self.info
+        started = time.perf_counter()
+        impl, config = self.impl, self.config
+        train_docs, val_docs = impl.data.train_val_split(self.documents(), config.val_fraction, "")
+        if not train_docs or not val_docs:
+            raise ConfigError(f"the corpus has {len(train_docs)} training and {len(val_docs)} validation documents; "
+                              "both need at least one (more data, or another val_fraction)")
+        self.say(f"corpus: {len(train_docs)} training and {len(val_docs)} validation documents; training a tokenizer "
+                 f"of {config.vocab_size} tokens")
+        tokenizer = self.train_tokenizer(train_docs)
+        tokenizer.save(self.folder / "tokenizer.json")
+        eot = tokenizer.special_tokens[EOT]
+        vocab = len(tokenizer.vocab)
+        train = impl.data.tokenize_and_pack(train_docs, tokenizer, eot, self.folder / "train.npy", vocab)
+        val = impl.data.tokenize_and_pack(val_docs, tokenizer, eot, self.folder / "val.npy", vocab)
+        info = {"train_documents": len(train_docs), "val_documents": len(val_docs), "vocab_size": vocab,
+                "train_tokens": len(train), "val_tokens": len(val),
+                "train_bytes": sum(len(d.encode("utf-8")) for d in train_docs),
+                "val_bytes": sum(len(d.encode("utf-8")) for d in val_docs), "eot_id": eot,
+                "seconds": round(time.perf_counter() - started, 2)}
+        if info["val_tokens"] < 2:
+            raise ConfigError("the validation split has fewer than 2 tokens: nothing to evaluate")
+        write_text_atomic(info_path, json.dumps(info, indent=1) + "\n")
+        self.info = info
+        return info
+
+    # ------------------------------------------------------------------------------------------------ training
+
+    def validate(self, val_tokens, limit: int = 0) -> dict:
+        """Validation loss, perplexity and bits per byte over the first `limit` targets (0: all of them)."""
+        impl, config = self.impl, self.config
+        tokens = val_tokens[: limit + 1] if limit else val_tokens
+        batches = impl.data.sequential_batches(tokens, config.batch_size, config.context_length, device=self.device)
+        loss, count = impl.evaluate.evaluate_loss(self.model, batches)
+        # The bytes the counted targets spell: all of the split's bytes when the whole split is evaluated,
+        # else the same share of them (an estimate: bytes per token vary along the text).
+        n_bytes = self.info["val_bytes"] * count / max(1, self.info["val_tokens"] - 1)
+        return {"loss": loss, "perplexity": impl.evaluate.perplexity(loss),
+                "bits_per_byte": impl.evaluate.bits_per_byte(loss, count, n_bytes), "targets": count}
+
+    def train(self, resume: bool = False) -> dict:
+        """Run (or resume) training; return the summary. FloatingPointError on a NaN loss."""
+        impl, config, device = self.impl, self.config, self.device
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_toml(config, self.folder / "config.toml")
+        info = self.prepare_data()
+        train_tokens, val_tokens = self.tokens("train"), self.tokens("val")
+        if len(train_tokens) < config.context_length + 1:
+            raise ConfigError(f"context_length ({config.context_length}) is longer than the training split "
+                              f"({len(train_tokens)} tokens)")
+
+        self.model = model = build_model(impl, config, info["vocab_size"]).to(device)
+        optimizer = impl.train.AdamW(impl.train.parameter_groups(model, config.weight_decay), lr=config.lr,
+                                     betas=(config.beta1, config.beta2))
+        generator = torch.Generator().manual_seed(config.seed)  # draws the batches: the position in the data
+        checkpoint = self.folder / CHECKPOINT
+        start, elapsed_before = 0, 0.0
+        if resume and checkpoint.exists():
+            try:
+                state = impl.train.load_checkpoint(checkpoint, model, optimizer, config=config.numerics(),
+                                                   generator=generator)
+            except ValueError as error:
+                raise ConfigError(f"cannot resume: {error}") from None
+            start, elapsed_before = state["step"], state["extra"].get("elapsed", 0.0)
+            self.say(f"resuming {self.folder} at step {start} of {config.steps}")
+        parameters = impl.model.count_parameters(model)
+        flops = impl.model.flops_per_token(model.config, config.context_length)
+        if start == 0:
+            self.say(f"model: {parameters / 1e6:.2f}M parameters, {config.n_layers} layers, d_model {config.d_model}, "
+                     f"context {config.context_length}, kernels {config.kernels}; {info['train_tokens']:,} training "
+                     f"tokens; device {device}")
+
+        metrics = Metrics(self.folder / "metrics.jsonl", start)
+        autocast = torch.bfloat16 if config.dtype == "bfloat16" else None
+        tokens_per_step = config.batch_size * config.grad_accum * config.context_length
+        bar = self._progress_bar(start)
+        started = time.perf_counter()
+        window_start, window_tokens = started, 0
+        last_val = None
+        try:
+            for step in range(start, config.steps):
+                lr = impl.train.lr_schedule(step, config.lr, config.warmup_steps, config.steps,
+                                            config.lr * config.min_lr_ratio)
+                micro = [impl.data.get_batch(train_tokens, config.batch_size, config.context_length, generator,
+                                             device=device) for _ in range(config.grad_accum)]
+                try:
+                    loss, norm = impl.train.train_step(model, optimizer, micro, config.grad_clip or None, lr, autocast)
+                except FloatingPointError as error:
+                    raise FloatingPointError(f"step {step + 1}: {error}") from None
+                done = step + 1
+                window_tokens += tokens_per_step
+                if done % config.log_every == 0 or done == config.steps:
+                    now = time.perf_counter()
+                    speed = window_tokens / max(now - window_start, 1e-9)
+                    window_start, window_tokens = now, 0
+                    metrics.write(step=done, split="train", loss=loss, lr=lr, grad_norm=norm,
+                                  tokens=done * tokens_per_step, tokens_per_s=round(speed, 1),
+                                  time=round(elapsed_before + now - started, 3))
+                    if bar is not None:
+                        bar.set_postfix_str(f"loss {loss:.3f}  {speed:,.0f} tok/s  lr {lr:.2e}"
+                                            + (f"  val {last_val['loss']:.3f}" if last_val else ""), refresh=False)
+                if done % config.eval_every == 0 or done == config.steps:
+                    last_val = self.validate(val_tokens, config.eval_tokens)
+                    metrics.write(step=done, split="val", tokens=done * tokens_per_step, **last_val)
+                    if bar is None:
+                        self.say(f"step {done}: train loss {loss:.4f}, val loss {last_val['loss']:.4f}, "
+                                 f"{last_val['bits_per_byte']:.3f} bits/byte")
+                if done % config.checkpoint_every == 0 or done == config.steps:
+                    impl.train.save_checkpoint(checkpoint, model, optimizer, done, config=config.numerics(),
+                                               generator=generator,
+                                               extra={"elapsed": elapsed_before + time.perf_counter() - started})
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+            metrics.close()
+        train_seconds = elapsed_before + time.perf_counter() - started
+        return self.finish(train_seconds, parameters, flops)
+
+    def _progress_bar(self, start: int):
+        if not self.config.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.config.steps, initial=start, unit="step", dynamic_ncols=True, desc="train")
+
+    # ------------------------------------------------------------------------------------------------ after training
+
+    def finish(self, train_seconds: float, parameters: int, flops: int) -> dict:
+        """After the last step: samples, multiple-choice accuracy, the plot, the HF export and summary.json."""
+        config, info = self.config, self.info
+        self.tokenizer = self.impl.tokenizer.Tokenizer.load(self.folder / "tokenizer.json")
+        records = read_metrics(self.folder)
+        val = [r for r in records if r.get("split") == "val"]
+        train_records = [r for r in records if r.get("split") == "train"]
+        speeds = [r["tokens_per_s"] for r in train_records[len(train_records) // 5:]]  # skip the warm-up
+        samples = self.write_samples()
+        accuracy = self.multiple_choice()
+        plot_losses(self.folder)
+        self.export_hf()
+        summary = {
+            "run": str(self.folder), "impl": config.impl, "kernels": config.kernels, "parameters": parameters,
+            "steps": config.steps,
+            "tokens": config.steps * config.batch_size * config.grad_accum * config.context_length,
+            "train_seconds": round(train_seconds, 1),
+            "data_seconds": info.get("seconds"),
+            "tokens_per_s": round(sorted(speeds)[len(speeds) // 2], 1) if speeds else None,
+            "flops_per_token": flops,
+            "final_train_loss": train_records[-1]["loss"] if train_records else None,
+            "val_loss": val[-1]["loss"] if val else None,
+            "val_perplexity": val[-1]["perplexity"] if val else None,
+            "val_bits_per_byte": val[-1]["bits_per_byte"] if val else None,
+            "multiple_choice": accuracy,
+            "sample": samples[0] if samples else None,
+        }
+        write_text_atomic(self.folder / "summary.json", json.dumps(summary, indent=1) + "\n")
+        return summary
+
+    def write_samples(self) -> list[str]:
+        """samples.txt: continuations of the opening words of a few validation documents, and one from scratch."""
+        tokenizer = self.tokenizer
+        val = self.tokens("val")
+        eot = tokenizer.special_tokens[EOT]
+        starts = [0] + [int(i) + 1 for i in np.flatnonzero(np.asarray(val[:-1]) == eot)[:2]]
+        prompts = [[eot]] + [[int(t) for t in val[s: s + 8]] for s in starts]
+        generator = torch.Generator().manual_seed(self.config.seed)
+        texts = []
+        for prompt in prompts:
+            ids = list(self.impl.generate.generate(self.model, prompt, self.config.sample_tokens, temperature=0.8,
+                                                   top_k=40, stop_tokens=[eot], generator=generator))
+            shown = "" if prompt == [eot] else tokenizer.decode(prompt)
+            texts.append(f"{shown}\u2192{tokenizer.decode(ids)}" if shown else tokenizer.decode(ids))
+        sep = "\n" + "-" * 72 + "\n"
+        write_text_atomic(self.folder / "samples.txt", sep.join(texts) + "\n")
+        return texts[1:] or texts
+
+    def multiple_choice(self, path=None) -> dict | None:
+        """Accuracy on a multiple-choice file (default: the shipped set), over the tasks whose choices fit the
+        context.
+
+        The shipped set, choices.jsonl, holds sentences of held-out documents of the default corpus (the validation
+        side of the split): the context is a sentence's first half, the right choice its true ending, the three
+        others the endings of other sentences of about the same length.
+        """
+        path = path or default_tasks_path()
+        if not Path(path).exists():
+            return None
+        evaluate = self.impl.evaluate
+        tasks = evaluate.load_choice_tasks(path)
+        limit = self.model.config.max_seq_len
+        fitting = [t for t in tasks if max(len(self.tokenizer.encode(c)) for c in t["choices"]) < limit]
+        if not fitting:
+            return None
+        result = evaluate.multiple_choice_accuracy(self.model, self.tokenizer, fitting)
+        result["chance"] = sum(1 / len(t["choices"]) for t in fitting) / len(fitting)
+        result["tasks"] = str(Path(path).name)
+        result["skipped"] = len(tasks) - len(fitting)  # a choice longer than the context
+        return result
+
+    def export_hf(self) -> None:
+        """hf/: the model in the Hugging Face Llama format, when its configuration is Llama-shaped."""
+        config = self.model.config
+        if getattr(config, "norm", "rmsnorm") == "rmsnorm" and getattr(config, "mlp", "swiglu") == "swiglu":
+            try:
+                self.impl.model.save_hf(self.model, self.folder / "hf")
+            except NotImplementedError:
+                pass

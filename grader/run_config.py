@@ -1,0 +1,246 @@
+"""The configuration of a `llmkata train` run: its fields, their rules, the TOML file and the command-line flags.
+
+    RunConfig()                                       the defaults: a ~1M-parameter Llama-style model, default corpus
+    config_from_mapping({"steps": 50}, base=config)   fields applied, converted and checked
+    config_from_mapping(read_toml("run.toml"))        a TOML file of fields;  write_toml(config, path) writes one
+
+Every field is a flag of `llmkata train` (`lr` is `--lr`, `tie_embeddings` is `--tie-embeddings/--no-tie-embeddings`)
+and a key of the TOML file; flags given with `--config` override the file. A value that cannot work is a
+ConfigError whose message names the field. The model's shape rules (heads divide d_model, an even head size, kv
+heads divide heads) are the model's own: the check asks the implementation's `ModelConfig`.
+
+Left out: nested tables, environment variables, and any field that is not one of RunConfig's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+
+from llmkata.atomic import write_text_atomic
+from llmkata.spec.impl import Implementation, Missing, load
+
+EOT = "<|endoftext|>"
+# Fields that may differ when a run is resumed: they change where and how fast it runs, not what it computes.
+RESUMABLE = ("device", "threads", "progress")
+KERNELS = ("on", "off", "auto")
+REFERENCE_PACKAGE = "llmkata.reference"
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the field."""
+
+
+@dataclass
+class RunConfig:
+    """Everything a run depends on. The defaults train a ~1M-parameter Llama-style model on the default corpus."""
+
+    impl: str = "reference"  # reference, exercises, a folder or a module name
+    data: list[str] = field(default_factory=list)  # files or folders (.txt, .md, .jsonl), or a HF dataset name
+    data_field: str = "text"  # the text field of .jsonl lines and dataset rows
+    data_split: str = "train"  # the split of a Hugging Face dataset
+    max_documents: int = 0  # read at most this many documents (0: all)
+    val_fraction: float = 0.1
+    vocab_size: int = 1024
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 0  # 0: as many as n_heads (plain multi-head attention)
+    context_length: int = 128
+    tie_embeddings: bool = False
+    kernels: str = "auto"  # chapter 14's fast paths: on, off, or auto (on for the reference, off for any other)
+    batch_size: int = 16
+    grad_accum: int = 1  # micro-batches per optimizer step
+    steps: int = 600
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # the cosine ends at lr · min_lr_ratio
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0: no clipping
+    dtype: str = "float32"  # float32, or bfloat16 (autocast for the forward pass)
+    seed: int = 1337
+    eval_every: int = 100
+    eval_tokens: int = 0  # validation tokens per evaluation (0: the whole split)
+    checkpoint_every: int = 100
+    log_every: int = 10
+    sample_tokens: int = 120
+    device: str = "auto"  # auto, cpu, cuda, mps
+    threads: int = 0  # torch CPU threads, and processes of the fast tokenizer trainer (0: their defaults)
+    progress: bool = True
+
+    def check(self, impl: Implementation | None = None) -> None:
+        """Raise ConfigError naming the first field whose value cannot work.
+
+        The model's shape is checked by the implementation's own ModelConfig (`impl`, default: the one `self.impl`
+        names); an implementation whose model chapter is not written yet is checked when the run reaches it.
+        """
+        positive = ("vocab_size", "d_model", "n_layers", "n_heads", "context_length", "batch_size", "grad_accum",
+                    "steps", "eval_every", "checkpoint_every", "log_every")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("max_documents", "n_kv_heads", "warmup_steps", "eval_tokens", "sample_tokens", "threads", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip", "val_fraction", "beta1", "beta2"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.lr == 0:
+            raise ConfigError("lr must be positive, got 0")
+        if self.min_lr_ratio > 1:
+            raise ConfigError(f"min_lr_ratio must be between 0 and 1, got {self.min_lr_ratio}")
+        if self.warmup_steps >= self.steps:
+            raise ConfigError(f"warmup_steps ({self.warmup_steps}) must be smaller than steps ({self.steps})")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        for name in ("beta1", "beta2"):
+            if not getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be below 1, got {getattr(self, name)}")
+        if self.vocab_size < 257:
+            raise ConfigError(f"vocab_size must be at least 257 (256 bytes + {EOT}), got {self.vocab_size}")
+        if self.kernels not in KERNELS:
+            raise ConfigError(f"kernels must be on, off or auto, got {self.kernels!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if impl is None:
+            try:
+                impl = load(self.impl)
+            except ValueError as error:
+                raise ConfigError(f"impl: {error}") from None
+        try:
+            self.model_config(impl, self.vocab_size)
+        except ValueError as error:
+            raise ConfigError(f"the model's shape cannot work: {error}") from None
+        except (NotImplementedError, Missing):
+            pass
+
+    def uses_kernels(self, impl: Implementation) -> bool:
+        """Whether the run takes chapter 14's fast paths: `kernels`, with auto meaning "only for the reference" (a
+        learner's own code trains with their own plain chapters)."""
+        if self.kernels == "auto":
+            return impl.package == REFERENCE_PACKAGE
+        return self.kernels == "on"
+
+    def resolved(self, impl: Implementation) -> RunConfig:
+        """A copy with `kernels` decided for `impl` (auto becomes on or off): what a run folder records."""
+        return dataclasses.replace(self, kernels="on" if self.uses_kernels(impl) else "off")
+
+    def model_config(self, impl: Implementation, vocab_size: int):
+        """The implementation's ModelConfig for this run (which applies the model's own shape rules)."""
+        return impl.model.ModelConfig(
+            vocab_size=vocab_size, d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
+            n_kv_heads=self.n_kv_heads or None, max_seq_len=self.context_length,
+            tie_embeddings=self.tie_embeddings, kernels=self.uses_kernels(impl))
+
+    def numerics(self) -> dict:
+        """The fields that decide what the run computes (all but RESUMABLE): a checkpoint must agree on them."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RESUMABLE}
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+HELP = {
+    "impl": "implementation: reference (default), exercises, a folder or a module name",
+    "data": "text files or folders (.txt, .md, .jsonl), or a Hugging Face dataset name (default: the pydoc corpus)",
+    "kernels": "the hand-written fast paths of chapter 14 (kernels): on, off, or auto: on for the reference, "
+               "off for any other implementation",
+    "steps": "optimizer steps", "lr": "peak learning rate",
+    "min_lr_ratio": "the final learning rate as a fraction of lr",
+    "dtype": "float32, or bfloat16 (autocast)", "device": "auto, cpu, cuda, cuda:N or mps",
+    "grad_clip": "clip the global gradient norm to this (0: no clipping)",
+    "threads": "torch CPU threads, and processes of the kernels chapter's tokenizer trainer (0: their defaults)",
+}
+METAVAR = {"kernels": "|".join(KERNELS)}
+
+
+def field_type(name: str) -> type:
+    """The Python type of a field.  Example: field_type("lr") -> float, field_type("data") -> list"""
+    return {"int": int, "float": float, "str": str, "bool": bool, "list[str]": list}[FIELDS[name].type]
+
+
+def config_from_mapping(values: dict, base: RunConfig | None = None, where: str = "the configuration") -> RunConfig:
+    """base (default RunConfig()) with `values` applied, each converted to its field's type and checked."""
+    config = dataclasses.replace(base or RunConfig())
+    for name, value in values.items():
+        if name not in FIELDS:
+            raise ConfigError(f"unknown field {name!r} in {where}; the fields are {', '.join(FIELDS)}")
+        kind = field_type(name)
+        if kind is list:
+            value = [value] if isinstance(value, str) else value
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{name} must be a list of strings, got {value!r}")
+        elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"{name} must be {kind.__name__}, got {value!r} in {where}")
+        setattr(config, name, value)
+    config.check()
+    return config
+
+
+def resumed_config(saved: RunConfig, flags: dict, where: str) -> RunConfig:
+    """The saved configuration of a run to resume, with the flags that only change where and how fast it runs.
+
+    A flag that changes what the run computes is a ConfigError: a resumed run must compute what the original
+    would have.
+    """
+    changed = [f"{k} (run: {getattr(saved, k)!r}, flag: {v!r})" for k, v in flags.items()
+               if k not in RESUMABLE and getattr(saved, k) != v]
+    if changed:
+        raise ConfigError(f"{where}: the run was configured differently: {'; '.join(changed)}. "
+                          "A resumed run must compute what the original would have; start a new run instead")
+    return config_from_mapping({k: v for k, v in flags.items() if k in RESUMABLE}, base=saved)
+
+
+def read_toml(path) -> dict:
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(f"no configuration file {path}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from None
+
+
+def write_toml(config: RunConfig, path) -> None:
+    lines = ["# llmkata run configuration: `llmkata train --config this-file` runs it again"]
+    for name, value in dataclasses.asdict(config).items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            text = repr(value)
+        else:  # str or list[str]: JSON strings are TOML basic strings
+            text = json.dumps(value, ensure_ascii=False)
+        lines.append(f"{name} = {text}")
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per field, absent from the parsed arguments unless given (so that a TOML file's value stays)."""
+    for name, spec in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        kind = field_type(name)
+        text = HELP.get(name, name.replace("_", " "))
+        if kind is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=f"{text} (default: {spec.default})")
+        elif kind is list:
+            parser.add_argument(flag, dest=name, nargs="+", default=argparse.SUPPRESS, help=text)
+        else:
+            parser.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS,
+                                metavar=METAVAR.get(name, name.upper()), help=f"{text} (default: {spec.default})")
+
+
+def flags_given(args: argparse.Namespace) -> dict:
+    """The fields set on the command line.  Example: `--lr 0.01` -> {"lr": 0.01}"""
+    return {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
