@@ -11,7 +11,7 @@ import functools
 import pytest
 import torch
 
-from llmkata.impl import Implementation, Missing, load
+from llmkata.spec.impl import Implementation, Missing, load
 
 from . import profiles
 
@@ -73,10 +73,12 @@ def pytest_collection_modifyitems(items):
             handle.inner_test = _stop_at_first_stub(handle.inner_test)
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # outermost: it sees the report once hypothesis has added to it
 def pytest_runtest_makereport(item, call):
     report = yield
     if call.excinfo is not None and call.excinfo.errisinstance((NotImplementedError, Missing, StubReached)):
-        # A stub or a missing name: the sentence says everything; a traceback into the stub adds nothing.
+        # A stub or a missing name: the sentence says everything; a traceback into the stub adds nothing, and
+        # neither does hypothesis's seed to reproduce it (a stub fails the same way for every input).
         report.longrepr = str(call.excinfo.value).splitlines()[0] or "not implemented yet"
+        report.sections = [(title, text) for title, text in report.sections if title != "Hypothesis"]
     return report

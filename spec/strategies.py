@@ -26,8 +26,8 @@ def tensors(draw, shape=None, dtype: torch.dtype = torch.float32, scale: float =
 
 @st.composite
 def token_batches(draw, vocab: int, length, ignore_rates=(0.0, 0.5, 0.9)):
-    """1 to 4 batches (x, y) of `length` tokens (an int or a strategy) and 1 to 3 rows each, with a drawn share
-    of the targets ignored (-100); at least one target is always counted."""
+    """1 to 4 batches (x, y) of `length` >= 1 tokens (an int or a strategy) and 1 to 3 rows each, ids below `vocab`,
+    with a drawn share of the targets ignored (-100); at least one target is always counted."""
     length = draw(length) if isinstance(length, st.SearchStrategy) else length
     generator = torch.Generator().manual_seed(draw(seeds))
     batches = []
@@ -37,7 +37,9 @@ def token_batches(draw, vocab: int, length, ignore_rates=(0.0, 0.5, 0.9)):
         y = torch.randint(vocab, (rows, length), generator=generator)
         y[torch.rand(rows, length, generator=generator) < draw(st.sampled_from(ignore_rates))] = -100
         batches.append((x, y))
-    batches[0][1][0, 0] = 1
+    first = batches[0][1]
+    if first[0, 0] == -100:  # so that at least one target counts
+        first[0, 0] = int(torch.randint(vocab, (), generator=generator))
     return batches
 
 

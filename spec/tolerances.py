@@ -16,6 +16,7 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 
 
 def tolerance(dtype: torch.dtype) -> tuple[float, float]:
+    """(rtol, atol) of `dtype`.  Example: tolerance(torch.float32) -> (1e-05, 1e-06)"""
     return TOLERANCES[dtype]
 
 
@@ -24,11 +25,15 @@ def assert_close(actual, expected, what: str, dtype: torch.dtype | None = None, 
 
     `what` is the rule, in words, that a mismatch breaks; it leads the failure message.
     """
+    __tracebackhide__ = True
     assert isinstance(actual, torch.Tensor), f"{what}: expected a tensor, got {type(actual).__name__}"
     rtol, atol = tolerance(dtype or actual.dtype)
     expected = torch.as_tensor(expected)
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
-    torch.testing.assert_close(
-        actual.detach().to(torch.float64), expected.detach().to(torch.float64),
-        rtol=rtol * scale, atol=atol * scale, msg=lambda detail: f"{what}\n{detail}",
-    )
+    try:
+        torch.testing.assert_close(
+            actual.detach().to(torch.float64), expected.detach().to(torch.float64),
+            rtol=rtol * scale, atol=atol * scale, msg=lambda detail: f"{what}\n{detail}",
+        )
+    except AssertionError as mismatch:  # raised again from here, so that the report ends at the property
+        raise AssertionError(str(mismatch)) from None
