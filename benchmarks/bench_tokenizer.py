@@ -5,8 +5,12 @@ library's own sources, in sorted order, until it reaches LLMKATA_BENCH_MB megaby
 joined by <|endoftext|>. Each test checks its result first, then times, best of a few rounds, and reports the
 ratio to the baselines timed in the same run in `benchmark.extra_info`:
 
-- training (vocab 4096, GPT-4 split pattern, <|endoftext|> special) against Hugging Face `tokenizers` (Rust,
-  multi-threaded, the same split regex and byte-level alphabet) and `sentencepiece` (C++, BPE, lossless config);
+- training with the incremental trainer `kernels.train_bpe` (vocab 4096, GPT-4 split pattern, <|endoftext|>
+  special) against Hugging Face `tokenizers` (Rust, multi-threaded, the same split regex and byte-level alphabet)
+  and `sentencepiece` (C++, BPE, lossless config);
+- what the kernel buys: the textbook trainer `tokenizer.train_bpe` against `kernels.train_bpe` on the first
+  LLMKATA_BENCH_TEXTBOOK_MB megabytes (default 0.2), vocab 1024 (the textbook loop recounts every pair after
+  every merge: on the whole corpus it would take many minutes);
 - encoding MB/s against `tiktoken` (Rust) built from our own ranks and pattern, which must give the same ids.
 
     pytest benchmarks/bench_tokenizer.py --benchmark-columns=min,mean,rounds
@@ -23,10 +27,22 @@ from .common import ROUNDS, best_of, python_corpus
 
 SPECIAL = "<|endoftext|>"
 VOCAB_SIZE = 4096
+TEXTBOOK_VOCAB_SIZE = 1024
 
 
 def corpus() -> tuple[str, ...]:
     return python_corpus(float(os.environ.get("LLMKATA_BENCH_MB", "10")), skip_containing=SPECIAL)
+
+
+def textbook_corpus() -> list[str]:
+    """The first LLMKATA_BENCH_TEXTBOOK_MB megabytes of the corpus (the last document cut short)."""
+    limit, documents, size = float(os.environ.get("LLMKATA_BENCH_TEXTBOOK_MB", "0.2")) * 1e6, [], 0
+    for document in corpus():
+        if size >= limit:
+            break
+        documents.append(document[:int(limit - size)])
+        size += len(documents[-1].encode())
+    return documents
 
 
 def megabytes(documents) -> float:
@@ -55,7 +71,7 @@ def wall_and_cpu_seconds(function) -> tuple[float, float]:
 
 @functools.cache
 def trained(impl):
-    return impl.tokenizer.train_bpe(list(corpus()), VOCAB_SIZE, [SPECIAL], "gpt4")
+    return impl.kernels.train_bpe(list(corpus()), VOCAB_SIZE, [SPECIAL], "gpt4")
 
 
 def train_hf(documents):
@@ -81,26 +97,26 @@ def test_train_bpe(benchmark, impl):
     size = megabytes(documents)
 
     # correctness first: the exact vocabulary size, a round trip, the same merges with one worker or several
+    train = impl.kernels.train_bpe
     ours = trained(impl)
-    assert len(ours.vocab) == VOCAB_SIZE, f"train_bpe gave {len(ours.vocab)} tokens, not {VOCAB_SIZE}"
+    assert len(ours.vocab) == VOCAB_SIZE, f"kernels.train_bpe gave {len(ours.vocab)} tokens, not {VOCAB_SIZE}"
     sample = documents[-1][:20000]
     assert ours.decode(ours.encode(sample)) == sample, "the trained tokenizer must round-trip"
-    one_worker = impl.tokenizer.train_bpe(documents, VOCAB_SIZE, [SPECIAL], "gpt4", num_workers=1)
+    one_worker = train(documents, VOCAB_SIZE, [SPECIAL], "gpt4", num_workers=1)
     assert one_worker.merges == ours.merges, "training with 1 worker must learn the same merges as with several"
     hf = train_hf(documents)
     assert hf.get_vocab_size() == VOCAB_SIZE
 
     sentencepiece_seconds = best_of(
         lambda: impl.tokenizer.train_sentencepiece(documents, VOCAB_SIZE, [SPECIAL]), rounds=1)
-    one_worker_seconds = best_of(
-        lambda: impl.tokenizer.train_bpe(documents, VOCAB_SIZE, [SPECIAL], "gpt4", num_workers=1), rounds=1)
+    one_worker_seconds = best_of(lambda: train(documents, VOCAB_SIZE, [SPECIAL], "gpt4", num_workers=1), rounds=1)
     # the baseline runs right before each timed round (the machine's load drifts; interleaving is fairer)
     hf_times = []
-    benchmark.pedantic(impl.tokenizer.train_bpe, args=(documents, VOCAB_SIZE, [SPECIAL], "gpt4"),
+    benchmark.pedantic(train, args=(documents, VOCAB_SIZE, [SPECIAL], "gpt4"),
                        setup=lambda: hf_times.append(best_of(lambda: train_hf(documents), rounds=1)),
                        rounds=ROUNDS, iterations=1)
     seconds, hf_seconds = benchmark.stats.stats.min, min(hf_times)
-    cpu = cpu_seconds(lambda: impl.tokenizer.train_bpe(documents, VOCAB_SIZE, [SPECIAL], "gpt4"))
+    cpu = cpu_seconds(lambda: train(documents, VOCAB_SIZE, [SPECIAL], "gpt4"))
     hf_cpu = cpu_seconds(lambda: train_hf(documents))
     benchmark.extra_info.update({
         "corpus_mb": round(size, 2),
@@ -114,6 +130,30 @@ def test_train_bpe(benchmark, impl):
         "ours_cpu_s": round(cpu, 3),
         "hf_tokenizers_cpu_s": round(hf_cpu, 3),
         "cpu_vs_hf_tokenizers": round(cpu / hf_cpu, 2),
+        "load_average": round(os.getloadavg()[0], 2),
+    })
+
+
+def test_train_bpe_kernel_against_the_textbook(benchmark, impl):
+    documents = textbook_corpus()
+    kernel = impl.kernels.train_bpe(documents, TEXTBOOK_VOCAB_SIZE, [SPECIAL], "gpt4")
+    # correctness first: the textbook trainer learns the same merges. Its one run (seconds, not milliseconds) is
+    # also its timing; a second one would double the benchmark's time and tell little more.
+    start = time.perf_counter()
+    textbook = impl.tokenizer.train_bpe(documents, TEXTBOOK_VOCAB_SIZE, [SPECIAL], "gpt4")
+    textbook_seconds = time.perf_counter() - start
+    assert textbook.merges == kernel.merges, "kernels.train_bpe must learn the merges of tokenizer.train_bpe"
+    assert len(kernel.vocab) == TEXTBOOK_VOCAB_SIZE, f"kernels.train_bpe gave {len(kernel.vocab)} tokens"
+
+    benchmark.pedantic(impl.kernels.train_bpe, args=(documents, TEXTBOOK_VOCAB_SIZE, [SPECIAL], "gpt4"),
+                       rounds=ROUNDS, iterations=1)
+    seconds = benchmark.stats.stats.min
+    benchmark.extra_info.update({
+        "corpus_mb": round(megabytes(documents), 2),
+        "vocab_size": TEXTBOOK_VOCAB_SIZE,
+        "kernel_s": round(seconds, 3),
+        "textbook_s": round(textbook_seconds, 3),
+        "textbook_time_vs_kernel": round(textbook_seconds / seconds, 1),
         "load_average": round(os.getloadavg()[0], 2),
     })
 

@@ -17,17 +17,12 @@ data-loader worker processes, curriculum and mixture weights.
 
 from __future__ import annotations
 
-import hashlib
-import multiprocessing
 from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import islice
-from pathlib import Path
 
 import numpy as np
 import torch
-
-from .files import atomic_path
 
 __all__ = [
     "is_validation", "train_val_split", "token_dtype", "tokenize_and_pack", "load_tokens",
@@ -49,19 +44,24 @@ def is_validation(text: str, val_fraction: float = 0.1, salt: str = "") -> bool:
     always land on the same side (no copy of a validation document leaks into training). A different `salt`
     draws a different split.
     """
-    raise NotImplementedError('`data.is_validation` is not implemented yet — chapter 3 (data): read spec/test_data.py.')
+    raise NotImplementedError('`data.is_validation` is not implemented yet — chapter 3 (data): see '
+                              'test_split_is_disjoint_and_covers_every_document and '
+                              'test_validation_fraction_is_within_the_hoeffding_bound in spec/test_data.py.')
 
 
 def train_val_split(docs: Iterable[str], val_fraction: float = 0.1, salt: str = "") -> tuple[list[str], list[str]]:
     """(train, validation): every document on exactly one side by is_validation, each side in corpus order."""
-    raise NotImplementedError('`data.train_val_split` is not implemented yet — chapter 3 (data): read spec/test_data.py.')
+    raise NotImplementedError('`data.train_val_split` is not implemented yet — chapter 3 (data): see '
+                              'test_split_is_disjoint_and_covers_every_document and '
+                              'test_split_is_stable_under_reordering_and_growth in spec/test_data.py.')
 
 
 # ---------------------------------------------------------------------------------------------- tokenize and pack
 
 def token_dtype(vocab_size: int) -> np.dtype:
     """The smallest unsigned dtype that holds every token id 0..vocab_size-1.  Example: 50257 -> uint16"""
-    raise NotImplementedError('`data.token_dtype` is not implemented yet — chapter 3 (data): read spec/test_data.py.')
+    raise NotImplementedError('`data.token_dtype` is not implemented yet — chapter 3 (data): see '
+                              'test_token_dtype_is_the_smallest_that_fits in spec/test_data.py.')
 
 
 def _encode(task: tuple[int, list[str]], tokenizer, eot_id: int, vocab_size: int, dtype: np.dtype) -> np.ndarray:
@@ -131,12 +131,14 @@ def tokenize_and_pack(docs: Iterable[str], tokenizer, eot_id: int, path, vocab_s
     The file is written to a temporary name in the same folder and renamed at the end, so `path` is either the
     complete old file or the complete new one, never half written. An empty corpus is a ValueError.
     """
-    raise NotImplementedError('`data.tokenize_and_pack` is not implemented yet — chapter 3 (data): read spec/test_data.py.')
+    raise NotImplementedError('`data.tokenize_and_pack` is not implemented yet — chapter 3 (data): see '
+                              'test_packed_stream_is_each_document_followed_by_eot and 5 more in spec/test_data.py.')
 
 
 def load_tokens(path) -> np.memmap:
     """A token file written by tokenize_and_pack, memory-mapped read-only: a 1-D array of uint16 or uint32."""
-    raise NotImplementedError('`data.load_tokens` is not implemented yet — chapter 3 (data): read spec/test_data.py.')
+    raise NotImplementedError('`data.load_tokens` is not implemented yet — chapter 3 (data): see '
+                              'test_packed_stream_is_each_document_followed_by_eot in spec/test_data.py.')
 
 
 # ---------------------------------------------------------------------------------------------------------- batches
@@ -166,7 +168,9 @@ def get_batch(tokens, batch_size: int, context_length: int, generator: torch.Gen
     (0 <= s <= N - T - 1, N = len(tokens), T = context_length): x = tokens[s : s+T], y = tokens[s+1 : s+T+1].
     The offsets come from `generator` alone: the same seed gives the same batches.
     """
-    raise NotImplementedError('`data.get_batch` is not implemented yet — chapter 3 (data): read spec/test_data.py.')
+    raise NotImplementedError('`data.get_batch` is not implemented yet — chapter 3 (data): see '
+                              'test_batches_are_windows_of_the_stream_with_y_shifted_by_one, '
+                              'test_every_start_offset_is_reachable and 2 more in spec/test_data.py.')
 
 
 def sequential_batches(tokens, batch_size: int, context_length: int,
@@ -177,7 +181,8 @@ def sequential_batches(tokens, batch_size: int, context_length: int,
     The last window is usually short: x is padded with 0 and y with IGNORE_INDEX (-100), which cross-entropy
     skips; the last batch may have fewer rows. Together the y's hold tokens[1:], each once, in order.
     """
-    raise NotImplementedError('`data.sequential_batches` is not implemented yet — chapter 3 (data): read spec/test_data.py.')
+    raise NotImplementedError('`data.sequential_batches` is not implemented yet — chapter 3 (data): see '
+                              'test_sequential_batches_cover_every_target_exactly_once in spec/test_data.py.')
 
 
 # ---------------------------------------------------------------------------------------------- document masks
@@ -188,10 +193,12 @@ def document_ids(x: torch.Tensor, eot_id: int) -> torch.Tensor:
     An end-of-text token closes its document, so it belongs to the document before it.
     Example: x = [5, 7, EOT, 9, EOT, 4] -> [0, 0, 0, 1, 1, 2]
     """
-    raise NotImplementedError('`data.document_ids` is not implemented yet — chapter 3 (data): read spec/test_data.py.')
+    raise NotImplementedError('`data.document_ids` is not implemented yet — chapter 3 (data): see '
+                              'test_document_ids_count_documents_from_zero in spec/test_data.py.')
 
 
 def document_mask(x: torch.Tensor, eot_id: int) -> torch.Tensor:
     """Causal attention mask that stops at document boundaries: (..., T, T) bool, True where query i may attend to
     key j, i.e. j <= i and positions i and j are in the same document (document_ids)."""
-    raise NotImplementedError('`data.document_mask` is not implemented yet — chapter 3 (data): read spec/test_data.py.')
+    raise NotImplementedError('`data.document_mask` is not implemented yet — chapter 3 (data): see '
+                              'test_document_mask_never_crosses_a_document_boundary in spec/test_data.py.')

@@ -29,10 +29,7 @@ evaluation across several processes.
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -59,12 +56,15 @@ def evaluate_loss(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) ->
     does not count. The mean is over tokens, not batches: a short last batch weighs as many tokens as it has.
     The sum is kept in float64, so millions of tokens add up without losing digits.
     """
-    raise NotImplementedError('`evaluate.evaluate_loss` is not implemented yet — chapter 10 (evaluate): read spec/test_evaluate.py.')
+    raise NotImplementedError('`evaluate.evaluate_loss` is not implemented yet — chapter 10 (evaluate): see '
+                              'test_evaluate_loss_is_the_mean_nll_over_tokens_not_batches and 1 more in '
+                              'spec/test_evaluate.py.')
 
 
 def perplexity(mean_nll: float) -> float:
     """exp(mean negative log-likelihood in nats).  Example: perplexity(math.log(50)) -> 50.0"""
-    raise NotImplementedError('`evaluate.perplexity` is not implemented yet — chapter 10 (evaluate): read spec/test_evaluate.py.')
+    raise NotImplementedError('`evaluate.perplexity` is not implemented yet — chapter 10 (evaluate): see '
+                              'test_perplexity_is_exp_of_the_mean_nll in spec/test_evaluate.py.')
 
 
 def bits_per_byte(mean_nll: float, n_tokens: int, n_bytes: int) -> float:
@@ -72,7 +72,9 @@ def bits_per_byte(mean_nll: float, n_tokens: int, n_bytes: int) -> float:
 
     Example: a uniform model over 256 single-byte tokens: bits_per_byte(math.log(256), 1000, 1000) -> 8.0
     """
-    raise NotImplementedError('`evaluate.bits_per_byte` is not implemented yet — chapter 10 (evaluate): read spec/test_evaluate.py.')
+    raise NotImplementedError('`evaluate.bits_per_byte` is not implemented yet — chapter 10 (evaluate): see '
+                              'test_bits_per_byte_is_the_total_nll_in_bits_over_the_bytes and 1 more in '
+                              'spec/test_evaluate.py.')
 
 
 def continuation_logprob(model: nn.Module, context: Sequence[int], continuation: Sequence[int],
@@ -85,12 +87,14 @@ def continuation_logprob(model: nn.Module, context: Sequence[int], continuation:
     model.config.max_seq_len), the context is cropped from the left; a continuation that alone does not fit is a
     ValueError.
     """
-    raise NotImplementedError('`evaluate.continuation_logprob` is not implemented yet — chapter 10 (evaluate): read spec/test_evaluate.py.')
+    raise NotImplementedError('`evaluate.continuation_logprob` is not implemented yet — chapter 10 (evaluate): see '
+                              'test_evaluation_leaves_the_model_as_it_was and 4 more in spec/test_evaluate.py.')
 
 
 def score_choices(model: nn.Module, context: Sequence[int], choices: Sequence[Sequence[int]]) -> list[float]:
     """[continuation_logprob(model, context, choice) for each choice]: the log-likelihood of each candidate."""
-    raise NotImplementedError('`evaluate.score_choices` is not implemented yet — chapter 10 (evaluate): read spec/test_evaluate.py.')
+    raise NotImplementedError('`evaluate.score_choices` is not implemented yet — chapter 10 (evaluate): see '
+                              'test_score_choices_scores_each_choice_by_its_log_likelihood in spec/test_evaluate.py.')
 
 
 def load_choice_tasks(path) -> list[dict]:
@@ -99,7 +103,9 @@ def load_choice_tasks(path) -> list[dict]:
     Blank lines are skipped. A malformed line is a ValueError that names the file, the line number and the field:
     a missing key, a context that is not a string, fewer than two choices, a label outside 0..len(choices) − 1.
     """
-    raise NotImplementedError('`evaluate.load_choice_tasks` is not implemented yet — chapter 10 (evaluate): read spec/test_evaluate.py.')
+    raise NotImplementedError('`evaluate.load_choice_tasks` is not implemented yet — chapter 10 (evaluate): see '
+                              'test_load_choice_tasks_reads_json_lines and test_rejects_a_malformed_task_file in '
+                              'spec/test_evaluate.py.')
 
 
 def multiple_choice_accuracy(model: nn.Module, tokenizer, tasks: Sequence[dict]) -> dict:
@@ -109,4 +115,5 @@ def multiple_choice_accuracy(model: nn.Module, tokenizer, tasks: Sequence[dict])
     each log-likelihood divided by the choice's length in UTF-8 bytes. Ties go to the first choice. The tokenizer
     needs encode(str) -> list[int].
     """
-    raise NotImplementedError('`evaluate.multiple_choice_accuracy` is not implemented yet — chapter 10 (evaluate): read spec/test_evaluate.py.')
+    raise NotImplementedError('`evaluate.multiple_choice_accuracy` is not implemented yet — chapter 10 (evaluate): '
+                              'see test_multiple_choice_accuracy_picks_the_likeliest_choice in spec/test_evaluate.py.')

@@ -24,7 +24,6 @@ speculative decoding, and keeping a cache across the window slide (attention sin
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -37,7 +36,9 @@ def top_k_filter(logits: Tensor, k: int) -> Tensor:
     Ties at the k-th largest value are all kept, so a row may keep more than k when logits are equal.
     Example: top_k_filter([1., 3., 2.], 2) -> [-inf, 3., 2.]
     """
-    raise NotImplementedError('`generate.top_k_filter` is not implemented yet — chapter 9 (generate): read spec/test_generate.py.')
+    raise NotImplementedError('`generate.top_k_filter` is not implemented yet — chapter 9 (generate): see '
+                              'test_top_k_filter_keeps_exactly_the_k_largest and test_k_zero_and_p_one_do_not_filter '
+                              'in spec/test_generate.py.')
 
 
 def top_p_filter(logits: Tensor, p: float) -> Tensor:
@@ -48,7 +49,9 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     the first token that brings the running sum to p or more is the last one kept.
     Example: probabilities [0.5, 0.3, 0.2], p = 0.6 -> keeps the first two (0.5 < 0.6 <= 0.8)
     """
-    raise NotImplementedError('`generate.top_p_filter` is not implemented yet — chapter 9 (generate): read spec/test_generate.py.')
+    raise NotImplementedError('`generate.top_p_filter` is not implemented yet — chapter 9 (generate): see '
+                              'test_top_p_keeps_the_smallest_set_with_mass_at_least_p and '
+                              'test_k_zero_and_p_one_do_not_filter in spec/test_generate.py.')
 
 
 def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -59,7 +62,8 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p:
     top-k applied first, then top-p on what is left, and one draw per row from `generator` (torch's global
     generator when None).
     """
-    raise NotImplementedError('`generate.sample_next` is not implemented yet — chapter 9 (generate): read spec/test_generate.py.')
+    raise NotImplementedError('`generate.sample_next` is not implemented yet — chapter 9 (generate): see '
+                              'test_temperature_zero_is_greedy and 3 more in spec/test_generate.py.')
 
 
 def _context_length(model: nn.Module, context_length: int | None) -> int:
@@ -87,4 +91,6 @@ def generate(model: nn.Module, prompt, max_new_tokens: int, temperature: float =
     Bad arguments raise at the call, before any token is produced: an empty prompt is a ValueError (start from a
     token, such as the end-of-text separator).
     """
-    raise NotImplementedError('`generate.generate` is not implemented yet — chapter 9 (generate): read spec/test_generate.py.')
+    raise NotImplementedError('`generate.generate` is not implemented yet — chapter 9 (generate): see '
+                              'test_generation_sees_the_last_context_length_tokens and 6 more in '
+                              'spec/test_generate.py.')

@@ -6,18 +6,18 @@ LayerNorm, RMSNorm and the SwiGLU feed-forward. Each is written from its definit
 torch's own versions (`torch.nn.functional.softmax`, `nn.LayerNorm`, ...) are what the spec is *not* allowed to
 assume you used. Parameter names follow the Hugging Face Llama convention (`weight`, `bias`, `gate_proj`, ...).
 
-The reference gives RMSNorm and the SwiGLU product SiLU(gate) · up hand-written backward passes
-(`torch.autograd.Function`): autograd of the formula stores and rereads one tensor per operation, while the
-derivative written out makes fewer passes over memory and computes the sigmoid once. Plain autograd is just as
-correct: the spec compares the gradients with those of the definition.
+Autograd differentiates every one of them. RMSNorm and SwiGLU also take `kernels=True`, which sends them through
+the hand-written backward passes of chapter 14 (`kernels`): the same numbers, fewer passes over memory.
 
-Left out: dropout (no regularisation is needed at this scale) and fused kernels (see the attention chapter).
+Left out: dropout (no regularisation is needed at this scale).
 """
 
 import math
 
 import torch
 from torch import Tensor, nn
+
+from . import kernels
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
@@ -26,7 +26,9 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
     Subtracting the maximum first changes nothing mathematically (the factor exp(-max) cancels) and keeps every
     exponent <= 0, so exp never overflows, even at x = 1e4 in float32.
     """
-    raise NotImplementedError('`layers.softmax` is not implemented yet — chapter 4 (layers): read spec/test_layers.py.')
+    raise NotImplementedError('`layers.softmax` is not implemented yet — chapter 4 (layers): see '
+                              'test_softmax_equals_its_definition_along_any_dim, '
+                              'test_softmax_rows_are_probability_distributions and 3 more in spec/test_layers.py.')
 
 
 def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
@@ -34,7 +36,8 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
 
     Never `softmax(x).log()`: a probability that underflows to 0 would give -inf where the true value is finite.
     """
-    raise NotImplementedError('`layers.log_softmax` is not implemented yet — chapter 4 (layers): read spec/test_layers.py.')
+    raise NotImplementedError('`layers.log_softmax` is not implemented yet — chapter 4 (layers): see '
+                              'test_log_softmax_equals_its_definition and 2 more in spec/test_layers.py.')
 
 
 def gelu(x: Tensor, approximate: str = "none") -> Tensor:
@@ -42,12 +45,15 @@ def gelu(x: Tensor, approximate: str = "none") -> Tensor:
 
     approximate="tanh" gives the GPT-2 form x/2 (1 + tanh(√(2/π) (x + 0.044715 x³))).
     """
-    raise NotImplementedError('`layers.gelu` is not implemented yet — chapter 4 (layers): read spec/test_layers.py.')
+    raise NotImplementedError('`layers.gelu` is not implemented yet — chapter 4 (layers): see '
+                              'test_gelu_equals_x_times_normal_cdf and test_gelu_tanh_matches_the_gpt2_approximation '
+                              'in spec/test_layers.py.')
 
 
 def silu(x: Tensor) -> Tensor:
     """SiLU(x) = x σ(x) = x / (1 + exp(-x)), also called swish."""
-    raise NotImplementedError('`layers.silu` is not implemented yet — chapter 4 (layers): read spec/test_layers.py.')
+    raise NotImplementedError('`layers.silu` is not implemented yet — chapter 4 (layers): see '
+                              'test_silu_equals_x_times_sigmoid in spec/test_layers.py.')
 
 
 class Linear(nn.Module):
@@ -61,7 +67,8 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        raise NotImplementedError('`layers.Linear.forward` is not implemented yet — chapter 4 (layers): read spec/test_layers.py.')
+        raise NotImplementedError('`layers.Linear.forward` is not implemented yet — chapter 4 (layers): see '
+                                  'test_linear_equals_x_times_w_transposed_plus_b in spec/test_layers.py.')
 
 
 class Embedding(nn.Module):
@@ -73,7 +80,8 @@ class Embedding(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         """(...) integer ids -> (..., embedding_dim)."""
-        raise NotImplementedError('`layers.Embedding.forward` is not implemented yet — chapter 4 (layers): read spec/test_layers.py.')
+        raise NotImplementedError('`layers.Embedding.forward` is not implemented yet — chapter 4 (layers): see '
+                                  'test_embedding_returns_the_row_of_each_id in spec/test_layers.py.')
 
 
 class LayerNorm(nn.Module):
@@ -89,35 +97,48 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        raise NotImplementedError('`layers.LayerNorm.forward` is not implemented yet — chapter 4 (layers): read spec/test_layers.py.')
+        raise NotImplementedError('`layers.LayerNorm.forward` is not implemented yet — chapter 4 (layers): see '
+                                  'test_layernorm_output_has_zero_mean_and_unit_biased_variance and 2 more in '
+                                  'spec/test_layers.py.')
 
 
 class RMSNorm(nn.Module):
     """RMSNorm(x) = x / sqrt(mean(x²) + eps) * weight, over the last dimension (no mean subtraction, no bias).
 
-    Computed in float32 at least, then cast back: in bfloat16 the mean of squares loses too many digits.
+    Computed in float32 at least, then cast to the promoted dtype of x and weight: in bfloat16 the mean of squares
+    loses too many digits. kernels=True computes the same through chapter 14's hand-written backward pass.
     """
 
-    def __init__(self, dim: int, eps: float = 1e-6):
+    def __init__(self, dim: int, eps: float = 1e-6, kernels: bool = False):
         super().__init__()
-        self.eps = eps
+        self.eps, self.kernels = eps, kernels
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        raise NotImplementedError('`layers.RMSNorm.forward` is not implemented yet — chapter 4 (layers): read spec/test_layers.py.')
+        if self.kernels:
+            return kernels.RMSNormFunction.apply(x, self.weight, self.eps)
+        raise NotImplementedError('`layers.RMSNorm.forward` is not implemented yet — chapter 4 (layers): see '
+                                  'test_rmsnorm_output_has_unit_rms_over_the_last_dimension and 4 more in '
+                                  'spec/test_layers.py.')
 
 
 class SwiGLU(nn.Module):
     """The Llama feed-forward: down_proj(SiLU(gate_proj(x)) * up_proj(x)), no biases.
 
-    x (..., dim) -> gate and up (..., hidden_dim) -> (..., dim).
+    x (..., dim) -> gate and up (..., hidden_dim) -> (..., dim). kernels=True computes the product SiLU(gate) · up
+    through chapter 14's hand-written backward pass.
     """
 
-    def __init__(self, dim: int, hidden_dim: int):
+    def __init__(self, dim: int, hidden_dim: int, kernels: bool = False):
         super().__init__()
+        self.kernels = kernels
         self.gate_proj = Linear(dim, hidden_dim, bias=False)
         self.up_proj = Linear(dim, hidden_dim, bias=False)
         self.down_proj = Linear(hidden_dim, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        raise NotImplementedError('`layers.SwiGLU.forward` is not implemented yet — chapter 4 (layers): read spec/test_layers.py.')
+        if self.kernels:
+            return self.down_proj(kernels.SwiGLUFunction.apply(self.gate_proj(x), self.up_proj(x)))
+        raise NotImplementedError('`layers.SwiGLU.forward` is not implemented yet — chapter 4 (layers): see '
+                                  'test_swiglu_equals_down_of_silu_gate_times_up and '
+                                  'test_swiglu_gradients_equal_those_of_its_definition in spec/test_layers.py.')

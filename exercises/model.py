@@ -20,18 +20,14 @@ Left out: dropout, biases in linear layers, padding masks, mixture-of-experts, s
 sharded saving (`save_hf` writes one safetensors file; `load_hf` reads sharded checkpoints too).
 """
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .attention import CausalSelfAttention, KVCache
-from .files import atomic_path, write_text_atomic
-from .layers import Embedding, LayerNorm, Linear, RMSNorm, SwiGLU, gelu
+from .layers import Embedding, LayerNorm, Linear, RMSNorm, SwiGLU
 
 NORMS = ("rmsnorm", "layernorm")
 MLPS = ("swiglu", "gelu")
@@ -41,7 +37,11 @@ MLPS = ("swiglu", "gelu")
 class ModelConfig:
     """The shape of a model. n_kv_heads=None means n_heads (plain multi-head attention); d_ff=None means
     4·d_model for the GELU MLP, and for SwiGLU 8/3·d_model rounded up to a multiple of 8 (three matrices of
-    8/3·d² hold as many parameters as two of 4·d²)."""
+    8/3·d² hold as many parameters as two of 4·d²). kernels=True computes the same function through the
+    hand-written backward passes of chapter 14 (RMSNorm, SwiGLU, RoPE, attention, and the loss in train_step).
+
+    Construction checks the shape: every size a positive int, heads that divide d_model into an even head_dim,
+    kv heads that divide the heads, a known norm and MLP; each violation is one ValueError naming it."""
 
     vocab_size: int = 256
     d_model: int = 256
@@ -57,28 +57,15 @@ class ModelConfig:
     rope_interleaved: bool = False
     tie_embeddings: bool = False
     init_std: float = 0.02
+    kernels: bool = False
 
     def __post_init__(self):
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model if self.mlp == "gelu" else 8 * math.ceil(8 * self.d_model / 3 / 8)
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model = {self.d_model} must split evenly into n_heads = {self.n_heads} heads")
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads = {self.n_heads} query heads must split evenly into groups over "
-                             f"n_kv_heads = {self.n_kv_heads} key/value heads")
-        if self.head_dim % 2:
-            raise ValueError(f"RoPE needs an even head dimension; d_model = {self.d_model} / n_heads = "
-                             f"{self.n_heads} gives {self.head_dim}")
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
-        if self.mlp not in MLPS:
-            raise ValueError(f"mlp must be one of {MLPS}, got {self.mlp!r}")
+        raise NotImplementedError('`model.ModelConfig.__post_init__` is not implemented yet — chapter 7 (model): see '
+                                  'test_logits_have_shape_batch_by_length_by_vocab and 14 more in spec/test_model.py.')
 
     @property
     def head_dim(self) -> int:
@@ -94,12 +81,13 @@ class GeluMLP(nn.Module):
         self.down_proj = Linear(hidden_dim, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        raise NotImplementedError('`model.GeluMLP.forward` is not implemented yet — chapter 7 (model): read spec/test_model.py.')
+        raise NotImplementedError('`model.GeluMLP.forward` is not implemented yet — chapter 7 (model): read '
+                                  'spec/test_model.py.')
 
 
 def _norm(config: ModelConfig) -> nn.Module:
     if config.norm == "rmsnorm":
-        return RMSNorm(config.d_model, eps=config.norm_eps)
+        return RMSNorm(config.d_model, eps=config.norm_eps, kernels=config.kernels)
     return LayerNorm(config.d_model, eps=config.norm_eps)
 
 
@@ -110,13 +98,16 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.input_layernorm = _norm(config)
         self.self_attn = CausalSelfAttention(config.d_model, config.n_heads, config.n_kv_heads, config.max_seq_len,
-                                             config.rope_theta, config.rope_interleaved)
+                                             config.rope_theta, config.rope_interleaved, kernels=config.kernels)
         self.post_attention_layernorm = _norm(config)
-        self.mlp = SwiGLU(config.d_model, config.d_ff) if config.mlp == "swiglu" else GeluMLP(config.d_model,
-                                                                                               config.d_ff)
+        if config.mlp == "swiglu":
+            self.mlp = SwiGLU(config.d_model, config.d_ff, kernels=config.kernels)
+        else:
+            self.mlp = GeluMLP(config.d_model, config.d_ff)
 
     def forward(self, x: Tensor, position_ids: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
-        raise NotImplementedError('`model.TransformerBlock.forward` is not implemented yet — chapter 7 (model): read spec/test_model.py.')
+        raise NotImplementedError('`model.TransformerBlock.forward` is not implemented yet — chapter 7 (model): read '
+                                  'spec/test_model.py.')
 
 
 class Decoder(nn.Module):
@@ -130,7 +121,8 @@ class Decoder(nn.Module):
 
     def forward(self, input_ids: Tensor, position_ids: Tensor | None = None,
                 cache: list[KVCache] | None = None) -> Tensor:
-        raise NotImplementedError('`model.Decoder.forward` is not implemented yet — chapter 7 (model): read spec/test_model.py.')
+        raise NotImplementedError('`model.Decoder.forward` is not implemented yet — chapter 7 (model): read '
+                                  'spec/test_model.py.')
 
 
 class Transformer(nn.Module):
@@ -150,7 +142,9 @@ class Transformer(nn.Module):
 
     def reset_parameters(self) -> None:
         """normal(0, init_std) for embeddings and matrices, /√(2·n_layers) for o_proj and down_proj; norms 1 and 0."""
-        raise NotImplementedError('`model.Transformer.reset_parameters` is not implemented yet — chapter 7 (model): read spec/test_model.py.')
+        raise NotImplementedError('`model.Transformer.reset_parameters` is not implemented yet — chapter 7 (model): '
+                                  'see test_logits_have_shape_batch_by_length_by_vocab and 12 more in '
+                                  'spec/test_model.py.')
 
     def forward(self, input_ids: Tensor, position_ids: Tensor | None = None,
                 cache: list[KVCache] | None = None) -> Tensor:
@@ -158,11 +152,13 @@ class Transformer(nn.Module):
         T tokens continue the sequence the cache holds, at positions cache_length .. cache_length + T − 1."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
-        raise NotImplementedError('`model.Transformer.forward` is not implemented yet — chapter 7 (model): read spec/test_model.py.')
+        raise NotImplementedError('`model.Transformer.forward` is not implemented yet — chapter 7 (model): see '
+                                  'test_logits_have_shape_batch_by_length_by_vocab and 12 more in spec/test_model.py.')
 
     def make_cache(self, batch_size: int, max_seq_len: int | None = None) -> list[KVCache]:
         """One empty KVCache per layer, for max_seq_len positions (default: the context), in the model's dtype."""
-        raise NotImplementedError('`model.Transformer.make_cache` is not implemented yet — chapter 7 (model): read spec/test_model.py.')
+        raise NotImplementedError('`model.Transformer.make_cache` is not implemented yet — chapter 7 (model): see '
+                                  'test_logits_have_shape_batch_by_length_by_vocab and 12 more in spec/test_model.py.')
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -171,7 +167,8 @@ def count_parameters(model: nn.Module) -> int:
     For a Transformer: V·d (+ V·d untied) + L·(2·d·H·hd + 2·d·KV·hd + m·d·d_ff + norms) + final norm, with m = 3 for
     SwiGLU and 2 for GELU, and a norm of d numbers (RMSNorm) or 2·d (LayerNorm, weight and bias).
     """
-    raise NotImplementedError('`model.count_parameters` is not implemented yet — chapter 7 (model): read spec/test_model.py.')
+    raise NotImplementedError('`model.count_parameters` is not implemented yet — chapter 7 (model): see '
+                              'test_parameter_count_matches_the_formula in spec/test_model.py.')
 
 
 def flops_per_token(config: ModelConfig, seq_len: int | None = None) -> int:
@@ -184,7 +181,8 @@ def flops_per_token(config: ModelConfig, seq_len: int | None = None) -> int:
     Attention adds q·kᵀ and p·v: 2·seq_len·n_heads·head_dim each per token and layer in the forward pass, counted
     in full, as a dense implementation computes them (a causal kernel can skip half).
     """
-    raise NotImplementedError('`model.flops_per_token` is not implemented yet — chapter 7 (model): read spec/test_model.py.')
+    raise NotImplementedError('`model.flops_per_token` is not implemented yet — chapter 7 (model): see '
+                              'test_flops_per_token_counts_every_matmul in spec/test_model.py.')
 
 
 # ---------------------------------------------------------------- the Hugging Face Llama format
@@ -195,12 +193,14 @@ def hf_config(config: ModelConfig) -> dict:
 
     RoPE is written as split halves (Llama's convention): `save_hf` permutes the weights of an interleaved model.
     """
-    raise NotImplementedError('`model.hf_config` is not implemented yet — chapter 7 (model): read spec/test_model.py.')
+    raise NotImplementedError('`model.hf_config` is not implemented yet — chapter 7 (model): see '
+                              'test_hf_config_round_trips in spec/test_model.py.')
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
     """A ModelConfig from a Llama `config.json` (as a dict); what llmkata cannot express is refused by name."""
-    raise NotImplementedError('`model.config_from_hf` is not implemented yet — chapter 7 (model): read spec/test_model.py.')
+    raise NotImplementedError('`model.config_from_hf` is not implemented yet — chapter 7 (model): see '
+                              'test_hf_config_round_trips in spec/test_model.py.')
 
 
 def _halves_from_adjacent(weight: Tensor, n_heads: int, head_dim: int) -> Tensor:
@@ -219,10 +219,13 @@ def save_hf(model: Transformer, folder) -> None:
     A tied lm_head is left out (the config says tie_word_embeddings); an interleaved-RoPE model has the rows of its
     q_proj and k_proj permuted to split halves, so that Llama computes the same function.
     """
-    raise NotImplementedError('`model.save_hf` is not implemented yet — chapter 7 (model): read spec/test_model.py.')
+    raise NotImplementedError('`model.save_hf` is not implemented yet — chapter 7 (model): see '
+                              'test_exported_weights_load_back_to_identical_logits and 2 more in spec/test_model.py.')
 
 
 def load_hf(folder) -> Transformer:
     """A Transformer from a Llama checkpoint folder (config.json + model.safetensors, or sharded safetensors with
     model.safetensors.index.json), in the dtype of its weights. Names must match one to one."""
-    raise NotImplementedError('`model.load_hf` is not implemented yet — chapter 7 (model): read spec/test_model.py.')
+    raise NotImplementedError('`model.load_hf` is not implemented yet — chapter 7 (model): see '
+                              'test_exported_weights_load_back_to_identical_logits and '
+                              'test_loads_a_checkpoint_saved_by_transformers in spec/test_model.py.')

@@ -34,7 +34,9 @@ def rope_frequencies(head_dim: int, theta: float = 10000.0) -> Tensor:
 
     Example: rope_frequencies(4, theta=100.0) -> tensor([1.0, 0.1])
     """
-    raise NotImplementedError('`rope.rope_frequencies` is not implemented yet — chapter 5 (rope): read spec/test_rope.py.')
+    raise NotImplementedError('`rope.rope_frequencies` is not implemented yet — chapter 5 (rope): see '
+                              'test_frequencies_are_theta_to_the_minus_2i_over_d and '
+                              'test_rejects_an_odd_head_dimension in spec/test_rope.py.')
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
@@ -43,8 +45,11 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Te
     x: (..., d); cos, sin: (..., d/2), broadcastable against x[..., :d/2]; pair i turns by the angle of column i.
     Split halves pair x_i with x_{i+d/2}; adjacent pairs (interleaved) pair x_{2i} with x_{2i+1}.
     Gradients flow to x only: cos and sin are tables of fixed angles, and get none.
+    Example (d = 2, one pair, a quarter turn): rotate([1., 0.], cos=[0.], sin=[1.]) -> [0., 1.]
     """
-    raise NotImplementedError('`rope.rotate` is not implemented yet — chapter 5 (rope): read spec/test_rope.py.')
+    raise NotImplementedError('`rope.rotate` is not implemented yet — chapter 5 (rope): see '
+                              'test_rotate_turns_each_pair_by_the_given_angle and '
+                              'test_rotate_passes_back_the_gradient_turned_by_minus_the_angle in spec/test_rope.py.')
 
 
 def apply_rope(x: Tensor, positions: Tensor, theta: float = 10000.0, interleaved: bool = False) -> Tensor:
@@ -62,7 +67,9 @@ def apply_rope(x: Tensor, positions: Tensor, theta: float = 10000.0, interleaved
             f"positions of shape {tuple(positions.shape)} do not broadcast against the {tuple(x.shape[:-1])} "
             f"vectors of x (shape {tuple(x.shape)})") from None
     frequencies = rope_frequencies(x.shape[-1], theta)
-    raise NotImplementedError('`rope.apply_rope` is not implemented yet — chapter 5 (rope): read spec/test_rope.py.')
+    raise NotImplementedError('`rope.apply_rope` is not implemented yet — chapter 5 (rope): see '
+                              'test_rope_rotates_pair_i_by_position_times_theta_i, '
+                              'test_rotation_preserves_the_norm_of_every_pair and 5 more in spec/test_rope.py.')
 
 
 class RotaryEmbedding(nn.Module):
@@ -71,10 +78,13 @@ class RotaryEmbedding(nn.Module):
     The tables are buffers that are not saved in the state dict (they follow from the constructor's arguments);
     they are kept in float64 and cast to the input's dtype on use. forward(x, positions) equals
     apply_rope(x, positions, theta, interleaved) for positions inside the table, and raises for any other.
+    kernels=True turns the pairs with chapter 14's hand-written backward pass (the same rotation).
     """
 
-    def __init__(self, head_dim: int, max_positions: int = 2048, theta: float = 10000.0, interleaved: bool = False):
+    def __init__(self, head_dim: int, max_positions: int = 2048, theta: float = 10000.0, interleaved: bool = False,
+                 kernels: bool = False):
         super().__init__()
+        self.kernels = kernels
         if not isinstance(max_positions, int) or max_positions <= 0:
             raise ValueError(f"max_positions must be a positive number of positions, got {max_positions}")
         self.head_dim, self.max_positions, self.theta, self.interleaved = head_dim, max_positions, theta, interleaved
@@ -84,4 +94,6 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """x (..., T, d) rotated to `positions` (integers in [0, max_positions), broadcastable to x.shape[:-1])."""
-        raise NotImplementedError('`rope.RotaryEmbedding.forward` is not implemented yet — chapter 5 (rope): read spec/test_rope.py.')
+        raise NotImplementedError('`rope.RotaryEmbedding.forward` is not implemented yet — chapter 5 (rope): see '
+                                  'test_cached_tables_equal_the_direct_computation_at_any_positions and 3 more in '
+                                  'spec/test_rope.py.')

@@ -20,17 +20,12 @@ byte offset; with errors="replace" every invalid sequence becomes U+FFFD and a U
 from __future__ import annotations
 
 import glob
-import hashlib
-import json
 import os
-import re
 import unicodedata
-import warnings
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +49,8 @@ def default_corpus() -> Iterator[str]:
 
     Example: next(default_corpus()).splitlines()[0] -> 'The "assert" statement'
     """
-    raise NotImplementedError('`text.default_corpus` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.default_corpus` is not implemented yet — chapter 1 (text): see '
+                              'test_default_corpus_is_the_pydoc_topics_one_document_per_topic in spec/test_text.py.')
 
 
 def decode_utf8(data: bytes, source: str = "<bytes>", errors: str = "strict") -> str:
@@ -63,7 +59,9 @@ def decode_utf8(data: bytes, source: str = "<bytes>", errors: str = "strict") ->
 
     Example: decode_utf8(b"caf\\xc3\\xa9") -> 'café'
     """
-    raise NotImplementedError('`text.decode_utf8` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.decode_utf8` is not implemented yet — chapter 1 (text): see '
+                              'test_rejects_invalid_utf8_naming_the_file_and_byte and '
+                              'test_replacing_invalid_utf8_reports_the_count in spec/test_text.py.')
 
 
 def _expand(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[Path]:
@@ -91,7 +89,9 @@ def load_text_files(paths, errors: str = "strict") -> Iterator[str]:
     `paths`: a path, a glob pattern, a folder (its *.txt files, recursively) or a list of them.
     `errors`: what to do with bytes that are not UTF-8 (see decode_utf8).
     """
-    raise NotImplementedError('`text.load_text_files` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.load_text_files` is not implemented yet — chapter 1 (text): see '
+                              'test_text_files_load_one_document_per_file_in_sorted_order, test_loaders_are_lazy and '
+                              '2 more in spec/test_text.py.')
 
 
 def load_jsonl(paths, field: str = "text", errors: str = "strict") -> Iterator[str]:
@@ -100,7 +100,9 @@ def load_jsonl(paths, field: str = "text", errors: str = "strict") -> Iterator[s
     A line that is not JSON, not an object, or lacks `field` raises a ValueError naming the file and line number.
     Example line: {"text": "Hello.", "url": "https://example.com"}
     """
-    raise NotImplementedError('`text.load_jsonl` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.load_jsonl` is not implemented yet — chapter 1 (text): see '
+                              'test_loaders_are_lazy, test_jsonl_yields_the_field_of_each_line and '
+                              'test_rejects_a_jsonl_line_without_the_field in spec/test_text.py.')
 
 
 def load_hf_dataset(dataset, field: str = "text", split: str = "train", streaming: bool = False,
@@ -111,7 +113,8 @@ def load_hf_dataset(dataset, field: str = "text", split: str = "train", streamin
     (e.g. load_hf_dataset("json", data_files="corpus.jsonl", streaming=True)), or an already loaded Dataset or
     IterableDataset. With streaming=True rows are read as they are asked for, nothing is downloaded in full.
     """
-    raise NotImplementedError('`text.load_hf_dataset` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.load_hf_dataset` is not implemented yet — chapter 1 (text): see '
+                              'test_hf_datasets_load_in_memory_and_streaming in spec/test_text.py.')
 
 
 # ---------------------------------------------------------------------------------------------------------- cleaning
@@ -138,7 +141,8 @@ def normalize_unicode(text: str, form: str = "NFC") -> str:
     NFC composes canonically equivalent sequences. NFKC also folds compatibility variants: 'ﬁ' -> 'fi',
     full-width 'Ａ' -> 'A', no-break space -> space. Both are idempotent.
     """
-    raise NotImplementedError('`text.normalize_unicode` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.normalize_unicode` is not implemented yet — chapter 1 (text): see '
+                              'test_cleaning_is_idempotent in spec/test_text.py.')
 
 
 def remove_control_characters(text: str) -> str:
@@ -147,7 +151,9 @@ def remove_control_characters(text: str) -> str:
 
     Example: 'bell\\x07 and\\x00 null\\ufeff' -> 'bell and null'
     """
-    raise NotImplementedError('`text.remove_control_characters` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.remove_control_characters` is not implemented yet — chapter 1 (text): see '
+                              'test_cleaning_is_idempotent, test_cleaning_never_makes_text_longer and 1 more in '
+                              'spec/test_text.py.')
 
 
 def normalize_whitespace(text: str) -> str:
@@ -161,7 +167,9 @@ def normalize_whitespace(text: str) -> str:
     Indentation and runs of spaces inside a line stay: they carry meaning in code and tables.
     Example: ' a \\r\\n\\n\\n\\u00a0b\\t' -> 'a\\n\\n b'
     """
-    raise NotImplementedError('`text.normalize_whitespace` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.normalize_whitespace` is not implemented yet — chapter 1 (text): see '
+                              'test_cleaning_is_idempotent, test_cleaning_never_makes_text_longer and 1 more in '
+                              'spec/test_text.py.')
 
 
 def clean(text: str, form: str = "NFC") -> str:
@@ -172,7 +180,9 @@ def clean(text: str, form: str = "NFC") -> str:
     whitespace goes last. Cleaning never makes a text longer than its Unicode normalisation; normalisation alone
     can (NFC decomposes a few characters, e.g. U+FB2C -> three code points).
     """
-    raise NotImplementedError('`text.clean` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.clean` is not implemented yet — chapter 1 (text): see '
+                              'test_cleaning_is_idempotent, test_cleaning_never_makes_text_longer and '
+                              'test_clean_fixes_the_usual_mess in spec/test_text.py.')
 
 
 # --------------------------------------------------------------------------------------------------- quality filters
@@ -217,22 +227,26 @@ class FilterReport:
 
 def word_count(text: str) -> int:
     """Words are maximal runs of non-whitespace.  Example: 'Hello,  world !' -> 3"""
-    raise NotImplementedError('`text.word_count` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.word_count` is not implemented yet — chapter 1 (text): see '
+                              'test_quality_statistics_match_their_definitions in spec/test_text.py.')
 
 
 def mean_word_length(text: str) -> float:
     """Mean characters per word (0.0 for no words).  Example: 'a bb cccccc' -> 3.0"""
-    raise NotImplementedError('`text.mean_word_length` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.mean_word_length` is not implemented yet — chapter 1 (text): see '
+                              'test_quality_statistics_match_their_definitions in spec/test_text.py.')
 
 
 def symbol_to_word_ratio(text: str) -> float:
     """Occurrences of '#', '...' and '…' per word (0.0 for no words).  Example: '# title ... done' -> 2/4 = 0.5"""
-    raise NotImplementedError('`text.symbol_to_word_ratio` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.symbol_to_word_ratio` is not implemented yet — chapter 1 (text): see '
+                              'test_quality_statistics_match_their_definitions in spec/test_text.py.')
 
 
 def alphabetic_word_fraction(text: str) -> float:
     """Fraction of words with at least one letter (0.0 for no words).  Example: 'abc 123 x1' -> 2/3"""
-    raise NotImplementedError('`text.alphabetic_word_fraction` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.alphabetic_word_fraction` is not implemented yet — chapter 1 (text): see '
+                              'test_quality_statistics_match_their_definitions in spec/test_text.py.')
 
 
 def duplicate_line_fraction(text: str) -> float:
@@ -240,7 +254,8 @@ def duplicate_line_fraction(text: str) -> float:
 
     Example: 'a\\nb\\na\\na' -> 2/4 = 0.5 (the second and third 'a' repeat the first)
     """
-    raise NotImplementedError('`text.duplicate_line_fraction` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.duplicate_line_fraction` is not implemented yet — chapter 1 (text): see '
+                              'test_quality_statistics_match_their_definitions in spec/test_text.py.')
 
 
 def failed_rules(text: str, config: QualityConfig | None = None) -> list[str]:
@@ -249,14 +264,18 @@ def failed_rules(text: str, config: QualityConfig | None = None) -> list[str]:
 
     A pure function: the answer depends on `text` and `config` alone, never on documents seen before.
     """
-    raise NotImplementedError('`text.failed_rules` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.failed_rules` is not implemented yet — chapter 1 (text): see '
+                              'test_each_rule_drops_what_breaks_it_and_keeps_the_rest, test_filters_are_pure and 1 '
+                              'more in spec/test_text.py.')
 
 
 def quality_filter(docs: Iterable[str], config: QualityConfig | None = None,
                    report: FilterReport | None = None) -> Iterator[str]:
     """Yield the documents that break no quality rule; count each dropped one in report.dropped under the first
     rule it breaks."""
-    raise NotImplementedError('`text.quality_filter` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.quality_filter` is not implemented yet — chapter 1 (text): see '
+                              'test_filters_are_pure and '
+                              'test_report_counts_each_dropped_document_under_its_first_rule in spec/test_text.py.')
 
 
 # ------------------------------------------------------------------------------------------------------ exact dedup
@@ -267,13 +286,15 @@ def dedup_key(text: str) -> bytes:
 
     'Hello  World' and 'hello\\nworld' share a key; 'Hello, World' does not.
     """
-    raise NotImplementedError('`text.dedup_key` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.dedup_key` is not implemented yet — chapter 1 (text): see '
+                              'test_dedup_key_ignores_case_whitespace_and_unicode_form_only in spec/test_text.py.')
 
 
 def exact_dedup(docs: Iterable[str], report: FilterReport | None = None) -> Iterator[str]:
     """Yield each document whose dedup_key has not been seen before: the first of each group of duplicates, in
     corpus order.  Memory: 16 bytes per distinct document."""
-    raise NotImplementedError('`text.exact_dedup` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.exact_dedup` is not implemented yet — chapter 1 (text): see '
+                              'test_exact_dedup_keeps_the_first_of_each_duplicate_in_order in spec/test_text.py.')
 
 
 # ------------------------------------------------------------------------------------------------------- near dedup
@@ -313,12 +334,14 @@ def shingles(text: str, ngram: int = 5) -> set[tuple[str, ...]]:
 
     Example: shingles('a b c a b', ngram=2) -> {('a', 'b'), ('b', 'c'), ('c', 'a')}
     """
-    raise NotImplementedError('`text.shingles` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.shingles` is not implemented yet — chapter 1 (text): see '
+                              'test_shingles_are_the_word_ngrams and 2 more in spec/test_text.py.')
 
 
 def jaccard(a: set, b: set) -> float:
     """|a ∩ b| / |a ∪ b|, and 1.0 for two empty sets.  Example: jaccard({1, 2, 3}, {2, 3, 4}) -> 0.5"""
-    raise NotImplementedError('`text.jaccard` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.jaccard` is not implemented yet — chapter 1 (text): see '
+                              'test_jaccard_is_intersection_over_union in spec/test_text.py.')
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -387,12 +410,16 @@ def minhash_signatures(docs: Sequence[str], num_perm: int = 128, ngram: int = 5,
     Row i, column j is min over the shingles x of docs[i] of h_j(x). The hash functions depend on `seed` alone,
     so signatures made with the same (num_perm, ngram, seed) can be compared across calls.
     """
-    raise NotImplementedError('`text.minhash_signatures` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.minhash_signatures` is not implemented yet — chapter 1 (text): see '
+                              'test_minhash_estimate_is_within_the_hoeffding_bound_of_the_true_jaccard and 1 more in '
+                              'spec/test_text.py.')
 
 
 def estimate_jaccard(a: np.ndarray, b: np.ndarray) -> float:
     """The fraction of positions where two signatures agree: an unbiased estimate of the Jaccard similarity."""
-    raise NotImplementedError('`text.estimate_jaccard` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.estimate_jaccard` is not implemented yet — chapter 1 (text): see '
+                              'test_minhash_estimate_is_within_the_hoeffding_bound_of_the_true_jaccard in '
+                              'spec/test_text.py.')
 
 
 def _choose_bands(threshold: float, num_perm: int) -> int:
@@ -417,7 +444,9 @@ def near_dedup(docs: Iterable[str], threshold: float = 0.8, num_perm: int = 128,
     go into the tables, so the first document of a group of near duplicates is the one that stays. Dropped
     documents are counted in report.dropped['near_duplicate']. Lazy: documents are signed in chunks as they come.
     """
-    raise NotImplementedError('`text.near_dedup` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.near_dedup` is not implemented yet — chapter 1 (text): see '
+                              'test_near_dedup_catches_a_one_word_edit_of_a_long_document and 3 more in '
+                              'spec/test_text.py.')
 
 
 # --------------------------------------------------------------------------------------------------------- pipeline
@@ -429,4 +458,6 @@ def clean_corpus(docs: Iterable[str], config: QualityConfig | None = None, near_
     Lazy like its stages. When the last document has gone by and none was kept, raises a ValueError that says how
     many were read and what dropped them: an empty corpus is an error, not an empty training run.
     """
-    raise NotImplementedError('`text.clean_corpus` is not implemented yet — chapter 1 (text): read spec/test_text.py.')
+    raise NotImplementedError('`text.clean_corpus` is not implemented yet — chapter 1 (text): see '
+                              'test_clean_corpus_cleans_filters_and_deduplicates and '
+                              'test_rejects_a_corpus_empty_after_filtering in spec/test_text.py.')

@@ -10,6 +10,7 @@ Because the alphabet is the 256 byte values, every string has an encoding and `d
 Training learns the merges (Sennrich et al. 2016 on bytes, as in GPT-2): start from the 256 single bytes, count
 adjacent pairs over the corpus, turn the most frequent pair into a new token, repeat until the vocabulary has
 `vocab_size` tokens. Ids: 0..255 are the bytes, then the special tokens, then the merged tokens in the order learned.
+`train_bpe` here is that loop as written; `kernels.train_bpe` (chapter 14) learns the same merges fast.
 
 Encoding follows tiktoken exactly: a pre-token that is itself a token is one id; otherwise merge, again and again,
 the adjacent pair whose concatenation has the lowest id (its rank), leftmost first. The same ranks and pattern
@@ -23,23 +24,12 @@ and sampling variants of BPE, and unigram language-model training of our own (se
 
 from __future__ import annotations
 
-import heapq
-import io
-import json
-import multiprocessing
 import os
 import re
-import warnings
-from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from itertools import chain, repeat
-from operator import add
 from pathlib import Path
 
 import regex
-
-from .files import write_bytes_atomic
 
 # The split patterns, as tiktoken and Hugging Face write them. GPT-2: contractions, letters with an optional
 # leading space, digits likewise, other symbols likewise, then whitespace. GPT-4 (cl100k) differs: contractions are
@@ -63,9 +53,6 @@ _ASCII_TWINS = {
                    rf"""| ?[^{_W}A-Za-z0-9]+[\r\n]*|[{_W}]*[\r\n]+|[{_W}]+(?![^{_W}])|[{_W}]+"""),
 }
 
-# Training splits the corpus into chunks of about this many characters, cut where a special token starts, and
-# counts the pre-tokens of each chunk in a separate process.
-_CHUNK_CHARS = 1 << 20
 # Streaming encoding holds back the last pre-tokens: the patterns decide a pre-token from at most a few characters
 # past its end (the longest contraction, "'ll", needs 3), except across whitespace, which is held back whole.
 _LOOKAHEAD = 8
@@ -145,135 +132,54 @@ def _special_regex(special_tokens) -> regex.Pattern | None:
 # Training
 # ---------------------------------------------------------------------------------------------------------------
 
-def _documents(data) -> Iterator[Iterator[str]]:
-    """The text of each document, in blocks: a str is one document, a path one file, an iterable many."""
+def _sources(data) -> Iterator[str | Path]:
+    """The documents of `data`, each a str or a Path: a str is one document, a path one file, an iterable many."""
     if isinstance(data, (str, os.PathLike)):
         data = [data]
     elif isinstance(data, bytes) or not isinstance(data, Iterable):
         raise TypeError(f"data must be a str, a path, or an iterable of them, not {type(data).__name__}")
     for item in data:
         if isinstance(item, str):
-            yield (item[i:i + _CHUNK_CHARS] for i in range(0, len(item), _CHUNK_CHARS))
+            yield item
         elif isinstance(item, os.PathLike):
-            yield _file_blocks(Path(item))
+            yield Path(item)
         else:
             raise TypeError(f"each document must be a str or a path, got {type(item).__name__}")
 
 
-def _file_blocks(path: Path) -> Iterator[str]:
-    # newline="" keeps "\r\n" as it is: the tokenizer sees the file's exact text.
-    with open(path, encoding="utf-8", newline="") as file:
-        try:
-            while block := file.read(_CHUNK_CHARS):
-                yield block
-        except UnicodeDecodeError as error:
-            raise ValueError(f"{path} is not UTF-8 text: {error}") from None
-
-
-def _cut_at_special_tokens(blocks: Iterator[str], special_re, longest: int) -> Iterator[str]:
-    """Reassemble a document from its blocks into parts of at least _CHUNK_CHARS that end where a special token
-    starts, so that splitting each part at special tokens gives exactly the pieces of the whole document.
-
-    A match found at position i saw text[i : i + longest]; only matches that start at least `longest` characters
-    before the end of what has arrived are certain, so the cut goes at the start of the last such match.
-    """
-    pending, size = [], 0
-    for block in blocks:
-        pending.append(block)
-        size += len(block)
-        if special_re is None or size < _CHUNK_CHARS:
+def _documents(data) -> Iterator[str]:
+    """The text of each document of `data`, one at a time."""
+    for source in _sources(data):
+        if isinstance(source, str):
+            yield source
             continue
-        text = "".join(pending)
-        cut = 0
-        for match in special_re.finditer(text, 0, len(text)):
-            if match.start() > len(text) - longest:
-                break
-            cut = match.start()
-        if cut > 0:
-            yield text[:cut]
-            pending, size = [text[cut:]], len(text) - cut
-        else:
-            pending = [text]
-    text = "".join(pending)
-    if text:
+        # newline="" keeps "\r\n" as it is: the tokenizer sees the file's exact text.
+        with open(source, encoding="utf-8", newline="") as file:
+            try:
+                text = file.read()
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{source} is not UTF-8 text: {error}") from None
         yield text
 
 
-def _chunks(data, special_re, longest: int) -> Iterator[list[str]]:
-    """Lists of (non-empty) document parts, about _CHUNK_CHARS characters in all, one list per task."""
-    chunk, size = [], 0
-    for blocks in _documents(data):
-        for part in _cut_at_special_tokens(blocks, special_re, longest):
-            chunk.append(part)
-            size += len(part)
-            if size >= _CHUNK_CHARS:
-                yield chunk
-                chunk, size = [], 0
-    if chunk:
-        yield chunk
+def _check_vocab_size(vocab_size, special_tokens: list[str]) -> None:
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise ValueError(f"vocab_size must be an int, got {vocab_size!r}")
+    if vocab_size < 256 + len(special_tokens):
+        raise ValueError(f"vocab_size={vocab_size} is too small: 256 bytes + {len(special_tokens)} special tokens "
+                         f"need at least {256 + len(special_tokens)}")
 
 
-def _count_pretokens(parts: list[str], pattern: str, special_tokens: list[str]) -> Counter:
-    """The pre-token frequency table of some text: special tokens cut out, the rest split by `pattern`.
-
-    Example (GPT-2 pattern, special '<|eot|>'): ['hi hi<|eot|>hi'] -> Counter({'hi': 2, ' hi': 1})
-    """
-    raise NotImplementedError('`tokenizer._count_pretokens` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
-
-
-def _pretoken_counts(data, pattern: str, special_tokens: list[str], num_workers: int | None) -> Counter:
-    """Count pre-tokens over the whole corpus, one chunk per task; several processes when there are chunks enough."""
-    raise NotImplementedError('`tokenizer._pretoken_counts` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
-
-
-_INVERT = {byte: 0x100 - byte for byte in range(256)}
-
-
-def _descending_key(token: bytes) -> str:
-    """A string whose ascending order is the descending order of byte strings.
-
-    Each byte b becomes the character 256 - b, and a terminator 257 sorts a prefix after its extensions.
-    Example: sorted([b'a', b'ab', b'b'], key=_descending_key) -> [b'b', b'ab', b'a']
-    """
-    return token.decode("latin-1").translate(_INVERT) + "\u0101"
-
-
-def _learn_merges(counts: dict[str, int], vocab: dict[int, bytes], vocab_size: int) -> list[tuple[bytes, bytes]]:
-    """Grow `vocab` (in place) by BPE merges over the pre-token table `counts`; return the merges in order.
-
-    Each distinct pre-token is a word, counted with its frequency. A word is a str with one character per token: the
-    token with id t is the character chr(t) (ids up to 0x10FFFF), so the word b'hi!' starts as 'hi!' and a pair of
-    adjacent tokens is a 2-character string. Then `word.replace(pair, chr(new))` is the merge itself: every
-    occurrence, left to right, without overlap ('aaa' -> [aa, a]), as BPE does it, and it runs in C.
-
-    `pair_counts[p]` is the number of times the pair p occurs in the corpus, `where[p]` the words that may hold it
-    (a list: a word can be in it twice, or no longer hold p; both are skipped). Merging p rewrites only the words in
-    where[p], and changes only the pairs that overlap an occurrence: in each word, those in the stretch from the
-    first occurrence's left neighbour to the last occurrence's right neighbour ('xaby' -> 'xNy' when merging 'ab';
-    outside it nothing changes). Words with the same stretch change the counts alike, so each distinct stretch is
-    counted once, with the words' total frequency. The work per merge is proportional to what it changes, not to the
-    corpus.
-
-    The best pair comes from a heap of (-count, key(left), key(right), pair) entries. A merge lowers the counts of
-    the pairs it breaks up, and raises only those of the pairs it makes (with the new token), which are pushed
-    again. So every pair has an entry at least as large as its count; the top entry, once its count is checked to be
-    the current one, is the most frequent pair (lazy deletion: an entry that has gone stale is put back with the
-    count it has now, or dropped when the pair is gone).
-    """
-    raise NotImplementedError('`tokenizer._learn_merges` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
-
-
-def train_bpe(data, vocab_size: int, special_tokens=(), pattern: str = "gpt4",
-              num_workers: int | None = None) -> Tokenizer:
+def train_bpe(data, vocab_size: int, special_tokens=(), pattern: str = "gpt4") -> Tokenizer:
     """Learn a byte-level BPE tokenizer of `vocab_size` tokens from `data`.
 
     data: a str (one document), a path (a UTF-8 file, read as it is, "\\r\\n" included), or an iterable of them.
     Documents are independent: no pre-token spans two of them. A special token in the text separates what is on
     either side just as well, and is never counted or merged into anything.
 
-    Vocabulary: ids 0..255 are the single bytes, then `special_tokens` in order, then the merged tokens in the
-    order learned (a merge that spells a token already there adds none). Training stops at exactly `vocab_size`
-    tokens, or earlier, with a warning, when no adjacent pair is left in the corpus.
+    Vocabulary: ids 0..255 are the single bytes, then `special_tokens` in order, then one token per merge, in the
+    order learned. Training stops at exactly `vocab_size` tokens, or earlier, with a warning, when no adjacent pair
+    is left in the corpus.
 
     Each step merges the most frequent adjacent pair. **Tie-break**: among pairs of equal count, the
     lexicographically greatest pair of byte strings wins, comparing (left, right) as Python compares
@@ -287,11 +193,16 @@ def train_bpe(data, vocab_size: int, special_tokens=(), pattern: str = "gpt4",
     Bytes decide, not ids: after merging ab, the pairs (b'ab', b'c') and (b'b', b'd') tie, and (b'b', b'd') wins,
     because b'b' > b'ab' (although the token ab has the larger id).
 
-    Pre-tokens are counted in `num_workers` processes (default: one per CPU) when the corpus has more than one
-    chunk of about a million characters; chunks are cut where a special token starts, so the counts are the same
-    for any number of workers.
+    Every merge makes a new token. (Could a later merge X + Y spell an earlier token T? The merges so far cut a
+    stretch of a word that begins and ends at token boundaries just as they would cut its bytes alone; alone,
+    T's bytes became the one token T when T was made, and a token is never split again.)
+
+    This is the textbook loop: it recounts every pair after each merge. `kernels.train_bpe` learns exactly the
+    same merges with work proportional to what each merge changes.
     """
-    raise NotImplementedError('`tokenizer.train_bpe` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
+    raise NotImplementedError('`tokenizer.train_bpe` is not implemented yet — chapter 2 (tokenizer): see '
+                              'test_trained_vocabulary_has_exactly_vocab_size_tokens and 10 more in '
+                              'spec/test_tokenizer.py.')
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -346,7 +257,9 @@ class Tokenizer:
     """
 
     def __init__(self, vocab: dict[int, bytes], merges, special_tokens=(), pattern: str = "gpt4"):
-        raise NotImplementedError('`tokenizer.Tokenizer.__init__` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
+        raise NotImplementedError('`tokenizer.Tokenizer.__init__` is not implemented yet — chapter 2 (tokenizer): see '
+                                  'test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 14 more in '
+                                  'spec/test_tokenizer.py.')
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={len(self.vocab)}, special_tokens={list(self.special_tokens)})"
@@ -358,14 +271,18 @@ class Tokenizer:
         Example with ranks {b'a': 97, b'b': 98, b'ab': 300, b'abb': 301}: 'abb' -> (301,) at once; 'abab' ->
         [a, b, a, b] -> [ab, a, b] -> [ab, ab] -> (300, 300).
         """
-        raise NotImplementedError('`tokenizer.Tokenizer._encode_piece` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
+        raise NotImplementedError('`tokenizer.Tokenizer._encode_piece` is not implemented yet — chapter 2 '
+                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 14 '
+                                  'more in spec/test_tokenizer.py.')
 
     def _encode_long_piece(self, data: bytes) -> tuple[int, ...]:
         """The same merges in O(n log n) for a long pre-token (a run of 10^5 spaces, a minified line): the pairs
         wait in a heap of (rank, position), the parts form a linked list, and an entry whose pair has changed
         since it was pushed is skipped when it comes up. Position order is text order, so among equal ranks the
         leftmost pair still goes first."""
-        raise NotImplementedError('`tokenizer.Tokenizer._encode_long_piece` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
+        raise NotImplementedError('`tokenizer.Tokenizer._encode_long_piece` is not implemented yet — chapter 2 '
+                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 14 '
+                                  'more in spec/test_tokenizer.py.')
 
     def _special_re(self, allowed: frozenset):
         found = self._special_res.get(allowed)
@@ -374,12 +291,16 @@ class Tokenizer:
         return found
 
     def _encode_ordinary(self, text: str) -> list[int]:
-        raise NotImplementedError('`tokenizer.Tokenizer._encode_ordinary` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
+        raise NotImplementedError('`tokenizer.Tokenizer._encode_ordinary` is not implemented yet — chapter 2 '
+                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 14 '
+                                  'more in spec/test_tokenizer.py.')
 
     def encode(self, text: str, allowed_special="all") -> list[int]:
         """Token ids of `text`. allowed_special: 'all' (default), 'none', or a set of the special tokens to treat as
         special; any other occurrence of a special token's text is encoded as ordinary text, byte by byte."""
-        raise NotImplementedError('`tokenizer.Tokenizer.encode` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
+        raise NotImplementedError('`tokenizer.Tokenizer.encode` is not implemented yet — chapter 2 (tokenizer): see '
+                                  'test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 14 more in '
+                                  'spec/test_tokenizer.py.')
 
     def _stable_prefix(self, text: str, allowed: frozenset) -> int:
         """How much of `text` encodes the same whatever text comes after it.
@@ -388,17 +309,23 @@ class Tokenizer:
         ending less than _LOOKAHEAD characters from the end, and any pre-token next to a whitespace run that could
         still grow ("\\n" + spaces becomes one pre-token if a "\\n" follows the spaces).
         """
-        raise NotImplementedError('`tokenizer.Tokenizer._stable_prefix` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
+        raise NotImplementedError('`tokenizer.Tokenizer._stable_prefix` is not implemented yet — chapter 2 '
+                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 14 '
+                                  'more in spec/test_tokenizer.py.')
 
     def encode_iterable(self, iterable: Iterable[str], allowed_special="all") -> Iterator[int]:
         """Ids of the concatenation of `iterable`'s strings, yielded as they become certain, in bounded memory:
         `list(encode_iterable(chunks)) == encode("".join(chunks))` however the text is cut into chunks."""
-        raise NotImplementedError('`tokenizer.Tokenizer.encode_iterable` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
+        raise NotImplementedError('`tokenizer.Tokenizer.encode_iterable` is not implemented yet — chapter 2 '
+                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 14 '
+                                  'more in spec/test_tokenizer.py.')
 
     def decode(self, ids) -> str:
         """The text of `ids`. Any sequence of ids in the vocabulary decodes: bytes that are not valid UTF-8 (a
         character cut between tokens, say) become U+FFFD, the replacement character."""
-        raise NotImplementedError('`tokenizer.Tokenizer.decode` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
+        raise NotImplementedError('`tokenizer.Tokenizer.decode` is not implemented yet — chapter 2 (tokenizer): see '
+                                  'test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 14 more in '
+                                  'spec/test_tokenizer.py.')
 
     def save(self, path) -> None:
         """Write the tokenizer to `path` as JSON (atomically: a reader never sees half a file):
@@ -412,12 +339,16 @@ class Tokenizer:
         Token bytes are written as text by mapping byte b to the character chr(b) (Latin-1), so ASCII tokens read
         as themselves and any byte string round-trips. Merges are listed in the order they were learned.
         """
-        raise NotImplementedError('`tokenizer.Tokenizer.save` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
+        raise NotImplementedError('`tokenizer.Tokenizer.save` is not implemented yet — chapter 2 (tokenizer): see '
+                                  'test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 14 more in '
+                                  'spec/test_tokenizer.py.')
 
     @classmethod
     def load(cls, path) -> Tokenizer:
         """Read a tokenizer written by `save`."""
-        raise NotImplementedError('`tokenizer.Tokenizer.load` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
+        raise NotImplementedError('`tokenizer.Tokenizer.load` is not implemented yet — chapter 2 (tokenizer): see '
+                                  'test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 14 more in '
+                                  'spec/test_tokenizer.py.')
 
 
 _WHITESPACE = regex.compile(r"\s")
@@ -448,7 +379,9 @@ def train_sentencepiece(data, vocab_size: int, special_tokens=()) -> SentencePie
     tokens and newlines. The vocabulary: <unk>, the special tokens (control symbols), 256 byte pieces, then the
     learned pieces, at most `vocab_size` in all.
     """
-    raise NotImplementedError('`tokenizer.train_sentencepiece` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
+    raise NotImplementedError('`tokenizer.train_sentencepiece` is not implemented yet — chapter 2 (tokenizer): see '
+                              'test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 15 more in '
+                              'spec/test_tokenizer.py.')
 
 
 class SentencePieceTokenizer:
@@ -461,7 +394,9 @@ class SentencePieceTokenizer:
     """
 
     def __init__(self, model: bytes):
-        raise NotImplementedError('`tokenizer.SentencePieceTokenizer.__init__` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
+        raise NotImplementedError('`tokenizer.SentencePieceTokenizer.__init__` is not implemented yet — chapter 2 '
+                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 12 '
+                                  'more in spec/test_tokenizer.py.')
 
     def __repr__(self) -> str:
         return f"SentencePieceTokenizer(vocab_size={len(self.vocab)}, special_tokens={list(self.special_tokens)})"
@@ -472,22 +407,30 @@ class SentencePieceTokenizer:
     decode = Tokenizer.decode
 
     def _encode_ordinary(self, text: str) -> list[int]:
-        raise NotImplementedError('`tokenizer.SentencePieceTokenizer._encode_ordinary` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
+        raise NotImplementedError('`tokenizer.SentencePieceTokenizer._encode_ordinary` is not implemented yet — '
+                                  'chapter 2 (tokenizer): see test_decode_inverts_encode and 13 more in '
+                                  'spec/test_tokenizer.py.')
 
     def encode_iterable(self, iterable: Iterable[str], allowed_special="all") -> Iterator[int]:
         """Ids of the concatenation of `iterable`'s strings, one line at a time: sentencepiece never merges across
         a newline (it learned from lines), so text up to the last newline is final."""
-        raise NotImplementedError('`tokenizer.SentencePieceTokenizer.encode_iterable` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
+        raise NotImplementedError('`tokenizer.SentencePieceTokenizer.encode_iterable` is not implemented yet — '
+                                  'chapter 2 (tokenizer): see test_decode_inverts_encode, '
+                                  'test_ids_are_in_the_vocabulary and 12 more in spec/test_tokenizer.py.')
 
     def save(self, path) -> None:
         """Write the sentencepiece model itself (atomically): `sentencepiece.SentencePieceProcessor(model_file=path)`
         reads it too."""
-        raise NotImplementedError('`tokenizer.SentencePieceTokenizer.save` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
+        raise NotImplementedError('`tokenizer.SentencePieceTokenizer.save` is not implemented yet — chapter 2 '
+                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 12 '
+                                  'more in spec/test_tokenizer.py.')
 
     @classmethod
     def load(cls, path) -> SentencePieceTokenizer:
         """Read a model written by `save` (or any sentencepiece .model file with byte fallback)."""
-        raise NotImplementedError('`tokenizer.SentencePieceTokenizer.load` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
+        raise NotImplementedError('`tokenizer.SentencePieceTokenizer.load` is not implemented yet — chapter 2 '
+                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 12 '
+                                  'more in spec/test_tokenizer.py.')
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -505,7 +448,8 @@ def _ordinary_ranks(tokenizer) -> dict[bytes, int]:
 
 def to_tiktoken(tokenizer: Tokenizer, name: str = "llmkata"):
     """A `tiktoken.Encoding` with the tokenizer's ranks, pattern and special tokens: the same ids, from Rust."""
-    raise NotImplementedError('`tokenizer.to_tiktoken` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
+    raise NotImplementedError('`tokenizer.to_tiktoken` is not implemented yet — chapter 2 (tokenizer): see '
+                              'test_tiktoken_export_encodes_like_the_tokenizer in spec/test_tokenizer.py.')
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -526,4 +470,5 @@ def to_hf_tokenizer(tokenizer: Tokenizer):
     """A Hugging Face `tokenizers.Tokenizer` that encodes like `tokenizer`: the same split regex, ByteLevel
     bytes-as-characters, a BPE model with our vocabulary and merges, `ignore_merges` (a pre-token that is a
     token is taken whole, as tiktoken does) and the special tokens as added tokens with their own ids."""
-    raise NotImplementedError('`tokenizer.to_hf_tokenizer` is not implemented yet — chapter 2 (tokenizer): read spec/test_tokenizer.py.')
+    raise NotImplementedError('`tokenizer.to_hf_tokenizer` is not implemented yet — chapter 2 (tokenizer): see '
+                              'test_hf_export_encodes_like_the_tokenizer in spec/test_tokenizer.py.')

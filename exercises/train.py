@@ -25,18 +25,13 @@ Left out: loss scaling for float16 (bfloat16 needs none), a fused optimizer kern
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, is_dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-
-from .files import write_bytes_atomic
 
 IGNORE_INDEX = -100  # the target of a position that does not count (padding); torch uses the same value
 
@@ -57,7 +52,9 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> 
     If every target is ignored there is nothing to average and the result is NaN (0/0), as in torch.
     Example: logits [[0., 0.]], targets [1] -> log 2 ≈ 0.6931
     """
-    raise NotImplementedError('`train.cross_entropy` is not implemented yet — chapter 8 (train): read spec/test_train.py.')
+    raise NotImplementedError('`train.cross_entropy` is not implemented yet — chapter 8 (train): see '
+                              'test_cross_entropy_equals_minus_log_softmax_at_the_target and 6 more in '
+                              'spec/test_train.py.')
 
 
 # --------------------------------------------------------------------------------------------- gradient clipping
@@ -74,7 +71,9 @@ def clip_grad_norm(parameters, max_norm: float) -> Tensor:
     scaling by NaN would spread the damage to every weight, and a finite-looking result would hide it. The caller
     decides (train_step refuses to step).
     """
-    raise NotImplementedError('`train.clip_grad_norm` is not implemented yet — chapter 8 (train): read spec/test_train.py.')
+    raise NotImplementedError('`train.clip_grad_norm` is not implemented yet — chapter 8 (train): see '
+                              'test_clipped_global_norm_is_at_most_max_norm, '
+                              'test_clipping_scales_every_gradient_by_one_factor and 4 more in spec/test_train.py.')
 
 
 # ------------------------------------------------------------------------------------------------------ AdamW
@@ -112,7 +111,8 @@ class AdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self) -> None:
         """One AdamW update of every parameter that has a gradient."""
-        raise NotImplementedError('`train.AdamW.step` is not implemented yet — chapter 8 (train): read spec/test_train.py.')
+        raise NotImplementedError('`train.AdamW.step` is not implemented yet — chapter 8 (train): see '
+                                  'test_adamw_matches_torch_adamw_over_many_steps and 2 more in spec/test_train.py.')
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -125,7 +125,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     dimensions and does not belong to a module whose class name ends in "Embedding". A weight shared by two
     modules (tied embeddings) is listed once, under the module that owns it first.
     """
-    raise NotImplementedError('`train.parameter_groups` is not implemented yet — chapter 8 (train): read spec/test_train.py.')
+    raise NotImplementedError('`train.parameter_groups` is not implemented yet — chapter 8 (train): see '
+                              'test_parameter_groups_exempt_norms_biases_and_embeddings in spec/test_train.py.')
 
 
 # ------------------------------------------------------------------------------------------------- the schedule
@@ -144,7 +145,9 @@ def lr_schedule(step: int, max_lr: float, warmup_steps: int, total_steps: int, m
     Example: lr_schedule(5, 1.0, 10, 110) -> 0.5;  lr_schedule(60, 1.0, 10, 110) -> 0.5;
              lr_schedule(200, 1.0, 10, 110) -> 0.0
     """
-    raise NotImplementedError('`train.lr_schedule` is not implemented yet — chapter 8 (train): read spec/test_train.py.')
+    raise NotImplementedError('`train.lr_schedule` is not implemented yet — chapter 8 (train): see '
+                              'test_warmup_rises_linearly_from_zero_to_the_peak, '
+                              'test_cosine_decays_from_the_peak_to_the_floor and 3 more in spec/test_train.py.')
 
 
 # ------------------------------------------------------------------------------------------------ one step
@@ -168,7 +171,9 @@ def train_step(model: nn.Module, optimizer, micro_batches: Sequence[tuple[Tensor
     A non-finite loss or gradient norm raises FloatingPointError *before* the optimizer steps, so the weights stay
     those of the last good step.
     """
-    raise NotImplementedError('`train.train_step` is not implemented yet — chapter 8 (train): read spec/test_train.py.')
+    raise NotImplementedError('`train.train_step` is not implemented yet — chapter 8 (train): see '
+                              'test_accumulating_micro_batches_equals_one_step_on_their_concatenation and 3 more in '
+                              'spec/test_train.py.')
 
 
 # ------------------------------------------------------------------------------------------------- checkpoints
@@ -230,7 +235,9 @@ def save_checkpoint(path, model: nn.Module, optimizer, step: int, config=None, g
     is always a complete checkpoint, the old one or the new one, even if the process is killed mid-write.
     The schedule needs no state of its own: the learning rate is a function of `step` and the config.
     """
-    raise NotImplementedError('`train.save_checkpoint` is not implemented yet — chapter 8 (train): read spec/test_train.py.')
+    raise NotImplementedError('`train.save_checkpoint` is not implemented yet — chapter 8 (train): see '
+                              'test_resuming_from_a_checkpoint_continues_bit_exactly, '
+                              'test_rejects_a_corrupted_checkpoint and 2 more in spec/test_train.py.')
 
 
 def load_checkpoint(path, model: nn.Module, optimizer=None, config=None,
@@ -243,4 +250,6 @@ def load_checkpoint(path, model: nn.Module, optimizer=None, config=None,
     no longer matches), a checkpoint whose config differs from `config` (each differing field is named), and
     weights whose names or shapes do not fit `model`. Nothing is modified when it refuses.
     """
-    raise NotImplementedError('`train.load_checkpoint` is not implemented yet — chapter 8 (train): read spec/test_train.py.')
+    raise NotImplementedError('`train.load_checkpoint` is not implemented yet — chapter 8 (train): see '
+                              'test_resuming_from_a_checkpoint_continues_bit_exactly, '
+                              'test_rejects_a_corrupted_checkpoint and 1 more in spec/test_train.py.')

@@ -488,25 +488,24 @@ def _file_blocks(path: Path) -> Iterator[str]:
 
 
 def _cut_at_special_tokens(blocks: Iterator[str], special_re, longest: int) -> Iterator[str]:
-    """Reassemble a document from its blocks into parts of at least _CHUNK_CHARS that end where a special token
-    starts, so that splitting each part at special tokens gives exactly the pieces of the whole document.
+    """Reassemble a document from its blocks into parts of at least _CHUNK_CHARS characters (the last may be
+    shorter), each ending where a special token starts, so that splitting each part at special tokens gives
+    exactly the pieces of the whole document.
 
-    A match found at position i saw text[i : i + longest]; only matches that start at least `longest` characters
-    before the end of what has arrived are certain, so the cut goes at the start of the last such match.
+    The cut goes where the first special token at or past _CHUNK_CHARS starts, found by scanning the part from
+    its beginning: a scan started anywhere else could take for a token what the whole scan sees as the end of
+    another. A match at position i saw text[i : i + longest], so it is certain once that much text has arrived.
     """
     pending, size = [], 0
     for block in blocks:
         pending.append(block)
         size += len(block)
-        if special_re is None or size < _CHUNK_CHARS:
+        if special_re is None or size <= _CHUNK_CHARS:
             continue
         text = "".join(pending)
-        cut = 0
-        for match in special_re.finditer(text):
-            if match.start() > len(text) - longest:
-                break
-            cut = match.start()
-        if cut > 0:
+        starts = (match.start() for match in special_re.finditer(text) if match.start() >= _CHUNK_CHARS)
+        cut = next(starts, len(text))
+        if cut <= len(text) - longest:
             yield text[:cut]
             pending, size = [text[cut:]], len(text) - cut
         else:
@@ -517,7 +516,7 @@ def _cut_at_special_tokens(blocks: Iterator[str], special_re, longest: int) -> I
 
 
 def _chunks(data, special_re, longest: int) -> Iterator[list[str]]:
-    """Lists of (non-empty) document parts, about _CHUNK_CHARS characters in all, one list per task."""
+    """Lists of (non-empty) document parts, at least _CHUNK_CHARS characters in all (but the last), one per task."""
     chunk, size = [], 0
     for blocks in _document_blocks(data):
         for part in _cut_at_special_tokens(blocks, special_re, longest):

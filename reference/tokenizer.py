@@ -9,6 +9,7 @@ Because the alphabet is the 256 byte values, every string has an encoding and `d
 Training learns the merges (Sennrich et al. 2016 on bytes, as in GPT-2): start from the 256 single bytes, count
 adjacent pairs over the corpus, turn the most frequent pair into a new token, repeat until the vocabulary has
 `vocab_size` tokens. Ids: 0..255 are the bytes, then the special tokens, then the merged tokens in the order learned.
+`train_bpe` here is that loop as written; `kernels.train_bpe` (chapter 14) learns the same merges fast.
 
 Encoding follows tiktoken exactly: a pre-token that is itself a token is one id; otherwise merge, again and again,
 the adjacent pair whose concatenation has the lowest id (its rank), leftmost first. The same ranks and pattern
@@ -25,13 +26,11 @@ from __future__ import annotations
 import heapq
 import io
 import json
-import multiprocessing
 import os
 import re
 import warnings
-from collections import Counter, defaultdict, deque
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from itertools import chain, repeat
 from operator import add
 from pathlib import Path
@@ -62,9 +61,6 @@ _ASCII_TWINS = {
                    rf"""| ?[^{_W}A-Za-z0-9]+[\r\n]*|[{_W}]*[\r\n]+|[{_W}]+(?![^{_W}])|[{_W}]+"""),
 }
 
-# Training splits the corpus into chunks of about this many characters, cut where a special token starts, and
-# counts the pre-tokens of each chunk in a separate process.
-_CHUNK_CHARS = 1 << 20
 # Streaming encoding holds back the last pre-tokens: the patterns decide a pre-token from at most a few characters
 # past its end (the longest contraction, "'ll", needs 3), except across whitespace, which is held back whole.
 _LOOKAHEAD = 8
@@ -144,240 +140,84 @@ def _special_regex(special_tokens) -> regex.Pattern | None:
 # Training
 # ---------------------------------------------------------------------------------------------------------------
 
-def _documents(data) -> Iterator[Iterator[str]]:
-    """The text of each document, in blocks: a str is one document, a path one file, an iterable many."""
+def _sources(data) -> Iterator[str | Path]:
+    """The documents of `data`, each a str or a Path: a str is one document, a path one file, an iterable many."""
     if isinstance(data, (str, os.PathLike)):
         data = [data]
     elif isinstance(data, bytes) or not isinstance(data, Iterable):
         raise TypeError(f"data must be a str, a path, or an iterable of them, not {type(data).__name__}")
     for item in data:
         if isinstance(item, str):
-            yield (item[i:i + _CHUNK_CHARS] for i in range(0, len(item), _CHUNK_CHARS))
+            yield item
         elif isinstance(item, os.PathLike):
-            yield _file_blocks(Path(item))
+            yield Path(item)
         else:
             raise TypeError(f"each document must be a str or a path, got {type(item).__name__}")
 
 
-def _file_blocks(path: Path) -> Iterator[str]:
-    # newline="" keeps "\r\n" as it is: the tokenizer sees the file's exact text.
-    with open(path, encoding="utf-8", newline="") as file:
-        try:
-            while block := file.read(_CHUNK_CHARS):
-                yield block
-        except UnicodeDecodeError as error:
-            raise ValueError(f"{path} is not UTF-8 text: {error}") from None
-
-
-def _cut_at_special_tokens(blocks: Iterator[str], special_re, longest: int) -> Iterator[str]:
-    """Reassemble a document from its blocks into parts of at least _CHUNK_CHARS that end where a special token
-    starts, so that splitting each part at special tokens gives exactly the pieces of the whole document.
-
-    A match found at position i saw text[i : i + longest]; only matches that start at least `longest` characters
-    before the end of what has arrived are certain, so the cut goes at the start of the last such match.
-    """
-    pending, size = [], 0
-    for block in blocks:
-        pending.append(block)
-        size += len(block)
-        if special_re is None or size < _CHUNK_CHARS:
+def _documents(data) -> Iterator[str]:
+    """The text of each document of `data`, one at a time."""
+    for source in _sources(data):
+        if isinstance(source, str):
+            yield source
             continue
-        text = "".join(pending)
-        cut = 0
-        for match in special_re.finditer(text, 0, len(text)):
-            if match.start() > len(text) - longest:
-                break
-            cut = match.start()
-        if cut > 0:
-            yield text[:cut]
-            pending, size = [text[cut:]], len(text) - cut
-        else:
-            pending = [text]
-    text = "".join(pending)
-    if text:
+        # newline="" keeps "\r\n" as it is: the tokenizer sees the file's exact text.
+        with open(source, encoding="utf-8", newline="") as file:
+            try:
+                text = file.read()
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{source} is not UTF-8 text: {error}") from None
         yield text
 
 
-def _chunks(data, special_re, longest: int) -> Iterator[list[str]]:
-    """Lists of (non-empty) document parts, about _CHUNK_CHARS characters in all, one list per task."""
-    chunk, size = [], 0
-    for blocks in _documents(data):
-        for part in _cut_at_special_tokens(blocks, special_re, longest):
-            chunk.append(part)
-            size += len(part)
-            if size >= _CHUNK_CHARS:
-                yield chunk
-                chunk, size = [], 0
-    if chunk:
-        yield chunk
+def _check_vocab_size(vocab_size, special_tokens: list[str]) -> None:
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise ValueError(f"vocab_size must be an int, got {vocab_size!r}")
+    if vocab_size < 256 + len(special_tokens):
+        raise ValueError(f"vocab_size={vocab_size} is too small: 256 bytes + {len(special_tokens)} special tokens "
+                         f"need at least {256 + len(special_tokens)}")
 
 
-def _count_pretokens(parts: list[str], pattern: str, special_tokens: list[str]) -> Counter:
-    """The pre-token frequency table of some text: special tokens cut out, the rest split by `pattern`.
+# BEGIN SOLUTION
+def _pair_counts(words: dict[tuple[bytes, ...], int]) -> Counter:
+    """How often each adjacent pair occurs, a word counting as often as it occurs in the corpus.
 
-    Example (GPT-2 pattern, special '<|eot|>'): ['hi hi<|eot|>hi'] -> Counter({'hi': 2, ' hi': 1})
+    Example: {(b'a', b'b', b'a', b'b'): 2, (b'b', b'a'): 1} -> {(b'a', b'b'): 4, (b'b', b'a'): 3}
     """
-    # BEGIN SOLUTION
-    split = _PreTokenizer(pattern)
-    special_re = _special_regex(special_tokens)
-    counts = Counter()
-    for part in parts:
-        for segment in special_re.split(part) if special_re else (part,):
-            counts.update(split(segment))
-    return counts
-    # END SOLUTION
+    pairs = Counter()
+    for word, count in words.items():
+        for pair in zip(word, word[1:]):
+            pairs[pair] += count
+    return pairs
 
 
-def _pretoken_counts(data, pattern: str, special_tokens: list[str], num_workers: int | None) -> Counter:
-    """Count pre-tokens over the whole corpus, one chunk per task; several processes when there are chunks enough."""
-    # BEGIN SOLUTION
-    special_re = _special_regex(special_tokens)
-    longest = max(map(len, special_tokens), default=1)
-    if num_workers is None:
-        num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    chunks = _chunks(data, special_re, longest)
-    first = next(chunks, None)
-    if first is None:
-        raise ValueError("the corpus is empty: there is no text to learn merges from")
-    second = next(chunks, None)
-    head = [first] if second is None else [first, second]
-    counts = Counter()
-    if second is None or num_workers == 1:
-        for chunk in chain(head, chunks):
-            counts.update(_count_pretokens(chunk, pattern, special_tokens))
-    else:
-        # fork starts workers at once and needs no importable module name (any folder can be graded).
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        with ProcessPoolExecutor(max_workers=num_workers, mp_context=context) as pool:
-            in_flight = deque()
-            for chunk in chain(head, chunks):
-                in_flight.append(pool.submit(_count_pretokens, chunk, pattern, special_tokens))
-                if len(in_flight) > 2 * num_workers:  # bounded memory: a few chunks at a time
-                    counts.update(in_flight.popleft().result())
-            for future in in_flight:
-                counts.update(future.result())
-    return counts
-    # END SOLUTION
+def _merge(word: tuple[bytes, ...], pair: tuple[bytes, bytes]) -> tuple[bytes, ...]:
+    """`word` with every occurrence of `pair` made one token, left to right, without overlap.
 
-
-_INVERT = {byte: 0x100 - byte for byte in range(256)}
-
-
-def _descending_key(token: bytes) -> str:
-    """A string whose ascending order is the descending order of byte strings.
-
-    Each byte b becomes the character 256 - b, and a terminator 257 sorts a prefix after its extensions.
-    Example: sorted([b'a', b'ab', b'b'], key=_descending_key) -> [b'b', b'ab', b'a']
+    Example: (b'a', b'a', b'a', b'b'), (b'a', b'a') -> (b'aa', b'a', b'b')
     """
-    return token.decode("latin-1").translate(_INVERT) + "\u0101"
+    merged, i = [], 0
+    while i < len(word):
+        if i + 1 < len(word) and word[i] == pair[0] and word[i + 1] == pair[1]:
+            merged.append(pair[0] + pair[1])
+            i += 2
+        else:
+            merged.append(word[i])
+            i += 1
+    return tuple(merged)
+# END SOLUTION
 
 
-def _learn_merges(counts: dict[str, int], vocab: dict[int, bytes], vocab_size: int) -> list[tuple[bytes, bytes]]:
-    """Grow `vocab` (in place) by BPE merges over the pre-token table `counts`; return the merges in order.
-
-    Each distinct pre-token is a word, counted with its frequency. A word is a str with one character per token: the
-    token with id t is the character chr(t) (ids up to 0x10FFFF), so the word b'hi!' starts as 'hi!' and a pair of
-    adjacent tokens is a 2-character string. Then `word.replace(pair, chr(new))` is the merge itself: every
-    occurrence, left to right, without overlap ('aaa' -> [aa, a]), as BPE does it, and it runs in C.
-
-    `pair_counts[p]` is the number of times the pair p occurs in the corpus, `where[p]` the words that may hold it
-    (a list: a word can be in it twice, or no longer hold p; both are skipped). Merging p rewrites only the words in
-    where[p], and changes only the pairs that overlap an occurrence: in each word, those in the stretch from the
-    first occurrence's left neighbour to the last occurrence's right neighbour ('xaby' -> 'xNy' when merging 'ab';
-    outside it nothing changes). Words with the same stretch change the counts alike, so each distinct stretch is
-    counted once, with the words' total frequency. The work per merge is proportional to what it changes, not to the
-    corpus.
-
-    The best pair comes from a heap of (-count, key(left), key(right), pair) entries. A merge lowers the counts of
-    the pairs it breaks up, and raises only those of the pairs it makes (with the new token), which are pushed
-    again. So every pair has an entry at least as large as its count; the top entry, once its count is checked to be
-    the current one, is the most frequent pair (lazy deletion: an entry that has gone stale is put back with the
-    count it has now, or dropped when the pair is gone).
-    """
-    # BEGIN SOLUTION
-    ranks = {bytes([byte]): byte for byte in range(256)}  # the ordinary tokens so far; specials are not merged
-    key = {chr(i): _descending_key(token) for i, token in vocab.items()}  # character -> tie-break key
-    words, freqs = [], []
-    for piece, count in counts.items():
-        data = piece.encode("utf-8")  # lone surrogates were rejected when the corpus was read
-        if len(data) > 1:
-            words.append(data.decode("latin-1"))  # byte b -> chr(b): the character of the byte's token
-            freqs.append(count)
-    pair_counts: dict[str, int] = defaultdict(int)
-    where: dict[str, list[int]] = defaultdict(list)
-    for i, word in enumerate(words):
-        for pair in map(add, word, word[1:]):  # 'abc' -> 'ab', 'bc'
-            pair_counts[pair] += freqs[i]
-            where[pair].append(i)
-    heap = [(-count, key[pair[0]], key[pair[1]], pair) for pair, count in pair_counts.items()]
-    heapq.heapify(heap)
-
-    merges = []
-    while len(vocab) < vocab_size:
-        while heap:
-            negated, _, _, pair = heap[0]
-            count = pair_counts.get(pair, 0)
-            if count == -negated:
-                break
-            if count:  # the pair's count has fallen since this entry was pushed
-                heapq.heapreplace(heap, (-count, key[pair[0]], key[pair[1]], pair))
-            else:
-                heapq.heappop(heap)
-        if not heap:
-            break  # no pair occurs any more: every pre-token is a single token
-        pair = heapq.heappop(heap)[3]
-        a, b = ord(pair[0]), ord(pair[1])
-        merged = vocab[a] + vocab[b]
-        new = ranks.get(merged)
-        if new is None:
-            new = len(vocab)
-            vocab[new] = ranks[merged] = merged
-            key[chr(new)] = _descending_key(merged)
-        # else: the subtle case. Another pair already spelled these bytes (b'ab' + b'c' and b'a' + b'bc' both give
-        # b'abc'): the merge is recorded and applied, but the vocabulary does not grow, and the loop goes on.
-        merges.append((vocab[a], vocab[b]))
-        token = chr(new)
-
-        stretches: dict[str, list[int]] = defaultdict(list)  # changed stretch -> the words that have it
-        for i in where.pop(pair):
-            word = words[i]
-            first = word.find(pair)
-            if first < 0:
-                continue  # listed twice, or the pair went in an earlier merge: `where` is not pruned eagerly
-            words[i] = word.replace(pair, token)
-            # max(..., 0): an occurrence at the start has no left neighbour; a slice past the end stops there
-            stretches[word[max(first - 1, 0):word.rfind(pair) + 3]].append(i)
-        created: dict[str, int] = defaultdict(int)
-        for stretch, group in stretches.items():
-            count = sum(map(freqs.__getitem__, group))
-            for old in map(add, stretch, stretch[1:]):
-                pair_counts[old] -= count
-            # the stretch merges as the word did: its first character cannot start an occurrence (find would
-            # have found that one), so replace finds the same occurrences in it
-            merged_stretch = stretch.replace(pair, token)
-            for new_pair in map(add, merged_stretch, merged_stretch[1:]):
-                created[new_pair] += count
-                where[new_pair].extend(group)
-        del pair_counts[pair]  # all its occurrences are merged: its count is now 0
-        for new_pair, change in created.items():
-            count = pair_counts[new_pair] = pair_counts[new_pair] + change
-            heapq.heappush(heap, (-count, key[new_pair[0]], key[new_pair[1]], new_pair))
-    return merges
-    # END SOLUTION
-
-
-def train_bpe(data, vocab_size: int, special_tokens=(), pattern: str = "gpt4",
-              num_workers: int | None = None) -> Tokenizer:
+def train_bpe(data, vocab_size: int, special_tokens=(), pattern: str = "gpt4") -> Tokenizer:
     """Learn a byte-level BPE tokenizer of `vocab_size` tokens from `data`.
 
     data: a str (one document), a path (a UTF-8 file, read as it is, "\\r\\n" included), or an iterable of them.
     Documents are independent: no pre-token spans two of them. A special token in the text separates what is on
     either side just as well, and is never counted or merged into anything.
 
-    Vocabulary: ids 0..255 are the single bytes, then `special_tokens` in order, then the merged tokens in the
-    order learned (a merge that spells a token already there adds none). Training stops at exactly `vocab_size`
-    tokens, or earlier, with a warning, when no adjacent pair is left in the corpus.
+    Vocabulary: ids 0..255 are the single bytes, then `special_tokens` in order, then one token per merge, in the
+    order learned. Training stops at exactly `vocab_size` tokens, or earlier, with a warning, when no adjacent pair
+    is left in the corpus.
 
     Each step merges the most frequent adjacent pair. **Tie-break**: among pairs of equal count, the
     lexicographically greatest pair of byte strings wins, comparing (left, right) as Python compares
@@ -391,31 +231,50 @@ def train_bpe(data, vocab_size: int, special_tokens=(), pattern: str = "gpt4",
     Bytes decide, not ids: after merging ab, the pairs (b'ab', b'c') and (b'b', b'd') tie, and (b'b', b'd') wins,
     because b'b' > b'ab' (although the token ab has the larger id).
 
-    Pre-tokens are counted in `num_workers` processes (default: one per CPU) when the corpus has more than one
-    chunk of about a million characters; chunks are cut where a special token starts, so the counts are the same
-    for any number of workers.
+    Every merge makes a new token. (Could a later merge X + Y spell an earlier token T? The merges so far cut a
+    stretch of a word that begins and ends at token boundaries just as they would cut its bytes alone; alone,
+    T's bytes became the one token T when T was made, and a token is never split again.)
+
+    This is the textbook loop: it recounts every pair after each merge. `kernels.train_bpe` learns exactly the
+    same merges with work proportional to what each merge changes.
     """
     # BEGIN SOLUTION
     special_tokens = _check_special_tokens(special_tokens)
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
-        raise ValueError(f"vocab_size must be an int, got {vocab_size!r}")
-    if vocab_size < 256 + len(special_tokens):
-        raise ValueError(f"vocab_size={vocab_size} is too small: 256 bytes + {len(special_tokens)} special tokens "
-                         f"need at least {256 + len(special_tokens)}")
-    if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 1):
-        raise ValueError(f"num_workers must be a positive int or None, got {num_workers!r}")
+    _check_vocab_size(vocab_size, special_tokens)
     pattern = _resolve_pattern(pattern)
 
-    counts = _pretoken_counts(data, pattern, special_tokens, num_workers)
-    for piece in counts:
+    # 1. Pre-token frequencies: special tokens cut out, the rest split by the pattern.
+    split, special_re = _PreTokenizer(pattern), _special_regex(special_tokens)
+    counts, empty = Counter(), True
+    for text in _documents(data):
+        empty = empty and not text
+        for segment in special_re.split(text) if special_re else (text,):
+            counts.update(split(segment))
+    if empty:
+        raise ValueError("the corpus is empty: there is no text to learn merges from")
+
+    # 2. Each distinct pre-token is a word: a tuple of single-byte tokens, with how often it occurs.
+    words = {}
+    for piece, count in counts.items():
         _check_text(piece, "the corpus")
+        words[tuple(_SINGLE_BYTES[byte] for byte in piece.encode("utf-8"))] = count
+
+    # 3. Merge the most frequent pair (ties: the greatest (left, right) bytes), again and again.
     vocab = {i: bytes([i]) for i in range(256)}
     for token in special_tokens:
         vocab[len(vocab)] = token.encode("utf-8")
-    merges = _learn_merges(counts, vocab, vocab_size)
-    if len(vocab) < vocab_size:
-        warnings.warn(f"the corpus ran out of pairs to merge after {len(merges)} merges: the vocabulary has "
-                      f"{len(vocab)} tokens, not vocab_size={vocab_size}", stacklevel=2)
+    merges = []
+    while len(vocab) < vocab_size:
+        pairs = _pair_counts(words)
+        if not pairs:
+            warnings.warn(f"the corpus ran out of pairs to merge after {len(merges)} merges: the vocabulary has "
+                          f"{len(vocab)} tokens, not vocab_size={vocab_size}", stacklevel=2)
+            break
+        best = max(pairs, key=lambda pair: (pairs[pair], pair))
+        merges.append(best)
+        vocab[len(vocab)] = best[0] + best[1]
+        # only the words that hold the pair change (a word that lacks its left token cannot hold it)
+        words = {(_merge(word, best) if best[0] in word else word): count for word, count in words.items()}
     return Tokenizer(vocab, merges, special_tokens, pattern)
     # END SOLUTION
 
@@ -741,8 +600,7 @@ def train_sentencepiece(data, vocab_size: int, special_tokens=()) -> SentencePie
                          f"tokens need at least {257 + len(special_tokens)}")
     special_re = _special_regex(special_tokens)
     sentences = []
-    for blocks in _documents(data):
-        text = "".join(blocks)
+    for text in _documents(data):
         _check_text(text, "the corpus")
         for segment in special_re.split(text) if special_re else (text,):
             sentences.extend(line for line in segment.split("\n") if line)

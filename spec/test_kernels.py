@@ -6,17 +6,21 @@ the model with kernels equals the model without, also through a wrapped projecti
 incremental BPE trainer learns exactly the merges of the textbook one.
 """
 
+import functools
 import math
+import warnings
 
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from .checks import assert_rejects, grads_of
 from .strategies import float_dtypes, seeds, shapes, tensors
 from .test_attention import attention_inputs, causal64, lse64, weights64
 from .test_model import PROJECTIONS, build, configs, token_ids, wrap_and_merge
+from .test_tokenizer import (GPT2, GPT4, SPECIALS, corpus_documents, corpus_text, small_corpora,
+                             textbook_bpe)
 from .test_train import logits_and_targets, nll64
 from .tolerances import assert_close
 
@@ -356,3 +360,97 @@ def test_train_step_with_kernels_equals_train_step_without(impl, kwargs, seed):
 
 
 # ---------------------------------------------------------------- the incremental BPE trainer
+
+def _train_fast(impl, data, vocab_size, special_tokens=SPECIALS, pattern="gpt4", **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return impl.kernels.train_bpe(data, vocab_size, special_tokens, pattern, **kwargs)
+
+
+@given(documents=small_corpora, extra=st.integers(0, 40), pattern=st.sampled_from(["gpt2", "gpt4"]),
+       specials=st.sampled_from([[], ["<|>"], ["c", "<|>"]]))
+@example(documents=["abc", "abc", "bd", "bd", "ab"], extra=3, pattern="gpt4", specials=[])  # ties: bytes, not ids
+@example(documents=["abc"] * 4 + ["ab"] + ["de"] * 3, extra=3, pattern="gpt4", specials=[])  # (b, c) gone after ab
+@example(documents=["aaaa aaa", "aaaaa"], extra=10, pattern="gpt4", specials=[])
+@example(documents=["x<|>y<|>z<|>w<|>"], extra=1, pattern="gpt4", specials=["<|>"])
+def test_bpe_kernel_learns_the_textbook_merges(impl, documents, extra, pattern, specials):
+    if not "".join(documents):
+        documents = ["ab"]
+    vocab_size = 256 + len(specials) + extra
+    fast = _train_fast(impl, documents, vocab_size, specials, pattern)
+    vocab, merges = textbook_bpe(documents, vocab_size, specials, GPT4 if pattern == "gpt4" else GPT2)
+    assert fast.merges == merges, (
+        f"kernels.train_bpe({documents!r}, {vocab_size}, {specials}, {pattern!r}) must learn the textbook merges "
+        f"{merges} (most frequent pair first, ties to the greatest bytes), got {fast.merges}")
+    assert fast.vocab == vocab, "kernels.train_bpe's vocabulary must be the bytes, the special tokens, then the merges"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = impl.tokenizer.train_bpe(documents, vocab_size, specials, pattern)
+    assert (fast.merges, fast.vocab) == (plain.merges, plain.vocab), (
+        f"kernels.train_bpe must learn exactly what tokenizer.train_bpe learns from {documents!r}")
+
+
+def test_bpe_kernel_merges_do_not_depend_on_workers_or_how_the_corpus_is_given(impl, tmp_path):
+    first = corpus_documents()[0]
+    documents = [*corpus_documents(), first.replace("\n", "\r\n")]  # a file's "\r\n" is text like any other
+    expected = _train_fast(impl, documents, 400, num_workers=1)
+    text = "<|endoftext|>".join(documents)
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(text.encode("utf-8"))
+    halves = [tmp_path / "first.txt", tmp_path / "second.txt"]
+    halves[0].write_bytes("<|endoftext|>".join(documents[:3]).encode("utf-8"))
+    halves[1].write_bytes("<|endoftext|>".join(documents[3:]).encode("utf-8"))
+    for name, data, workers in [("a text joined by <|endoftext|>", text, 1), ("a file", path, 2),
+                                ("a list of two files", halves, None), ("the same list, 2 workers", documents, 2)]:
+        other = _train_fast(impl, data, 400, num_workers=workers)
+        assert other.merges == expected.merges, (
+            f"documents given as {name} (num_workers={workers}) must train the merges of the list of documents "
+            "with 1 worker: documents are independent, special tokens separate them, a file is read as it is")
+
+
+@functools.cache
+def many_chunks_text() -> str:
+    """About 1.7 million characters, the documents 'abab' 50 000 times then 'cdcd' 52 000 times, joined by
+    <|endoftext|>. As a whole it favours cd over ab; its first million characters alone favour ab, and so does
+    the larger count of each part taken alone. Special tokens are 13 of every 17 characters: a cut at a place
+    chosen without looking most likely splits one."""
+    return "abab<|endoftext|>" * 50_000 + "cdcd<|endoftext|>" * 52_000
+
+
+def test_bpe_kernel_counts_a_corpus_of_many_chunks_like_one_text(impl, tmp_path):
+    text = many_chunks_text()
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(text.encode("utf-8"))
+    vocab_size = 256 + 1 + 10  # more than the corpus has pairs for: training stops early, with a warning
+    vocab, merges = textbook_bpe([text], vocab_size, ["<|endoftext|>"], GPT4)
+    for name, data, workers in [("a text", text, 1), ("a text", text, 2), ("a file", path, 2)]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fast = impl.kernels.train_bpe(data, vocab_size, ["<|endoftext|>"], "gpt4", num_workers=workers)
+        assert fast.merges == merges, (
+            f"on {len(text):,} characters given as {name} with num_workers={workers}, kernels.train_bpe must learn "
+            f"the textbook merges {merges}, got {fast.merges}: however the corpus is cut into chunks, the pre-token "
+            "counts must be those of the whole corpus (every chunk counted, counts added, no special token or "
+            "pre-token cut in two)")
+        assert fast.vocab == vocab, "the vocabulary must be the bytes, the special token, then the merged tokens"
+        assert caught, "kernels.train_bpe must warn when the corpus runs out of pairs before vocab_size"
+
+
+def test_bpe_kernel_rejects_what_the_textbook_trainer_rejects(impl):
+    train = impl.kernels.train_bpe
+    size = 256 + len(SPECIALS) - 1
+    assert_rejects(lambda: train(corpus_text(), size, SPECIALS), str(size),
+                   what=f"kernels.train_bpe with vocab_size={size}, too small for 256 bytes and {len(SPECIALS)} "
+                        "special tokens")
+    for empty in ("", [], [""]):
+        assert_rejects(lambda: train(empty, 300, SPECIALS), what=f"kernels.train_bpe on the empty corpus {empty!r}")
+    assert_rejects(lambda: train(["fine text", "x\udcff y"], 300, SPECIALS), repr("\udcff"),
+                   what="kernels.train_bpe on text with a lone surrogate")
+    assert_rejects(lambda: train(corpus_text(), 400, ["<|x|>", ""]), "''",
+                   what="kernels.train_bpe with an empty special token")
+
+
+def test_bpe_kernel_rejects_bad_num_workers(impl):
+    for bad in (0, -2, 1.5, "2"):
+        assert_rejects(lambda: impl.kernels.train_bpe(corpus_text(), 300, SPECIALS, "gpt4", num_workers=bad),
+                       "num_workers", str(bad), what=f"kernels.train_bpe with num_workers={bad!r}")

@@ -58,9 +58,8 @@ def corpus_text() -> str:
 def textbook_bpe(documents, vocab_size: int, special_tokens, pattern: str):
     """Byte-level BPE as the definition reads, recounting every pair at every step (slow, obviously right).
 
-    Returns (vocab, merges): ids 0..255 the bytes, then the special tokens, then one new token per merge whose
-    bytes are new (a merge that spells an existing token adds none); the most frequent pair wins, ties going to
-    the lexicographically greatest (left bytes, right bytes).
+    Returns (vocab, merges): ids 0..255 the bytes, then the special tokens, then one new token per merge; the most
+    frequent pair wins, ties going to the lexicographically greatest (left bytes, right bytes).
     """
     cut = regex.compile("|".join(map(regex.escape, sorted(special_tokens, key=len, reverse=True))))
     counts = Counter()
@@ -73,7 +72,6 @@ def textbook_bpe(documents, vocab_size: int, special_tokens, pattern: str):
     vocab = {i: bytes([i]) for i in range(256)}
     for token in special_tokens:
         vocab[len(vocab)] = token.encode("utf-8")
-    ordinary = {bytes([i]) for i in range(256)}
     merges = []
     while len(vocab) < vocab_size:
         pairs = Counter()
@@ -85,9 +83,7 @@ def textbook_bpe(documents, vocab_size: int, special_tokens, pattern: str):
         best = max(pairs, key=lambda pair: (pairs[pair], pair))
         merges.append(best)
         token = best[0] + best[1]
-        if token not in ordinary:
-            ordinary.add(token)
-            vocab[len(vocab)] = token
+        vocab[len(vocab)] = token
         merged = Counter()
         for word, count in words.items():
             out, i = [], 0
@@ -421,10 +417,13 @@ def test_training_does_not_depend_on_how_the_corpus_is_given(impl, tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_bytes("<|endoftext|>".join(documents).encode("utf-8"))
     from_file = _train(impl, path, 400)
-    two_workers = _train(impl, [path], 400, num_workers=2)
+    halves = [tmp_path / "first.txt", tmp_path / "second.txt"]
+    halves[0].write_bytes("<|endoftext|>".join(documents[:3]).encode("utf-8"))
+    halves[1].write_bytes("<|endoftext|>".join(documents[3:]).encode("utf-8"))
+    from_files = _train(impl, halves, 400)
     again = _train(impl, documents, 400)
     for name, other in [("a text joined by <|endoftext|>", as_text), ("a file", from_file),
-                        ("a list of files, 2 workers", two_workers), ("the same list again", again)]:
+                        ("a list of two files", from_files), ("the same list again", again)]:
         assert other.merges == reference.merges, (
             f"documents given as {name} must train the same merges as the list of documents (documents are "
             "independent, and special tokens separate documents)")
