@@ -124,17 +124,19 @@ class CausalSelfAttention(nn.Module):
 
     x (B, T, d_model) -> q_proj, k_proj, v_proj -> heads -> RoPE on q and k -> causal attention per head
     -> concatenated heads -> o_proj -> (B, T, d_model). head_dim = d_model / n_heads; k_proj and v_proj make
-    n_kv_heads heads, each shared by n_heads / n_kv_heads query heads. No biases, as in Llama.
+    n_kv_heads heads, each shared by n_heads / n_kv_heads query heads. No biases, as in Llama. use_rope=False
+    leaves q and k unrotated (a model without position information, or one that adds it elsewhere).
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, max_seq_len: int = 2048,
-                 rope_theta: float = 10000.0, rope_interleaved: bool = False, kernels: bool = False):
+                 rope_theta: float = 10000.0, rope_interleaved: bool = False, use_rope: bool = True,
+                 kernels: bool = False):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         raise NotImplementedError('`attention.CausalSelfAttention.__init__` is not implemented yet — chapter 6 '
-                                  '(attention): see test_attention_module_equals_the_per_head_definition_in_float64 '
-                                  'and 7 more in spec/test_attention.py.')
-        self.kernels = kernels
+                                  '(attention): see test_attention_without_rope_sees_no_positions and 8 more in '
+                                  'spec/test_attention.py.')
+        self.use_rope, self.kernels = use_rope, kernels
         self.q_proj = Linear(d_model, n_heads * self.head_dim, bias=False)
         self.k_proj = Linear(d_model, n_kv_heads * self.head_dim, bias=False)
         self.v_proj = Linear(d_model, n_kv_heads * self.head_dim, bias=False)
@@ -149,5 +151,5 @@ class CausalSelfAttention(nn.Module):
         attend to everything it holds, causally.
         """
         raise NotImplementedError('`attention.CausalSelfAttention.forward` is not implemented yet — chapter 6 '
-                                  '(attention): see test_attention_module_equals_the_per_head_definition_in_float64 '
-                                  'and 7 more in spec/test_attention.py.')
+                                  '(attention): see test_attention_without_rope_sees_no_positions and 8 more in '
+                                  'spec/test_attention.py.')

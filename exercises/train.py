@@ -181,12 +181,14 @@ def train_step(model: nn.Module, optimizer, micro_batches: Sequence[tuple[Tensor
 _FORMAT = "llmkata-checkpoint/1"
 
 
+def _as_dict(config) -> dict:
+    return asdict(config) if is_dataclass(config) else dict(config)
+
+
 def _jsonable(config) -> dict | None:
     if config is None:
         return None
-    if is_dataclass(config):
-        config = asdict(config)
-    return json.loads(json.dumps(dict(config), default=str))  # tuples become lists, as they will after loading
+    return json.loads(json.dumps(_as_dict(config), default=str))  # tuples become lists, as they will after loading
 
 
 def _digest(tensors: dict[str, Tensor]) -> str:
@@ -243,6 +245,10 @@ def save_checkpoint(path, model: nn.Module, optimizer, step: int, config=None, g
 def load_checkpoint(path, model: nn.Module, optimizer=None, config=None,
                     generator: torch.Generator | None = None) -> dict:
     """Restore what `save_checkpoint` wrote, in place; return {"step": int, "config": dict | None, "extra": dict}.
+
+    Afterwards optimizer.state_dict() equals the saved optimizer's, value for value and type for type (betas come
+    back a tuple). The returned config is `config` as a dict when one is given (it was checked equal to the saved
+    one), else the saved one as JSON holds it.
 
     The model's weights are always restored; the optimizer, torch's global random state and `generator` when
     given (the global state always, since the run it resumes used it). Refuses, with a ValueError that names the

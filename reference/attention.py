@@ -173,11 +173,13 @@ class CausalSelfAttention(nn.Module):
 
     x (B, T, d_model) -> q_proj, k_proj, v_proj -> heads -> RoPE on q and k -> causal attention per head
     -> concatenated heads -> o_proj -> (B, T, d_model). head_dim = d_model / n_heads; k_proj and v_proj make
-    n_kv_heads heads, each shared by n_heads / n_kv_heads query heads. No biases, as in Llama.
+    n_kv_heads heads, each shared by n_heads / n_kv_heads query heads. No biases, as in Llama. use_rope=False
+    leaves q and k unrotated (a model without position information, or one that adds it elsewhere).
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, max_seq_len: int = 2048,
-                 rope_theta: float = 10000.0, rope_interleaved: bool = False, kernels: bool = False):
+                 rope_theta: float = 10000.0, rope_interleaved: bool = False, use_rope: bool = True,
+                 kernels: bool = False):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         # BEGIN SOLUTION
@@ -192,7 +194,7 @@ class CausalSelfAttention(nn.Module):
             raise ValueError(f"RoPE needs an even head dimension; d_model = {d_model} / n_heads = {n_heads} "
                              f"gives {self.head_dim}")
         # END SOLUTION
-        self.kernels = kernels
+        self.use_rope, self.kernels = use_rope, kernels
         self.q_proj = Linear(d_model, n_heads * self.head_dim, bias=False)
         self.k_proj = Linear(d_model, n_kv_heads * self.head_dim, bias=False)
         self.v_proj = Linear(d_model, n_kv_heads * self.head_dim, bias=False)
@@ -216,7 +218,8 @@ class CausalSelfAttention(nn.Module):
         q = self.q_proj(x).view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
         v = self.v_proj(x).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
-        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        if self.use_rope:
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, KV, offset + T, hd)
 

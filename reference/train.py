@@ -318,12 +318,14 @@ def train_step(model: nn.Module, optimizer, micro_batches: Sequence[tuple[Tensor
 _FORMAT = "llmkata-checkpoint/1"
 
 
+def _as_dict(config) -> dict:
+    return asdict(config) if is_dataclass(config) else dict(config)
+
+
 def _jsonable(config) -> dict | None:
     if config is None:
         return None
-    if is_dataclass(config):
-        config = asdict(config)
-    return json.loads(json.dumps(dict(config), default=str))  # tuples become lists, as they will after loading
+    return json.loads(json.dumps(_as_dict(config), default=str))  # tuples become lists, as they will after loading
 
 
 def _digest(tensors: dict[str, Tensor]) -> str:
@@ -402,6 +404,10 @@ def load_checkpoint(path, model: nn.Module, optimizer=None, config=None,
                     generator: torch.Generator | None = None) -> dict:
     """Restore what `save_checkpoint` wrote, in place; return {"step": int, "config": dict | None, "extra": dict}.
 
+    Afterwards optimizer.state_dict() equals the saved optimizer's, value for value and type for type (betas come
+    back a tuple). The returned config is `config` as a dict when one is given (it was checked equal to the saved
+    one), else the saved one as JSON holds it.
+
     The model's weights are always restored; the optimizer, torch's global random state and `generator` when
     given (the global state always, since the run it resumes used it). Refuses, with a ValueError that names the
     problem, a file that is not a complete llmkata checkpoint (truncated, or any tensor byte changed: the SHA-256
@@ -409,15 +415,13 @@ def load_checkpoint(path, model: nn.Module, optimizer=None, config=None,
     weights whose names or shapes do not fit `model`. Nothing is modified when it refuses.
     """
     # BEGIN SOLUTION
-    from safetensors.torch import load
+    from safetensors import safe_open
 
     path = Path(path)
     try:
-        data = path.read_bytes()
-        tensors = load(data)
-        # The file starts with an 8-byte little-endian header length, then the JSON header with our metadata.
-        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
-        meta = json.loads(header["__metadata__"]["llmkata"])
+        with safe_open(str(path), "pt") as file:  # one open: the metadata and the tensors of the same file
+            meta = json.loads(file.metadata()["llmkata"])
+            tensors = {name: file.get_tensor(name) for name in file.keys()}
         if meta.get("format") != _FORMAT:
             raise ValueError(f"format {meta.get('format')!r}")
     except FileNotFoundError:
@@ -444,10 +448,17 @@ def load_checkpoint(path, model: nn.Module, optimizer=None, config=None,
         raise ValueError(f"{path} does not fit this model: shapes differ ({'; '.join(wrong)})")
     if optimizer is not None:  # before the model: torch checks the groups before it changes anything
         optimizer_tensors = {name: value for name, value in tensors.items() if name.startswith("optimizer.")}
-        optimizer.load_state_dict(_join_optimizer_state(optimizer_tensors, meta["optimizer"]))
+        state = _join_optimizer_state(optimizer_tensors, meta["optimizer"])
+        # JSON has no tuples: a value that is a tuple in the optimizer's own groups (betas) comes back as one.
+        for group, current in zip(state["param_groups"], optimizer.param_groups):
+            group.update({key: tuple(value) for key, value in group.items()
+                          if isinstance(value, list) and isinstance(current.get(key), tuple)})
+        optimizer.load_state_dict(state)
     model.load_state_dict(weights)
     torch.set_rng_state(tensors["rng.torch"])
     if generator is not None and "rng.generator" in tensors:
         generator.set_state(tensors["rng.generator"])
-    return {"step": meta["step"], "config": meta["config"], "extra": meta["extra"]}
+    # The config as it was given when it was checked (JSON would turn its tuples into lists), else as saved.
+    saved_config = meta["config"] if config is None or meta["config"] is None else _as_dict(config)
+    return {"step": meta["step"], "config": saved_config, "extra": meta["extra"]}
     # END SOLUTION

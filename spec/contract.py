@@ -136,7 +136,7 @@ CHAPTERS: list[Chapter] = [
                          {"update": "(k, v)"}),
         "CausalSelfAttention": Class(
             "(d_model, n_heads, n_kv_heads=None, max_seq_len=2048, rope_theta=10000.0, rope_interleaved=False, "
-            "kernels=False)",
+            "use_rope=True, kernels=False)",
             {"forward": "(x, position_ids=None, cache=None)"}, example={"d_model": 8, "n_heads": 2, "n_kv_heads": 1},
             state_dict=("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")),
     }),

@@ -52,7 +52,8 @@ def rope64(x, positions, theta: float, interleaved: bool) -> torch.Tensor:
     return torch.stack((r1, r2), -1).flatten(-2) if interleaved else torch.cat((r1, r2), -1)
 
 
-def self_attention64(weights: dict, x, n_heads: int, n_kv_heads: int, theta: float, interleaved: bool):
+def self_attention64(weights: dict, x, n_heads: int, n_kv_heads: int, theta: float, interleaved: bool,
+                     use_rope: bool = True):
     """Causal multi-head self-attention from the Hugging Face-named weights, head by head, in float64.
 
     Query head h uses key/value head h // (n_heads / n_kv_heads); positions are 0 .. T − 1.
@@ -65,8 +66,9 @@ def self_attention64(weights: dict, x, n_heads: int, n_kv_heads: int, theta: flo
     heads = []
     for h in range(n_heads):
         kv = slice((h // group) * head_dim, (h // group + 1) * head_dim)
-        qh = rope64(q[..., h * head_dim:(h + 1) * head_dim], positions, theta, interleaved)
-        kh = rope64(k[..., kv], positions, theta, interleaved)
+        qh, kh = q[..., h * head_dim:(h + 1) * head_dim], k[..., kv]
+        if use_rope:
+            qh, kh = rope64(qh, positions, theta, interleaved), rope64(kh, positions, theta, interleaved)
         heads.append(weights64(qh, kh, causal64(length, length)) @ v[..., kv])
     return torch.cat(heads, -1) @ weights["o_proj.weight"].double().T
 
@@ -111,9 +113,10 @@ def attention_modules(draw):
     batch, length = draw(st.integers(1, 3)), draw(st.integers(1, 7))
     x = draw(tensors(shape=(batch, length, d_model), dtype=torch.float64))
 
-    def build(impl, n_kv=None):
+    def build(impl, n_kv=None, use_rope=True):
         module = impl.attention.CausalSelfAttention(d_model, n_heads, n_kv_heads if n_kv is None else n_kv,
-                                                    max_seq_len=32, rope_theta=theta, rope_interleaved=interleaved)
+                                                    max_seq_len=32, rope_theta=theta, rope_interleaved=interleaved,
+                                                    use_rope=use_rope)
         module = module.double()
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -233,6 +236,17 @@ def test_repeat_kv_gives_query_head_h_the_kv_head_h_over_n_rep(impl, x, n_rep):
         assert torch.equal(out[:, h], x[:, h // n_rep]), (
             f"query head {h} must use key/value head {h} // {n_rep} = {h // n_rep} (groups of consecutive heads, "
             "as in Llama), not a tiled order")
+
+
+@given(attention_modules(), st.integers(1, 20))
+def test_attention_without_rope_sees_no_positions(impl, case, shift):
+    build, x, n_heads, n_kv_heads, theta, interleaved = case
+    module = build(impl, use_rope=False)
+    expected = self_attention64(module.state_dict(), x, n_heads, n_kv_heads, theta, interleaved, use_rope=False)
+    positions = torch.arange(x.shape[1]) + shift
+    for out, where in ((module(x), "at positions 0..T−1"), (module(x, position_ids=positions), f"shifted by {shift}")):
+        assert_close(out, expected, f"CausalSelfAttention(use_rope=False) {where} must attend with q and k as the "
+                                    "projections made them, unrotated", scale=100)
 
 
 @given(attention_modules())

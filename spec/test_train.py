@@ -461,6 +461,26 @@ def make_optimizer(impl, which, model):
     return cls(model.parameters(), lr=0.01, weight_decay=0.1)
 
 
+def first_difference(actual, expected, where: str = "state_dict") -> str | None:
+    """Where two nested structures of dicts, lists, tuples, tensors and numbers first differ (types included)."""
+    if type(actual) is not type(expected):
+        return f"{where} is a {type(actual).__name__}, expected a {type(expected).__name__} ({expected!r})"
+    if isinstance(expected, torch.Tensor):
+        same = actual.dtype == expected.dtype and actual.shape == expected.shape and torch.equal(actual, expected)
+        return None if same else f"{where} differs: {actual} vs {expected}"
+    if isinstance(expected, dict):
+        if set(actual) != set(expected):
+            return f"{where} has the keys {sorted(map(str, actual))}, expected {sorted(map(str, expected))}"
+        items = [(actual[key], expected[key], f"{where}[{key!r}]") for key in expected]
+    elif isinstance(expected, (list, tuple)):
+        if len(actual) != len(expected):
+            return f"{where} has {len(actual)} items, expected {len(expected)}"
+        items = [(a, e, f"{where}[{i}]") for i, (a, e) in enumerate(zip(actual, expected))]
+    else:
+        return None if actual == expected else f"{where} is {actual!r}, expected {expected!r}"
+    return next((d for a, e, w in items if (d := first_difference(a, e, w)) is not None), None)
+
+
 def run_steps(impl, model, optimizer, generator, steps):
     for _ in range(steps):
         ids = torch.randint(11, (2, 5), generator=generator)
@@ -481,6 +501,7 @@ def test_resuming_from_a_checkpoint_continues_bit_exactly(impl, which, tmp_path)
     path = tmp_path / "checkpoint.safetensors"
     config = {"dim": 6, "vocab": 11, "betas": (0.9, 0.95)}
     impl.train.save_checkpoint(path, model, optimizer, 3, config=config, generator=generator)
+    saved_state = copy.deepcopy(optimizer.state_dict())
     run_steps(impl, model, optimizer, generator, 4)  # the run that never stopped
 
     torch.manual_seed(99)  # a fresh process: other weights, another global random state
@@ -489,6 +510,12 @@ def test_resuming_from_a_checkpoint_continues_bit_exactly(impl, which, tmp_path)
     resumed_optimizer = make_optimizer(impl, which, resumed)
     info = impl.train.load_checkpoint(path, resumed, resumed_optimizer, config=config, generator=resumed_generator)
     assert info["step"] == 3, f"load_checkpoint must return the step it was saved at (3), got {info['step']}"
+    assert info["config"] == config and type(info["config"]["betas"]) is tuple, (
+        f"load_checkpoint(config=...) must return the configuration as it was given, {config}, got {info['config']}")
+    difference = first_difference(resumed_optimizer.state_dict(), saved_state)
+    assert difference is None, (
+        f"after load_checkpoint the optimizer's state_dict() must equal the saved one, value for value and type for "
+        f"type ({which}): {difference}")
     run_steps(impl, resumed, resumed_optimizer, resumed_generator, 4)
     for name, value in model.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], value), (
