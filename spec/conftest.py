@@ -7,6 +7,7 @@
 """
 
 import functools
+import os
 
 import pytest
 import torch
@@ -36,6 +37,12 @@ def pytest_configure(config):
         config.llmkata_impl = load(config.getoption("--impl"))
     except ValueError as error:
         raise pytest.UsageError(str(error)) from None
+    record = os.environ.get("LLMKATA_RECORD_CALLS")
+    if record:  # opt in: record which parameters and dtypes the spec passes (spec/coverage.py)
+        from llmkata.spec.coverage import RecordingImplementation
+
+        config.llmkata_impl = recording = RecordingImplementation.of(config.llmkata_impl)
+        config.add_cleanup(lambda: recording.write(record))
 
 
 def pytest_report_header(config):
