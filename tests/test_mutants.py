@@ -11,12 +11,26 @@ import pytest
 
 import llmkata.spec
 
-from llmkata.impl import load
+from llmkata.spec.impl import load
 from mutants import Mutant, all_mutants
 
 MUTANTS = all_mutants()
 SPEC_DIR = Path(llmkata.spec.__path__[0])
 SPEC_MODULES = sorted(path.stem.removeprefix("test_") for path in SPEC_DIR.glob("test_*.py"))
+
+
+def mutant_ids(mutants: list[Mutant]) -> list[str]:
+    """'target:replacement' for each mutant, in order; a later mutant of the same target and name gets '#2', '#3'...
+
+    Example: mutants of layers.softmax named no_max, no_max, wrong_dim -> layers.softmax:no_max,
+    layers.softmax:no_max#2, layers.softmax:wrong_dim
+    """
+    ids, count = [], {}
+    for mutant in mutants:
+        base = f"{mutant.target}:{getattr(mutant.replacement, '__name__', type(mutant.replacement).__name__)}"
+        count[base] = count.get(base, 0) + 1
+        ids.append(base if count[base] == 1 else f"{base}#{count[base]}")
+    return ids
 
 
 def spec_module(name: str):
@@ -50,7 +64,7 @@ def fails(test, impl, tmp_path) -> BaseException | None:
     return None
 
 
-@pytest.mark.parametrize("mutant", MUTANTS, ids=[f"{m.target}:{getattr(m.replacement, '__name__', '?')}" for m in MUTANTS])
+@pytest.mark.parametrize("mutant", MUTANTS, ids=mutant_ids(MUTANTS))
 def test_spec_catches_mutant(mutant: Mutant, tmp_path):
     impl = load("reference").replacing({mutant.target: mutant.replacement})
     module = spec_module(mutant.spec_module)
@@ -67,3 +81,21 @@ def test_every_property_catches_some_mutant(module):
     named = {name for m in MUTANTS if m.spec_module == module for name in m.caught_by}
     unproven = sorted(tests - named)
     assert not unproven, f"spec/test_{module}.py properties not shown to catch any mutant: {unproven}"
+
+
+def test_mutant_ids_are_unique_and_stable():
+    ids = mutant_ids(MUTANTS)
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    assert not repeated, f"two mutants share a test id: {repeated}"
+    assert ids == mutant_ids(all_mutants()), "a mutant's id is the same in every run"
+    assert all(i.startswith(f"{m.target}:") for i, m in zip(ids, MUTANTS)), "an id names the target first"
+
+
+def test_mutants_of_one_target_with_one_name_get_numbered_ids():
+    def no_max(x):
+        return x
+
+    twins = [Mutant("layers.softmax", no_max, ("test_a",)), Mutant("layers.softmax", no_max, ("test_b",)),
+             Mutant("layers.gelu", no_max, ("test_c",)), Mutant("layers.softmax", no_max, ("test_d",))]
+    assert mutant_ids(twins) == ["layers.softmax:no_max", "layers.softmax:no_max#2", "layers.gelu:no_max",
+                                 "layers.softmax:no_max#3"]

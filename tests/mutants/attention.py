@@ -64,6 +64,7 @@ def weights_with_naive_masking(q, k, mask=None, is_causal=False, scale=None):
 def _sdpa_from(weights):
     def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, scale=None):
         return weights(q, k, mask, is_causal, scale) @ v
+    scaled_dot_product_attention.__name__ = "sdpa_from_" + weights.__name__
     return scaled_dot_product_attention
 
 
@@ -145,6 +146,7 @@ AttentionWithoutRopeOnKeys = _module_with("AttentionWithoutRopeOnKeys", rotate_k
 AttentionNotCausal = _module_with("AttentionNotCausal", attention=_attention_not_causal)
 AttentionRestartingPositions = _module_with("AttentionRestartingPositions", positions_from_zero=True)
 AttentionFlatteningTheBatch = _module_with("AttentionFlatteningTheBatch", flatten_batch=True)
+AttentionIgnoringUseRope = _module_with("AttentionIgnoringUseRope")  # rotates q and k whatever use_rope says
 
 
 class AttentionWithoutShapeChecks(ref.CausalSelfAttention):
@@ -202,113 +204,42 @@ class CacheCastingSilently(ref.KVCache):
         return super().update(k.to(self.k), v.to(self.v))
 
 
-# ---------------------------------------------------------------- tiled attention
+# ---------------------------------------------------------------- gradients
 
 
-def _tiled_with(function):
-    def tiled_attention(q, k, v, is_causal=False, block_size_q=128, block_size_k=256, scale=None):
-        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-        lead = q.shape[:-2]
-        out, lse = function(q.reshape(-1, *q.shape[-2:]), k.reshape(-1, *k.shape[-2:]), v.reshape(-1, *v.shape[-2:]),
-                            is_causal, block_size_q, block_size_k, scale)
-        return out.reshape(*lead, *out.shape[-2:]), lse.reshape(*lead, lse.shape[-1])
-    return tiled_attention
-
-
-def _plain_tiles(rescale=True, last_partial_block=True, top_left=False):
-    """Tiled forward through ordinary autograd: right values (unless told otherwise), O(T²) saved for backward."""
-    def forward(q, k, v, is_causal, block_q, block_k, scale):
-        n, n_queries, _ = q.shape
-        n_keys = k.shape[1]
-        offset = 0 if top_left else n_keys - n_queries
-        key_stop = n_keys if last_partial_block else n_keys - n_keys % block_k
-        outs, lses = [], []
-        for i0 in range(0, n_queries, block_q):
-            i1 = min(i0 + block_q, n_queries)
-            row_max = torch.full((n, i1 - i0), torch.finfo(q.dtype).min, dtype=q.dtype)
-            row_sum = torch.zeros(n, i1 - i0, dtype=q.dtype)
-            acc = torch.zeros(n, i1 - i0, v.shape[2], dtype=q.dtype)
-            for j0 in range(0, key_stop, block_k):
-                j1 = min(j0 + block_k, key_stop)
-                scores = (q[:, i0:i1] @ k[:, j0:j1].transpose(1, 2)) * scale
-                if is_causal:
-                    future = torch.arange(j0, j1)[None, :] > torch.arange(i0, i1)[:, None] + offset
-                    scores = scores.masked_fill(future, float("-inf"))
-                new_max = torch.maximum(row_max, scores.amax(-1))
-                correction = torch.exp(row_max - new_max) if rescale else torch.ones_like(new_max)
-                p = torch.exp(scores - new_max[..., None])
-                row_sum = row_sum * correction + p.sum(-1)
-                acc = acc * correction[..., None] + p @ v[:, j0:j1]
-                row_max = new_max
-            seen = row_sum > 0
-            outs.append(acc / torch.where(seen, row_sum, 1.0)[..., None])
-            lses.append(torch.where(seen, row_max + torch.log(torch.where(seen, row_sum, 1.0)), float("-inf")))
-        return torch.cat(outs, 1), torch.cat(lses, 1)
-    return forward
-
-
-def _full_matrix(q, k, v, is_causal, block_q, block_k, scale):
-    """Right values from the whole T×T matrix: what tiling exists to avoid."""
-    scores = (q @ k.transpose(1, 2)) * scale
+def _masked_scores(q, k, mask, is_causal, scale):
+    """The scaled scores with −inf where a key is not allowed (0 on rows that allow none), and which rows allow
+    some key (None when there is no mask)."""
+    scores = _scores(q, k, scale)
+    allowed = mask
     if is_causal:
-        scores = scores.masked_fill(~ref.causal_mask(q.shape[1], k.shape[1], k.shape[1] - q.shape[1]), float("-inf"))
-    return ref.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale), torch.logsumexp(scores, -1)
+        causal = ref.causal_mask(q.shape[-2], k.shape[-2], k.shape[-2] - q.shape[-2])
+        allowed = causal if allowed is None else allowed & causal
+    if allowed is None:
+        return scores, None
+    sees = allowed.any(-1, keepdim=True)
+    return scores.masked_fill(~allowed, float("-inf")).masked_fill(~sees, 0.0), sees
 
 
-class _BackwardIgnoringLse(ref._TiledAttention):
-    @staticmethod
-    def backward(ctx, grad_out, grad_lse):
-        return ref._TiledAttention.backward(ctx, grad_out, torch.zeros_like(grad_lse))
+def sdpa_with_a_detached_normaliser(q, k, v, mask=None, is_causal=False, scale=None):
+    """Divides by Σ exp(s − m) computed under no_grad, to save its graph: the right weights, but the gradient
+    of the scores loses the softmax's cross term."""
+    scores, sees = _masked_scores(q, k, mask, is_causal, scale)
+    exps = torch.exp(scores - scores.amax(-1, keepdim=True).detach())
+    with torch.no_grad():
+        total = exps.sum(-1, keepdim=True)
+    weights = exps / total
+    return (weights if sees is None else weights * sees) @ v
 
 
-class _BackwardWithoutRowTerm(ref._TiledAttention):
-    """ds = P · dP, forgetting − P · (dout · out): the softmax Jacobian's cross term."""
-
-    @staticmethod
-    def backward(ctx, grad_out, grad_lse):
-        out = ctx.saved_tensors[3]
-        return ref._TiledAttention.backward(ctx, grad_out, grad_lse + (grad_out * out).sum(-1))
-
-
-def _sdpa_through(function):
-    """The reference's scaled_dot_product_attention with `function` in place of its hand-written backward pass
-    (the forward pass is applied through `function`, so autograd later calls its backward)."""
-    def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, scale=None):
-        original, ref._AttentionFunction = ref._AttentionFunction, function
-        try:
-            return ref.scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale)
-        finally:
-            ref._AttentionFunction = original
-    return scaled_dot_product_attention
-
-
-class _AttentionBackwardWithoutRowTerm(ref._AttentionFunction):
-    """ds = P ⊙ dP: the softmax Jacobian's cross term − P (dout · out) forgotten."""
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, probabilities, out = ctx.saved_tensors
-        grad_s = (grad_out @ v.transpose(1, 2)) * probabilities
-        return ((grad_s @ k) * ctx.scale, (grad_s.transpose(1, 2) @ q) * ctx.scale,
-                probabilities.transpose(1, 2) @ grad_out, None, None)
-
-
-class _AttentionBackwardUnscaledKeys(ref._AttentionFunction):
-    """dk = dsᵀ q, forgetting that the scores were q kᵀ times the scale."""
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        grad_q, grad_k, grad_v, _, _ = ref._AttentionFunction.backward(ctx, grad_out)
-        return grad_q, grad_k / ctx.scale, grad_v, None, None
-
-
-def tiled_accepting_any_block_size(q, k, v, is_causal=False, block_size_q=128, block_size_k=256, scale=None):
-    return _tiled_with(_BackwardIgnoringLse.apply)(q, k, v, is_causal, max(block_size_q, 1), max(block_size_k, 1),
-                                                   scale)
-
-
-def tiled_casting_silently(q, k, v, is_causal=False, block_size_q=128, block_size_k=256, scale=None):
-    return ref.tiled_attention(q, k.to(q), v.to(q), is_causal, block_size_q, block_size_k, scale)
+def sdpa_zeroing_empty_rows_in_place(q, k, v, mask=None, is_causal=False, scale=None):
+    """weights.mul_(sees) overwrites the softmax output that softmax's backward pass needs: the right values, and no
+    gradient at all once a mask is given."""
+    scores, sees = _masked_scores(q, k, mask, is_causal, scale)
+    weights = torch.softmax(scores, -1)
+    if sees is not None:
+        weights.mul_(sees)
+    return weights @ v
 
 
 MUTANTS = [
@@ -342,12 +273,6 @@ MUTANTS = [
             "test_attention_equals_softmax_of_scaled_scores_times_v_in_float64"), "the mask is off by one"),
     Mutant("attention.scaled_dot_product_attention", sdpa_casting_silently,
            ("test_rejects_mismatched_dtypes_and_devices",), "casts k and v to q's dtype and device"),
-    Mutant("attention.scaled_dot_product_attention", _sdpa_through(_AttentionBackwardWithoutRowTerm),
-           ("test_attention_gradients_equal_those_of_the_definition_in_float64",),
-           "the hand-written backward pass forgets the softmax cross term"),
-    Mutant("attention.scaled_dot_product_attention", _sdpa_through(_AttentionBackwardUnscaledKeys),
-           ("test_attention_gradients_equal_those_of_the_definition_in_float64",),
-           "the gradient of k leaves out the 1/√d of the scores"),
     Mutant("attention.repeat_kv", repeat_kv_tiled,
            ("test_repeat_kv_gives_query_head_h_the_kv_head_h_over_n_rep",), "tiles heads [k0, k1, k0, k1]"),
     Mutant("attention.CausalSelfAttention", AttentionWithHeadsSplitWrong,
@@ -359,6 +284,8 @@ MUTANTS = [
             "test_attention_module_equals_the_per_head_definition_in_float64"), "GQA groups tiled, not consecutive"),
     Mutant("attention.CausalSelfAttention", AttentionNotCausal,
            ("test_attention_module_output_at_t_ignores_inputs_after_t",), "attention without the causal mask"),
+    Mutant("attention.CausalSelfAttention", AttentionIgnoringUseRope,
+           ("test_attention_without_rope_sees_no_positions",), "use_rope=False still rotates q and k"),
     Mutant("attention.CausalSelfAttention", AttentionFlatteningTheBatch,
            ("test_batch_elements_are_independent",), "the batch flattened into one long sequence"),
     Mutant("attention.CausalSelfAttention", AttentionRestartingPositions,
@@ -377,26 +304,10 @@ MUTANTS = [
            ("test_rejects_more_positions_than_the_cache_holds",), "writes past its end (a shape error from torch)"),
     Mutant("attention.KVCache", CacheCastingSilently,
            ("test_rejects_mismatched_dtypes_and_devices",), "casts keys to its own dtype"),
-    Mutant("attention.tiled_attention", _tiled_with(_plain_tiles(rescale=False)),
-           ("test_tiled_attention_equals_naive_values_and_log_sum_exp",),
-           "the online softmax forgets to rescale the running sums when the max grows"),
-    Mutant("attention.tiled_attention", _tiled_with(_plain_tiles(last_partial_block=False)),
-           ("test_tiled_attention_equals_naive_values_and_log_sum_exp",),
-           "the last key block is dropped when the block size does not divide the length"),
-    Mutant("attention.tiled_attention", _tiled_with(_plain_tiles(top_left=True)),
-           ("test_tiled_attention_equals_naive_values_and_log_sum_exp",),
-           "causal from the top left when Tq != Tk"),
-    Mutant("attention.tiled_attention", _tiled_with(_plain_tiles()),
-           ("test_tiled_attention_saves_linear_memory_for_backward",),
-           "right values, but autograd keeps every tile's probabilities for the backward pass"),
-    Mutant("attention.tiled_attention", _tiled_with(_full_matrix),
-           ("test_tiled_attention_saves_linear_memory_for_backward",), "computes the whole T×T matrix"),
-    Mutant("attention.tiled_attention", _tiled_with(_BackwardIgnoringLse.apply),
-           ("test_tiled_attention_gradients_equal_naive",), "the backward pass ignores the gradient of lse"),
-    Mutant("attention.tiled_attention", _tiled_with(_BackwardWithoutRowTerm.apply),
-           ("test_tiled_attention_gradients_equal_naive",), "the backward pass forgets the softmax cross term"),
-    Mutant("attention.tiled_attention", tiled_accepting_any_block_size,
-           ("test_rejects_block_sizes_below_one",), "block sizes below 1 silently replaced"),
-    Mutant("attention.tiled_attention", tiled_casting_silently,
-           ("test_rejects_mismatched_dtypes_and_devices",), "casts k and v to q's dtype"),
+    Mutant("attention.scaled_dot_product_attention", sdpa_with_a_detached_normaliser,
+           ("test_attention_gradients_equal_those_of_the_definition_in_float64",),
+           "the softmax's denominator taken as a constant: ds = P ⊙ dP, the cross term lost"),
+    Mutant("attention.scaled_dot_product_attention", sdpa_zeroing_empty_rows_in_place,
+           ("test_attention_gradients_equal_those_of_the_definition_in_float64",),
+           "zeroes the rows that see no key in place, over the tensor softmax's backward pass needs"),
 ]

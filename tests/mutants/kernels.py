@@ -1,10 +1,874 @@
-"""Wrong implementations of the kernels chapter that a learner could plausibly write."""
+"""Wrong implementations of the kernels chapter that a learner could plausibly write.
+
+The spec reaches RMSNormFunction, SwiGLUFunction and RotateFunction by name, so their mutants are subclasses with
+one wrong pass. It reaches cross-entropy and both attentions through their functions (`kernels.cross_entropy`,
+`kernels.attention`, `kernels.tiled_attention`), so a wrong Function there comes wrapped in a function of the same
+arguments. The model and the trainer on the kernel path are reached through `model.Transformer` and
+`train.train_step`.
+"""
+
+import heapq
+import math
+import os
+import warnings
+from collections import Counter
+from functools import reduce
+from operator import or_
+
+import regex
+import torch
+
+import llmkata.reference.attention as attention_ref
+import llmkata.reference.kernels as ref
+import llmkata.reference.layers as layers_ref
+import llmkata.reference.model as model_ref
+import llmkata.reference.tokenizer as tokenizer_ref
+import llmkata.reference.train as train_ref
 
 from . import Mutant
 
-MUTANTS: list[Mutant] = []
+HALF = (torch.float16, torch.bfloat16)
+LOG2_E = math.log2(math.e)  # e^x = 2^(x·log₂e)
+
+
+def _named(name, function):
+    function.__name__ = function.__qualname__ = name
+    return function
+
+
+# ---------------------------------------------------------------- RMSNorm
+
+
+class RMSNormBackwardWithoutTheMeanTerm(ref.RMSNormFunction):
+    """dx = r · dy · w: r treated as a constant, forgetting that every x_j moves it."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, rms_inv = ctx.saved_tensors
+        x_hat = x.to(rms_inv.dtype) * rms_inv
+        return grad * weight * rms_inv, (grad * x_hat).sum_to_size(weight.shape), None
+
+
+class RMSNormBackwardWithASumForTheMean(ref.RMSNormFunction):
+    """dx = r · (g − x̂ · Σ g·x̂): a sum over the row where the derivative of mean(x²) gives a mean."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, rms_inv = ctx.saved_tensors
+        x_hat, g = x.to(rms_inv.dtype) * rms_inv, grad * weight
+        grad_x = rms_inv * (g - x_hat * (g * x_hat).sum(-1, keepdim=True))
+        return grad_x, (grad * x_hat).sum_to_size(weight.shape), None
+
+
+class RMSNormBackwardWithWeightGradientOfX(ref.RMSNormFunction):
+    """dw = Σ dy · x: the weight multiplies the normalised x̂, not x."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_x, _, _ = ref.RMSNormFunction.backward(ctx, grad)
+        x, weight, _ = ctx.saved_tensors
+        return grad_x, (grad * x).sum_to_size(weight.shape), None
+
+
+class RMSNormWithEpsOutsideTheSqrt(ref.RMSNormFunction):
+    """r = 1 / (sqrt(mean(x²)) + eps): the backward pass is the reference's, the forward a different function."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        rms_inv = 1 / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps)
+        ctx.save_for_backward(x, weight, rms_inv)
+        return x * rms_inv * weight
+
+
+class RMSNormInTheInputDtype(ref.RMSNormFunction):
+    """Squares, averages and normalises in the dtype of x: float16 squares overflow, bfloat16 ones lose digits."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        squares = x * x
+        total = squares[..., 0]
+        for j in range(1, x.shape[-1]):  # a running sum in x's own dtype
+            total = total + squares[..., j]
+        rms_inv = torch.rsqrt(total[..., None] / x.shape[-1] + eps)
+        ctx.save_for_backward(x, weight, rms_inv)
+        return x * rms_inv * weight
+
+
+class RMSNormReturningFloat32(ref.RMSNormFunction):
+    """Computes in float32, as it should, and forgets to cast the result back to the inputs' dtype."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        return ref.RMSNormFunction.forward(ctx, x, weight, eps).float()
+
+
+# ---------------------------------------------------------------- SwiGLU
+
+
+class SwiGLUBackwardWithSigmoidAsTheDerivative(ref.SwiGLUFunction):
+    """dgate = dh · up · σ(gate): differentiates gate · σ(gate) as if σ(gate) were a constant."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, up, s = ctx.saved_tensors
+        return grad * up * s, grad * gate * s
+
+
+class SwiGLUBackwardWithASignError(ref.SwiGLUFunction):
+    """dgate = dh · up · (s − SiLU · (1 − s)): σ' taken as −σ(1 − σ)."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, up, s = ctx.saved_tensors
+        silu = gate * s
+        return grad * up * (s - silu * (1 - s)), grad * silu
+
+
+class SwiGLUInBFloat16ForAnyHalfDtype(ref.SwiGLUFunction):
+    """Moves float16 inputs to bfloat16 (to be safe from overflow) and back: three bits of mantissa lost."""
+
+    @staticmethod
+    def forward(ctx, gate, up):
+        dtype = gate.dtype
+        if dtype in HALF:
+            gate, up = gate.to(torch.bfloat16), up.to(torch.bfloat16)
+        s = torch.sigmoid(gate)
+        ctx.save_for_backward(gate, up, s)
+        return (gate * s * up).to(dtype)
+
+
+# ---------------------------------------------------------------- the RoPE rotation
+
+
+def _turn(x, cos, sin, interleaved):
+    """The pairs of x turned by the angle of (cos, sin): (x₁ cos − x₂ sin, x₁ sin + x₂ cos)."""
+    if interleaved:
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1)
+
+
+class RotateBackwardByThePlusAngle(ref.RotateFunction):
+    """Backward turns the gradient by the same angle as the forward: Rᵀ taken to be R."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return _turn(grad, cos, sin, ctx.interleaved).sum_to_size(ctx.x_shape), None, None, None
+
+
+class RotateBackwardIgnoringTheInterleavedFlag(ref.RotateFunction):
+    """Backward turns split halves back even when the forward turned adjacent pairs."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return _turn(grad, cos, -sin, False).sum_to_size(ctx.x_shape), None, None, None
+
+
+class RotateClockwise(ref.RotateFunction):
+    """Forward turns by −θ, (x₁ cos + x₂ sin, −x₁ sin + x₂ cos); backward, the reference's, by +θ: consistent, and
+    the wrong rotation."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin, interleaved):
+        ctx.save_for_backward(cos, -sin)  # the reference's backward turns by (cos, −(−sin)): +θ, consistent
+        ctx.interleaved, ctx.x_shape, ctx.x_dtype = interleaved, x.shape, x.dtype
+        return _turn(x, cos, -sin, interleaved)
+
+
+# ---------------------------------------------------------------- cross-entropy
+
+
+def _softmax(exps, sums):
+    return exps / sums[:, None]  # the forward keeps e^(z − m) and its row sums
+
+
+def _one_hot(targets, like):
+    return torch.nn.functional.one_hot(targets, like.shape[-1]).to(like.dtype)
+
+
+def _counted_share(grad, counted):
+    return (grad * counted / counted.sum())[:, None]  # (N, 1): g/n on counted rows, 0 on ignored ones
+
+
+class CrossEntropyBackwardForgettingTheCount(ref.CrossEntropyFunction):
+    """(softmax − one-hot) · g without the 1/n."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        exps, sums, targets, counted = ctx.saved_tensors
+        return grad * (_softmax(exps, sums) - _one_hot(targets, exps)) * counted[:, None], None, None
+
+
+class CrossEntropyBackwardIgnoringTheUpstreamGradient(ref.CrossEntropyFunction):
+    """(softmax − one-hot)/n whatever gradient flows in: right for loss.backward() alone, wrong for 3·loss."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        exps, sums, targets, counted = ctx.saved_tensors
+        return (_softmax(exps, sums) - _one_hot(targets, exps)) * _counted_share(1.0, counted), None, None
+
+
+class CrossEntropyBackwardWithTheSignFlipped(ref.CrossEntropyFunction):
+    """(one-hot − softmax)/n: gradient descent would climb the loss."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        exps, sums, targets, counted = ctx.saved_tensors
+        return (_one_hot(targets, exps) - _softmax(exps, sums)) * _counted_share(grad, counted), None, None
+
+
+class CrossEntropyBackwardKeepingIgnoredRows(ref.CrossEntropyFunction):
+    """Gives ignored rows the gradient of their placeholder target."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        exps, sums, targets, counted = ctx.saved_tensors
+        return (_softmax(exps, sums) - _one_hot(targets, exps)) * grad / counted.sum(), None, None
+
+
+class CrossEntropyBackwardWithoutNormalising(ref.CrossEntropyFunction):
+    """Uses e^(z − m) where softmax needs e^(z − m) / Σ e^(z − m)."""
+
+    @staticmethod
+    def backward(ctx, grad):
+        exps, _, targets, counted = ctx.saved_tensors
+        return (exps - _one_hot(targets, exps)) * _counted_share(grad, counted), None, None
+
+
+class CrossEntropyWithoutTheMaxShift(ref.CrossEntropyFunction):
+    """Takes e^z itself, without subtracting the row max first: e^(1e4) overflows even in float32."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index):
+        counted = targets != ignore_index
+        targets = torch.where(counted, targets, 0)
+        exps = torch.exp2(logits * LOG2_E)  # (N, V)
+        sums = exps.sum(-1)
+        nll = torch.where(counted, sums.log() - logits.gather(-1, targets[:, None]).squeeze(-1), 0.0)
+        ctx.save_for_backward(exps, sums, targets, counted)
+        return nll.sum() / counted.sum()
+
+
+def _flatten(logits, targets, upcast=True):
+    if upcast and logits.dtype in HALF:
+        logits = logits.float()
+    return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+
+
+def _cross_entropy_through(function):
+    """kernels.cross_entropy with `function` in place of CrossEntropyFunction (and without the checks)."""
+    def cross_entropy(logits, targets, ignore_index=-100):
+        return function.apply(*_flatten(logits, targets), ignore_index)
+    return _named(function.__name__, cross_entropy)
+
+
+def cross_entropy_without_upcasting(logits, targets, ignore_index=-100):
+    """Runs the kernel in the logits' own dtype: a bfloat16 loss."""
+    return ref.CrossEntropyFunction.apply(*_flatten(logits, targets, upcast=False), ignore_index)
+
+
+def cross_entropy_without_checks(logits, targets, ignore_index=-100):
+    """Trusts the caller: a target outside the vocabulary or a shape mismatch meets an index error (or none)."""
+    return ref.CrossEntropyFunction.apply(*_flatten(logits, targets), ignore_index)
+
+
+# ---------------------------------------------------------------- attention
+
+
+class AttentionBackwardWithoutRowTerm(ref.AttentionFunction):
+    """ds = P ⊙ dP: the softmax Jacobian's cross term − P (dout · out) forgotten."""
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, probabilities, _ = ctx.saved_tensors
+        grad_s = (grad_out @ v.transpose(1, 2)) * probabilities
+        return ((grad_s @ k) * ctx.scale, (grad_s.transpose(1, 2) @ q) * ctx.scale,
+                probabilities.transpose(1, 2) @ grad_out, None, None)
+
+
+class AttentionBackwardUnscaledKeys(ref.AttentionFunction):
+    """dk = dsᵀ q, forgetting that the scores were q kᵀ times the scale."""
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_q, grad_k, grad_v, _, _ = ref.AttentionFunction.backward(ctx, grad_out)
+        return grad_q, grad_k / ctx.scale, grad_v, None, None
+
+
+class AttentionBackwardWithTheDefaultScale(ref.AttentionFunction):
+    """The backward pass scales by 1/√d, whatever scale the forward pass was given."""
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_q, grad_k, grad_v, _, _ = ref.AttentionFunction.backward(ctx, grad_out)
+        default = 1 / math.sqrt(ctx.saved_tensors[0].shape[-1])
+        return grad_q * (default / ctx.scale), grad_k * (default / ctx.scale), grad_v, None, None
+
+
+class AttentionNaNOnFullyMaskedRows(ref.AttentionFunction):
+    """Softmax of a row of −inf only: exp(−inf − (−inf)) = NaN, where the definition gives 0."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, scale):
+        scores = q @ k.transpose(1, 2) * scale
+        if bias is not None:
+            scores = scores + bias
+        probabilities = torch.softmax(scores, -1)
+        out = probabilities @ v
+        ctx.save_for_backward(q, k, v, probabilities, out)
+        ctx.scale = scale
+        return out
+
+
+def _attention_through(function, top_left=False):
+    """kernels.attention with `function` in place of AttentionFunction (top_left: is_causal as torch's SDPA
+    aligns it, query i with key i, wrong when Tq ≠ Tk)."""
+    def attention(q, k, v, mask=None, is_causal=False, scale=None):
+        lead, n_queries, n_keys = q.shape[:-2], q.shape[-2], k.shape[-2]
+        allowed = torch.ones(n_queries, n_keys, dtype=torch.bool) if mask is None else mask
+        if is_causal:
+            offset = 0 if top_left else n_keys - n_queries
+            allowed = allowed & attention_ref.causal_mask(n_queries, n_keys, offset=offset)
+        bias = torch.zeros(allowed.shape, dtype=q.dtype).masked_fill(~allowed, float("-inf"))
+        bias = bias.expand(*lead, n_queries, n_keys).reshape(-1, n_queries, n_keys)
+        scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+        out = function.apply(q.reshape(-1, n_queries, q.shape[-1]), k.reshape(-1, n_keys, k.shape[-1]),
+                             v.reshape(-1, n_keys, v.shape[-1]), bias, scale)
+        return out.reshape(*lead, n_queries, v.shape[-1])
+    return _named(function.__name__ + ("AlignedTopLeft" if top_left else ""), attention)
+
+
+def attention_casting_silently(q, k, v, mask=None, is_causal=False, scale=None):
+    return ref.attention(q, k.to(q), v.to(q), mask=mask, is_causal=is_causal, scale=scale)
+
+
+def attention_taking_any_mask_as_booleans(q, k, v, mask=None, is_causal=False, scale=None):
+    """A float mask (perhaps an additive one of 0 / −inf) silently read as booleans."""
+    return ref.attention(q, k, v, mask=None if mask is None else mask.bool(), is_causal=is_causal, scale=scale)
+
+
+# ---------------------------------------------------------------- tiled (flash) attention
+
+
+def _tiled_with(function, name):
+    """kernels.tiled_attention computed by `function` on (N, T, d) inputs, without the checks."""
+    def tiled_attention(q, k, v, is_causal=False, block_size_q=128, block_size_k=256, scale=None):
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        lead = q.shape[:-2]
+        out, lse = function(q.reshape(-1, *q.shape[-2:]), k.reshape(-1, *k.shape[-2:]), v.reshape(-1, *v.shape[-2:]),
+                            is_causal, block_size_q, block_size_k, scale)
+        return out.reshape(*lead, *out.shape[-2:]), lse.reshape(*lead, lse.shape[-1])
+    return _named(name, tiled_attention)
+
+
+def _plain_tiles(rescale=True, last_partial_block=True, top_left=False, ignore_scale=False):
+    """Tiled forward through ordinary autograd, accumulating in the inputs' dtype: right values in float32 and
+    float64 (unless told otherwise), and O(T²) saved for the backward pass."""
+    def forward(q, k, v, is_causal, block_q, block_k, scale):
+        n, n_queries, _ = q.shape
+        n_keys = k.shape[1]
+        offset = 0 if top_left else n_keys - n_queries
+        key_stop = n_keys if last_partial_block else n_keys - n_keys % block_k
+        scale = 1 / math.sqrt(q.shape[-1]) if ignore_scale else scale
+        outs, lses = [], []
+        for i0 in range(0, n_queries, block_q):
+            i1 = min(i0 + block_q, n_queries)
+            row_max = torch.full((n, i1 - i0), torch.finfo(q.dtype).min, dtype=q.dtype)
+            row_sum = torch.zeros(n, i1 - i0, dtype=q.dtype)
+            acc = torch.zeros(n, i1 - i0, v.shape[2], dtype=q.dtype)
+            for j0 in range(0, key_stop, block_k):
+                j1 = min(j0 + block_k, key_stop)
+                scores = (q[:, i0:i1] @ k[:, j0:j1].transpose(1, 2)) * scale
+                if is_causal:
+                    future = torch.arange(j0, j1)[None, :] > torch.arange(i0, i1)[:, None] + offset
+                    scores = scores.masked_fill(future, float("-inf"))
+                new_max = torch.maximum(row_max, scores.amax(-1))
+                correction = torch.exp(row_max - new_max) if rescale else torch.ones_like(new_max)
+                p = torch.exp(scores - new_max[..., None])
+                row_sum = row_sum * correction + p.sum(-1)
+                acc = acc * correction[..., None] + p @ v[:, j0:j1]
+                row_max = new_max
+            seen = row_sum > 0
+            outs.append(acc / torch.where(seen, row_sum, 1.0)[..., None])
+            lses.append(torch.where(seen, row_max + torch.log(torch.where(seen, row_sum, 1.0)), float("-inf")))
+        return torch.cat(outs, 1), torch.cat(lses, 1)
+    return forward
+
+
+def _full_matrix(q, k, v, is_causal, block_q, block_k, scale):
+    """Right values from the whole T×T matrix: what tiling exists to avoid."""
+    n_queries, n_keys = q.shape[1], k.shape[1]
+    scores = (q @ k.transpose(1, 2)) * scale
+    if is_causal:
+        scores = scores.masked_fill(~attention_ref.causal_mask(n_queries, n_keys, n_keys - n_queries), float("-inf"))
+    out = attention_ref.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale)
+    return out, torch.logsumexp(scores, -1)
+
+
+class TiledBackwardIgnoringLse(ref.TiledAttentionFunction):
+    """The gradient flowing into lse is dropped: right only when lse is not used."""
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        return ref.TiledAttentionFunction.backward(ctx, grad_out, torch.zeros_like(grad_lse))
+
+
+class TiledBackwardWithoutRowTerm(ref.TiledAttentionFunction):
+    """ds = P ⊙ (dP + dlse), forgetting − P (dout · out): the softmax Jacobian's cross term."""
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        out = ctx.saved_tensors[3]
+        return ref.TiledAttentionFunction.backward(ctx, grad_out, grad_lse + (grad_out * out).sum(-1))
+
+
+def tiled_accepting_any_block_size(q, k, v, is_causal=False, block_size_q=128, block_size_k=256, scale=None):
+    return ref.tiled_attention(q, k, v, is_causal, max(block_size_q, 1), max(block_size_k, 1), scale)
+
+
+def tiled_casting_silently(q, k, v, is_causal=False, block_size_q=128, block_size_k=256, scale=None):
+    return ref.tiled_attention(q, k.to(q), v.to(q), is_causal, block_size_q, block_size_k, scale)
+
+
+# ---------------------------------------------------------------- the model and the trainer on the kernel path
+
+
+def _head_split(module, x, q, k, v):
+    batch, length, _ = x.shape
+    q = q.view(batch, length, module.n_heads, module.head_dim).transpose(1, 2)  # (B, H, T, hd)
+    k = k.view(batch, length, module.n_kv_heads, module.head_dim).transpose(1, 2)  # (B, KV, T, hd)
+    v = v.view(batch, length, module.n_kv_heads, module.head_dim).transpose(1, 2)
+    return q, k, v
+
+
+def _attend(module, x, q, k, v, cache, top_left=False):
+    """RoPE, the cache, GQA and kernels.attention, as CausalSelfAttention(kernels=True) does (top_left: the causal
+    mask aligned as torch's is_causal aligns it, query i with key i)."""
+    batch, length, _ = x.shape
+    offset = 0 if cache is None else cache.length
+    positions = torch.arange(offset, offset + length)
+    q, k = module.rotary(q, positions), module.rotary(k, positions)
+    if cache is not None:
+        k, v = cache.update(k, v)
+    n_rep = module.n_heads // module.n_kv_heads
+    k, v = attention_ref.repeat_kv(k, n_rep), attention_ref.repeat_kv(v, n_rep)
+    if top_left:
+        out = ref.attention(q, k, v, mask=attention_ref.causal_mask(length, k.shape[-2], offset=0))
+    else:
+        out = ref.attention(q, k, v, is_causal=True)
+    return out.transpose(1, 2).reshape(batch, length, -1)  # (B, T, H·hd)
+
+
+class _FusedProjectionAttention(attention_ref.CausalSelfAttention):
+    """One matmul by the stacked q, k, v weights and o_proj's weight used directly: fast, and blind to any module
+    that wraps a projection (LoRA, tensor parallel)."""
+
+    def forward(self, x, position_ids=None, cache=None):
+        weight = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
+        kv_width = self.n_kv_heads * self.head_dim
+        q, k, v = (x @ weight.T).split((self.n_heads * self.head_dim, kv_width, kv_width), dim=-1)
+        out = _attend(self, x, *_head_split(self, x, q, k, v), cache)
+        return out @ self.o_proj.weight.T
+
+
+class _TopLeftCausalAttention(attention_ref.CausalSelfAttention):
+    """Builds the causal mask for kernels.attention from the top left: right for a whole sequence, wrong for the
+    queries that follow a cache."""
+
+    def forward(self, x, position_ids=None, cache=None):
+        qkv = _head_split(self, x, self.q_proj(x), self.k_proj(x), self.v_proj(x))
+        return self.o_proj(_attend(self, x, *qkv, cache, top_left=True))
+
+
+class _SwiGLUWithGateAndUpSwapped(layers_ref.SwiGLU):
+    """Calls SwiGLUFunction.apply(up, gate): SiLU lands on up_proj."""
+
+    def forward(self, x):
+        return self.down_proj(ref.SwiGLUFunction.apply(self.up_proj(x), self.gate_proj(x)))
+
+
+class _RMSNormWithoutTheMeanTerm(layers_ref.RMSNorm):
+    def forward(self, x):
+        return RMSNormBackwardWithoutTheMeanTerm.apply(x, self.weight, self.eps)
+
+
+def _kernel_transformer(name, attention=None, mlp=None, norm=None):
+    """model.Transformer whose kernels=True layers are of the given classes; kernels=False models are untouched."""
+    class Mutated(model_ref.Transformer):
+        def __init__(self, config):
+            super().__init__(config)
+            if not config.kernels:
+                return
+            for layer in self.model.layers:
+                for attribute, cls in (("self_attn", attention), ("mlp", mlp), ("input_layernorm", norm),
+                                       ("post_attention_layernorm", norm)):
+                    if cls is not None:
+                        getattr(layer, attribute).__class__ = cls
+            if norm is not None:
+                self.model.norm.__class__ = norm
+    return _named(name, Mutated)
+
+
+TransformerWithFusedKernelProjections = _kernel_transformer("TransformerWithFusedKernelProjections",
+                                                            attention=_FusedProjectionAttention)
+TransformerWithTopLeftKernelMask = _kernel_transformer("TransformerWithTopLeftKernelMask",
+                                                       attention=_TopLeftCausalAttention)
+TransformerWithSwappedKernelSwiGLU = _kernel_transformer("TransformerWithSwappedKernelSwiGLU",
+                                                         mlp=_SwiGLUWithGateAndUpSwapped)
+TransformerWithWrongKernelNormBackward = _kernel_transformer("TransformerWithWrongKernelNormBackward",
+                                                             norm=_RMSNormWithoutTheMeanTerm)
+
+
+def train_step_with_the_kernel_loss_in_float32(model, optimizer, micro_batches, max_norm=1.0, lr=None,
+                                               autocast_dtype=None):
+    """Casts the logits to float32 for kernels.cross_entropy ("the loss is computed in float32"): a float64 model
+    gets a loss, gradients and weights a float32 rounding away from those of the plain path."""
+    uses_kernels = getattr(getattr(model, "config", None), "kernels", False)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    optimizer.zero_grad(set_to_none=True)
+    total = sum(int((y != -100).sum()) for _, y in micro_batches)
+    loss_sum = 0.0
+    for x, y in micro_batches:
+        logits = model(x)
+        if uses_kernels:
+            loss = ref.cross_entropy(logits.float(), y)
+        else:
+            loss = train_ref.cross_entropy(logits, y)
+        loss = loss * (int((y != -100).sum()) / total)
+        loss.backward()
+        loss_sum += float(loss.detach())
+    norm = float(train_ref.clip_grad_norm(params, math.inf if max_norm is None else max_norm))
+    if lr is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    optimizer.step()
+    return loss_sum, norm
+
+
+MUTANTS: list[Mutant] = [
+    # RMSNorm
+    Mutant("kernels.RMSNormFunction", RMSNormBackwardWithoutTheMeanTerm,
+           ("test_rmsnorm_function_equals_the_definition_in_values_and_gradients",),
+           "backward dx = r·dy·w, without the term from r's dependence on x"),
+    Mutant("kernels.RMSNormFunction", RMSNormBackwardWithASumForTheMean,
+           ("test_rmsnorm_function_equals_the_definition_in_values_and_gradients",),
+           "backward with Σ g·x̂ where mean(g·x̂) belongs"),
+    Mutant("kernels.RMSNormFunction", RMSNormBackwardWithWeightGradientOfX,
+           ("test_rmsnorm_function_equals_the_definition_in_values_and_gradients",),
+           "backward gives the weight Σ dy·x instead of Σ dy·x̂"),
+    Mutant("kernels.RMSNormFunction", RMSNormWithEpsOutsideTheSqrt,
+           ("test_rmsnorm_function_equals_the_definition_in_values_and_gradients",),
+           "x / (rms + eps) instead of x / sqrt(ms + eps)"),
+    Mutant("kernels.RMSNormFunction", RMSNormInTheInputDtype,
+           ("test_rmsnorm_function_in_half_precision",),
+           "sums the squares in half precision"),
+    Mutant("kernels.RMSNormFunction", RMSNormReturningFloat32, ("test_rmsnorm_function_in_half_precision",),
+           "returns float32 for half-precision inputs"),
+    # SwiGLU
+    Mutant("kernels.SwiGLUFunction", SwiGLUBackwardWithSigmoidAsTheDerivative,
+           ("test_swiglu_function_equals_the_definition_in_values_and_gradients",),
+           "backward takes σ(gate) as the derivative of SiLU, missing SiLU·(1 − σ)"),
+    Mutant("kernels.SwiGLUFunction", SwiGLUBackwardWithASignError,
+           ("test_swiglu_function_equals_the_definition_in_values_and_gradients",),
+           "backward with σ' = −σ(1 − σ)"),
+    Mutant("kernels.SwiGLUFunction", SwiGLUInBFloat16ForAnyHalfDtype,
+           ("test_swiglu_function_in_half_precision",), "float16 computed in bfloat16"),
+    # the rotation
+    Mutant("kernels.RotateFunction", RotateBackwardByThePlusAngle,
+           ("test_rotate_function_equals_the_definition_in_values_and_gradients",),
+           "backward turns the gradient by +angle, as the forward does"),
+    Mutant("kernels.RotateFunction", RotateBackwardIgnoringTheInterleavedFlag,
+           ("test_rotate_function_equals_the_definition_in_values_and_gradients",),
+           "backward pairs split halves whatever the forward paired"),
+    Mutant("kernels.RotateFunction", RotateClockwise,
+           ("test_rotate_function_equals_the_definition_in_values_and_gradients",), "turns by −angle"),
+    # cross-entropy
+    *(Mutant("kernels.cross_entropy", _cross_entropy_through(function),
+             ("test_cross_entropy_kernel_equals_the_definition_in_values_and_gradients",), function.__doc__)
+      for function in (CrossEntropyBackwardForgettingTheCount, CrossEntropyBackwardIgnoringTheUpstreamGradient,
+                       CrossEntropyBackwardWithTheSignFlipped, CrossEntropyBackwardKeepingIgnoredRows,
+                       CrossEntropyBackwardWithoutNormalising)),
+    Mutant("kernels.cross_entropy", _cross_entropy_through(CrossEntropyWithoutTheMaxShift),
+           ("test_cross_entropy_kernel_in_half_precision_and_at_large_logits",),
+           "exponentiates the logits without subtracting the row max"),
+    Mutant("kernels.cross_entropy", cross_entropy_without_upcasting,
+           ("test_cross_entropy_kernel_in_half_precision_and_at_large_logits",),
+           "half-precision logits are not upcast: a bfloat16 loss"),
+    Mutant("kernels.cross_entropy", cross_entropy_without_checks,
+           ("test_cross_entropy_kernel_rejects_what_the_definition_rejects",),
+           "skips the checks of train.cross_entropy"),
+    # attention
+    *(Mutant("kernels.attention", _attention_through(function),
+             ("test_attention_kernel_equals_the_definition_in_values_and_gradients",), function.__doc__)
+      for function in (AttentionBackwardWithoutRowTerm, AttentionBackwardUnscaledKeys,
+                       AttentionBackwardWithTheDefaultScale, AttentionNaNOnFullyMaskedRows)),
+    Mutant("kernels.attention", _attention_through(ref.AttentionFunction, top_left=True),
+           ("test_attention_kernel_equals_the_definition_in_values_and_gradients",),
+           "is_causal aligns query i with key i even when there are more keys than queries"),
+    Mutant("kernels.attention", attention_casting_silently, ("test_attention_kernel_rejects_mismatched_inputs",),
+           "casts k and v to q's dtype"),
+    Mutant("kernels.attention", attention_taking_any_mask_as_booleans,
+           ("test_attention_kernel_rejects_mismatched_inputs",), "reads a float mask as booleans"),
+    # tiled attention
+    Mutant("kernels.tiled_attention", _tiled_with(_plain_tiles(rescale=False), "tiled_without_rescaling"),
+           ("test_tiled_attention_equals_naive_values_and_log_sum_exp",),
+           "the online softmax forgets to rescale the running sums when the max grows"),
+    Mutant("kernels.tiled_attention", _tiled_with(_plain_tiles(last_partial_block=False),
+                                                  "tiled_dropping_the_last_partial_block"),
+           ("test_tiled_attention_equals_naive_values_and_log_sum_exp",),
+           "the last key block is dropped when the block size does not divide the length"),
+    Mutant("kernels.tiled_attention", _tiled_with(_plain_tiles(top_left=True), "tiled_causal_from_the_top_left"),
+           ("test_tiled_attention_equals_naive_values_and_log_sum_exp",), "causal from the top left when Tq != Tk"),
+    Mutant("kernels.tiled_attention", _tiled_with(_plain_tiles(ignore_scale=True), "tiled_ignoring_the_scale"),
+           ("test_tiled_attention_equals_naive_values_and_log_sum_exp",), "always scales by 1/√d"),
+    Mutant("kernels.tiled_attention", _tiled_with(_plain_tiles(), "tiled_accumulating_in_the_input_dtype"),
+           ("test_tiled_attention_accumulates_half_precision_in_float32",
+            "test_tiled_attention_saves_linear_memory_for_backward"),
+           "running max, sum and output kept in the inputs' dtype (bfloat16), and autograd keeps every tile's "
+           "probabilities for the backward pass"),
+    Mutant("kernels.tiled_attention", _tiled_with(_full_matrix, "tiled_from_the_full_matrix"),
+           ("test_tiled_attention_saves_linear_memory_for_backward",), "computes the whole T×T matrix"),
+    Mutant("kernels.tiled_attention", _tiled_with(TiledBackwardIgnoringLse.apply, "tiled_backward_ignoring_lse"),
+           ("test_tiled_attention_gradients_equal_naive",), "the backward pass ignores the gradient of lse"),
+    Mutant("kernels.tiled_attention", _tiled_with(TiledBackwardWithoutRowTerm.apply,
+                                                  "tiled_backward_without_the_row_term"),
+           ("test_tiled_attention_gradients_equal_naive",), "the backward pass forgets the softmax cross term"),
+    Mutant("kernels.tiled_attention", tiled_accepting_any_block_size,
+           ("test_tiled_attention_rejects_bad_blocks_and_mismatched_inputs",), "block sizes below 1 raised to 1"),
+    Mutant("kernels.tiled_attention", tiled_casting_silently,
+           ("test_tiled_attention_rejects_bad_blocks_and_mismatched_inputs",), "casts k and v to q's dtype"),
+    # the model and the trainer
+    Mutant("model.Transformer", TransformerWithSwappedKernelSwiGLU,
+           ("test_model_with_kernels_equals_the_model_without",),
+           "the kernel path passes (up, gate) to SwiGLUFunction", spec="kernels"),
+    Mutant("model.Transformer", TransformerWithWrongKernelNormBackward,
+           ("test_model_with_kernels_equals_the_model_without",),
+           "the kernel path's RMSNorm backward forgets r's dependence on x: same logits, other gradients",
+           spec="kernels"),
+    Mutant("model.Transformer", TransformerWithTopLeftKernelMask,
+           ("test_model_with_kernels_equals_the_model_without",),
+           "the kernel path's causal mask is aligned top left: the full forward is right, cached decoding not",
+           spec="kernels"),
+    Mutant("model.Transformer", TransformerWithFusedKernelProjections,
+           ("test_wrapped_projections_are_used_on_the_kernel_path",),
+           "the kernel path multiplies by the stacked q, k, v weights (and o_proj's) instead of calling the modules",
+           spec="kernels"),
+    Mutant("train.train_step", train_step_with_the_kernel_loss_in_float32,
+           ("test_train_step_with_kernels_equals_train_step_without",),
+           "a kernels=True model's logits are cast to float32 for the loss", spec="kernels"),
+]
+
 
 # ---------------------------------------------------------------- the incremental BPE trainer
 
-BPE_MUTANTS: list[Mutant] = []
+BPE_CHUNK = 1 << 20  # the reference's chunk size: parts of about a million characters
+
+
+def _texts(data, newline="") -> list[str]:
+    """The documents of `data` as strings; newline=None reads files with universal newlines ("\\r\\n" -> "\\n")."""
+    if isinstance(data, (str, os.PathLike)):
+        data = [data]
+    texts = []
+    for item in data:
+        if isinstance(item, os.PathLike):
+            with open(item, encoding="utf-8", newline=newline) as file:
+                item = file.read()
+        texts.append(item)
+    return texts
+
+
+def _pretoken_counts(texts, special_tokens, pattern) -> Counter:
+    pattern = tokenizer_ref.PATTERNS.get(pattern, pattern)
+    cut = (regex.compile("|".join(map(regex.escape, sorted(special_tokens, key=len, reverse=True))))
+           if special_tokens else None)
+    counts = Counter()
+    for text in texts:
+        for segment in cut.split(text) if cut else [text]:
+            counts.update(regex.findall(pattern, segment))
+    return counts
+
+
+def _parts(texts, special_tokens) -> list[str]:
+    """Each document cut where the first special token at or past BPE_CHUNK characters starts, again and again."""
+    cut = (regex.compile("|".join(map(regex.escape, sorted(special_tokens, key=len, reverse=True))))
+           if special_tokens else None)
+    parts = []
+    for text in texts:
+        while cut is not None and len(text) > BPE_CHUNK:
+            start = next((m.start() for m in cut.finditer(text) if m.start() >= BPE_CHUNK), None)
+            if start is None:
+                break
+            parts.append(text[:start])
+            text = text[start:]
+        if text:
+            parts.append(text)
+    return parts
+
+
+def _descending(token: bytes) -> tuple[int, ...]:
+    return tuple(255 - byte for byte in token) + (256,)
+
+
+def _heap_merges(counts, vocab_size, special_tokens, pattern, *, recheck=True, tie="bytes", warn=True):
+    """An incremental trainer (a heap of pair counts, pushed again when a count rises) from pre-token counts, with
+    one knob turned wrong at a time: `recheck=False` trusts the top entry's count without comparing it with the
+    current one; `tie="ids"` breaks ties by the greater token ids."""
+    special_tokens = list(special_tokens)
+    words = [[bytes([byte]) for byte in piece.encode("utf-8")] for piece in counts]
+    freqs = list(counts.values())
+    vocab = {i: bytes([i]) for i in range(256)}
+    for token in special_tokens:
+        vocab[len(vocab)] = token.encode("utf-8")
+    ids = {bytes([i]): i for i in range(256)}
+
+    def entry(pair, count):
+        if tie == "ids":
+            return (-count, -ids[pair[0]], -ids[pair[1]], pair)
+        return (-count, _descending(pair[0]), _descending(pair[1]), pair)
+
+    pair_counts = Counter()
+    for word, freq in zip(words, freqs):
+        for pair in zip(word, word[1:]):
+            pair_counts[pair] += freq
+    heap = [entry(pair, count) for pair, count in pair_counts.items()]
+    heapq.heapify(heap)
+    merges = []
+    while len(vocab) < vocab_size and heap:
+        top = heapq.heappop(heap)
+        pair, count = top[-1], -top[0]
+        if recheck and pair_counts[pair] != count:
+            if pair_counts[pair] > 0:
+                heapq.heappush(heap, entry(pair, pair_counts[pair]))
+            continue
+        merges.append(pair)
+        token = pair[0] + pair[1]
+        ids[token] = len(vocab)
+        vocab[len(vocab)] = token
+        before = dict(pair_counts)
+        for k, (word, freq) in enumerate(zip(words, freqs)):
+            if pair not in zip(word, word[1:]):
+                continue
+            for old in zip(word, word[1:]):
+                pair_counts[old] -= freq
+            merged, i = [], 0
+            while i < len(word):
+                if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
+                    merged.append(token)
+                    i += 2
+                else:
+                    merged.append(word[i])
+                    i += 1
+            words[k] = merged
+            for new in zip(merged, merged[1:]):
+                pair_counts[new] += freq
+        for changed, now in pair_counts.items():
+            if now > before.get(changed, 0):
+                heapq.heappush(heap, entry(changed, now))
+        pair_counts = +pair_counts  # drop the pairs that are gone
+    if warn and len(vocab) < vocab_size:
+        warnings.warn("the corpus ran out of pairs to merge", stacklevel=3)
+    return tokenizer_ref.Tokenizer(vocab, merges, special_tokens, pattern)
+
+
+def train_bpe_breaking_ties_by_id(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    counts = _pretoken_counts(_texts(data), special_tokens, pattern)
+    return _heap_merges(counts, vocab_size, special_tokens, pattern, tie="ids")
+
+
+def train_bpe_trusting_stale_heap_entries(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    counts = _pretoken_counts(_texts(data), special_tokens, pattern)
+    return _heap_merges(counts, vocab_size, special_tokens, pattern, recheck=False)
+
+
+def train_bpe_joining_documents(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    return ref.train_bpe("".join(_texts(data)), vocab_size, special_tokens, pattern, num_workers)
+
+
+def train_bpe_counting_only_the_first_chunk(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    parts, first, size = _parts(_texts(data), special_tokens), [], 0
+    for part in parts:
+        first.append(part)
+        size += len(part)
+        if size >= BPE_CHUNK:
+            break
+    counts = _pretoken_counts(first, special_tokens, pattern)
+    return _heap_merges(counts, vocab_size, special_tokens, pattern)
+
+
+def train_bpe_cutting_chunks_at_fixed_places(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    pieces = [text[i:i + BPE_CHUNK] for text in _texts(data) for i in range(0, len(text), BPE_CHUNK)]
+    return _heap_merges(_pretoken_counts(pieces, special_tokens, pattern), vocab_size, special_tokens, pattern)
+
+
+def train_bpe_combining_worker_counts_with_max(data, vocab_size, special_tokens=(), pattern="gpt4",
+                                               num_workers=None):
+    parts = _parts(_texts(data), special_tokens)
+    counts = reduce(or_, (_pretoken_counts([part], special_tokens, pattern) for part in parts), Counter())
+    return _heap_merges(counts, vocab_size, special_tokens, pattern)
+
+
+def train_bpe_reading_files_with_universal_newlines(data, vocab_size, special_tokens=(), pattern="gpt4",
+                                                    num_workers=None):
+    return ref.train_bpe(_texts(data, newline=None), vocab_size, special_tokens, pattern, num_workers)
+
+
+def train_bpe_without_warning(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ref.train_bpe(data, vocab_size, special_tokens, pattern, num_workers)
+
+
+def train_bpe_ignoring_bad_num_workers(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    if not isinstance(num_workers, int) or num_workers < 1:
+        num_workers = None
+    return ref.train_bpe(data, vocab_size, special_tokens, pattern, num_workers)
+
+
+def train_bpe_clamping_vocab_size(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    vocab_size = max(vocab_size, 256 + len(special_tokens))
+    return ref.train_bpe(data, vocab_size, special_tokens, pattern, num_workers)
+
+
+def train_bpe_accepting_an_empty_corpus(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    if not "".join(_texts(data)):
+        vocab = {i: bytes([i]) for i in range(256)}
+        vocab.update({256 + k: token.encode("utf-8") for k, token in enumerate(special_tokens)})
+        return tokenizer_ref.Tokenizer(vocab, [], special_tokens, pattern)
+    return ref.train_bpe(data, vocab_size, special_tokens, pattern, num_workers)
+
+
+BPE_MUTANTS: list[Mutant] = [
+    Mutant("kernels.train_bpe", train_bpe_breaking_ties_by_id, ("test_bpe_kernel_learns_the_textbook_merges",),
+           "the heap orders equal counts by token id; after a merge, ids no longer follow the bytes' order"),
+    Mutant("kernels.train_bpe", train_bpe_trusting_stale_heap_entries, ("test_bpe_kernel_learns_the_textbook_merges",),
+           "the top heap entry is merged without checking that its count is still the pair's count"),
+    Mutant("kernels.train_bpe", train_bpe_joining_documents, ("test_bpe_kernel_learns_the_textbook_merges",),
+           "the documents are concatenated, so pre-tokens span two of them"),
+    Mutant("kernels.train_bpe", train_bpe_counting_only_the_first_chunk,
+           ("test_bpe_kernel_counts_a_corpus_of_many_chunks_like_one_text",),
+           "only the first chunk's pre-tokens are counted (one future's result, not all)"),
+    Mutant("kernels.train_bpe", train_bpe_cutting_chunks_at_fixed_places,
+           ("test_bpe_kernel_counts_a_corpus_of_many_chunks_like_one_text",),
+           "chunks are cut every million characters, through a special token or a pre-token"),
+    Mutant("kernels.train_bpe", train_bpe_combining_worker_counts_with_max,
+           ("test_bpe_kernel_counts_a_corpus_of_many_chunks_like_one_text",),
+           "the chunks' counts are combined with Counter | (the larger count) instead of added"),
+    Mutant("kernels.train_bpe", train_bpe_without_warning,
+           ("test_bpe_kernel_counts_a_corpus_of_many_chunks_like_one_text",),
+           "stops short of vocab_size without a warning"),
+    Mutant("kernels.train_bpe", train_bpe_reading_files_with_universal_newlines,
+           ("test_bpe_kernel_merges_do_not_depend_on_workers_or_how_the_corpus_is_given",),
+           "files are opened in text mode with universal newlines: '\\r\\n' becomes '\\n'"),
+    Mutant("kernels.train_bpe", train_bpe_ignoring_bad_num_workers, ("test_bpe_kernel_rejects_bad_num_workers",),
+           "a bad num_workers silently means one per CPU"),
+    Mutant("kernels.train_bpe", train_bpe_clamping_vocab_size,
+           ("test_bpe_kernel_rejects_what_the_textbook_trainer_rejects",),
+           "a vocab_size too small for the bytes and special tokens is silently enlarged instead of refused"),
+    Mutant("kernels.train_bpe", train_bpe_accepting_an_empty_corpus,
+           ("test_bpe_kernel_rejects_what_the_textbook_trainer_rejects",),
+           "an empty corpus gives a vocabulary of bytes and special tokens"),
+]
 MUTANTS += BPE_MUTANTS

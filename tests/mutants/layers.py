@@ -143,83 +143,57 @@ class SwiGLUWithGateAndUpSwapped(ref.SwiGLU):
 
 
 class SwiGLUWithBiases(ref.SwiGLU):
-    def __init__(self, dim, hidden_dim):
-        super().__init__(dim, hidden_dim)
+    def __init__(self, dim, hidden_dim, kernels=False):
+        super().__init__(dim, hidden_dim, kernels)
         self.gate_proj = ref.Linear(dim, hidden_dim, bias=True)
 
 
-class _RMSNormBackwardWithoutTheMeanTerm(ref._RMSNormFunction):
-    """dx = r · dy · w: treats r as a constant and forgets that every x_j moves r."""
+class SwiGLUWithBiasesInItsStateDict(SwiGLUWithBiases):
+    """The same module, as the contract sees it: an extra state-dict key, gate_proj.bias."""
+
+
+class RMSNormWithADetachedRms(ref.RMSNorm):
+    """Takes the rms from x.detach(), as a statistic: the right values, but the gradient forgets that every x_j
+    moves the rms (dx = r·dy·w)."""
+
+    def forward(self, x):
+        rms_inv = torch.rsqrt(x.detach().pow(2).mean(-1, keepdim=True) + self.eps)
+        return x * rms_inv * self.weight
+
+
+class RMSNormScalingByWeightData(ref.RMSNorm):
+    """Multiplies by self.weight.data: the right values, and the weight never learns."""
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.data
+
+
+class SwiGLUWithADetachedSigmoid(ref.SwiGLU):
+    """SiLU(a) = a · σ(a) with σ(a) detached: the gate's gradient is σ(a), missing a · σ'(a)."""
+
+    def forward(self, x):
+        gate = self.gate_proj(x)
+        return self.down_proj(gate * torch.sigmoid(gate).detach() * self.up_proj(x))
+
+
+class _SiLUWithASignError(torch.autograd.Function):
+    """A hand-written SiLU whose derivative takes σ' as −σ(1 − σ): σ(a)·(1 − a·(1 − σ(a)))."""
+
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return a * torch.sigmoid(a)
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight, rms_inv = ctx.saved_tensors
-        return grad * weight * rms_inv, (grad * x * rms_inv).sum_to_size(weight.shape), None
+        (a,) = ctx.saved_tensors
+        s = torch.sigmoid(a)
+        return grad * s * (1 - a * (1 - s))
 
 
-class _RMSNormBackwardWithASumForTheMean(ref._RMSNormFunction):
-    """dx = r · (g − x̂ · Σ g·x̂): a sum over the row where the derivative of mean(x²) gives a mean."""
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, rms_inv = ctx.saved_tensors
-        x_hat, g = x * rms_inv, grad * weight
-        grad_x = rms_inv * (g - x_hat * (g * x_hat).sum(-1, keepdim=True))
-        return grad_x, (grad * x_hat).sum_to_size(weight.shape), None
-
-
-class _RMSNormBackwardWithWeightGradientOfX(ref._RMSNormFunction):
-    """dw = Σ dy · x: the weight multiplies the normalised x̂, not x."""
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad_x, _, _ = ref._RMSNormFunction.backward(ctx, grad)
-        x, weight, _ = ctx.saved_tensors
-        return grad_x, (grad * x).sum_to_size(weight.shape), None
-
-
-class RMSNormBackwardWithoutTheMeanTerm(ref.RMSNorm):
+class SwiGLUWithAHandWrittenSiLUSignError(ref.SwiGLU):
     def forward(self, x):
-        return _RMSNormBackwardWithoutTheMeanTerm.apply(x, self.weight, self.eps)
-
-
-class RMSNormBackwardWithASumForTheMean(ref.RMSNorm):
-    def forward(self, x):
-        return _RMSNormBackwardWithASumForTheMean.apply(x, self.weight, self.eps)
-
-
-class RMSNormBackwardWithWeightGradientOfX(ref.RMSNorm):
-    def forward(self, x):
-        return _RMSNormBackwardWithWeightGradientOfX.apply(x, self.weight, self.eps)
-
-
-class _SwiGLUBackwardWithSigmoidAsTheDerivative(ref._SwiGLUFunction):
-    """dgate = dh · up · σ(gate): differentiates gate · σ(gate) as if σ(gate) were a constant."""
-
-    @staticmethod
-    def backward(ctx, grad):
-        gate, up, s = ctx.saved_tensors
-        return grad * up * s, grad * gate * s
-
-
-class _SwiGLUBackwardWithASignError(ref._SwiGLUFunction):
-    """dgate = dh · up · (s − SiLU · (1 − s)): σ' taken as −σ(1 − σ)."""
-
-    @staticmethod
-    def backward(ctx, grad):
-        gate, up, s = ctx.saved_tensors
-        silu = gate * s
-        return grad * up * (s - silu * (1 - s)), grad * silu
-
-
-class SwiGLUBackwardWithSigmoidAsTheDerivative(ref.SwiGLU):
-    def forward(self, x):
-        return self.down_proj(_SwiGLUBackwardWithSigmoidAsTheDerivative.apply(self.gate_proj(x), self.up_proj(x)))
-
-
-class SwiGLUBackwardWithASignError(ref.SwiGLU):
-    def forward(self, x):
-        return self.down_proj(_SwiGLUBackwardWithASignError.apply(self.gate_proj(x), self.up_proj(x)))
+        return self.down_proj(_SiLUWithASignError.apply(self.gate_proj(x)) * self.up_proj(x))
 
 
 MUTANTS = [
@@ -269,22 +243,21 @@ MUTANTS = [
            "applies SiLU to up_proj instead of gate_proj"),
     Mutant("layers.SwiGLU", SwiGLUWithBiases, ("test_swiglu_equals_down_of_silu_gate_times_up",),
            "gives gate_proj a bias (not Llama's layout)"),
-    Mutant("layers.SwiGLU", SwiGLUWithBiases, ("test_signature_matches_the_contract",),
+    Mutant("layers.SwiGLU", SwiGLUWithBiasesInItsStateDict, ("test_signature_matches_the_contract",),
            "gives gate_proj a bias (not Llama's layout)", spec="contract"),
     Mutant("layers.softmax", softmax_clamping_logits, ("test_softmax_is_invariant_to_adding_a_constant",),
            "clamps logits to avoid overflow instead of subtracting the max"),
     Mutant("layers.RMSNorm", RMSNormWithoutTheSqrt,
            ("test_rmsnorm_is_invariant_to_scaling_the_input", "test_rmsnorm_output_has_unit_rms_over_the_last_dimension"),
            "divides by the mean square instead of its root"),
-    Mutant("layers.RMSNorm", RMSNormBackwardWithoutTheMeanTerm,
+    Mutant("layers.RMSNorm", RMSNormWithADetachedRms,
            ("test_rmsnorm_gradients_equal_those_of_its_definition", "test_gradients_match_finite_differences"),
-           "hand-written backward dx = r·dy·w, without the term from r's dependence on x"),
-    Mutant("layers.RMSNorm", RMSNormBackwardWithASumForTheMean, ("test_rmsnorm_gradients_equal_those_of_its_definition",),
-           "hand-written backward with Σ g·x̂ where mean(g·x̂) belongs"),
-    Mutant("layers.RMSNorm", RMSNormBackwardWithWeightGradientOfX, ("test_rmsnorm_gradients_equal_those_of_its_definition",),
-           "hand-written backward gives the weight Σ dy·x instead of Σ dy·x̂"),
-    Mutant("layers.SwiGLU", SwiGLUBackwardWithSigmoidAsTheDerivative, ("test_swiglu_gradients_equal_those_of_its_definition",),
-           "hand-written backward takes σ(gate) as the derivative of SiLU, missing SiLU·(1 − σ)"),
-    Mutant("layers.SwiGLU", SwiGLUBackwardWithASignError, ("test_swiglu_gradients_equal_those_of_its_definition",),
-           "hand-written backward with σ' = −σ(1 − σ)"),
+           "the rms taken from x.detach(): dx = r·dy·w, without the term from r's dependence on x"),
+    Mutant("layers.RMSNorm", RMSNormScalingByWeightData, ("test_rmsnorm_gradients_equal_those_of_its_definition",),
+           "multiplies by weight.data: the weight gets no gradient"),
+    Mutant("layers.SwiGLU", SwiGLUWithADetachedSigmoid, ("test_swiglu_gradients_equal_those_of_its_definition",),
+           "σ(gate) detached: the derivative of SiLU taken as σ, missing SiLU·(1 − σ)"),
+    Mutant("layers.SwiGLU", SwiGLUWithAHandWrittenSiLUSignError,
+           ("test_swiglu_gradients_equal_those_of_its_definition",),
+           "a hand-written SiLU backward with σ' = −σ(1 − σ)"),
 ]

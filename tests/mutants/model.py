@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import llmkata.reference.attention as attention
+import llmkata.reference.layers as layers
 import llmkata.reference.model as ref
 
 from . import Mutant
@@ -119,6 +120,22 @@ class TransformerLastPositionOnly(ref.Transformer):
 
     def forward(self, input_ids, position_ids=None, cache=None):
         return super().forward(input_ids, position_ids, cache)[:, -1]
+
+
+class _FusedGateAndUp(layers.SwiGLU):
+    """One matmul by the stacked gate_proj and up_proj weights: fast, and blind to a module that wraps either."""
+
+    def forward(self, x):
+        gate, up = (x @ torch.cat((self.gate_proj.weight, self.up_proj.weight)).T).chunk(2, dim=-1)
+        return self.down_proj(layers.silu(gate) * up)
+
+
+class TransformerFusingGateAndUp(ref.Transformer):
+    def __init__(self, config):
+        super().__init__(config)
+        for layer in self.model.layers:
+            if isinstance(layer.mlp, layers.SwiGLU):
+                layer.mlp.__class__ = _FusedGateAndUp
 
 
 class TransformerCroppingTheContext(ref.Transformer):
@@ -236,6 +253,8 @@ MUTANTS = [
            "attn instead of self_attn"),
     Mutant("model.Transformer", TransformerLastPositionOnly, ("test_logits_have_shape_batch_by_length_by_vocab",),
            "logits of the last position only"),
+    Mutant("model.Transformer", TransformerFusingGateAndUp, ("test_every_projection_goes_through_its_module",),
+           "the MLP multiplies by the stacked gate and up weights instead of calling gate_proj and up_proj"),
     Mutant("model.Transformer", TransformerCroppingTheContext, ("test_rejects_a_sequence_longer_than_the_context",),
            "crops the input to the context instead of refusing it"),
     Mutant("model.ModelConfig", ConfigWithoutChecks, ("test_rejects_inconsistent_configs",),
@@ -259,9 +278,9 @@ MUTANTS = [
            "rms_norm_eps not read"),
     Mutant("model.config_from_hf", config_from_hf_ignoring_kv_heads, ("test_hf_config_round_trips",),
            "num_key_value_heads not read"),
-    Mutant("model.save_hf", save_hf_without_permuting,
-           ("test_exported_weights_load_back_to_identical_logits",
-            "test_transformers_llama_from_exported_files_gives_the_same_logits"),
+    # Not named for the transformers test: its 10 examples miss an interleaved model with head_dim > 2 (where
+    # the permutation matters) about once in 60 runs.
+    Mutant("model.save_hf", save_hf_without_permuting, ("test_exported_weights_load_back_to_identical_logits",),
            "interleaved-RoPE weights exported without the permutation to split halves"),
     Mutant("model.save_hf", save_hf_with_default_eps,
            ("test_exported_weights_load_back_to_identical_logits",

@@ -21,6 +21,7 @@ def _rope_with(rotation):
         positions = torch.as_tensor(positions)
         angles = positions.double()[..., None] * ref.rope_frequencies(x.shape[-1], theta)
         return rotation(x, angles.cos().to(x.dtype), angles.sin().to(x.dtype), interleaved)
+    apply_rope.__name__ = "rope" + rotation.__name__
     return apply_rope
 
 
@@ -82,24 +83,22 @@ class RotaryClampingPositions(ref.RotaryEmbedding):
         return super().forward(x, positions.clamp(0, self.max_positions - 1))
 
 
-class _RotateBackwardByThePlusAngle(ref._RotateFunction):
-    """Backward turns the gradient by the same angle as the forward: Rᵀ taken to be R."""
-
-    @staticmethod
-    def backward(ctx, grad):
-        cos, sin = ctx.saved_tensors
-        grad_x = ref._rotate_into(torch.empty_like(grad), grad, cos, sin, 1.0, ctx.interleaved)
-        return grad_x.sum_to_size(ctx.x_shape), None, None, None
-
-
-def rotate_with_backward_by_the_plus_angle(x, cos, sin, interleaved=False):
-    return _RotateBackwardByThePlusAngle.apply(x, cos, sin, interleaved)
+def rotate_with_a_detached_partner(x, cos, sin, interleaved=False):
+    """Builds the partner vector (−x₂, x₁) of every pair as a detached copy, as if swapping coordinates were
+    bookkeeping: the right values, but the gradient comes back through the cos term only."""
+    if interleaved:
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        partner = torch.stack((-x2, x1), -1).flatten(-2).detach()
+        return x * cos.repeat_interleave(2, -1) + partner * sin.repeat_interleave(2, -1)
+    x1, x2 = _halves(x)
+    partner = torch.cat((-x2, x1), -1).detach()
+    return x * torch.cat((cos, cos), -1) + partner * torch.cat((sin, sin), -1)
 
 
-class RotaryWithBackwardByThePlusAngle(ref.RotaryEmbedding):
+class RotaryWithADetachedPartner(ref.RotaryEmbedding):
     def forward(self, x, positions):
         cos, sin = self.cos[positions].to(x.dtype), self.sin[positions].to(x.dtype)
-        return _RotateBackwardByThePlusAngle.apply(x, cos, sin, self.interleaved)
+        return rotate_with_a_detached_partner(x, cos, sin, self.interleaved)
 
 
 MUTANTS = [
@@ -135,10 +134,10 @@ MUTANTS = [
            "saves the cos/sin tables in the state dict, so checkpoints carry (and can disagree on) them"),
     Mutant("rope.RotaryEmbedding", RotaryClampingPositions,
            ("test_rejects_positions_outside_the_table",), "clamps positions past the table"),
-    Mutant("rope.rotate", rotate_with_backward_by_the_plus_angle,
+    Mutant("rope.rotate", rotate_with_a_detached_partner,
            ("test_rotate_passes_back_the_gradient_turned_by_minus_the_angle",),
-           "hand-written backward turns the gradient by +angle, as the forward does"),
-    Mutant("rope.RotaryEmbedding", RotaryWithBackwardByThePlusAngle,
+           "the partner (−x₂, x₁) detached: the gradient is dy·cos, not dy turned by −angle"),
+    Mutant("rope.RotaryEmbedding", RotaryWithADetachedPartner,
            ("test_rotary_embedding_gradient_is_that_of_the_rotation",),
-           "hand-written backward turns the gradient by +angle, as the forward does"),
+           "the partner (−x₂, x₁) detached: the gradient is dy·cos, not dy turned by −angle"),
 ]

@@ -1,10 +1,12 @@
 """Wrong implementations of the text chapter that a learner could plausibly write."""
 
+import glob
 import json
 import re
 import time
 import unicodedata
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
@@ -13,6 +15,18 @@ import llmkata.reference.text as ref
 from . import Mutant
 
 # ---------------------------------------------------------------- loading
+
+
+def _files(paths):
+    """The files a path, a folder (its *.txt, recursively), a glob pattern or a list of them names, sorted per entry."""
+    for entry in [paths] if isinstance(paths, (str, Path)) else paths:
+        entry = Path(entry)
+        if entry.is_dir():
+            yield from sorted(entry.rglob("*.txt"))
+        elif glob.has_magic(str(entry)):
+            yield from (Path(match) for match in sorted(glob.glob(str(entry), recursive=True)))
+        else:
+            yield entry
 
 
 def default_corpus_as_a_list():
@@ -38,7 +52,7 @@ def load_text_files_eagerly(paths, errors="strict"):
 
 
 def load_text_files_ignoring_bad_bytes(paths, errors="strict"):
-    for path in ref._expand(paths):
+    for path in _files(paths):
         yield path.read_bytes().decode("utf-8", errors="ignore")
 
 
@@ -51,7 +65,7 @@ def load_jsonl_skipping_empty_documents(paths, field="text", errors="strict"):
 
 
 def load_jsonl_skipping_lines_without_the_field(paths, field="text", errors="strict"):
-    for path in ref._expand(paths):
+    for path in _files(paths):
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 record = json.loads(line)
@@ -78,8 +92,18 @@ def clean_without_unicode_normalization(text, form="NFC"):
     return ref.normalize_whitespace(ref.remove_control_characters(text))
 
 
+_LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # where str.splitlines() breaks
+
+
+def _plain_space(ch):
+    """A line break as '\\n', any other whitespace but the tab as ' ', everything else unchanged."""
+    if ch in _LINE_BREAKS:
+        return "\n"
+    return " " if ch.isspace() and ch != "\t" else ch
+
+
 def normalize_whitespace_collapsing_blank_lines_once(text):
-    text = text.replace("\r\n", "\n").translate(ref._SPACES)
+    text = "".join(_plain_space(ch) for ch in text.replace("\r\n", "\n"))
     text = re.sub(r"[ \t]+\n", "\n", text)
     return text.replace("\n\n\n", "\n\n").strip(" \t\n")
 
@@ -97,7 +121,8 @@ def normalize_whitespace_doubling_crlf(text):
 
 
 def remove_every_control_character(text):
-    return "".join(ch for ch in text if unicodedata.category(ch) != "Cc").translate(ref._CONTROLS)
+    kept = "".join(ch for ch in text if unicodedata.category(ch) != "Cc")
+    return kept.replace("\ufeff", "").replace("\u200b", "")
 
 
 def remove_format_characters_too(text):
@@ -246,9 +271,17 @@ def near_dedup_comparing_with_the_previous_document_only(docs, threshold=0.8, nu
         previous = signature
 
 
+def _bands_for(threshold, num_perm):
+    """The fewest bands that make a pair at the threshold a candidate with probability 0.99."""
+    for bands in range(1, num_perm + 1):
+        if 1 - (1 - threshold ** (num_perm // bands)) ** bands >= 0.99:
+            return bands
+    return num_perm
+
+
 def near_dedup_trusting_lsh_candidates(docs, threshold=0.8, num_perm=128, bands=None, ngram=5, seed=0, report=None):
     """Drops every document that shares a band with a kept one, without confirming the estimated Jaccard."""
-    bands = bands or ref._choose_bands(threshold, num_perm)
+    bands = bands or _bands_for(threshold, num_perm)
     rows = num_perm // bands
     docs = list(docs)
     signatures = ref.minhash_signatures(docs, num_perm, ngram, seed)
