@@ -7,20 +7,26 @@ from torch import nn
 
 import llmkata.reference.attention as ref
 
-from . import Mutant
+from . import mutant
 
 # ---------------------------------------------------------------- the mask and the operation
 
 
+@mutant("attention.causal_mask", "test_causal_mask_lets_query_i_see_keys_up_to_i_plus_offset",
+        why="j < i: a token cannot see itself")
 def mask_without_the_diagonal(n_queries, n_keys=None, offset=0, device=None):
     return ref.causal_mask(n_queries, n_keys, offset - 1, device)
 
 
+@mutant("attention.causal_mask", "test_causal_mask_lets_query_i_see_keys_up_to_i_plus_offset",
+        why="the query offset is ignored")
 def mask_ignoring_the_offset(n_queries, n_keys=None, offset=0, device=None):
     n_keys = offset + n_queries if n_keys is None else n_keys
     return ref.causal_mask(n_queries, n_keys, 0, device)
 
 
+@mutant("attention.causal_mask", "test_causal_mask_lets_query_i_see_keys_up_to_i_plus_offset",
+        why="n_keys defaults to n_queries")
 def mask_with_default_square(n_queries, n_keys=None, offset=0, device=None):
     return ref.causal_mask(n_queries, n_queries if n_keys is None else n_keys, offset, device)
 
@@ -29,10 +35,14 @@ def _scores(q, k, scale):
     return (q @ k.transpose(-2, -1)) * (1 / math.sqrt(q.shape[-1]) if scale is None else scale)
 
 
+@mutant("attention.attention_weights", "test_attention_weights_are_rows_summing_to_one",
+        why="scores divided by d instead of √d")
 def weights_scaled_by_one_over_d(q, k, mask=None, is_causal=False, scale=None):
     return ref.attention_weights(q, k, mask, is_causal, 1 / q.shape[-1] if scale is None else scale)
 
 
+@mutant("attention.attention_weights", "test_attention_weights_are_rows_summing_to_one",
+        why="softmax over the queries (dim −2)")
 def weights_normalised_over_queries(q, k, mask=None, is_causal=False, scale=None):
     scores = _scores(q, k, scale)
     allowed = ref.causal_mask(q.shape[-2], k.shape[-2], k.shape[-2] - q.shape[-2]) if is_causal else mask
@@ -41,6 +51,8 @@ def weights_normalised_over_queries(q, k, mask=None, is_causal=False, scale=None
     return torch.nan_to_num(torch.softmax(scores, dim=-2))
 
 
+@mutant("attention.attention_weights", "test_attention_weights_are_rows_summing_to_one",
+        why="mask applied after normalising")
 def weights_masked_after_the_softmax(q, k, mask=None, is_causal=False, scale=None):
     """Zeroes masked weights after normalising over every key: rows no longer sum to 1."""
     weights = torch.softmax(_scores(q, k, scale), -1)
@@ -50,6 +62,8 @@ def weights_masked_after_the_softmax(q, k, mask=None, is_causal=False, scale=Non
     return weights if allowed is None else weights * allowed
 
 
+@mutant("attention.attention_weights", "test_fully_masked_rows_give_zero_not_nan",
+        why="masked_fill(−inf) + softmax gives NaN on empty rows")
 def weights_with_naive_masking(q, k, mask=None, is_causal=False, scale=None):
     """masked_fill(−inf) then softmax: NaN on fully masked rows."""
     scores = _scores(q, k, scale)
@@ -68,10 +82,26 @@ def _sdpa_from(weights):
     return scaled_dot_product_attention
 
 
+mutant("attention.scaled_dot_product_attention", "test_attention_equals_softmax_of_scaled_scores_times_v_in_float64",
+       why="scores divided by d")(_sdpa_from(weights_scaled_by_one_over_d))
+
+
+mutant("attention.scaled_dot_product_attention", "test_attention_equals_softmax_of_scaled_scores_times_v_in_float64",
+       why="softmax over the queries")(_sdpa_from(weights_normalised_over_queries))
+
+
+mutant("attention.scaled_dot_product_attention", "test_fully_masked_rows_give_zero_not_nan",
+       why="NaN on fully masked rows")(_sdpa_from(weights_with_naive_masking))
+
+
+@mutant("attention.scaled_dot_product_attention", "test_attention_equals_softmax_of_scaled_scores_times_v_in_float64",
+        why="the boolean mask is ignored")
 def sdpa_ignoring_the_mask(q, k, v, mask=None, is_causal=False, scale=None):
     return ref.scaled_dot_product_attention(q, k, v, None, is_causal, scale)
 
 
+@mutant("attention.scaled_dot_product_attention", "test_attention_equals_softmax_of_scaled_scores_times_v_in_float64",
+        why="is_causal aligns query i with key i even when there are more keys than queries")
 def sdpa_causal_from_the_top_left(q, k, v, mask=None, is_causal=False, scale=None):
     """torch's convention for is_causal with Tq != Tk: query i sees keys 0..i, wrong for cached decoding."""
     if is_causal:
@@ -80,6 +110,9 @@ def sdpa_causal_from_the_top_left(q, k, v, mask=None, is_causal=False, scale=Non
     return ref.scaled_dot_product_attention(q, k, v, mask, False, scale)
 
 
+@mutant("attention.scaled_dot_product_attention", "test_output_at_t_ignores_inputs_after_t",
+        "test_attention_equals_softmax_of_scaled_scores_times_v_in_float64",
+        why="the mask is off by one")
 def sdpa_seeing_one_step_ahead(q, k, v, mask=None, is_causal=False, scale=None):
     if is_causal:
         ahead = ref.causal_mask(q.shape[-2], k.shape[-2], k.shape[-2] - q.shape[-2] + 1)
@@ -87,10 +120,14 @@ def sdpa_seeing_one_step_ahead(q, k, v, mask=None, is_causal=False, scale=None):
     return ref.scaled_dot_product_attention(q, k, v, mask, False, scale)
 
 
+@mutant("attention.scaled_dot_product_attention", "test_rejects_mismatched_dtypes_and_devices",
+        why="casts k and v to q's dtype and device")
 def sdpa_casting_silently(q, k, v, mask=None, is_causal=False, scale=None):
     return ref.scaled_dot_product_attention(q, k.to(q), v.to(q), mask, is_causal, scale)
 
 
+@mutant("attention.repeat_kv", "test_repeat_kv_gives_query_head_h_the_kv_head_h_over_n_rep",
+        why="tiles heads [k0, k1, k0, k1]")
 def repeat_kv_tiled(x, n_rep):
     return x.repeat(1, n_rep, 1, 1)
 
@@ -98,6 +135,8 @@ def repeat_kv_tiled(x, n_rep):
 # ---------------------------------------------------------------- the module
 
 
+@mutant("attention.CausalSelfAttention", "test_attention_module_equals_the_per_head_definition_in_float64",
+        why="view(B, H, T, hd) without transpose")
 class AttentionWithHeadsSplitWrong(ref.CausalSelfAttention):
     """Views (B, T, H·hd) as (B, H, T, hd) directly: mixes positions and heads."""
 
@@ -149,6 +188,9 @@ AttentionFlatteningTheBatch = _module_with("AttentionFlatteningTheBatch", flatte
 AttentionIgnoringUseRope = _module_with("AttentionIgnoringUseRope")  # rotates q and k whatever use_rope says
 
 
+@mutant("attention.CausalSelfAttention", "test_rejects_d_model_not_divisible_by_n_heads",
+        "test_rejects_n_heads_not_divisible_by_n_kv_heads",
+        why="head sizes floored instead of refused")
 class AttentionWithoutShapeChecks(ref.CausalSelfAttention):
     """Floors d_model / n_heads and n_heads / n_kv_heads instead of refusing."""
 
@@ -170,6 +212,8 @@ class _WrappingRotary(ref.RotaryEmbedding):
         return super().forward(x, positions % self.max_positions)
 
 
+@mutant("attention.CausalSelfAttention", "test_rejects_more_positions_than_the_cache_holds",
+        why="positions past the context wrap around")
 class AttentionWrappingPositions(ref.CausalSelfAttention):
     """Positions past the RoPE table wrap around instead of being refused."""
 
@@ -182,6 +226,9 @@ class AttentionWrappingPositions(ref.CausalSelfAttention):
 # ---------------------------------------------------------------- the cache
 
 
+@mutant("attention.KVCache", "test_cached_decoding_equals_the_full_forward_at_any_split",
+        "test_kv_cache_returns_everything_stored_so_far",
+        why="every update overwrites position 0")
 class CacheThatNeverAdvances(ref.KVCache):
     """Writes every update at position 0: only the newest keys are returned."""
 
@@ -190,6 +237,8 @@ class CacheThatNeverAdvances(ref.KVCache):
         return super().update(k, v)
 
 
+@mutant("attention.KVCache", "test_rejects_more_positions_than_the_cache_holds",
+        why="writes past its end (a shape error from torch)")
 class CacheWithoutCapacityCheck(ref.KVCache):
     def update(self, k, v):
         start, end = self.length, self.length + k.shape[2]
@@ -199,6 +248,7 @@ class CacheWithoutCapacityCheck(ref.KVCache):
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
+@mutant("attention.KVCache", "test_rejects_mismatched_dtypes_and_devices", why="casts keys to its own dtype")
 class CacheCastingSilently(ref.KVCache):
     def update(self, k, v):
         return super().update(k.to(self.k), v.to(self.v))
@@ -221,6 +271,8 @@ def _masked_scores(q, k, mask, is_causal, scale):
     return scores.masked_fill(~allowed, float("-inf")).masked_fill(~sees, 0.0), sees
 
 
+@mutant("attention.scaled_dot_product_attention", "test_attention_gradients_equal_those_of_the_definition_in_float64",
+        why="the softmax's denominator taken as a constant: ds = P ⊙ dP, the cross term lost")
 def sdpa_with_a_detached_normaliser(q, k, v, mask=None, is_causal=False, scale=None):
     """Divides by Σ exp(s − m) computed under no_grad, to save its graph: the right weights, but the gradient
     of the scores loses the softmax's cross term."""
@@ -232,6 +284,8 @@ def sdpa_with_a_detached_normaliser(q, k, v, mask=None, is_causal=False, scale=N
     return (weights if sees is None else weights * sees) @ v
 
 
+@mutant("attention.scaled_dot_product_attention", "test_attention_gradients_equal_those_of_the_definition_in_float64",
+        why="zeroes the rows that see no key in place, over the tensor softmax's backward pass needs")
 def sdpa_zeroing_empty_rows_in_place(q, k, v, mask=None, is_causal=False, scale=None):
     """weights.mul_(sees) overwrites the softmax output that softmax's backward pass needs: the right values, and no
     gradient at all once a mask is given."""
@@ -242,72 +296,26 @@ def sdpa_zeroing_empty_rows_in_place(q, k, v, mask=None, is_causal=False, scale=
     return weights @ v
 
 
-MUTANTS = [
-    Mutant("attention.causal_mask", mask_without_the_diagonal,
-           ("test_causal_mask_lets_query_i_see_keys_up_to_i_plus_offset",), "j < i: a token cannot see itself"),
-    Mutant("attention.causal_mask", mask_ignoring_the_offset,
-           ("test_causal_mask_lets_query_i_see_keys_up_to_i_plus_offset",), "the query offset is ignored"),
-    Mutant("attention.causal_mask", mask_with_default_square,
-           ("test_causal_mask_lets_query_i_see_keys_up_to_i_plus_offset",), "n_keys defaults to n_queries"),
-    Mutant("attention.attention_weights", weights_scaled_by_one_over_d,
-           ("test_attention_weights_are_rows_summing_to_one",), "scores divided by d instead of √d"),
-    Mutant("attention.attention_weights", weights_normalised_over_queries,
-           ("test_attention_weights_are_rows_summing_to_one",), "softmax over the queries (dim −2)"),
-    Mutant("attention.attention_weights", weights_masked_after_the_softmax,
-           ("test_attention_weights_are_rows_summing_to_one",), "mask applied after normalising"),
-    Mutant("attention.attention_weights", weights_with_naive_masking,
-           ("test_fully_masked_rows_give_zero_not_nan",), "masked_fill(−inf) + softmax gives NaN on empty rows"),
-    Mutant("attention.scaled_dot_product_attention", _sdpa_from(weights_scaled_by_one_over_d),
-           ("test_attention_equals_softmax_of_scaled_scores_times_v_in_float64",), "scores divided by d"),
-    Mutant("attention.scaled_dot_product_attention", _sdpa_from(weights_normalised_over_queries),
-           ("test_attention_equals_softmax_of_scaled_scores_times_v_in_float64",), "softmax over the queries"),
-    Mutant("attention.scaled_dot_product_attention", _sdpa_from(weights_with_naive_masking),
-           ("test_fully_masked_rows_give_zero_not_nan",), "NaN on fully masked rows"),
-    Mutant("attention.scaled_dot_product_attention", sdpa_ignoring_the_mask,
-           ("test_attention_equals_softmax_of_scaled_scores_times_v_in_float64",), "the boolean mask is ignored"),
-    Mutant("attention.scaled_dot_product_attention", sdpa_causal_from_the_top_left,
-           ("test_attention_equals_softmax_of_scaled_scores_times_v_in_float64",),
-           "is_causal aligns query i with key i even when there are more keys than queries"),
-    Mutant("attention.scaled_dot_product_attention", sdpa_seeing_one_step_ahead,
-           ("test_output_at_t_ignores_inputs_after_t",
-            "test_attention_equals_softmax_of_scaled_scores_times_v_in_float64"), "the mask is off by one"),
-    Mutant("attention.scaled_dot_product_attention", sdpa_casting_silently,
-           ("test_rejects_mismatched_dtypes_and_devices",), "casts k and v to q's dtype and device"),
-    Mutant("attention.repeat_kv", repeat_kv_tiled,
-           ("test_repeat_kv_gives_query_head_h_the_kv_head_h_over_n_rep",), "tiles heads [k0, k1, k0, k1]"),
-    Mutant("attention.CausalSelfAttention", AttentionWithHeadsSplitWrong,
-           ("test_attention_module_equals_the_per_head_definition_in_float64",), "view(B, H, T, hd) without transpose"),
-    Mutant("attention.CausalSelfAttention", AttentionWithoutRopeOnKeys,
-           ("test_attention_module_equals_the_per_head_definition_in_float64",), "RoPE on queries only"),
-    Mutant("attention.CausalSelfAttention", AttentionWithTiledGroups,
-           ("test_gqa_equals_mha_with_each_kv_head_repeated_for_its_group",
-            "test_attention_module_equals_the_per_head_definition_in_float64"), "GQA groups tiled, not consecutive"),
-    Mutant("attention.CausalSelfAttention", AttentionNotCausal,
-           ("test_attention_module_output_at_t_ignores_inputs_after_t",), "attention without the causal mask"),
-    Mutant("attention.CausalSelfAttention", AttentionIgnoringUseRope,
-           ("test_attention_without_rope_sees_no_positions",), "use_rope=False still rotates q and k"),
-    Mutant("attention.CausalSelfAttention", AttentionFlatteningTheBatch,
-           ("test_batch_elements_are_independent",), "the batch flattened into one long sequence"),
-    Mutant("attention.CausalSelfAttention", AttentionRestartingPositions,
-           ("test_cached_decoding_equals_the_full_forward_at_any_split",),
-           "new tokens rotated from position 0 instead of after the cached ones"),
-    Mutant("attention.CausalSelfAttention", AttentionWithoutShapeChecks,
-           ("test_rejects_d_model_not_divisible_by_n_heads", "test_rejects_n_heads_not_divisible_by_n_kv_heads"),
-           "head sizes floored instead of refused"),
-    Mutant("attention.CausalSelfAttention", AttentionWrappingPositions,
-           ("test_rejects_more_positions_than_the_cache_holds",), "positions past the context wrap around"),
-    Mutant("attention.KVCache", CacheThatNeverAdvances,
-           ("test_cached_decoding_equals_the_full_forward_at_any_split",
-            "test_kv_cache_returns_everything_stored_so_far"),
-           "every update overwrites position 0"),
-    Mutant("attention.KVCache", CacheWithoutCapacityCheck,
-           ("test_rejects_more_positions_than_the_cache_holds",), "writes past its end (a shape error from torch)"),
-    Mutant("attention.KVCache", CacheCastingSilently,
-           ("test_rejects_mismatched_dtypes_and_devices",), "casts keys to its own dtype"),
-    Mutant("attention.scaled_dot_product_attention", sdpa_with_a_detached_normaliser,
-           ("test_attention_gradients_equal_those_of_the_definition_in_float64",),
-           "the softmax's denominator taken as a constant: ds = P ⊙ dP, the cross term lost"),
-    Mutant("attention.scaled_dot_product_attention", sdpa_zeroing_empty_rows_in_place,
-           ("test_attention_gradients_equal_those_of_the_definition_in_float64",),
-           "zeroes the rows that see no key in place, over the tensor softmax's backward pass needs"),
-]
+mutant("attention.CausalSelfAttention", "test_attention_module_equals_the_per_head_definition_in_float64",
+       why="RoPE on queries only")(AttentionWithoutRopeOnKeys)
+
+
+mutant("attention.CausalSelfAttention", "test_gqa_equals_mha_with_each_kv_head_repeated_for_its_group",
+       "test_attention_module_equals_the_per_head_definition_in_float64",
+       why="GQA groups tiled, not consecutive")(AttentionWithTiledGroups)
+
+
+mutant("attention.CausalSelfAttention", "test_attention_module_output_at_t_ignores_inputs_after_t",
+       why="attention without the causal mask")(AttentionNotCausal)
+
+
+mutant("attention.CausalSelfAttention", "test_attention_without_rope_sees_no_positions",
+       why="use_rope=False still rotates q and k")(AttentionIgnoringUseRope)
+
+
+mutant("attention.CausalSelfAttention", "test_batch_elements_are_independent",
+       why="the batch flattened into one long sequence")(AttentionFlatteningTheBatch)
+
+
+mutant("attention.CausalSelfAttention", "test_cached_decoding_equals_the_full_forward_at_any_split",
+       why="new tokens rotated from position 0 instead of after the cached ones")(AttentionRestartingPositions)

@@ -8,20 +8,24 @@ import torch
 
 import llmkata.reference.data as ref
 
-from . import Mutant
+from . import mutant
 
 # ---------------------------------------------------------------- split
 
 
+@mutant("data.train_val_split", "test_split_is_disjoint_and_covers_every_document",
+        why="validation documents stay in train too")
 def train_val_split_keeping_everything_in_train(docs, val_fraction=0.1, salt=""):
     docs = list(docs)
     return docs, [doc for doc in docs if ref.is_validation(doc, val_fraction, salt)]
 
 
+@mutant("data.is_validation", "test_split_is_disjoint_and_covers_every_document", why="a coin flip instead of a hash")
 def is_validation_by_a_random_draw(text, val_fraction=0.1, salt=""):
     return random.random() < val_fraction
 
 
+@mutant("data.train_val_split", "test_split_is_stable_under_reordering_and_growth", why="every k-th document")
 def train_val_split_by_position(docs, val_fraction=0.1, salt=""):
     """Every k-th document to validation: right fraction, but a document's side depends on its position."""
     train, val = [], []
@@ -31,10 +35,13 @@ def train_val_split_by_position(docs, val_fraction=0.1, salt=""):
     return train, val
 
 
+@mutant("data.is_validation", "test_validation_fraction_is_within_the_hoeffding_bound",
+        why="u > f: the fraction is 1 - f")
 def is_validation_comparing_the_wrong_way(text, val_fraction=0.1, salt=""):
     return not ref.is_validation(text, val_fraction, salt)  # u >= f: validation gets 1 - f
 
 
+@mutant("data.is_validation", "test_validation_fraction_is_within_the_hoeffding_bound", why="ignores the salt")
 def is_validation_ignoring_the_salt(text, val_fraction=0.1, salt=""):
     return ref.is_validation(text, val_fraction)
 
@@ -42,6 +49,8 @@ def is_validation_ignoring_the_salt(text, val_fraction=0.1, salt=""):
 # ---------------------------------------------------------------- tokenize and pack
 
 
+@mutant("data.token_dtype", "test_token_dtype_is_the_smallest_that_fits",
+        why="a vocabulary of exactly 65536 ids fits uint16")
 def token_dtype_off_by_one(vocab_size):
     return np.dtype(np.uint16 if vocab_size < 2**16 else np.uint32)
 
@@ -55,20 +64,29 @@ def _pack_unchecked(docs, tokenizer, eot_id, path, dtype, between_only=False):
     np.save(path, np.array(ids, dtype=np.int64).astype(dtype))  # astype wraps ids that do not fit
 
 
+@mutant("data.tokenize_and_pack", "test_packed_stream_is_each_document_followed_by_eot",
+        why="no end-of-text after the last document")
 def tokenize_and_pack_eot_between_documents_only(docs, tokenizer, eot_id, path, vocab_size, num_workers=1):
     _pack_unchecked(docs, tokenizer, eot_id, path, ref.token_dtype(vocab_size), between_only=True)
     return np.load(path, mmap_mode="r")
 
 
+@mutant("data.tokenize_and_pack", "test_packed_stream_is_each_document_followed_by_eot",
+        why="loads the stream into memory")
 def tokenize_and_pack_returning_an_array_in_memory(docs, tokenizer, eot_id, path, vocab_size, num_workers=1):
     return np.array(ref.tokenize_and_pack(docs, tokenizer, eot_id, path, vocab_size, num_workers))
 
 
+@mutant("data.tokenize_and_pack", "test_large_vocabularies_pack_as_uint32",
+        "test_rejects_token_ids_outside_the_vocabulary",
+        why="uint16 whatever the vocabulary, no range check")
 def tokenize_and_pack_always_uint16(docs, tokenizer, eot_id, path, vocab_size, num_workers=1):
     _pack_unchecked(docs, tokenizer, eot_id, path, np.uint16)
     return np.load(path, mmap_mode="r")
 
 
+@mutant("data.tokenize_and_pack", "test_packing_with_workers_equals_packing_in_one_process",
+        why="worker shards change the order")
 def tokenize_and_pack_interleaving_worker_shards(docs, tokenizer, eot_id, path, vocab_size, num_workers=1):
     """Deals documents round-robin to the workers and concatenates their outputs: the corpus order is lost."""
     docs = list(docs)
@@ -76,6 +94,8 @@ def tokenize_and_pack_interleaving_worker_shards(docs, tokenizer, eot_id, path, 
     return ref.tokenize_and_pack([doc for shard in shards for doc in shard], tokenizer, eot_id, path, vocab_size)
 
 
+@mutant("data.tokenize_and_pack", "test_packing_writes_atomically",
+        why="truncates the old file before the new one is complete")
 def tokenize_and_pack_writing_in_place(docs, tokenizer, eot_id, path, vocab_size, num_workers=1):
     with open(path, "wb") as file:
         ids = []
@@ -85,6 +105,7 @@ def tokenize_and_pack_writing_in_place(docs, tokenizer, eot_id, path, vocab_size
     return np.load(path, mmap_mode="r")
 
 
+@mutant("data.tokenize_and_pack", "test_packing_writes_atomically", why="a failure leaves the temporary file behind")
 def tokenize_and_pack_leaving_its_temporary_file(docs, tokenizer, eot_id, path, vocab_size, num_workers=1):
     """Streams raw tokens to a temporary file, then converts it; an error on the way leaves it behind."""
     dtype = ref.token_dtype(vocab_size)
@@ -97,6 +118,7 @@ def tokenize_and_pack_leaving_its_temporary_file(docs, tokenizer, eot_id, path, 
     return np.load(path, mmap_mode="r")
 
 
+@mutant("data.tokenize_and_pack", "test_rejects_an_empty_corpus", why="an empty corpus gives an empty file")
 def tokenize_and_pack_writing_an_empty_file(docs, tokenizer, eot_id, path, vocab_size, num_workers=1):
     docs = list(docs)
     if not docs:
@@ -112,22 +134,26 @@ def _rows(tokens, starts, length):
     return torch.from_numpy(np.stack([np.asarray(tokens[s:s + length]).astype(np.int64) for s in starts]))
 
 
+@mutant("data.get_batch", "test_batches_are_windows_of_the_stream_with_y_shifted_by_one", why="y = x")
 def get_batch_without_the_shift(tokens, batch_size, context_length, generator, device=None):
     x, _ = ref.get_batch(tokens, batch_size, context_length, generator, device)
     return x, x.clone()
 
 
+@mutant("data.get_batch", "test_batches_are_windows_of_the_stream_with_y_shifted_by_one", why="int32 batches")
 def get_batch_as_int32(tokens, batch_size, context_length, generator, device=None):
     x, y = ref.get_batch(tokens, batch_size, context_length, generator, device)
     return x.int(), y.int()
 
 
+@mutant("data.get_batch", "test_every_start_offset_is_reachable", why="randint's high is exclusive: one offset too few")
 def get_batch_missing_the_last_offset(tokens, batch_size, context_length, generator, device=None):
     starts = torch.randint(len(tokens) - context_length - 1, (batch_size,), generator=generator).tolist()
     rows = _rows(tokens, starts, context_length + 1)
     return rows[:, :-1], rows[:, 1:]
 
 
+@mutant("data.get_batch", "test_every_start_offset_is_reachable", why="only offsets that are multiples of T")
 def get_batch_from_aligned_chunks(tokens, batch_size, context_length, generator, device=None):
     chunks = (len(tokens) - 1) // context_length
     starts = (torch.randint(chunks, (batch_size,), generator=generator) * context_length).tolist()
@@ -135,16 +161,20 @@ def get_batch_from_aligned_chunks(tokens, batch_size, context_length, generator,
     return rows[:, :-1], rows[:, 1:]
 
 
+@mutant("data.get_batch", "test_same_seed_gives_same_batches", why="ignores the generator passed in")
 def get_batch_from_the_global_generator(tokens, batch_size, context_length, generator, device=None):
     starts = torch.randint(len(tokens) - context_length, (batch_size,)).tolist()
     rows = _rows(tokens, starts, context_length + 1)
     return rows[:, :-1], rows[:, 1:]
 
 
+@mutant("data.get_batch", "test_rejects_a_context_longer_than_the_data", why="shortens the window silently")
 def get_batch_shortening_the_window(tokens, batch_size, context_length, generator, device=None):
     return ref.get_batch(tokens, batch_size, min(context_length, len(tokens) - 1), generator, device)
 
 
+@mutant("data.sequential_batches", "test_sequential_batches_cover_every_target_exactly_once",
+        why="drops the short last window")
 def sequential_batches_dropping_the_last_window(tokens, batch_size, context_length, device=None):
     for x, y in ref.sequential_batches(tokens, batch_size, context_length, device):
         keep = (y != -100).all(dim=1)
@@ -152,6 +182,8 @@ def sequential_batches_dropping_the_last_window(tokens, batch_size, context_leng
             yield x[keep], y[keep]
 
 
+@mutant("data.sequential_batches", "test_sequential_batches_cover_every_target_exactly_once",
+        why="windows of T + 1 skip a target each")
 def sequential_batches_striding_by_t_plus_one(tokens, batch_size, context_length, device=None):
     starts = list(range(0, len(tokens) - 1, context_length + 1))
     for first in range(0, len(starts), batch_size):
@@ -164,76 +196,28 @@ def sequential_batches_striding_by_t_plus_one(tokens, batch_size, context_length
         yield torch.tensor(xs), torch.tensor(ys)
 
 
+@mutant("data.sequential_batches", "test_sequential_batches_cover_every_target_exactly_once",
+        why="pads targets with token 0")
 def sequential_batches_padding_targets_with_zero(tokens, batch_size, context_length, device=None):
     for x, y in ref.sequential_batches(tokens, batch_size, context_length, device):
         yield x, y.masked_fill(y == -100, 0)
 
 
+@mutant("data.document_ids", "test_document_ids_count_documents_from_zero",
+        why="the end-of-text token opens the next document")
 def document_ids_starting_after_the_eot(x, eot_id):
     return torch.cumsum((x == eot_id).long(), dim=-1)
 
 
+@mutant("data.document_mask", "test_document_mask_never_crosses_a_document_boundary", why="forgets the causal part")
 def document_mask_without_causality(x, eot_id):
     ids = ref.document_ids(x, eot_id)
     return ids[..., :, None] == ids[..., None, :]
 
 
+@mutant("data.document_mask", "test_document_mask_never_crosses_a_document_boundary",
+        why="the end-of-text token opens the next document")
 def document_mask_putting_eot_in_the_next_document(x, eot_id):
     ids = torch.cumsum((x == eot_id).long(), dim=-1)
     causal = torch.ones(x.shape[-1], x.shape[-1], dtype=torch.bool).tril()
     return causal & (ids[..., :, None] == ids[..., None, :])
-
-
-MUTANTS = [
-    Mutant("data.train_val_split", train_val_split_keeping_everything_in_train,
-           ("test_split_is_disjoint_and_covers_every_document",), "validation documents stay in train too"),
-    Mutant("data.is_validation", is_validation_by_a_random_draw,
-           ("test_split_is_disjoint_and_covers_every_document",), "a coin flip instead of a hash"),
-    Mutant("data.train_val_split", train_val_split_by_position,
-           ("test_split_is_stable_under_reordering_and_growth",), "every k-th document"),
-    Mutant("data.is_validation", is_validation_comparing_the_wrong_way,
-           ("test_validation_fraction_is_within_the_hoeffding_bound",), "u > f: the fraction is 1 - f"),
-    Mutant("data.is_validation", is_validation_ignoring_the_salt,
-           ("test_validation_fraction_is_within_the_hoeffding_bound",), "ignores the salt"),
-    Mutant("data.token_dtype", token_dtype_off_by_one, ("test_token_dtype_is_the_smallest_that_fits",),
-           "a vocabulary of exactly 65536 ids fits uint16"),
-    Mutant("data.tokenize_and_pack", tokenize_and_pack_eot_between_documents_only,
-           ("test_packed_stream_is_each_document_followed_by_eot",), "no end-of-text after the last document"),
-    Mutant("data.tokenize_and_pack", tokenize_and_pack_returning_an_array_in_memory,
-           ("test_packed_stream_is_each_document_followed_by_eot",), "loads the stream into memory"),
-    Mutant("data.tokenize_and_pack", tokenize_and_pack_interleaving_worker_shards,
-           ("test_packing_with_workers_equals_packing_in_one_process",), "worker shards change the order"),
-    Mutant("data.tokenize_and_pack", tokenize_and_pack_always_uint16,
-           ("test_large_vocabularies_pack_as_uint32", "test_rejects_token_ids_outside_the_vocabulary"),
-           "uint16 whatever the vocabulary, no range check"),
-    Mutant("data.tokenize_and_pack", tokenize_and_pack_writing_in_place,
-           ("test_packing_writes_atomically",), "truncates the old file before the new one is complete"),
-    Mutant("data.tokenize_and_pack", tokenize_and_pack_leaving_its_temporary_file,
-           ("test_packing_writes_atomically",), "a failure leaves the temporary file behind"),
-    Mutant("data.tokenize_and_pack", tokenize_and_pack_writing_an_empty_file,
-           ("test_rejects_an_empty_corpus",), "an empty corpus gives an empty file"),
-    Mutant("data.get_batch", get_batch_without_the_shift,
-           ("test_batches_are_windows_of_the_stream_with_y_shifted_by_one",), "y = x"),
-    Mutant("data.get_batch", get_batch_as_int32,
-           ("test_batches_are_windows_of_the_stream_with_y_shifted_by_one",), "int32 batches"),
-    Mutant("data.get_batch", get_batch_missing_the_last_offset, ("test_every_start_offset_is_reachable",),
-           "randint's high is exclusive: one offset too few"),
-    Mutant("data.get_batch", get_batch_from_aligned_chunks, ("test_every_start_offset_is_reachable",),
-           "only offsets that are multiples of T"),
-    Mutant("data.get_batch", get_batch_from_the_global_generator, ("test_same_seed_gives_same_batches",),
-           "ignores the generator passed in"),
-    Mutant("data.get_batch", get_batch_shortening_the_window, ("test_rejects_a_context_longer_than_the_data",),
-           "shortens the window silently"),
-    Mutant("data.sequential_batches", sequential_batches_dropping_the_last_window,
-           ("test_sequential_batches_cover_every_target_exactly_once",), "drops the short last window"),
-    Mutant("data.sequential_batches", sequential_batches_striding_by_t_plus_one,
-           ("test_sequential_batches_cover_every_target_exactly_once",), "windows of T + 1 skip a target each"),
-    Mutant("data.sequential_batches", sequential_batches_padding_targets_with_zero,
-           ("test_sequential_batches_cover_every_target_exactly_once",), "pads targets with token 0"),
-    Mutant("data.document_ids", document_ids_starting_after_the_eot,
-           ("test_document_ids_count_documents_from_zero",), "the end-of-text token opens the next document"),
-    Mutant("data.document_mask", document_mask_without_causality,
-           ("test_document_mask_never_crosses_a_document_boundary",), "forgets the causal part"),
-    Mutant("data.document_mask", document_mask_putting_eot_in_the_next_document,
-           ("test_document_mask_never_crosses_a_document_boundary",), "the end-of-text token opens the next document"),
-]

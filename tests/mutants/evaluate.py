@@ -8,9 +8,11 @@ import torch
 
 import llmkata.reference.evaluate as ref
 
-from . import Mutant
+from . import mutant
 
 
+@mutant("evaluate.evaluate_loss", "test_evaluate_loss_is_the_mean_nll_over_tokens_not_batches",
+        why="averages per-batch means")
 def loss_as_a_mean_of_batch_means(model, batches):
     means, count = [], 0
     for x, y in batches:
@@ -20,6 +22,8 @@ def loss_as_a_mean_of_batch_means(model, batches):
     return sum(means) / len(means), count
 
 
+@mutant("evaluate.evaluate_loss", "test_evaluate_loss_is_the_mean_nll_over_tokens_not_batches",
+        why="counts ignored positions")
 def loss_counting_ignored_positions(model, batches):
     batches = list(batches)
     loss, count = ref.evaluate_loss(model, batches)
@@ -27,12 +31,16 @@ def loss_counting_ignored_positions(model, batches):
     return loss * count / everything, everything
 
 
+@mutant("evaluate.evaluate_loss", "test_evaluation_leaves_the_model_as_it_was",
+        why="switches to eval mode and never back")
 def loss_leaving_the_model_in_eval_mode(model, batches):
     result = ref.evaluate_loss(model, batches)
     model.eval()
     return result
 
 
+@mutant("evaluate.evaluate_loss", "test_evaluation_leaves_the_model_as_it_was",
+        why="runs backward, leaving gradients in the model")
 def loss_with_gradients(model, batches):
     total, count = 0.0, 0
     for x, y in batches:
@@ -45,19 +53,28 @@ def loss_with_gradients(model, batches):
     return total / count, count
 
 
+@mutant("evaluate.perplexity", "test_perplexity_is_exp_of_the_mean_nll", why="2 ** loss with a loss in nats")
 def perplexity_base_two(mean_nll):
     return 2.0**mean_nll
 
 
+@mutant("evaluate.bits_per_byte", "test_bits_per_byte_is_the_total_nll_in_bits_over_the_bytes",
+        "test_bits_per_byte_does_not_depend_on_the_tokenizer",
+        why="divides the per-token loss by the bytes, forgetting the token count")
 def bits_per_byte_per_token(mean_nll, n_tokens, n_bytes):
     """Forgets the token count: the mean loss in bits, divided by bytes."""
     return mean_nll / math.log(2) / n_bytes * min(n_tokens, 1)
 
 
+@mutant("evaluate.bits_per_byte", "test_bits_per_byte_is_the_total_nll_in_bits_over_the_bytes",
+        "test_bits_per_byte_does_not_depend_on_the_tokenizer",
+        why="nats per byte")
 def bits_per_byte_in_nats(mean_nll, n_tokens, n_bytes):
     return mean_nll * n_tokens / n_bytes
 
 
+@mutant("evaluate.continuation_logprob", "test_continuation_logprob_is_the_chain_rule_sum",
+        why="scores each token with the logits at its own position")
 def logprob_off_by_one(model, context, continuation, context_length=None):
     """Scores each token by the logits at its own position instead of the one before."""
     ids = list(context) + list(continuation)
@@ -67,6 +84,8 @@ def logprob_off_by_one(model, context, continuation, context_length=None):
     return float(lp[-n:].gather(-1, torch.tensor(continuation)[:, None]).sum())
 
 
+@mutant("evaluate.continuation_logprob", "test_single_token_continuations_have_probabilities_summing_to_one",
+        why="sums logits, not log-probabilities")
 def logprob_of_logits(model, context, continuation, context_length=None):
     """Sums raw logits instead of log-probabilities."""
     ids = list(context) + list(continuation)
@@ -76,6 +95,8 @@ def logprob_of_logits(model, context, continuation, context_length=None):
     return float(z[-n - 1:-1].gather(-1, torch.tensor(continuation)[:, None]).sum())
 
 
+@mutant("evaluate.continuation_logprob", "test_continuation_logprob_crops_the_context_from_the_left",
+        why="crops the end instead of the start")
 def logprob_cropping_the_continuation(model, context, continuation, context_length=None):
     """Crops from the right: the end of the continuation is lost."""
     limit = model.config.max_seq_len
@@ -86,18 +107,25 @@ def logprob_cropping_the_continuation(model, context, continuation, context_leng
     return ref.continuation_logprob(model, context[:limit], kept, context_length)
 
 
+@mutant("evaluate.continuation_logprob", "test_continuation_logprob_crops_the_context_from_the_left", why="never crops")
 def logprob_not_cropping(model, context, continuation, context_length=None):
     return ref.continuation_logprob(model, context, continuation, context_length=10**9)
 
 
+@mutant("evaluate.continuation_logprob", "test_continuation_logprob_is_the_chain_rule_sum",
+        why="scores only the last token")
 def logprob_of_the_last_token_only(model, context, continuation, context_length=None):
     return ref.continuation_logprob(model, list(context) + list(continuation[:-1]), continuation[-1:], context_length)
 
 
+@mutant("evaluate.score_choices", "test_score_choices_scores_each_choice_by_its_log_likelihood",
+        why="divides by the token count")
 def scores_normalised_by_tokens(model, context, choices):
     return [ref.continuation_logprob(model, context, c) / max(1, len(c)) for c in choices]
 
 
+@mutant("evaluate.multiple_choice_accuracy", "test_multiple_choice_accuracy_picks_the_likeliest_choice",
+        why="normalises by the token count, not the byte length")
 def accuracy_normalising_by_tokens(model, tokenizer, tasks):
     right = right_norm = 0
     for task in tasks:
@@ -109,6 +137,8 @@ def accuracy_normalising_by_tokens(model, tokenizer, tasks):
     return {"accuracy": right / len(tasks), "accuracy_norm": right_norm / len(tasks), "n": len(tasks)}
 
 
+@mutant("evaluate.multiple_choice_accuracy", "test_multiple_choice_accuracy_picks_the_likeliest_choice",
+        why="argmin instead of argmax")
 def accuracy_picking_the_least_likely(model, tokenizer, tasks):
     right = 0
     for task in tasks:
@@ -119,6 +149,7 @@ def accuracy_picking_the_least_likely(model, tokenizer, tasks):
     return {**result, "accuracy": right / len(tasks)}
 
 
+@mutant("evaluate.load_choice_tasks", "test_rejects_a_malformed_task_file", why="accepts malformed lines silently")
 def load_tasks_without_checks(path):
     tasks = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
@@ -130,53 +161,10 @@ def load_tasks_without_checks(path):
     return tasks
 
 
+@mutant("evaluate.load_choice_tasks", "test_load_choice_tasks_reads_json_lines",
+        why="turns blank lines into empty tasks")
 def load_tasks_keeping_blank_lines(path):
     tasks = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         tasks.append(json.loads(line) if line.strip() else {"context": "", "choices": ["", ""], "label": 0})
     return tasks
-
-
-MUTANTS = [
-    Mutant("evaluate.evaluate_loss", loss_as_a_mean_of_batch_means,
-           ("test_evaluate_loss_is_the_mean_nll_over_tokens_not_batches",), "averages per-batch means"),
-    Mutant("evaluate.evaluate_loss", loss_counting_ignored_positions,
-           ("test_evaluate_loss_is_the_mean_nll_over_tokens_not_batches",), "counts ignored positions"),
-    Mutant("evaluate.evaluate_loss", loss_leaving_the_model_in_eval_mode,
-           ("test_evaluation_leaves_the_model_as_it_was",),
-           "switches to eval mode and never back"),
-    Mutant("evaluate.evaluate_loss", loss_with_gradients, ("test_evaluation_leaves_the_model_as_it_was",),
-           "runs backward, leaving gradients in the model"),
-    Mutant("evaluate.perplexity", perplexity_base_two, ("test_perplexity_is_exp_of_the_mean_nll",),
-           "2 ** loss with a loss in nats"),
-    Mutant("evaluate.bits_per_byte", bits_per_byte_per_token,
-           ("test_bits_per_byte_is_the_total_nll_in_bits_over_the_bytes",
-            "test_bits_per_byte_does_not_depend_on_the_tokenizer"),
-           "divides the per-token loss by the bytes, forgetting the token count"),
-    Mutant("evaluate.bits_per_byte", bits_per_byte_in_nats,
-           ("test_bits_per_byte_is_the_total_nll_in_bits_over_the_bytes",
-            "test_bits_per_byte_does_not_depend_on_the_tokenizer"),
-           "nats per byte"),
-    Mutant("evaluate.continuation_logprob", logprob_off_by_one, ("test_continuation_logprob_is_the_chain_rule_sum",),
-           "scores each token with the logits at its own position"),
-    Mutant("evaluate.continuation_logprob", logprob_of_logits,
-           ("test_single_token_continuations_have_probabilities_summing_to_one",),
-           "sums logits, not log-probabilities"),
-    Mutant("evaluate.continuation_logprob", logprob_cropping_the_continuation,
-           ("test_continuation_logprob_crops_the_context_from_the_left",), "crops the end instead of the start"),
-    Mutant("evaluate.continuation_logprob", logprob_not_cropping,
-           ("test_continuation_logprob_crops_the_context_from_the_left",), "never crops"),
-    Mutant("evaluate.continuation_logprob", logprob_of_the_last_token_only,
-           ("test_continuation_logprob_is_the_chain_rule_sum",), "scores only the last token"),
-    Mutant("evaluate.score_choices", scores_normalised_by_tokens,
-           ("test_score_choices_scores_each_choice_by_its_log_likelihood",), "divides by the token count"),
-    Mutant("evaluate.multiple_choice_accuracy", accuracy_normalising_by_tokens,
-           ("test_multiple_choice_accuracy_picks_the_likeliest_choice",),
-           "normalises by the token count, not the byte length"),
-    Mutant("evaluate.multiple_choice_accuracy", accuracy_picking_the_least_likely,
-           ("test_multiple_choice_accuracy_picks_the_likeliest_choice",), "argmin instead of argmax"),
-    Mutant("evaluate.load_choice_tasks", load_tasks_without_checks, ("test_rejects_a_malformed_task_file",),
-           "accepts malformed lines silently"),
-    Mutant("evaluate.load_choice_tasks", load_tasks_keeping_blank_lines, ("test_load_choice_tasks_reads_json_lines",),
-           "turns blank lines into empty tasks"),
-]

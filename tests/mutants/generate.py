@@ -6,42 +6,54 @@ import torch
 
 import llmkata.reference.generate as ref
 
-from . import Mutant
+from . import mutant
 
 # ---------------------------------------------------------------------------------------------- sampling
 
 
+@mutant("generate.sample_next", "test_temperature_zero_is_greedy", why="temperature 0 samples at temperature 1")
 def sample_ignoring_zero_temperature(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
     """Treats temperature 0 as 'no scaling' instead of greedy."""
     return ref.sample_next(logits, temperature or 1.0, top_k, top_p, generator)
 
 
+@mutant("generate.sample_next", "test_sampling_draws_from_the_softmax_of_logits_over_temperature",
+        "test_temperature_zero_is_greedy",
+        why="never divides by the temperature")
 def sample_ignoring_temperature(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
     return ref.sample_next(logits, 1.0 if temperature else 0.0, top_k, top_p, generator)
 
 
+@mutant("generate.sample_next", "test_sampling_draws_from_the_softmax_of_logits_over_temperature",
+        why="z · τ instead of z / τ")
 def sample_multiplying_by_temperature(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
     if temperature == 0:
         return logits.argmax(-1)
     return ref.sample_next(logits * temperature * temperature, temperature, top_k, top_p, generator)
 
 
+@mutant("generate.sample_next", "test_same_seed_gives_the_same_tokens",
+        why="draws from torch's global generator, not the one given")
 def sample_from_the_global_generator(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
     return ref.sample_next(logits, temperature, top_k, top_p, None)
 
 
+@mutant("generate.sample_next", "test_sampling_never_emits_a_token_the_filters_dropped", why="forgets top_k")
 def sample_ignoring_top_k(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
     return ref.sample_next(logits, temperature, 0, top_p, generator)
 
 
+@mutant("generate.sample_next", "test_sampling_never_emits_a_token_the_filters_dropped", why="forgets top_p")
 def sample_ignoring_top_p(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
     return ref.sample_next(logits, temperature, top_k, 1.0, generator)
 
 
+@mutant("generate.top_k_filter", "test_top_k_filter_keeps_exactly_the_k_largest", why="keeps k + 1 tokens")
 def top_k_keeping_one_more(logits, k):
     return ref.top_k_filter(logits, k + 1 if 0 < k < logits.shape[-1] else k)
 
 
+@mutant("generate.top_k_filter", "test_top_k_filter_keeps_exactly_the_k_largest", why="keeps the k smallest logits")
 def top_k_keeping_the_smallest(logits, k):
     if k == 0 or k >= logits.shape[-1]:
         return logits
@@ -49,12 +61,15 @@ def top_k_keeping_the_smallest(logits, k):
     return logits.masked_fill(logits > kth_smallest, -math.inf)
 
 
+@mutant("generate.top_k_filter", "test_k_zero_and_p_one_do_not_filter", why="k = 0 drops every token")
 def top_k_zero_keeping_nothing(logits, k):
     if k == 0:
         return torch.full_like(logits, -math.inf)
     return ref.top_k_filter(logits, k)
 
 
+@mutant("generate.top_p_filter", "test_top_p_keeps_the_smallest_set_with_mass_at_least_p",
+        why="drops the token that brings the mass to p: the kept mass is below p")
 def top_p_keeping_the_crossing_token_out(logits, p):
     """Keeps tokens while the running sum *including* them stays below p: the kept mass falls short of p."""
     if p == 1:
@@ -67,6 +82,8 @@ def top_p_keeping_the_crossing_token_out(logits, p):
     return logits.masked_fill(drop, -math.inf)
 
 
+@mutant("generate.top_p_filter", "test_top_p_keeps_the_smallest_set_with_mass_at_least_p",
+        why="keeps one token past the nucleus")
 def top_p_keeping_one_too_many(logits, p):
     if p == 1:
         return logits
@@ -77,6 +94,8 @@ def top_p_keeping_one_too_many(logits, p):
     return logits.masked_fill(drop, -math.inf)
 
 
+@mutant("generate.top_p_filter", "test_top_p_keeps_the_smallest_set_with_mass_at_least_p",
+        why="accumulates in vocabulary order")
 def top_p_without_sorting(logits, p):
     """Accumulates the mass in vocabulary order instead of from the most likely token."""
     if p == 1:
@@ -85,6 +104,8 @@ def top_p_without_sorting(logits, p):
     return logits.masked_fill(torch.cumsum(probs, dim=-1) - probs >= p, -math.inf)
 
 
+@mutant("generate.top_p_filter", "test_k_zero_and_p_one_do_not_filter",
+        why="p = 1 drops tokens whose probability rounds to 0")
 def top_p_trusting_the_running_sum_at_one(logits, p):
     """No special case for p = 1: a running sum that rounds to 1.0 drops the tail."""
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
@@ -139,18 +160,21 @@ generate_feeding_the_whole_window = _generator("generate_feeding_the_whole_windo
 generate_yielding_the_stop_token = _generator("generate_yielding_the_stop_token", yield_stop=True)
 
 
+@mutant("generate.generate", "test_generation_stops_at_a_stop_token_without_yielding_it", why="ignores stop tokens")
 def generate_ignoring_stop_tokens(model, prompt, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, stop_tokens=(),
                                   context_length=None, generator=None, use_cache=True):
     return ref.generate(model, prompt, max_new_tokens, temperature, top_k, top_p, (), context_length, generator,
                         use_cache)
 
 
+@mutant("generate.generate", "test_generation_yields_max_new_tokens_tokens", why="an off-by-one in the loop")
 def generate_one_token_short(model, prompt, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, stop_tokens=(),
                              context_length=None, generator=None, use_cache=True):
     return ref.generate(model, prompt, max(0, max_new_tokens - 1), temperature, top_k, top_p, stop_tokens,
                         context_length, generator, use_cache)
 
 
+@mutant("generate.generate", "test_rejects_an_empty_prompt", why="starts an empty prompt from token 0 silently")
 def generate_from_token_zero_when_empty(model, prompt, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0,
                                         stop_tokens=(), context_length=None, generator=None, use_cache=True):
     prompt = prompt.tolist() if isinstance(prompt, torch.Tensor) else list(prompt)
@@ -158,51 +182,18 @@ def generate_from_token_zero_when_empty(model, prompt, max_new_tokens, temperatu
                         context_length, generator, use_cache)
 
 
-MUTANTS = [
-    Mutant("generate.sample_next", sample_ignoring_zero_temperature, ("test_temperature_zero_is_greedy",),
-           "temperature 0 samples at temperature 1"),
-    Mutant("generate.sample_next", sample_ignoring_temperature,
-           ("test_sampling_draws_from_the_softmax_of_logits_over_temperature", "test_temperature_zero_is_greedy"),
-           "never divides by the temperature"),
-    Mutant("generate.sample_next", sample_multiplying_by_temperature,
-           ("test_sampling_draws_from_the_softmax_of_logits_over_temperature",), "z · τ instead of z / τ"),
-    Mutant("generate.sample_next", sample_from_the_global_generator, ("test_same_seed_gives_the_same_tokens",),
-           "draws from torch's global generator, not the one given"),
-    Mutant("generate.sample_next", sample_ignoring_top_k, ("test_sampling_never_emits_a_token_the_filters_dropped",),
-           "forgets top_k"),
-    Mutant("generate.sample_next", sample_ignoring_top_p, ("test_sampling_never_emits_a_token_the_filters_dropped",),
-           "forgets top_p"),
-    Mutant("generate.top_k_filter", top_k_keeping_one_more, ("test_top_k_filter_keeps_exactly_the_k_largest",),
-           "keeps k + 1 tokens"),
-    Mutant("generate.top_k_filter", top_k_keeping_the_smallest, ("test_top_k_filter_keeps_exactly_the_k_largest",),
-           "keeps the k smallest logits"),
-    Mutant("generate.top_k_filter", top_k_zero_keeping_nothing, ("test_k_zero_and_p_one_do_not_filter",),
-           "k = 0 drops every token"),
-    Mutant("generate.top_p_filter", top_p_keeping_the_crossing_token_out,
-           ("test_top_p_keeps_the_smallest_set_with_mass_at_least_p",),
-           "drops the token that brings the mass to p: the kept mass is below p"),
-    Mutant("generate.top_p_filter", top_p_keeping_one_too_many,
-           ("test_top_p_keeps_the_smallest_set_with_mass_at_least_p",),
-           "keeps one token past the nucleus"),
-    Mutant("generate.top_p_filter", top_p_without_sorting, ("test_top_p_keeps_the_smallest_set_with_mass_at_least_p",),
-           "accumulates in vocabulary order"),
-    Mutant("generate.top_p_filter", top_p_trusting_the_running_sum_at_one, ("test_k_zero_and_p_one_do_not_filter",),
-           "p = 1 drops tokens whose probability rounds to 0"),
-    Mutant("generate.generate", generate_without_cropping_the_prompt,
-           ("test_generation_sees_the_last_context_length_tokens",), "feeds a prompt longer than the context"),
-    Mutant("generate.generate", generate_without_sliding,
-           ("test_generation_sees_the_last_context_length_tokens",
-            "test_generation_with_the_cache_equals_generation_without"),
-           "keeps appending past the window"),
-    Mutant("generate.generate", generate_feeding_the_whole_window,
-           ("test_generation_feeds_one_token_per_step_while_the_window_has_room",),
-           "never uses the cache after the prompt"),
-    Mutant("generate.generate", generate_yielding_the_stop_token,
-           ("test_generation_stops_at_a_stop_token_without_yielding_it",), "yields the stop token before stopping"),
-    Mutant("generate.generate", generate_ignoring_stop_tokens,
-           ("test_generation_stops_at_a_stop_token_without_yielding_it",), "ignores stop tokens"),
-    Mutant("generate.generate", generate_one_token_short, ("test_generation_yields_max_new_tokens_tokens",),
-           "an off-by-one in the loop"),
-    Mutant("generate.generate", generate_from_token_zero_when_empty, ("test_rejects_an_empty_prompt",),
-           "starts an empty prompt from token 0 silently"),
-]
+mutant("generate.generate", "test_generation_sees_the_last_context_length_tokens",
+       why="feeds a prompt longer than the context")(generate_without_cropping_the_prompt)
+
+
+mutant("generate.generate", "test_generation_sees_the_last_context_length_tokens",
+       "test_generation_with_the_cache_equals_generation_without",
+       why="keeps appending past the window")(generate_without_sliding)
+
+
+mutant("generate.generate", "test_generation_feeds_one_token_per_step_while_the_window_has_room",
+       why="never uses the cache after the prompt")(generate_feeding_the_whole_window)
+
+
+mutant("generate.generate", "test_generation_stops_at_a_stop_token_without_yielding_it",
+       why="yields the stop token before stopping")(generate_yielding_the_stop_token)

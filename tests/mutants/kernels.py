@@ -25,7 +25,7 @@ import llmkata.reference.model as model_ref
 import llmkata.reference.tokenizer as tokenizer_ref
 import llmkata.reference.train as train_ref
 
-from . import Mutant
+from . import mutant
 
 HALF = (torch.float16, torch.bfloat16)
 LOG2_E = math.log2(math.e)  # e^x = 2^(x·log₂e)
@@ -39,6 +39,8 @@ def _named(name, function):
 # ---------------------------------------------------------------- RMSNorm
 
 
+@mutant("kernels.RMSNormFunction", "test_rmsnorm_function_equals_the_definition_in_values_and_gradients",
+        why="backward dx = r·dy·w, without the term from r's dependence on x")
 class RMSNormBackwardWithoutTheMeanTerm(ref.RMSNormFunction):
     """dx = r · dy · w: r treated as a constant, forgetting that every x_j moves it."""
 
@@ -49,6 +51,8 @@ class RMSNormBackwardWithoutTheMeanTerm(ref.RMSNormFunction):
         return grad * weight * rms_inv, (grad * x_hat).sum_to_size(weight.shape), None
 
 
+@mutant("kernels.RMSNormFunction", "test_rmsnorm_function_equals_the_definition_in_values_and_gradients",
+        why="backward with Σ g·x̂ where mean(g·x̂) belongs")
 class RMSNormBackwardWithASumForTheMean(ref.RMSNormFunction):
     """dx = r · (g − x̂ · Σ g·x̂): a sum over the row where the derivative of mean(x²) gives a mean."""
 
@@ -60,6 +64,8 @@ class RMSNormBackwardWithASumForTheMean(ref.RMSNormFunction):
         return grad_x, (grad * x_hat).sum_to_size(weight.shape), None
 
 
+@mutant("kernels.RMSNormFunction", "test_rmsnorm_function_equals_the_definition_in_values_and_gradients",
+        why="backward gives the weight Σ dy·x instead of Σ dy·x̂")
 class RMSNormBackwardWithWeightGradientOfX(ref.RMSNormFunction):
     """dw = Σ dy · x: the weight multiplies the normalised x̂, not x."""
 
@@ -70,6 +76,8 @@ class RMSNormBackwardWithWeightGradientOfX(ref.RMSNormFunction):
         return grad_x, (grad * x).sum_to_size(weight.shape), None
 
 
+@mutant("kernels.RMSNormFunction", "test_rmsnorm_function_equals_the_definition_in_values_and_gradients",
+        why="x / (rms + eps) instead of x / sqrt(ms + eps)")
 class RMSNormWithEpsOutsideTheSqrt(ref.RMSNormFunction):
     """r = 1 / (sqrt(mean(x²)) + eps): the backward pass is the reference's, the forward a different function."""
 
@@ -80,6 +88,7 @@ class RMSNormWithEpsOutsideTheSqrt(ref.RMSNormFunction):
         return x * rms_inv * weight
 
 
+@mutant("kernels.RMSNormFunction", "test_rmsnorm_function_in_half_precision", why="sums the squares in half precision")
 class RMSNormInTheInputDtype(ref.RMSNormFunction):
     """Squares, averages and normalises in the dtype of x: float16 squares overflow, bfloat16 ones lose digits."""
 
@@ -94,6 +103,8 @@ class RMSNormInTheInputDtype(ref.RMSNormFunction):
         return x * rms_inv * weight
 
 
+@mutant("kernels.RMSNormFunction", "test_rmsnorm_function_in_half_precision",
+        why="returns float32 for half-precision inputs")
 class RMSNormReturningFloat32(ref.RMSNormFunction):
     """Computes in float32, as it should, and forgets to cast the result back to the inputs' dtype."""
 
@@ -105,6 +116,8 @@ class RMSNormReturningFloat32(ref.RMSNormFunction):
 # ---------------------------------------------------------------- SwiGLU
 
 
+@mutant("kernels.SwiGLUFunction", "test_swiglu_function_equals_the_definition_in_values_and_gradients",
+        why="backward takes σ(gate) as the derivative of SiLU, missing SiLU·(1 − σ)")
 class SwiGLUBackwardWithSigmoidAsTheDerivative(ref.SwiGLUFunction):
     """dgate = dh · up · σ(gate): differentiates gate · σ(gate) as if σ(gate) were a constant."""
 
@@ -114,6 +127,8 @@ class SwiGLUBackwardWithSigmoidAsTheDerivative(ref.SwiGLUFunction):
         return grad * up * s, grad * gate * s
 
 
+@mutant("kernels.SwiGLUFunction", "test_swiglu_function_equals_the_definition_in_values_and_gradients",
+        why="backward with σ' = −σ(1 − σ)")
 class SwiGLUBackwardWithASignError(ref.SwiGLUFunction):
     """dgate = dh · up · (s − SiLU · (1 − s)): σ' taken as −σ(1 − σ)."""
 
@@ -124,6 +139,7 @@ class SwiGLUBackwardWithASignError(ref.SwiGLUFunction):
         return grad * up * (s - silu * (1 - s)), grad * silu
 
 
+@mutant("kernels.SwiGLUFunction", "test_swiglu_function_in_half_precision", why="float16 computed in bfloat16")
 class SwiGLUInBFloat16ForAnyHalfDtype(ref.SwiGLUFunction):
     """Moves float16 inputs to bfloat16 (to be safe from overflow) and back: three bits of mantissa lost."""
 
@@ -149,6 +165,8 @@ def _turn(x, cos, sin, interleaved):
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1)
 
 
+@mutant("kernels.RotateFunction", "test_rotate_function_equals_the_definition_in_values_and_gradients",
+        why="backward turns the gradient by +angle, as the forward does")
 class RotateBackwardByThePlusAngle(ref.RotateFunction):
     """Backward turns the gradient by the same angle as the forward: Rᵀ taken to be R."""
 
@@ -158,6 +176,8 @@ class RotateBackwardByThePlusAngle(ref.RotateFunction):
         return _turn(grad, cos, sin, ctx.interleaved).sum_to_size(ctx.x_shape), None, None, None
 
 
+@mutant("kernels.RotateFunction", "test_rotate_function_equals_the_definition_in_values_and_gradients",
+        why="backward pairs split halves whatever the forward paired")
 class RotateBackwardIgnoringTheInterleavedFlag(ref.RotateFunction):
     """Backward turns split halves back even when the forward turned adjacent pairs."""
 
@@ -167,6 +187,8 @@ class RotateBackwardIgnoringTheInterleavedFlag(ref.RotateFunction):
         return _turn(grad, cos, -sin, False).sum_to_size(ctx.x_shape), None, None, None
 
 
+@mutant("kernels.RotateFunction", "test_rotate_function_equals_the_definition_in_values_and_gradients",
+        why="turns by −angle")
 class RotateClockwise(ref.RotateFunction):
     """Forward turns by −θ, (x₁ cos + x₂ sin, −x₁ sin + x₂ cos); backward, the reference's, by +θ: consistent, and
     the wrong rotation."""
@@ -265,11 +287,45 @@ def _cross_entropy_through(function):
     return _named(function.__name__, cross_entropy)
 
 
+mutant("kernels.cross_entropy", "test_cross_entropy_kernel_equals_the_definition_in_values_and_gradients",
+       why=CrossEntropyBackwardForgettingTheCount.__doc__)(
+    _cross_entropy_through(CrossEntropyBackwardForgettingTheCount))
+
+
+mutant("kernels.cross_entropy", "test_cross_entropy_kernel_equals_the_definition_in_values_and_gradients",
+       why=CrossEntropyBackwardIgnoringTheUpstreamGradient.__doc__)(
+    _cross_entropy_through(CrossEntropyBackwardIgnoringTheUpstreamGradient))
+
+
+mutant("kernels.cross_entropy", "test_cross_entropy_kernel_equals_the_definition_in_values_and_gradients",
+       why=CrossEntropyBackwardWithTheSignFlipped.__doc__)(
+    _cross_entropy_through(CrossEntropyBackwardWithTheSignFlipped))
+
+
+mutant("kernels.cross_entropy", "test_cross_entropy_kernel_equals_the_definition_in_values_and_gradients",
+       why=CrossEntropyBackwardKeepingIgnoredRows.__doc__)(
+    _cross_entropy_through(CrossEntropyBackwardKeepingIgnoredRows))
+
+
+mutant("kernels.cross_entropy", "test_cross_entropy_kernel_equals_the_definition_in_values_and_gradients",
+       why=CrossEntropyBackwardWithoutNormalising.__doc__)(
+    _cross_entropy_through(CrossEntropyBackwardWithoutNormalising))
+
+
+mutant("kernels.cross_entropy", "test_cross_entropy_kernel_in_half_precision_and_at_large_logits",
+       why="exponentiates the logits without subtracting the row max")(
+    _cross_entropy_through(CrossEntropyWithoutTheMaxShift))
+
+
+@mutant("kernels.cross_entropy", "test_cross_entropy_kernel_in_half_precision_and_at_large_logits",
+        why="half-precision logits are not upcast: a bfloat16 loss")
 def cross_entropy_without_upcasting(logits, targets, ignore_index=-100):
     """Runs the kernel in the logits' own dtype: a bfloat16 loss."""
     return ref.CrossEntropyFunction.apply(*_flatten(logits, targets, upcast=False), ignore_index)
 
 
+@mutant("kernels.cross_entropy", "test_cross_entropy_kernel_rejects_what_the_definition_rejects",
+        why="skips the checks of train.cross_entropy")
 def cross_entropy_without_checks(logits, targets, ignore_index=-100):
     """Trusts the caller: a target outside the vocabulary or a shape mismatch meets an index error (or none)."""
     return ref.CrossEntropyFunction.apply(*_flatten(logits, targets), ignore_index)
@@ -341,10 +397,33 @@ def _attention_through(function, top_left=False):
     return _named(function.__name__ + ("AlignedTopLeft" if top_left else ""), attention)
 
 
+mutant("kernels.attention", "test_attention_kernel_equals_the_definition_in_values_and_gradients",
+       why=AttentionBackwardWithoutRowTerm.__doc__)(_attention_through(AttentionBackwardWithoutRowTerm))
+
+
+mutant("kernels.attention", "test_attention_kernel_equals_the_definition_in_values_and_gradients",
+       why=AttentionBackwardUnscaledKeys.__doc__)(_attention_through(AttentionBackwardUnscaledKeys))
+
+
+mutant("kernels.attention", "test_attention_kernel_equals_the_definition_in_values_and_gradients",
+       why=AttentionBackwardWithTheDefaultScale.__doc__)(_attention_through(AttentionBackwardWithTheDefaultScale))
+
+
+mutant("kernels.attention", "test_attention_kernel_equals_the_definition_in_values_and_gradients",
+       why=AttentionNaNOnFullyMaskedRows.__doc__)(_attention_through(AttentionNaNOnFullyMaskedRows))
+
+
+mutant("kernels.attention", "test_attention_kernel_equals_the_definition_in_values_and_gradients",
+       why="is_causal aligns query i with key i even when there are more keys than queries")(
+    _attention_through(ref.AttentionFunction, top_left=True))
+
+
+@mutant("kernels.attention", "test_attention_kernel_rejects_mismatched_inputs", why="casts k and v to q's dtype")
 def attention_casting_silently(q, k, v, mask=None, is_causal=False, scale=None):
     return ref.attention(q, k.to(q), v.to(q), mask=mask, is_causal=is_causal, scale=scale)
 
 
+@mutant("kernels.attention", "test_attention_kernel_rejects_mismatched_inputs", why="reads a float mask as booleans")
 def attention_taking_any_mask_as_booleans(q, k, v, mask=None, is_causal=False, scale=None):
     """A float mask (perhaps an additive one of 0 / −inf) silently read as booleans."""
     return ref.attention(q, k, v, mask=None if mask is None else mask.bool(), is_causal=is_causal, scale=scale)
@@ -398,6 +477,32 @@ def _plain_tiles(rescale=True, last_partial_block=True, top_left=False, ignore_s
     return forward
 
 
+mutant("kernels.tiled_attention", "test_tiled_attention_equals_naive_values_and_log_sum_exp",
+       why="the online softmax forgets to rescale the running sums when the max grows")(
+    _tiled_with(_plain_tiles(rescale=False), "tiled_without_rescaling"))
+
+
+mutant("kernels.tiled_attention", "test_tiled_attention_equals_naive_values_and_log_sum_exp",
+       why="the last key block is dropped when the block size does not divide the length")(
+    _tiled_with(_plain_tiles(last_partial_block=False),
+                                                  "tiled_dropping_the_last_partial_block"))
+
+
+mutant("kernels.tiled_attention", "test_tiled_attention_equals_naive_values_and_log_sum_exp",
+       why="causal from the top left when Tq != Tk")(
+    _tiled_with(_plain_tiles(top_left=True), "tiled_causal_from_the_top_left"))
+
+
+mutant("kernels.tiled_attention", "test_tiled_attention_equals_naive_values_and_log_sum_exp",
+       why="always scales by 1/√d")(_tiled_with(_plain_tiles(ignore_scale=True), "tiled_ignoring_the_scale"))
+
+
+mutant("kernels.tiled_attention", "test_tiled_attention_accumulates_half_precision_in_float32",
+       "test_tiled_attention_saves_linear_memory_for_backward",
+       why="running max, sum and output kept in the inputs' dtype (bfloat16), and autograd keeps every tile's "
+           "probabilities for the backward pass")(_tiled_with(_plain_tiles(), "tiled_accumulating_in_the_input_dtype"))
+
+
 def _full_matrix(q, k, v, is_causal, block_q, block_k, scale):
     """Right values from the whole T×T matrix: what tiling exists to avoid."""
     n_queries, n_keys = q.shape[1], k.shape[1]
@@ -408,12 +513,21 @@ def _full_matrix(q, k, v, is_causal, block_q, block_k, scale):
     return out, torch.logsumexp(scores, -1)
 
 
+mutant("kernels.tiled_attention", "test_tiled_attention_saves_linear_memory_for_backward",
+       why="computes the whole T×T matrix")(_tiled_with(_full_matrix, "tiled_from_the_full_matrix"))
+
+
 class TiledBackwardIgnoringLse(ref.TiledAttentionFunction):
     """The gradient flowing into lse is dropped: right only when lse is not used."""
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
         return ref.TiledAttentionFunction.backward(ctx, grad_out, torch.zeros_like(grad_lse))
+
+
+mutant("kernels.tiled_attention", "test_tiled_attention_gradients_equal_naive",
+       why="the backward pass ignores the gradient of lse")(
+    _tiled_with(TiledBackwardIgnoringLse.apply, "tiled_backward_ignoring_lse"))
 
 
 class TiledBackwardWithoutRowTerm(ref.TiledAttentionFunction):
@@ -425,10 +539,20 @@ class TiledBackwardWithoutRowTerm(ref.TiledAttentionFunction):
         return ref.TiledAttentionFunction.backward(ctx, grad_out, grad_lse + (grad_out * out).sum(-1))
 
 
+mutant("kernels.tiled_attention", "test_tiled_attention_gradients_equal_naive",
+       why="the backward pass forgets the softmax cross term")(
+    _tiled_with(TiledBackwardWithoutRowTerm.apply,
+                                                  "tiled_backward_without_the_row_term"))
+
+
+@mutant("kernels.tiled_attention", "test_tiled_attention_rejects_bad_blocks_and_mismatched_inputs",
+        why="block sizes below 1 raised to 1")
 def tiled_accepting_any_block_size(q, k, v, is_causal=False, block_size_q=128, block_size_k=256, scale=None):
     return ref.tiled_attention(q, k, v, is_causal, max(block_size_q, 1), max(block_size_k, 1), scale)
 
 
+@mutant("kernels.tiled_attention", "test_tiled_attention_rejects_bad_blocks_and_mismatched_inputs",
+        why="casts k and v to q's dtype")
 def tiled_casting_silently(q, k, v, is_causal=False, block_size_q=128, block_size_k=256, scale=None):
     return ref.tiled_attention(q, k.to(q), v.to(q), is_causal, block_size_q, block_size_k, scale)
 
@@ -522,6 +646,8 @@ TransformerWithWrongKernelNormBackward = _kernel_transformer("TransformerWithWro
                                                              norm=_RMSNormWithoutTheMeanTerm)
 
 
+@mutant("train.train_step", "test_train_step_with_kernels_equals_train_step_without",
+        why="a kernels=True model's logits are cast to float32 for the loss", spec="kernels")
 def train_step_with_the_kernel_loss_in_float32(model, optimizer, micro_batches, max_norm=1.0, lr=None,
                                                autocast_dtype=None):
     """Casts the logits to float32 for kernels.cross_entropy ("the loss is computed in float32"): a float64 model
@@ -548,118 +674,23 @@ def train_step_with_the_kernel_loss_in_float32(model, optimizer, micro_batches, 
     return loss_sum, norm
 
 
-MUTANTS: list[Mutant] = [
-    # RMSNorm
-    Mutant("kernels.RMSNormFunction", RMSNormBackwardWithoutTheMeanTerm,
-           ("test_rmsnorm_function_equals_the_definition_in_values_and_gradients",),
-           "backward dx = r·dy·w, without the term from r's dependence on x"),
-    Mutant("kernels.RMSNormFunction", RMSNormBackwardWithASumForTheMean,
-           ("test_rmsnorm_function_equals_the_definition_in_values_and_gradients",),
-           "backward with Σ g·x̂ where mean(g·x̂) belongs"),
-    Mutant("kernels.RMSNormFunction", RMSNormBackwardWithWeightGradientOfX,
-           ("test_rmsnorm_function_equals_the_definition_in_values_and_gradients",),
-           "backward gives the weight Σ dy·x instead of Σ dy·x̂"),
-    Mutant("kernels.RMSNormFunction", RMSNormWithEpsOutsideTheSqrt,
-           ("test_rmsnorm_function_equals_the_definition_in_values_and_gradients",),
-           "x / (rms + eps) instead of x / sqrt(ms + eps)"),
-    Mutant("kernels.RMSNormFunction", RMSNormInTheInputDtype,
-           ("test_rmsnorm_function_in_half_precision",),
-           "sums the squares in half precision"),
-    Mutant("kernels.RMSNormFunction", RMSNormReturningFloat32, ("test_rmsnorm_function_in_half_precision",),
-           "returns float32 for half-precision inputs"),
-    # SwiGLU
-    Mutant("kernels.SwiGLUFunction", SwiGLUBackwardWithSigmoidAsTheDerivative,
-           ("test_swiglu_function_equals_the_definition_in_values_and_gradients",),
-           "backward takes σ(gate) as the derivative of SiLU, missing SiLU·(1 − σ)"),
-    Mutant("kernels.SwiGLUFunction", SwiGLUBackwardWithASignError,
-           ("test_swiglu_function_equals_the_definition_in_values_and_gradients",),
-           "backward with σ' = −σ(1 − σ)"),
-    Mutant("kernels.SwiGLUFunction", SwiGLUInBFloat16ForAnyHalfDtype,
-           ("test_swiglu_function_in_half_precision",), "float16 computed in bfloat16"),
-    # the rotation
-    Mutant("kernels.RotateFunction", RotateBackwardByThePlusAngle,
-           ("test_rotate_function_equals_the_definition_in_values_and_gradients",),
-           "backward turns the gradient by +angle, as the forward does"),
-    Mutant("kernels.RotateFunction", RotateBackwardIgnoringTheInterleavedFlag,
-           ("test_rotate_function_equals_the_definition_in_values_and_gradients",),
-           "backward pairs split halves whatever the forward paired"),
-    Mutant("kernels.RotateFunction", RotateClockwise,
-           ("test_rotate_function_equals_the_definition_in_values_and_gradients",), "turns by −angle"),
-    # cross-entropy
-    *(Mutant("kernels.cross_entropy", _cross_entropy_through(function),
-             ("test_cross_entropy_kernel_equals_the_definition_in_values_and_gradients",), function.__doc__)
-      for function in (CrossEntropyBackwardForgettingTheCount, CrossEntropyBackwardIgnoringTheUpstreamGradient,
-                       CrossEntropyBackwardWithTheSignFlipped, CrossEntropyBackwardKeepingIgnoredRows,
-                       CrossEntropyBackwardWithoutNormalising)),
-    Mutant("kernels.cross_entropy", _cross_entropy_through(CrossEntropyWithoutTheMaxShift),
-           ("test_cross_entropy_kernel_in_half_precision_and_at_large_logits",),
-           "exponentiates the logits without subtracting the row max"),
-    Mutant("kernels.cross_entropy", cross_entropy_without_upcasting,
-           ("test_cross_entropy_kernel_in_half_precision_and_at_large_logits",),
-           "half-precision logits are not upcast: a bfloat16 loss"),
-    Mutant("kernels.cross_entropy", cross_entropy_without_checks,
-           ("test_cross_entropy_kernel_rejects_what_the_definition_rejects",),
-           "skips the checks of train.cross_entropy"),
-    # attention
-    *(Mutant("kernels.attention", _attention_through(function),
-             ("test_attention_kernel_equals_the_definition_in_values_and_gradients",), function.__doc__)
-      for function in (AttentionBackwardWithoutRowTerm, AttentionBackwardUnscaledKeys,
-                       AttentionBackwardWithTheDefaultScale, AttentionNaNOnFullyMaskedRows)),
-    Mutant("kernels.attention", _attention_through(ref.AttentionFunction, top_left=True),
-           ("test_attention_kernel_equals_the_definition_in_values_and_gradients",),
-           "is_causal aligns query i with key i even when there are more keys than queries"),
-    Mutant("kernels.attention", attention_casting_silently, ("test_attention_kernel_rejects_mismatched_inputs",),
-           "casts k and v to q's dtype"),
-    Mutant("kernels.attention", attention_taking_any_mask_as_booleans,
-           ("test_attention_kernel_rejects_mismatched_inputs",), "reads a float mask as booleans"),
-    # tiled attention
-    Mutant("kernels.tiled_attention", _tiled_with(_plain_tiles(rescale=False), "tiled_without_rescaling"),
-           ("test_tiled_attention_equals_naive_values_and_log_sum_exp",),
-           "the online softmax forgets to rescale the running sums when the max grows"),
-    Mutant("kernels.tiled_attention", _tiled_with(_plain_tiles(last_partial_block=False),
-                                                  "tiled_dropping_the_last_partial_block"),
-           ("test_tiled_attention_equals_naive_values_and_log_sum_exp",),
-           "the last key block is dropped when the block size does not divide the length"),
-    Mutant("kernels.tiled_attention", _tiled_with(_plain_tiles(top_left=True), "tiled_causal_from_the_top_left"),
-           ("test_tiled_attention_equals_naive_values_and_log_sum_exp",), "causal from the top left when Tq != Tk"),
-    Mutant("kernels.tiled_attention", _tiled_with(_plain_tiles(ignore_scale=True), "tiled_ignoring_the_scale"),
-           ("test_tiled_attention_equals_naive_values_and_log_sum_exp",), "always scales by 1/√d"),
-    Mutant("kernels.tiled_attention", _tiled_with(_plain_tiles(), "tiled_accumulating_in_the_input_dtype"),
-           ("test_tiled_attention_accumulates_half_precision_in_float32",
-            "test_tiled_attention_saves_linear_memory_for_backward"),
-           "running max, sum and output kept in the inputs' dtype (bfloat16), and autograd keeps every tile's "
-           "probabilities for the backward pass"),
-    Mutant("kernels.tiled_attention", _tiled_with(_full_matrix, "tiled_from_the_full_matrix"),
-           ("test_tiled_attention_saves_linear_memory_for_backward",), "computes the whole T×T matrix"),
-    Mutant("kernels.tiled_attention", _tiled_with(TiledBackwardIgnoringLse.apply, "tiled_backward_ignoring_lse"),
-           ("test_tiled_attention_gradients_equal_naive",), "the backward pass ignores the gradient of lse"),
-    Mutant("kernels.tiled_attention", _tiled_with(TiledBackwardWithoutRowTerm.apply,
-                                                  "tiled_backward_without_the_row_term"),
-           ("test_tiled_attention_gradients_equal_naive",), "the backward pass forgets the softmax cross term"),
-    Mutant("kernels.tiled_attention", tiled_accepting_any_block_size,
-           ("test_tiled_attention_rejects_bad_blocks_and_mismatched_inputs",), "block sizes below 1 raised to 1"),
-    Mutant("kernels.tiled_attention", tiled_casting_silently,
-           ("test_tiled_attention_rejects_bad_blocks_and_mismatched_inputs",), "casts k and v to q's dtype"),
-    # the model and the trainer
-    Mutant("model.Transformer", TransformerWithSwappedKernelSwiGLU,
-           ("test_model_with_kernels_equals_the_model_without",),
-           "the kernel path passes (up, gate) to SwiGLUFunction", spec="kernels"),
-    Mutant("model.Transformer", TransformerWithWrongKernelNormBackward,
-           ("test_model_with_kernels_equals_the_model_without",),
-           "the kernel path's RMSNorm backward forgets r's dependence on x: same logits, other gradients",
-           spec="kernels"),
-    Mutant("model.Transformer", TransformerWithTopLeftKernelMask,
-           ("test_model_with_kernels_equals_the_model_without",),
-           "the kernel path's causal mask is aligned top left: the full forward is right, cached decoding not",
-           spec="kernels"),
-    Mutant("model.Transformer", TransformerWithFusedKernelProjections,
-           ("test_wrapped_projections_are_used_on_the_kernel_path",),
-           "the kernel path multiplies by the stacked q, k, v weights (and o_proj's) instead of calling the modules",
-           spec="kernels"),
-    Mutant("train.train_step", train_step_with_the_kernel_loss_in_float32,
-           ("test_train_step_with_kernels_equals_train_step_without",),
-           "a kernels=True model's logits are cast to float32 for the loss", spec="kernels"),
-]
+mutant("model.Transformer", "test_model_with_kernels_equals_the_model_without",
+       why="the kernel path passes (up, gate) to SwiGLUFunction", spec="kernels")(TransformerWithSwappedKernelSwiGLU)
+
+
+mutant("model.Transformer", "test_model_with_kernels_equals_the_model_without",
+       why="the kernel path's RMSNorm backward forgets r's dependence on x: same logits, other gradients",
+       spec="kernels")(TransformerWithWrongKernelNormBackward)
+
+
+mutant("model.Transformer", "test_model_with_kernels_equals_the_model_without",
+       why="the kernel path's causal mask is aligned top left: the full forward is right, cached decoding not",
+       spec="kernels")(TransformerWithTopLeftKernelMask)
+
+
+mutant("model.Transformer", "test_wrapped_projections_are_used_on_the_kernel_path",
+       why="the kernel path multiplies by the stacked q, k, v weights (and o_proj's) instead of calling the modules",
+       spec="kernels")(TransformerWithFusedKernelProjections)
 
 
 # ---------------------------------------------------------------- the incremental BPE trainer
@@ -773,20 +804,28 @@ def _heap_merges(counts, vocab_size, special_tokens, pattern, *, recheck=True, t
     return tokenizer_ref.Tokenizer(vocab, merges, special_tokens, pattern)
 
 
+@mutant("kernels.train_bpe", "test_bpe_kernel_learns_the_textbook_merges",
+        why="the heap orders equal counts by token id; after a merge, ids no longer follow the bytes' order")
 def train_bpe_breaking_ties_by_id(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
     counts = _pretoken_counts(_texts(data), special_tokens, pattern)
     return _heap_merges(counts, vocab_size, special_tokens, pattern, tie="ids")
 
 
+@mutant("kernels.train_bpe", "test_bpe_kernel_learns_the_textbook_merges",
+        why="the top heap entry is merged without checking that its count is still the pair's count")
 def train_bpe_trusting_stale_heap_entries(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
     counts = _pretoken_counts(_texts(data), special_tokens, pattern)
     return _heap_merges(counts, vocab_size, special_tokens, pattern, recheck=False)
 
 
+@mutant("kernels.train_bpe", "test_bpe_kernel_learns_the_textbook_merges",
+        why="the documents are concatenated, so pre-tokens span two of them")
 def train_bpe_joining_documents(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
     return ref.train_bpe("".join(_texts(data)), vocab_size, special_tokens, pattern, num_workers)
 
 
+@mutant("kernels.train_bpe", "test_bpe_kernel_counts_a_corpus_of_many_chunks_like_one_text",
+        why="only the first chunk's pre-tokens are counted (one future's result, not all)")
 def train_bpe_counting_only_the_first_chunk(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
     parts, first, size = _parts(_texts(data), special_tokens), [], 0
     for part in parts:
@@ -798,11 +837,15 @@ def train_bpe_counting_only_the_first_chunk(data, vocab_size, special_tokens=(),
     return _heap_merges(counts, vocab_size, special_tokens, pattern)
 
 
+@mutant("kernels.train_bpe", "test_bpe_kernel_counts_a_corpus_of_many_chunks_like_one_text",
+        why="chunks are cut every million characters, through a special token or a pre-token")
 def train_bpe_cutting_chunks_at_fixed_places(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
     pieces = [text[i:i + BPE_CHUNK] for text in _texts(data) for i in range(0, len(text), BPE_CHUNK)]
     return _heap_merges(_pretoken_counts(pieces, special_tokens, pattern), vocab_size, special_tokens, pattern)
 
 
+@mutant("kernels.train_bpe", "test_bpe_kernel_counts_a_corpus_of_many_chunks_like_one_text",
+        why="the chunks' counts are combined with Counter | (the larger count) instead of added")
 def train_bpe_combining_worker_counts_with_max(data, vocab_size, special_tokens=(), pattern="gpt4",
                                                num_workers=None):
     parts = _parts(_texts(data), special_tokens)
@@ -810,65 +853,41 @@ def train_bpe_combining_worker_counts_with_max(data, vocab_size, special_tokens=
     return _heap_merges(counts, vocab_size, special_tokens, pattern)
 
 
+@mutant("kernels.train_bpe", "test_bpe_kernel_merges_do_not_depend_on_workers_or_how_the_corpus_is_given",
+        why="files are opened in text mode with universal newlines: '\\r\\n' becomes '\\n'")
 def train_bpe_reading_files_with_universal_newlines(data, vocab_size, special_tokens=(), pattern="gpt4",
                                                     num_workers=None):
     return ref.train_bpe(_texts(data, newline=None), vocab_size, special_tokens, pattern, num_workers)
 
 
+@mutant("kernels.train_bpe", "test_bpe_kernel_counts_a_corpus_of_many_chunks_like_one_text",
+        why="stops short of vocab_size without a warning")
 def train_bpe_without_warning(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return ref.train_bpe(data, vocab_size, special_tokens, pattern, num_workers)
 
 
+@mutant("kernels.train_bpe", "test_bpe_kernel_rejects_bad_num_workers",
+        why="a bad num_workers silently means one per CPU")
 def train_bpe_ignoring_bad_num_workers(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
     if not isinstance(num_workers, int) or num_workers < 1:
         num_workers = None
     return ref.train_bpe(data, vocab_size, special_tokens, pattern, num_workers)
 
 
+@mutant("kernels.train_bpe", "test_bpe_kernel_rejects_what_the_textbook_trainer_rejects",
+        why="a vocab_size too small for the bytes and special tokens is silently enlarged instead of refused")
 def train_bpe_clamping_vocab_size(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
     vocab_size = max(vocab_size, 256 + len(special_tokens))
     return ref.train_bpe(data, vocab_size, special_tokens, pattern, num_workers)
 
 
+@mutant("kernels.train_bpe", "test_bpe_kernel_rejects_what_the_textbook_trainer_rejects",
+        why="an empty corpus gives a vocabulary of bytes and special tokens")
 def train_bpe_accepting_an_empty_corpus(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
     if not "".join(_texts(data)):
         vocab = {i: bytes([i]) for i in range(256)}
         vocab.update({256 + k: token.encode("utf-8") for k, token in enumerate(special_tokens)})
         return tokenizer_ref.Tokenizer(vocab, [], special_tokens, pattern)
     return ref.train_bpe(data, vocab_size, special_tokens, pattern, num_workers)
-
-
-BPE_MUTANTS: list[Mutant] = [
-    Mutant("kernels.train_bpe", train_bpe_breaking_ties_by_id, ("test_bpe_kernel_learns_the_textbook_merges",),
-           "the heap orders equal counts by token id; after a merge, ids no longer follow the bytes' order"),
-    Mutant("kernels.train_bpe", train_bpe_trusting_stale_heap_entries, ("test_bpe_kernel_learns_the_textbook_merges",),
-           "the top heap entry is merged without checking that its count is still the pair's count"),
-    Mutant("kernels.train_bpe", train_bpe_joining_documents, ("test_bpe_kernel_learns_the_textbook_merges",),
-           "the documents are concatenated, so pre-tokens span two of them"),
-    Mutant("kernels.train_bpe", train_bpe_counting_only_the_first_chunk,
-           ("test_bpe_kernel_counts_a_corpus_of_many_chunks_like_one_text",),
-           "only the first chunk's pre-tokens are counted (one future's result, not all)"),
-    Mutant("kernels.train_bpe", train_bpe_cutting_chunks_at_fixed_places,
-           ("test_bpe_kernel_counts_a_corpus_of_many_chunks_like_one_text",),
-           "chunks are cut every million characters, through a special token or a pre-token"),
-    Mutant("kernels.train_bpe", train_bpe_combining_worker_counts_with_max,
-           ("test_bpe_kernel_counts_a_corpus_of_many_chunks_like_one_text",),
-           "the chunks' counts are combined with Counter | (the larger count) instead of added"),
-    Mutant("kernels.train_bpe", train_bpe_without_warning,
-           ("test_bpe_kernel_counts_a_corpus_of_many_chunks_like_one_text",),
-           "stops short of vocab_size without a warning"),
-    Mutant("kernels.train_bpe", train_bpe_reading_files_with_universal_newlines,
-           ("test_bpe_kernel_merges_do_not_depend_on_workers_or_how_the_corpus_is_given",),
-           "files are opened in text mode with universal newlines: '\\r\\n' becomes '\\n'"),
-    Mutant("kernels.train_bpe", train_bpe_ignoring_bad_num_workers, ("test_bpe_kernel_rejects_bad_num_workers",),
-           "a bad num_workers silently means one per CPU"),
-    Mutant("kernels.train_bpe", train_bpe_clamping_vocab_size,
-           ("test_bpe_kernel_rejects_what_the_textbook_trainer_rejects",),
-           "a vocab_size too small for the bytes and special tokens is silently enlarged instead of refused"),
-    Mutant("kernels.train_bpe", train_bpe_accepting_an_empty_corpus,
-           ("test_bpe_kernel_rejects_what_the_textbook_trainer_rejects",),
-           "an empty corpus gives a vocabulary of bytes and special tokens"),
-]
-MUTANTS += BPE_MUTANTS

@@ -12,7 +12,7 @@ import llmkata.reference.attention as attention
 import llmkata.reference.layers as layers
 import llmkata.reference.model as ref
 
-from . import Mutant
+from . import mutant
 
 
 def _named(name, cls):
@@ -60,6 +60,7 @@ class _PostNormBlock(ref.TransformerBlock):
         return self.post_attention_layernorm(x + self.mlp(x))
 
 
+@mutant("model.Transformer", "test_blocks_are_pre_norm", why="post-norm blocks")
 class TransformerPostNorm(ref.Transformer):
     """The original transformer's post-norm blocks: norm(x + f(x))."""
 
@@ -69,6 +70,8 @@ class TransformerPostNorm(ref.Transformer):
             layer.__class__ = _PostNormBlock
 
 
+@mutant("model.Transformer", "test_initialisation_scales_residual_projections",
+        why="o_proj and down_proj not scaled by 1/√(2L)")
 class TransformerWithoutResidualScaling(ref.Transformer):
     def reset_parameters(self):
         with torch.no_grad():
@@ -79,6 +82,7 @@ class TransformerWithoutResidualScaling(ref.Transformer):
                     parameter.normal_(0.0, self.config.init_std)
 
 
+@mutant("model.Transformer", "test_initialisation_scales_residual_projections", why="scaled by 1/√L instead of 1/√(2L)")
 class TransformerScalingByLayers(ref.Transformer):
     """Divides by √n_layers, forgetting that each layer adds two branches."""
 
@@ -90,6 +94,7 @@ class TransformerScalingByLayers(ref.Transformer):
                     parameter.mul_(math.sqrt(2))
 
 
+@mutant("model.Transformer", "test_parameter_count_matches_the_formula", why="tie_embeddings copies instead of sharing")
 class TransformerNeverTied(ref.Transformer):
     """Copies the embedding into lm_head instead of sharing it."""
 
@@ -101,6 +106,7 @@ class TransformerNeverTied(ref.Transformer):
                 self.lm_head.weight.copy_(self.model.embed_tokens.weight)
 
 
+@mutant("model.Transformer", "test_parameter_names_follow_hugging_face_llama", why="attn instead of self_attn")
 class TransformerWithShortNames(ref.Transformer):
     """nanoGPT-style names: attn instead of self_attn, ln_1 instead of input_layernorm."""
 
@@ -115,6 +121,7 @@ class TransformerWithShortNames(ref.Transformer):
         return {k.replace("self_attn.", "attn."): v for k, v in super().state_dict(*args, **kwargs).items()}
 
 
+@mutant("model.Transformer", "test_logits_have_shape_batch_by_length_by_vocab", why="logits of the last position only")
 class TransformerLastPositionOnly(ref.Transformer):
     """Returns the logits of the last position only, as generation needs them."""
 
@@ -130,6 +137,8 @@ class _FusedGateAndUp(layers.SwiGLU):
         return self.down_proj(layers.silu(gate) * up)
 
 
+@mutant("model.Transformer", "test_every_projection_goes_through_its_module",
+        why="the MLP multiplies by the stacked gate and up weights instead of calling gate_proj and up_proj")
 class TransformerFusingGateAndUp(ref.Transformer):
     def __init__(self, config):
         super().__init__(config)
@@ -138,6 +147,8 @@ class TransformerFusingGateAndUp(ref.Transformer):
                 layer.mlp.__class__ = _FusedGateAndUp
 
 
+@mutant("model.Transformer", "test_rejects_a_sequence_longer_than_the_context",
+        why="crops the input to the context instead of refusing it")
 class TransformerCroppingTheContext(ref.Transformer):
     """Keeps the last max_seq_len tokens instead of refusing a longer sequence."""
 
@@ -146,6 +157,7 @@ class TransformerCroppingTheContext(ref.Transformer):
         return super().forward(input_ids[:, -max(room, 1):], position_ids, cache)
 
 
+@mutant("model.ModelConfig", "test_rejects_inconsistent_configs", why="no validation of head counts and names")
 @dataclasses.dataclass
 class ConfigWithoutChecks(ref.ModelConfig):
     def __post_init__(self):
@@ -158,10 +170,12 @@ class ConfigWithoutChecks(ref.ModelConfig):
 # ---------------------------------------------------------------- counts
 
 
+@mutant("model.count_parameters", "test_parameter_count_matches_the_formula", why="a tied matrix counted twice")
 def count_with_tied_twice(model):
     return sum(p.numel() for _, p in model.named_parameters(remove_duplicate=False))
 
 
+@mutant("model.count_parameters", "test_parameter_count_matches_the_formula", why="norm weights left out")
 def count_weights_only(model):
     return sum(p.numel() for name, p in model.named_parameters() if "norm" not in name)
 
@@ -170,16 +184,21 @@ def _attention_term(config, seq_len):
     return 12 * config.n_layers * (seq_len or config.max_seq_len) * config.d_model
 
 
+@mutant("model.flops_per_token", "test_flops_per_token_counts_every_matmul", why="6N only, no attention term")
 def flops_without_attention(config, seq_len=None):
     return ref.flops_per_token(config, seq_len) - _attention_term(config, seq_len)
 
 
+@mutant("model.flops_per_token", "test_flops_per_token_counts_every_matmul",
+        why="N includes the input embedding, which is a lookup")
 def flops_counting_the_embedding(config, seq_len=None):
     """6·(all parameters): counts the embedding lookup as a matmul."""
     extra = 0 if config.tie_embeddings else config.vocab_size * config.d_model
     return ref.flops_per_token(config, seq_len) + 6 * extra
 
 
+@mutant("model.flops_per_token", "test_flops_per_token_counts_every_matmul",
+        why="the attention term halved, though the dense computation does all of it")
 def flops_with_causal_half(config, seq_len=None):
     return ref.flops_per_token(config, seq_len) - _attention_term(config, seq_len) // 2
 
@@ -187,12 +206,15 @@ def flops_with_causal_half(config, seq_len=None):
 # ---------------------------------------------------------------- the Llama format
 
 
+@mutant("model.hf_config", "test_hf_config_round_trips",
+        why="num_key_value_heads not written: Llama assumes plain multi-head attention")
 def hf_config_without_kv_heads(config):
     hf = ref.hf_config(config)
     del hf["num_key_value_heads"]
     return hf
 
 
+@mutant("model.hf_config", "test_hf_config_round_trips", why="rope_theta left at its default")
 def hf_config_with_default_theta(config):
     hf = ref.hf_config(config)
     hf["rope_theta"] = 10000.0
@@ -200,14 +222,18 @@ def hf_config_with_default_theta(config):
     return hf
 
 
+@mutant("model.config_from_hf", "test_hf_config_round_trips", why="rms_norm_eps not read")
 def config_from_hf_without_eps(hf):
     return dataclasses.replace(ref.config_from_hf(hf), norm_eps=1e-5)
 
 
+@mutant("model.config_from_hf", "test_hf_config_round_trips", why="num_key_value_heads not read")
 def config_from_hf_ignoring_kv_heads(hf):
     return dataclasses.replace(ref.config_from_hf(hf), n_kv_heads=hf["num_attention_heads"])
 
 
+@mutant("model.save_hf", "test_exported_weights_load_back_to_identical_logits",
+        why="interleaved-RoPE weights exported without the permutation to split halves")
 def save_hf_without_permuting(model, folder):
     """Exports an interleaved-RoPE model as is: Llama pairs the coordinates differently."""
     config = model.config
@@ -219,15 +245,23 @@ class _Shell:
         self.config, self.state_dict = config, model.state_dict
 
 
+@mutant("model.save_hf", "test_rejects_exporting_what_llama_cannot_express",
+        why="LayerNorm/GELU models exported as Llamas")
 def save_hf_ignoring_what_llama_cannot_express(model, folder):
     config = model.config
     ref.save_hf(_Shell(dataclasses.replace(config, norm="rmsnorm", mlp="swiglu"), model), folder)
 
 
+@mutant("model.save_hf", "test_exported_weights_load_back_to_identical_logits",
+        "test_transformers_llama_from_exported_files_gives_the_same_logits",
+        why="rms_norm_eps not exported")
 def save_hf_with_default_eps(model, folder):
     ref.save_hf(_Shell(dataclasses.replace(model.config, norm_eps=1e-6), model), folder)
 
 
+@mutant("model.load_hf", "test_exported_weights_load_back_to_identical_logits",
+        "test_loads_a_checkpoint_saved_by_transformers",
+        why="a tied lm_head left at its random initialisation")
 def load_hf_ignoring_tied_weights(folder):
     """Builds an untied model and loads what is there: lm_head keeps its random initialisation."""
     hf = json.loads((Path(folder) / "config.json").read_text())
@@ -237,57 +271,9 @@ def load_hf_ignoring_tied_weights(folder):
     return model
 
 
-MUTANTS = [
-    Mutant("model.Transformer", TransformerNotCausal, ("test_output_at_t_ignores_inputs_after_t",),
-           "attention without the causal mask"),
-    Mutant("model.Transformer", TransformerRestartingPositions, ("test_cached_decoding_equals_the_full_forward",),
-           "each call rotates its tokens from position 0"),
-    Mutant("model.Transformer", TransformerPostNorm, ("test_blocks_are_pre_norm",), "post-norm blocks"),
-    Mutant("model.Transformer", TransformerWithoutResidualScaling,
-           ("test_initialisation_scales_residual_projections",), "o_proj and down_proj not scaled by 1/√(2L)"),
-    Mutant("model.Transformer", TransformerScalingByLayers, ("test_initialisation_scales_residual_projections",),
-           "scaled by 1/√L instead of 1/√(2L)"),
-    Mutant("model.Transformer", TransformerNeverTied, ("test_parameter_count_matches_the_formula",),
-           "tie_embeddings copies instead of sharing"),
-    Mutant("model.Transformer", TransformerWithShortNames, ("test_parameter_names_follow_hugging_face_llama",),
-           "attn instead of self_attn"),
-    Mutant("model.Transformer", TransformerLastPositionOnly, ("test_logits_have_shape_batch_by_length_by_vocab",),
-           "logits of the last position only"),
-    Mutant("model.Transformer", TransformerFusingGateAndUp, ("test_every_projection_goes_through_its_module",),
-           "the MLP multiplies by the stacked gate and up weights instead of calling gate_proj and up_proj"),
-    Mutant("model.Transformer", TransformerCroppingTheContext, ("test_rejects_a_sequence_longer_than_the_context",),
-           "crops the input to the context instead of refusing it"),
-    Mutant("model.ModelConfig", ConfigWithoutChecks, ("test_rejects_inconsistent_configs",),
-           "no validation of head counts and names"),
-    Mutant("model.count_parameters", count_with_tied_twice, ("test_parameter_count_matches_the_formula",),
-           "a tied matrix counted twice"),
-    Mutant("model.count_parameters", count_weights_only, ("test_parameter_count_matches_the_formula",),
-           "norm weights left out"),
-    Mutant("model.flops_per_token", flops_without_attention, ("test_flops_per_token_counts_every_matmul",),
-           "6N only, no attention term"),
-    Mutant("model.flops_per_token", flops_counting_the_embedding, ("test_flops_per_token_counts_every_matmul",),
-           "N includes the input embedding, which is a lookup"),
-    Mutant("model.flops_per_token", flops_with_causal_half, ("test_flops_per_token_counts_every_matmul",),
-           "the attention term halved, though the dense computation does all of it"),
-    Mutant("model.hf_config", hf_config_without_kv_heads,
-           ("test_hf_config_round_trips",),
-           "num_key_value_heads not written: Llama assumes plain multi-head attention"),
-    Mutant("model.hf_config", hf_config_with_default_theta,
-           ("test_hf_config_round_trips",), "rope_theta left at its default"),
-    Mutant("model.config_from_hf", config_from_hf_without_eps, ("test_hf_config_round_trips",),
-           "rms_norm_eps not read"),
-    Mutant("model.config_from_hf", config_from_hf_ignoring_kv_heads, ("test_hf_config_round_trips",),
-           "num_key_value_heads not read"),
-    # Not named for the transformers test: its 10 examples miss an interleaved model with head_dim > 2 (where
-    # the permutation matters) about once in 60 runs.
-    Mutant("model.save_hf", save_hf_without_permuting, ("test_exported_weights_load_back_to_identical_logits",),
-           "interleaved-RoPE weights exported without the permutation to split halves"),
-    Mutant("model.save_hf", save_hf_with_default_eps,
-           ("test_exported_weights_load_back_to_identical_logits",
-            "test_transformers_llama_from_exported_files_gives_the_same_logits"), "rms_norm_eps not exported"),
-    Mutant("model.save_hf", save_hf_ignoring_what_llama_cannot_express,
-           ("test_rejects_exporting_what_llama_cannot_express",), "LayerNorm/GELU models exported as Llamas"),
-    Mutant("model.load_hf", load_hf_ignoring_tied_weights,
-           ("test_exported_weights_load_back_to_identical_logits", "test_loads_a_checkpoint_saved_by_transformers"),
-           "a tied lm_head left at its random initialisation"),
-]
+mutant("model.Transformer", "test_output_at_t_ignores_inputs_after_t", why="attention without the causal mask")(
+    TransformerNotCausal)
+
+
+mutant("model.Transformer", "test_cached_decoding_equals_the_full_forward",
+       why="each call rotates its tokens from position 0")(TransformerRestartingPositions)

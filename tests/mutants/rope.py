@@ -4,14 +4,18 @@ import torch
 
 import llmkata.reference.rope as ref
 
-from . import Mutant
+from . import mutant
 
 
+@mutant("rope.rope_frequencies", "test_frequencies_are_theta_to_the_minus_2i_over_d",
+        why="θ^(−i/d) instead of θ^(−2i/d)")
 def frequencies_without_the_factor_two(head_dim, theta=10000.0):
     ref.rope_frequencies(head_dim, theta)  # keeps the checks
     return theta ** (-torch.arange(head_dim // 2, dtype=torch.float64) / head_dim)
 
 
+@mutant("rope.rope_frequencies", "test_rejects_an_odd_head_dimension",
+        why="an odd head dimension silently drops a coordinate")
 def frequencies_accepting_odd_dims(head_dim, theta=10000.0):
     return theta ** (-torch.arange(0, head_dim - head_dim % 2, 2, dtype=torch.float64) / head_dim)
 
@@ -35,31 +39,55 @@ def _clockwise(x, cos, sin, interleaved):
     return torch.cat((x1 * cos + x2 * sin, -x1 * sin + x2 * cos), dim=-1)
 
 
+mutant("rope.apply_rope", "test_rope_rotates_pair_i_by_position_times_theta_i",
+       why="rotates clockwise (by −m): every relative property still holds, only the definition catches it")(
+    _rope_with(_clockwise))
+
+
 def _sign_error(x, cos, sin, interleaved):
     x1, x2 = _halves(x)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos - x1 * sin), dim=-1)
+
+
+mutant("rope.apply_rope", "test_rope_rotates_pair_i_by_position_times_theta_i",
+       "test_rotation_preserves_the_norm_of_every_pair", "test_scores_depend_only_on_the_relative_position",
+       "test_rotating_by_minus_m_inverts",
+       why="x₂ cos − x₁ sin: a sign error that makes it no rotation at all")(_rope_with(_sign_error))
 
 
 def _ignoring_the_flag(x, cos, sin, interleaved):
     return ref.rotate(x, cos, sin, interleaved=False)
 
 
+mutant("rope.apply_rope", "test_pairing_conventions_agree_under_the_permutation",
+       "test_rope_rotates_pair_i_by_position_times_theta_i",
+       why="interleaved=True still pairs split halves")(_rope_with(_ignoring_the_flag))
+
+
+@mutant("rope.rotate", "test_rotate_turns_each_pair_by_the_given_angle", why="x₂ cos − x₁ sin")
 def rotate_with_a_sign_error(x, cos, sin, interleaved=False):
     return _sign_error(x, cos, sin, interleaved)
 
 
+@mutant("rope.rotate", "test_rotate_turns_each_pair_by_the_given_angle",
+        why="interleaved=True still pairs split halves")
 def rotate_ignoring_the_flag(x, cos, sin, interleaved=False):
     return ref.rotate(x, cos, sin, interleaved=False)
 
 
+@mutant("rope.apply_rope", "test_position_zero_is_the_identity", "test_rope_rotates_pair_i_by_position_times_theta_i",
+        why="positions counted from 1")
 def rope_off_by_one_position(x, positions, theta=10000.0, interleaved=False):
     return ref.apply_rope(x, torch.as_tensor(positions) + 1, theta, interleaved)
 
 
+@mutant("rope.apply_rope", "test_rotating_by_minus_m_inverts", why="negative positions clamped to 0")
 def rope_clamping_negative_positions(x, positions, theta=10000.0, interleaved=False):
     return ref.apply_rope(x, torch.as_tensor(positions).clamp(min=0), theta, interleaved)
 
 
+@mutant("rope.RotaryEmbedding", "test_cached_tables_equal_the_direct_computation_at_any_positions",
+        why="uses rows 0..T-1 of the table instead of the given positions")
 class RotaryIgnoringPositions(ref.RotaryEmbedding):
     """Looks up rows 0..T-1 whatever the positions: right for a prompt, wrong for cached decoding."""
 
@@ -67,6 +95,8 @@ class RotaryIgnoringPositions(ref.RotaryEmbedding):
         return super().forward(x, torch.arange(x.shape[-2]).expand_as(torch.as_tensor(positions)))
 
 
+@mutant("rope.RotaryEmbedding", "test_cached_tables_equal_the_direct_computation_at_any_positions",
+        why="saves the cos/sin tables in the state dict, so checkpoints carry (and can disagree on) them")
 class RotaryWithPersistentTables(ref.RotaryEmbedding):
     def __init__(self, head_dim, max_positions=2048, theta=10000.0, interleaved=False):
         super().__init__(head_dim, max_positions, theta, interleaved)
@@ -76,6 +106,7 @@ class RotaryWithPersistentTables(ref.RotaryEmbedding):
         self.register_buffer("sin", sin)
 
 
+@mutant("rope.RotaryEmbedding", "test_rejects_positions_outside_the_table", why="clamps positions past the table")
 class RotaryClampingPositions(ref.RotaryEmbedding):
     """Clamps positions into the table instead of saying the sequence is too long."""
 
@@ -83,6 +114,8 @@ class RotaryClampingPositions(ref.RotaryEmbedding):
         return super().forward(x, positions.clamp(0, self.max_positions - 1))
 
 
+@mutant("rope.rotate", "test_rotate_passes_back_the_gradient_turned_by_minus_the_angle",
+        why="the partner (−x₂, x₁) detached: the gradient is dy·cos, not dy turned by −angle")
 def rotate_with_a_detached_partner(x, cos, sin, interleaved=False):
     """Builds the partner vector (−x₂, x₁) of every pair as a detached copy, as if swapping coordinates were
     bookkeeping: the right values, but the gradient comes back through the cos term only."""
@@ -95,49 +128,9 @@ def rotate_with_a_detached_partner(x, cos, sin, interleaved=False):
     return x * torch.cat((cos, cos), -1) + partner * torch.cat((sin, sin), -1)
 
 
+@mutant("rope.RotaryEmbedding", "test_rotary_embedding_gradient_is_that_of_the_rotation",
+        why="the partner (−x₂, x₁) detached: the gradient is dy·cos, not dy turned by −angle")
 class RotaryWithADetachedPartner(ref.RotaryEmbedding):
     def forward(self, x, positions):
         cos, sin = self.cos[positions].to(x.dtype), self.sin[positions].to(x.dtype)
         return rotate_with_a_detached_partner(x, cos, sin, self.interleaved)
-
-
-MUTANTS = [
-    Mutant("rope.rope_frequencies", frequencies_without_the_factor_two,
-           ("test_frequencies_are_theta_to_the_minus_2i_over_d",), "θ^(−i/d) instead of θ^(−2i/d)"),
-    Mutant("rope.rope_frequencies", frequencies_accepting_odd_dims,
-           ("test_rejects_an_odd_head_dimension",), "an odd head dimension silently drops a coordinate"),
-    Mutant("rope.apply_rope", _rope_with(_clockwise),
-           ("test_rope_rotates_pair_i_by_position_times_theta_i",), "rotates clockwise (by −m): every "
-           "relative property still holds, only the definition catches it"),
-    Mutant("rope.apply_rope", _rope_with(_sign_error),
-           ("test_rope_rotates_pair_i_by_position_times_theta_i", "test_rotation_preserves_the_norm_of_every_pair",
-            "test_scores_depend_only_on_the_relative_position", "test_rotating_by_minus_m_inverts"),
-           "x₂ cos − x₁ sin: a sign error that makes it no rotation at all"),
-    Mutant("rope.apply_rope", _rope_with(_ignoring_the_flag),
-           ("test_pairing_conventions_agree_under_the_permutation",
-            "test_rope_rotates_pair_i_by_position_times_theta_i"),
-           "interleaved=True still pairs split halves"),
-    Mutant("rope.rotate", rotate_with_a_sign_error, ("test_rotate_turns_each_pair_by_the_given_angle",),
-           "x₂ cos − x₁ sin"),
-    Mutant("rope.rotate", rotate_ignoring_the_flag, ("test_rotate_turns_each_pair_by_the_given_angle",),
-           "interleaved=True still pairs split halves"),
-    Mutant("rope.apply_rope", rope_off_by_one_position,
-           ("test_position_zero_is_the_identity", "test_rope_rotates_pair_i_by_position_times_theta_i"),
-           "positions counted from 1"),
-    Mutant("rope.apply_rope", rope_clamping_negative_positions,
-           ("test_rotating_by_minus_m_inverts",), "negative positions clamped to 0"),
-    Mutant("rope.RotaryEmbedding", RotaryIgnoringPositions,
-           ("test_cached_tables_equal_the_direct_computation_at_any_positions",),
-           "uses rows 0..T-1 of the table instead of the given positions"),
-    Mutant("rope.RotaryEmbedding", RotaryWithPersistentTables,
-           ("test_cached_tables_equal_the_direct_computation_at_any_positions",),
-           "saves the cos/sin tables in the state dict, so checkpoints carry (and can disagree on) them"),
-    Mutant("rope.RotaryEmbedding", RotaryClampingPositions,
-           ("test_rejects_positions_outside_the_table",), "clamps positions past the table"),
-    Mutant("rope.rotate", rotate_with_a_detached_partner,
-           ("test_rotate_passes_back_the_gradient_turned_by_minus_the_angle",),
-           "the partner (−x₂, x₁) detached: the gradient is dy·cos, not dy turned by −angle"),
-    Mutant("rope.RotaryEmbedding", RotaryWithADetachedPartner,
-           ("test_rotary_embedding_gradient_is_that_of_the_rotation",),
-           "the partner (−x₂, x₁) detached: the gradient is dy·cos, not dy turned by −angle"),
-]

@@ -12,7 +12,7 @@ import numpy as np
 
 import llmkata.reference.text as ref
 
-from . import Mutant
+from . import mutant
 
 # ---------------------------------------------------------------- loading
 
@@ -29,41 +29,55 @@ def _files(paths):
             yield entry
 
 
+@mutant("text.default_corpus", "test_default_corpus_is_the_pydoc_topics_one_document_per_topic",
+        why="reads the whole corpus eagerly")
 def default_corpus_as_a_list():
     return list(ref.default_corpus())
 
 
+@mutant("text.default_corpus", "test_default_corpus_is_the_pydoc_topics_one_document_per_topic",
+        why="one document for all topics")
 def default_corpus_as_one_document():
     yield "\n\n".join(ref.default_corpus())
 
 
+@mutant("text.load_text_files", "test_text_files_load_one_document_per_file_in_sorted_order",
+        why="one document per line")
 def load_text_files_one_document_per_line(paths, errors="strict"):
     for doc in ref.load_text_files(paths, errors):
         yield from doc.splitlines()
 
 
+@mutant("text.load_text_files", "test_text_files_load_one_document_per_file_in_sorted_order",
+        why="strips the file's text")
 def load_text_files_stripped(paths, errors="strict"):
     for doc in ref.load_text_files(paths, errors):
         yield doc.strip()
 
 
+@mutant("text.load_text_files", "test_loaders_are_lazy", why="reads every file up front")
 def load_text_files_eagerly(paths, errors="strict"):
     return iter(list(ref.load_text_files(paths, errors)))
 
 
+@mutant("text.load_text_files", "test_rejects_invalid_utf8_naming_the_file_and_byte",
+        why="drops invalid bytes silently")
 def load_text_files_ignoring_bad_bytes(paths, errors="strict"):
     for path in _files(paths):
         yield path.read_bytes().decode("utf-8", errors="ignore")
 
 
+@mutant("text.load_jsonl", "test_loaders_are_lazy", why="parses the whole file up front")
 def load_jsonl_eagerly(paths, field="text", errors="strict"):
     return iter(list(ref.load_jsonl(paths, field, errors)))
 
 
+@mutant("text.load_jsonl", "test_jsonl_yields_the_field_of_each_line", why="drops documents whose text is empty")
 def load_jsonl_skipping_empty_documents(paths, field="text", errors="strict"):
     return (doc for doc in ref.load_jsonl(paths, field, errors) if doc)
 
 
+@mutant("text.load_jsonl", "test_rejects_a_jsonl_line_without_the_field", why="skips lines without the field silently")
 def load_jsonl_skipping_lines_without_the_field(paths, field="text", errors="strict"):
     for path in _files(paths):
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -73,6 +87,8 @@ def load_jsonl_skipping_lines_without_the_field(paths, field="text", errors="str
                     yield record[field]
 
 
+@mutant("text.load_hf_dataset", "test_hf_datasets_load_in_memory_and_streaming",
+        why="materialises the whole dataset, streaming or not")
 def load_hf_dataset_as_a_list(dataset, field="text", split="train", streaming=False, **load_kwargs):
     return list(ref.load_hf_dataset(dataset, field, split, streaming, **load_kwargs))
 
@@ -80,14 +96,18 @@ def load_hf_dataset_as_a_list(dataset, field="text", split="train", streaming=Fa
 # ---------------------------------------------------------------- cleaning
 
 
+@mutant("text.normalize_unicode", "test_cleaning_is_idempotent", why="NFD instead of NFC")
 def normalize_unicode_decomposing(text, form="NFC"):
     return unicodedata.normalize("NFD" if form == "NFC" else "NFKD", text)
 
 
+@mutant("text.clean", "test_cleaning_is_idempotent",
+        why="normalises before removing controls: a removed control can expose a composable pair")
 def clean_normalizing_before_removing_controls(text, form="NFC"):
     return ref.normalize_whitespace(ref.remove_control_characters(ref.normalize_unicode(text, form)))
 
 
+@mutant("text.clean", "test_clean_fixes_the_usual_mess", why="forgets Unicode normalisation")
 def clean_without_unicode_normalization(text, form="NFC"):
     return ref.normalize_whitespace(ref.remove_control_characters(text))
 
@@ -102,29 +122,39 @@ def _plain_space(ch):
     return " " if ch.isspace() and ch != "\t" else ch
 
 
+@mutant("text.normalize_whitespace", "test_cleaning_is_idempotent", why="one replace pass leaves runs of blank lines")
 def normalize_whitespace_collapsing_blank_lines_once(text):
     text = "".join(_plain_space(ch) for ch in text.replace("\r\n", "\n"))
     text = re.sub(r"[ \t]+\n", "\n", text)
     return text.replace("\n\n\n", "\n\n").strip(" \t\n")
 
 
+@mutant("text.normalize_whitespace", "test_cleaning_never_makes_text_longer", why="expands tabs to spaces")
 def normalize_whitespace_expanding_tabs(text):
     return ref.normalize_whitespace(text.expandtabs(4))
 
 
+@mutant("text.normalize_whitespace", "test_whitespace_normalization_keeps_lines_and_indentation",
+        why="flattens lines and indentation")
 def normalize_whitespace_collapsing_every_run(text):
     return " ".join(text.split())
 
 
+@mutant("text.normalize_whitespace", "test_whitespace_normalization_keeps_lines_and_indentation",
+        why="turns \\r\\n into two line breaks")
 def normalize_whitespace_doubling_crlf(text):
     return ref.normalize_whitespace(text.replace("\r\n", "\r\r"))
 
 
+@mutant("text.remove_control_characters", "test_control_characters_are_removed_and_everything_else_kept",
+        why="removes newlines and tabs too")
 def remove_every_control_character(text):
     kept = "".join(ch for ch in text if unicodedata.category(ch) != "Cc")
     return kept.replace("\ufeff", "").replace("\u200b", "")
 
 
+@mutant("text.remove_control_characters", "test_control_characters_are_removed_and_everything_else_kept",
+        why="removes U+200D and other Cf")
 def remove_format_characters_too(text):
     return "".join(ch for ch in ref.remove_control_characters(text) if unicodedata.category(ch) != "Cf")
 
@@ -132,27 +162,35 @@ def remove_format_characters_too(text):
 # ---------------------------------------------------------------- quality filters
 
 
+@mutant("text.mean_word_length", "test_quality_statistics_match_their_definitions",
+        why="counts the spaces between words")
 def mean_word_length_counting_spaces(text):
     words = text.split()
     return len(text.strip()) / len(words) if words else 0.0
 
 
+@mutant("text.symbol_to_word_ratio", "test_quality_statistics_match_their_definitions", why="forgets '…'")
 def symbol_ratio_forgetting_the_ellipsis_character(text):
     words = text.split()
     return (text.count("#") + text.count("...")) / len(words) if words else 0.0
 
 
+@mutant("text.alphabetic_word_fraction", "test_quality_statistics_match_their_definitions",
+        why="word.isalpha() instead of any letter")
 def alphabetic_fraction_requiring_all_letters(text):
     words = text.split()
     return sum(word.isalpha() for word in words) / len(words) if words else 0.0
 
 
+@mutant("text.duplicate_line_fraction", "test_quality_statistics_match_their_definitions",
+        why="counts the first copy of a repeated line too")
 def duplicate_lines_counting_first_copies(text):
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     counts = Counter(lines)
     return sum(c for c in counts.values() if c > 1) / len(lines) if lines else 0.0
 
 
+@mutant("text.failed_rules", "test_each_rule_drops_what_breaks_it_and_keeps_the_rest", why="min_words is exclusive")
 def failed_rules_with_exclusive_bounds(text, config=None):
     config = config or ref.QualityConfig()
     failed = ref.failed_rules(text, config)
@@ -161,6 +199,8 @@ def failed_rules_with_exclusive_bounds(text, config=None):
     return failed
 
 
+@mutant("text.failed_rules", "test_each_rule_drops_what_breaks_it_and_keeps_the_rest",
+        why="always the default thresholds")
 def failed_rules_ignoring_the_config(text, config=None):
     return ref.failed_rules(text)
 
@@ -168,6 +208,7 @@ def failed_rules_ignoring_the_config(text, config=None):
 _lines_seen: set = set()
 
 
+@mutant("text.failed_rules", "test_filters_are_pure", why="remembers lines of earlier documents")
 def failed_rules_remembering_lines_across_documents(text, config=None):
     """Counts a line as duplicated when any earlier document had it: the verdict depends on the corpus."""
     failed = ref.failed_rules(text, config)
@@ -178,6 +219,8 @@ def failed_rules_remembering_lines_across_documents(text, config=None):
     return failed
 
 
+@mutant("text.quality_filter", "test_report_counts_each_dropped_document_under_its_first_rule",
+        why="counts a document under every rule")
 def quality_filter_counting_every_broken_rule(docs, config=None, report=None):
     for doc in docs:
         failed = ref.failed_rules(doc, config)
@@ -190,19 +233,24 @@ def quality_filter_counting_every_broken_rule(docs, config=None, report=None):
 # ---------------------------------------------------------------- exact dedup
 
 
+@mutant("text.dedup_key", "test_dedup_key_ignores_case_whitespace_and_unicode_form_only", why="no normalisation")
 def dedup_key_of_the_raw_text(text):
     return text.encode("utf-8", "surrogatepass")
 
 
+@mutant("text.dedup_key", "test_dedup_key_ignores_case_whitespace_and_unicode_form_only", why="drops punctuation")
 def dedup_key_ignoring_punctuation(text):
     return ref.dedup_key(re.sub(r"[^\w\s]", "", text))
 
 
+@mutant("text.exact_dedup", "test_exact_dedup_keeps_the_first_of_each_duplicate_in_order",
+        why="keeps the last occurrence")
 def exact_dedup_keeping_the_last(docs, report=None):
     docs = list(docs)
     return reversed(list(ref.exact_dedup(reversed(docs), report)))
 
 
+@mutant("text.exact_dedup", "test_exact_dedup_keeps_the_first_of_each_duplicate_in_order", why="loses the corpus order")
 def exact_dedup_via_a_sorted_set(docs, report=None):
     first = {}
     for doc in docs:
@@ -210,6 +258,8 @@ def exact_dedup_via_a_sorted_set(docs, report=None):
     return iter(sorted(first.values()))
 
 
+@mutant("text.exact_dedup", "test_exact_dedup_keeps_the_first_of_each_duplicate_in_order",
+        why="does not report its drops")
 def exact_dedup_without_a_report(docs, report=None):
     return ref.exact_dedup(docs)
 
@@ -217,11 +267,13 @@ def exact_dedup_without_a_report(docs, report=None):
 # ---------------------------------------------------------------- MinHash and LSH
 
 
+@mutant("text.shingles", "test_shingles_are_the_word_ngrams", why="character n-grams")
 def shingles_of_characters(text, ngram=5):
     text = " ".join(text.split())
     return {tuple(text[i:i + ngram]) for i in range(max(len(text) - ngram + 1, 1))}
 
 
+@mutant("text.shingles", "test_shingles_are_the_word_ngrams", why="off by one")
 def shingles_missing_the_last(text, ngram=5):
     words = text.split()
     if len(words) < ngram:
@@ -229,38 +281,53 @@ def shingles_missing_the_last(text, ngram=5):
     return {tuple(words[i:i + ngram]) for i in range(len(words) - ngram)} or {tuple(words[:ngram])}
 
 
+@mutant("text.jaccard", "test_jaccard_is_intersection_over_union", why="the overlap coefficient")
 def jaccard_over_the_smaller_set(a, b):
     smaller = min(len(a), len(b))
     return len(a & b) / smaller if smaller else 1.0
 
 
+@mutant("text.minhash_signatures", "test_minhash_estimate_is_within_the_hoeffding_bound_of_the_true_jaccard",
+        why="the same hash function in every column: the estimate is 0 or 1")
 def minhash_with_one_hash_function_repeated(docs, num_perm=128, ngram=5, seed=0):
     one = ref.minhash_signatures(docs, 1, ngram, seed)
     return np.repeat(one, num_perm, axis=1)
 
 
+@mutant("text.minhash_signatures", "test_minhash_estimate_is_within_the_hoeffding_bound_of_the_true_jaccard",
+        why="ignores ngram")
 def minhash_on_single_words(docs, num_perm=128, ngram=5, seed=0):
     return ref.minhash_signatures(docs, num_perm, 1, seed)
 
 
+@mutant("text.minhash_signatures", "test_signatures_are_deterministic_and_independent_of_the_batch",
+        why="minimum across documents")
 def minhash_with_a_running_minimum_over_documents(docs, num_perm=128, ngram=5, seed=0):
     """A reduce over the whole batch instead of per document: row i is the minimum over documents 0..i."""
     return np.minimum.accumulate(ref.minhash_signatures(docs, num_perm, ngram, seed), axis=0)
 
 
+@mutant("text.minhash_signatures", "test_signatures_are_deterministic_and_independent_of_the_batch",
+        why="new hash functions every call")
 def minhash_seeded_by_the_clock(docs, num_perm=128, ngram=5, seed=0):
     return ref.minhash_signatures(docs, num_perm, ngram, seed + time.perf_counter_ns())
 
 
+@mutant("text.near_dedup", "test_near_dedup_catches_a_one_word_edit_of_a_long_document",
+        why="only catches exact copies")
 def near_dedup_requiring_identical_signatures(docs, threshold=0.8, num_perm=128, bands=None, ngram=5, seed=0,
                                               report=None):
     return ref.near_dedup(docs, 1.0, num_perm, bands, ngram, seed, report)
 
 
+@mutant("text.near_dedup", "test_near_dedup_catches_a_one_word_edit_of_a_long_document",
+        "test_identical_documents_are_always_near_duplicates",
+        why="drops nothing")
 def near_dedup_never_dropping(docs, threshold=0.8, num_perm=128, bands=None, ngram=5, seed=0, report=None):
     return iter(docs)
 
 
+@mutant("text.near_dedup", "test_identical_documents_are_always_near_duplicates", why="compares neighbours only")
 def near_dedup_comparing_with_the_previous_document_only(docs, threshold=0.8, num_perm=128, bands=None, ngram=5,
                                                          seed=0, report=None):
     previous = None
@@ -279,6 +346,8 @@ def _bands_for(threshold, num_perm):
     return num_perm
 
 
+@mutant("text.near_dedup", "test_near_dedup_keeps_documents_of_low_similarity",
+        why="an LSH candidate is not a duplicate")
 def near_dedup_trusting_lsh_candidates(docs, threshold=0.8, num_perm=128, bands=None, ngram=5, seed=0, report=None):
     """Drops every document that shares a band with a kept one, without confirming the estimated Jaccard."""
     bands = bands or _bands_for(threshold, num_perm)
@@ -295,6 +364,7 @@ def near_dedup_trusting_lsh_candidates(docs, threshold=0.8, num_perm=128, bands=
         yield doc
 
 
+@mutant("text.near_dedup", "test_near_dedup_keeps_the_first_of_each_group_in_order", why="keeps the last of each group")
 def near_dedup_keeping_the_last(docs, threshold=0.8, num_perm=128, bands=None, ngram=5, seed=0, report=None):
     docs = list(docs)
     return reversed(list(ref.near_dedup(reversed(docs), threshold, num_perm, bands, ngram, seed, report)))
@@ -303,6 +373,7 @@ def near_dedup_keeping_the_last(docs, threshold=0.8, num_perm=128, bands=None, n
 # ---------------------------------------------------------------- the pipeline and bad input
 
 
+@mutant("text.clean_corpus", "test_clean_corpus_cleans_filters_and_deduplicates", why="forgets exact dedup")
 def clean_corpus_without_exact_dedup(docs, config=None, near_threshold=0.8, form="NFC", report=None):
     report = report if report is not None else ref.FilterReport()
 
@@ -319,6 +390,7 @@ def clean_corpus_without_exact_dedup(docs, config=None, near_threshold=0.8, form
         yield doc
 
 
+@mutant("text.clean_corpus", "test_rejects_a_corpus_empty_after_filtering", why="an empty corpus passes silently")
 def clean_corpus_yielding_nothing_quietly(docs, config=None, near_threshold=0.8, form="NFC", report=None):
     try:
         yield from ref.clean_corpus(docs, config, near_threshold, form, report)
@@ -326,6 +398,7 @@ def clean_corpus_yielding_nothing_quietly(docs, config=None, near_threshold=0.8,
         return
 
 
+@mutant("text.decode_utf8", "test_replacing_invalid_utf8_reports_the_count", why="counts the genuine U+FFFD too")
 def decode_utf8_counting_every_replacement_character(data, source="<bytes>", errors="strict"):
     if errors == "strict":
         return ref.decode_utf8(data, source, errors)
@@ -336,105 +409,8 @@ def decode_utf8_counting_every_replacement_character(data, source="<bytes>", err
     return text
 
 
+@mutant("text.decode_utf8", "test_replacing_invalid_utf8_reports_the_count", why="replaces without a word")
 def decode_utf8_replacing_silently(data, source="<bytes>", errors="strict"):
     if errors == "strict":
         return ref.decode_utf8(data, source, errors)
     return data.decode("utf-8", errors="replace")
-
-
-MUTANTS = [
-    Mutant("text.default_corpus", default_corpus_as_a_list,
-           ("test_default_corpus_is_the_pydoc_topics_one_document_per_topic",), "reads the whole corpus eagerly"),
-    Mutant("text.default_corpus", default_corpus_as_one_document,
-           ("test_default_corpus_is_the_pydoc_topics_one_document_per_topic",), "one document for all topics"),
-    Mutant("text.load_text_files", load_text_files_one_document_per_line,
-           ("test_text_files_load_one_document_per_file_in_sorted_order",), "one document per line"),
-    Mutant("text.load_text_files", load_text_files_stripped,
-           ("test_text_files_load_one_document_per_file_in_sorted_order",), "strips the file's text"),
-    Mutant("text.load_text_files", load_text_files_eagerly, ("test_loaders_are_lazy",), "reads every file up front"),
-    Mutant("text.load_text_files", load_text_files_ignoring_bad_bytes,
-           ("test_rejects_invalid_utf8_naming_the_file_and_byte",), "drops invalid bytes silently"),
-    Mutant("text.load_jsonl", load_jsonl_eagerly, ("test_loaders_are_lazy",), "parses the whole file up front"),
-    Mutant("text.load_jsonl", load_jsonl_skipping_empty_documents, ("test_jsonl_yields_the_field_of_each_line",),
-           "drops documents whose text is empty"),
-    Mutant("text.load_jsonl", load_jsonl_skipping_lines_without_the_field,
-           ("test_rejects_a_jsonl_line_without_the_field",), "skips lines without the field silently"),
-    Mutant("text.load_hf_dataset", load_hf_dataset_as_a_list, ("test_hf_datasets_load_in_memory_and_streaming",),
-           "materialises the whole dataset, streaming or not"),
-    Mutant("text.normalize_unicode", normalize_unicode_decomposing, ("test_cleaning_is_idempotent",),
-           "NFD instead of NFC"),
-    Mutant("text.clean", clean_normalizing_before_removing_controls, ("test_cleaning_is_idempotent",),
-           "normalises before removing controls: a removed control can expose a composable pair"),
-    Mutant("text.normalize_whitespace", normalize_whitespace_collapsing_blank_lines_once,
-           ("test_cleaning_is_idempotent",), "one replace pass leaves runs of blank lines"),
-    Mutant("text.normalize_whitespace", normalize_whitespace_expanding_tabs,
-           ("test_cleaning_never_makes_text_longer",), "expands tabs to spaces"),
-    Mutant("text.normalize_whitespace", normalize_whitespace_collapsing_every_run,
-           ("test_whitespace_normalization_keeps_lines_and_indentation",), "flattens lines and indentation"),
-    Mutant("text.normalize_whitespace", normalize_whitespace_doubling_crlf,
-           ("test_whitespace_normalization_keeps_lines_and_indentation",), "turns \\r\\n into two line breaks"),
-    Mutant("text.remove_control_characters", remove_every_control_character,
-           ("test_control_characters_are_removed_and_everything_else_kept",), "removes newlines and tabs too"),
-    Mutant("text.remove_control_characters", remove_format_characters_too,
-           ("test_control_characters_are_removed_and_everything_else_kept",), "removes U+200D and other Cf"),
-    Mutant("text.clean", clean_without_unicode_normalization, ("test_clean_fixes_the_usual_mess",),
-           "forgets Unicode normalisation"),
-    Mutant("text.mean_word_length", mean_word_length_counting_spaces,
-           ("test_quality_statistics_match_their_definitions",), "counts the spaces between words"),
-    Mutant("text.symbol_to_word_ratio", symbol_ratio_forgetting_the_ellipsis_character,
-           ("test_quality_statistics_match_their_definitions",), "forgets '…'"),
-    Mutant("text.alphabetic_word_fraction", alphabetic_fraction_requiring_all_letters,
-           ("test_quality_statistics_match_their_definitions",), "word.isalpha() instead of any letter"),
-    Mutant("text.duplicate_line_fraction", duplicate_lines_counting_first_copies,
-           ("test_quality_statistics_match_their_definitions",), "counts the first copy of a repeated line too"),
-    Mutant("text.failed_rules", failed_rules_with_exclusive_bounds,
-           ("test_each_rule_drops_what_breaks_it_and_keeps_the_rest",), "min_words is exclusive"),
-    Mutant("text.failed_rules", failed_rules_ignoring_the_config,
-           ("test_each_rule_drops_what_breaks_it_and_keeps_the_rest",), "always the default thresholds"),
-    Mutant("text.failed_rules", failed_rules_remembering_lines_across_documents, ("test_filters_are_pure",),
-           "remembers lines of earlier documents"),
-    Mutant("text.quality_filter", quality_filter_counting_every_broken_rule,
-           ("test_report_counts_each_dropped_document_under_its_first_rule",), "counts a document under every rule"),
-    Mutant("text.dedup_key", dedup_key_of_the_raw_text,
-           ("test_dedup_key_ignores_case_whitespace_and_unicode_form_only",), "no normalisation"),
-    Mutant("text.dedup_key", dedup_key_ignoring_punctuation,
-           ("test_dedup_key_ignores_case_whitespace_and_unicode_form_only",), "drops punctuation"),
-    Mutant("text.exact_dedup", exact_dedup_keeping_the_last,
-           ("test_exact_dedup_keeps_the_first_of_each_duplicate_in_order",), "keeps the last occurrence"),
-    Mutant("text.exact_dedup", exact_dedup_via_a_sorted_set,
-           ("test_exact_dedup_keeps_the_first_of_each_duplicate_in_order",), "loses the corpus order"),
-    Mutant("text.exact_dedup", exact_dedup_without_a_report,
-           ("test_exact_dedup_keeps_the_first_of_each_duplicate_in_order",), "does not report its drops"),
-    Mutant("text.shingles", shingles_of_characters, ("test_shingles_are_the_word_ngrams",), "character n-grams"),
-    Mutant("text.shingles", shingles_missing_the_last, ("test_shingles_are_the_word_ngrams",), "off by one"),
-    Mutant("text.jaccard", jaccard_over_the_smaller_set, ("test_jaccard_is_intersection_over_union",),
-           "the overlap coefficient"),
-    Mutant("text.minhash_signatures", minhash_with_one_hash_function_repeated,
-           ("test_minhash_estimate_is_within_the_hoeffding_bound_of_the_true_jaccard",),
-           "the same hash function in every column: the estimate is 0 or 1"),
-    Mutant("text.minhash_signatures", minhash_on_single_words,
-           ("test_minhash_estimate_is_within_the_hoeffding_bound_of_the_true_jaccard",), "ignores ngram"),
-    Mutant("text.minhash_signatures", minhash_with_a_running_minimum_over_documents,
-           ("test_signatures_are_deterministic_and_independent_of_the_batch",), "minimum across documents"),
-    Mutant("text.minhash_signatures", minhash_seeded_by_the_clock,
-           ("test_signatures_are_deterministic_and_independent_of_the_batch",), "new hash functions every call"),
-    Mutant("text.near_dedup", near_dedup_requiring_identical_signatures,
-           ("test_near_dedup_catches_a_one_word_edit_of_a_long_document",), "only catches exact copies"),
-    Mutant("text.near_dedup", near_dedup_never_dropping,
-           ("test_near_dedup_catches_a_one_word_edit_of_a_long_document",
-            "test_identical_documents_are_always_near_duplicates"), "drops nothing"),
-    Mutant("text.near_dedup", near_dedup_comparing_with_the_previous_document_only,
-           ("test_identical_documents_are_always_near_duplicates",), "compares neighbours only"),
-    Mutant("text.near_dedup", near_dedup_trusting_lsh_candidates,
-           ("test_near_dedup_keeps_documents_of_low_similarity",), "an LSH candidate is not a duplicate"),
-    Mutant("text.near_dedup", near_dedup_keeping_the_last,
-           ("test_near_dedup_keeps_the_first_of_each_group_in_order",), "keeps the last of each group"),
-    Mutant("text.clean_corpus", clean_corpus_without_exact_dedup,
-           ("test_clean_corpus_cleans_filters_and_deduplicates",), "forgets exact dedup"),
-    Mutant("text.clean_corpus", clean_corpus_yielding_nothing_quietly,
-           ("test_rejects_a_corpus_empty_after_filtering",), "an empty corpus passes silently"),
-    Mutant("text.decode_utf8", decode_utf8_counting_every_replacement_character,
-           ("test_replacing_invalid_utf8_reports_the_count",), "counts the genuine U+FFFD too"),
-    Mutant("text.decode_utf8", decode_utf8_replacing_silently,
-           ("test_replacing_invalid_utf8_reports_the_count",), "replaces without a word"),
-]

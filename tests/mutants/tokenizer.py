@@ -11,7 +11,7 @@ import regex
 
 import llmkata.reference.tokenizer as ref
 
-from . import Mutant
+from . import mutant
 
 REPLACEMENT = "\N{REPLACEMENT CHARACTER}"
 
@@ -78,34 +78,52 @@ def _naive_train(data, vocab_size, special_tokens=(), pattern="gpt4", *, tie="by
     return ref.Tokenizer(vocab, merges, special_tokens, pattern)
 
 
+@mutant("tokenizer.train_bpe", "test_merges_follow_the_pinned_tie_break", "test_training_equals_the_textbook_algorithm",
+        why="ties go to the smallest pair (min where max was meant)")
 def train_bpe_taking_the_smallest_pair_on_ties(data, vocab_size, special_tokens=(), pattern="gpt4"):
     return _naive_train(data, vocab_size, special_tokens, pattern, tie="smallest")
 
 
+@mutant("tokenizer.train_bpe", "test_merges_follow_the_pinned_tie_break",
+        why="ties compare token ids, which order merged tokens after every byte")
 def train_bpe_breaking_ties_by_id(data, vocab_size, special_tokens=(), pattern="gpt4"):
     return _naive_train(data, vocab_size, special_tokens, pattern, tie="ids")
 
 
+@mutant("tokenizer.train_bpe", "test_training_equals_the_textbook_algorithm",
+        why="a merge replaces overlapping occurrences from the right: 'aaa' becomes [a, aa], not [aa, a]")
 def train_bpe_merging_right_to_left(data, vocab_size, special_tokens=(), pattern="gpt4"):
     return _naive_train(data, vocab_size, special_tokens, pattern, right_to_left=True)
 
 
+@mutant("tokenizer.train_bpe", "test_training_equals_the_textbook_algorithm",
+        why="pair counts ignore how often each pre-token occurs")
 def train_bpe_counting_each_word_once(data, vocab_size, special_tokens=(), pattern="gpt4"):
     return _naive_train(data, vocab_size, special_tokens, pattern, weighted=False)
 
 
+@mutant("tokenizer.train_bpe", "test_special_tokens_are_never_merged_into",
+        "test_training_equals_the_textbook_algorithm",
+        why="special tokens are left in the text and counted like any other")
 def train_bpe_with_special_tokens_as_text(data, vocab_size, special_tokens=(), pattern="gpt4"):
     return _naive_train(data, vocab_size, special_tokens, pattern, cut_specials=False)
 
 
+@mutant("tokenizer.train_bpe", "test_trained_vocabulary_has_exactly_vocab_size_tokens",
+        "test_training_equals_the_textbook_algorithm",
+        why="special tokens get the last ids instead of 256...")
 def train_bpe_with_special_tokens_last(data, vocab_size, special_tokens=(), pattern="gpt4"):
     return _naive_train(data, vocab_size, special_tokens, pattern, specials_first=False)
 
 
+@mutant("tokenizer.train_bpe", "test_trained_vocabulary_has_exactly_vocab_size_tokens",
+        why="the loop stops one merge early")
 def train_bpe_one_token_short(data, vocab_size, special_tokens=(), pattern="gpt4"):
     return ref.train_bpe(data, vocab_size - 1, special_tokens, pattern)
 
 
+@mutant("tokenizer.train_bpe", "test_training_stops_with_a_warning_when_pairs_run_out",
+        why="runs out of pairs silently")
 def train_bpe_without_warning(data, vocab_size, special_tokens=(), pattern="gpt4"):
     import warnings
 
@@ -114,14 +132,19 @@ def train_bpe_without_warning(data, vocab_size, special_tokens=(), pattern="gpt4
         return ref.train_bpe(data, vocab_size, special_tokens, pattern)
 
 
+@mutant("tokenizer.train_bpe", "test_training_does_not_depend_on_how_the_corpus_is_given",
+        why="documents are concatenated, so pre-tokens run from one into the next")
 def train_bpe_joining_documents(data, vocab_size, special_tokens=(), pattern="gpt4"):
     return ref.train_bpe("".join(_documents(data)), vocab_size, special_tokens, pattern)
 
 
+@mutant("tokenizer.train_bpe", "test_rejects_vocab_size_below_bytes_and_special_tokens",
+        why="a too small vocab_size is raised silently")
 def train_bpe_clamping_vocab_size(data, vocab_size, special_tokens=(), pattern="gpt4"):
     return ref.train_bpe(data, max(vocab_size, 256 + len(special_tokens)), special_tokens, pattern)
 
 
+@mutant("tokenizer.train_bpe", "test_rejects_an_empty_corpus", why="an empty corpus trains a bytes-only tokenizer")
 def train_bpe_accepting_an_empty_corpus(data, vocab_size, special_tokens=(), pattern="gpt4"):
     if not "".join(_documents(data)):
         vocab = {i: bytes([i]) for i in range(256)}
@@ -130,11 +153,15 @@ def train_bpe_accepting_an_empty_corpus(data, vocab_size, special_tokens=(), pat
     return ref.train_bpe(data, vocab_size, special_tokens, pattern)
 
 
+@mutant("tokenizer.train_bpe", "test_rejects_empty_or_duplicate_special_tokens",
+        why="empty and repeated special tokens are dropped")
 def train_bpe_dropping_bad_special_tokens(data, vocab_size, special_tokens=(), pattern="gpt4"):
     special_tokens = list(dict.fromkeys(token for token in special_tokens if token))
     return ref.train_bpe(data, vocab_size, special_tokens, pattern)
 
 
+@mutant("tokenizer.train_bpe", "test_rejects_lone_surrogates",
+        why="lone surrogates are replaced by U+FFFD before training")
 def train_bpe_replacing_surrogates(data, vocab_size, special_tokens=(), pattern="gpt4"):
     documents = [d.encode("utf-8", "replace").decode("utf-8") for d in _documents(data)]
     return ref.train_bpe(documents, vocab_size, special_tokens, pattern)
@@ -143,6 +170,8 @@ def train_bpe_replacing_surrogates(data, vocab_size, special_tokens=(), pattern=
 # ---------------------------------------------------------------- encoding and decoding
 
 
+@mutant("tokenizer.Tokenizer", "test_decode_inverts_encode", "test_decode_accepts_any_ids_and_replaces_invalid_utf8",
+        why="decodes each token on its own")
 class TokenizerDecodingEachToken(ref.Tokenizer):
     """Decodes token by token: a character whose bytes span two tokens becomes two U+FFFD."""
 
@@ -150,16 +179,21 @@ class TokenizerDecodingEachToken(ref.Tokenizer):
         return "".join(self.vocab[i].decode("utf-8", errors="replace") for i in ids)
 
 
+@mutant("tokenizer.Tokenizer", "test_decode_accepts_any_ids_and_replaces_invalid_utf8", why="raises on invalid UTF-8")
 class TokenizerDecodingStrictly(ref.Tokenizer):
     def decode(self, ids):
         return b"".join(self.vocab[i] for i in ids).decode("utf-8")
 
 
+@mutant("tokenizer.Tokenizer", "test_disallowed_special_tokens_encode_as_ordinary_text",
+        why="allowed_special is ignored")
 class TokenizerIgnoringAllowedSpecial(ref.Tokenizer):
     def encode(self, text, allowed_special="all"):
         return super().encode(text, "all")
 
 
+@mutant("tokenizer.Tokenizer", "test_special_tokens_encode_to_one_id_each",
+        why="special tokens are looked for after pre-tokenization, which has split them")
 class TokenizerMatchingSpecialsAfterSplitting(ref.Tokenizer):
     """Looks special tokens up among the pre-tokens; the split pattern has already cut '<|pad|>' apart."""
 
@@ -173,6 +207,7 @@ class TokenizerMatchingSpecialsAfterSplitting(ref.Tokenizer):
         return ids
 
 
+@mutant("tokenizer.Tokenizer", "test_ids_are_in_the_vocabulary", why="special tokens numbered past the vocabulary")
 class TokenizerWithSpecialIdsPastTheVocab(ref.Tokenizer):
     """Numbers special tokens after the vocabulary instead of using their ids in it."""
 
@@ -181,6 +216,8 @@ class TokenizerWithSpecialIdsPastTheVocab(ref.Tokenizer):
         self.special_tokens = {token: len(self.vocab) + k for k, token in enumerate(self.special_tokens)}
 
 
+@mutant("tokenizer.Tokenizer", "test_encode_equals_tiktoken_with_the_same_ranks_and_pattern",
+        why="equal ranks merge rightmost first")
 class TokenizerMergingRightmostFirst(ref.Tokenizer):
     """Among adjacent pairs of equal lowest rank, merges the rightmost first."""
 
@@ -199,6 +236,8 @@ class TokenizerMergingRightmostFirst(ref.Tokenizer):
         return tuple(self._ranks[p] for p in parts)
 
 
+@mutant("tokenizer.Tokenizer", "test_encode_equals_tiktoken_with_the_same_ranks_and_pattern",
+        why="long pre-tokens are cut into blocks")
 class TokenizerCuttingLongPreTokens(ref.Tokenizer):
     """Cuts a pre-token of more than 256 characters into blocks of 64 to keep BPE fast: no merge crosses a cut."""
 
@@ -211,16 +250,23 @@ class TokenizerCuttingLongPreTokens(ref.Tokenizer):
         return tuple(ids)
 
 
+@mutant("tokenizer.Tokenizer", "test_encode_equals_tiktoken_with_the_same_ranks_and_pattern",
+        why="'gpt4' is split with GPT-2's pattern")
 class TokenizerWithTheGpt2PatternAlways(ref.Tokenizer):
     def __init__(self, vocab, merges, special_tokens=(), pattern="gpt4"):
         super().__init__(vocab, merges, special_tokens, "gpt2")
 
 
+@mutant("tokenizer.Tokenizer", "test_training_text_compresses",
+        "test_encode_equals_tiktoken_with_the_same_ranks_and_pattern",
+        why="encodes bytes and never merges")
 class TokenizerWithoutMerges(ref.Tokenizer):
     def _encode_piece(self, piece):
         return tuple(self._ranks[bytes([b])] for b in piece.encode("utf-8"))
 
 
+@mutant("tokenizer.Tokenizer", "test_encode_equals_tiktoken_with_the_same_ranks_and_pattern",
+        why="longest-match-first instead of BPE")
 class TokenizerMatchingGreedilyLongestFirst(ref.Tokenizer):
     """WordPiece's rule, not BPE's: the longest vocabulary token that starts the rest of the pre-token."""
 
@@ -233,17 +279,23 @@ class TokenizerMatchingGreedilyLongestFirst(ref.Tokenizer):
         return tuple(ids)
 
 
+@mutant("tokenizer.Tokenizer", "test_encode_iterable_matches_encode_for_any_chunking",
+        why="each chunk is encoded on its own")
 class TokenizerStreamingChunksIndependently(ref.Tokenizer):
     def encode_iterable(self, iterable, allowed_special="all"):
         for chunk in iterable:
             yield from self.encode(chunk, allowed_special)
 
 
+@mutant("tokenizer.Tokenizer", "test_encode_iterable_yields_before_reading_everything",
+        why="reads the whole stream, then encodes")
 class TokenizerStreamingAfterReadingEverything(ref.Tokenizer):
     def encode_iterable(self, iterable, allowed_special="all"):
         yield from self.encode("".join(iterable), allowed_special)
 
 
+@mutant("tokenizer.Tokenizer", "test_encode_iterable_matches_encode_for_any_chunking",
+        why="holds back only the last pre-token: \"'l\" + \"l\" and a newline, spaces, newline come out wrong")
 class TokenizerHoldingBackOnlyTheLastPreToken(ref.Tokenizer):
     """Streams all pre-tokens but the last; forgets that a contraction or a whitespace run can still change."""
 
@@ -258,6 +310,7 @@ class TokenizerHoldingBackOnlyTheLastPreToken(ref.Tokenizer):
         return starts[-1] if starts else start
 
 
+@mutant("tokenizer.Tokenizer", "test_save_then_load_gives_identical_output", why="the file does not record the pattern")
 class TokenizerSavingWithoutPattern(ref.Tokenizer):
     """Leaves the pattern out of the file; load falls back to the default pattern."""
 
@@ -268,6 +321,8 @@ class TokenizerSavingWithoutPattern(ref.Tokenizer):
         Path(path).write_text(json.dumps(document))
 
 
+@mutant("tokenizer.Tokenizer", "test_save_then_load_gives_identical_output",
+        why="merges are saved sorted, not in the order learned")
 class TokenizerSavingMergesSorted(ref.Tokenizer):
     def save(self, path):
         super().save(path)
@@ -276,21 +331,27 @@ class TokenizerSavingMergesSorted(ref.Tokenizer):
         Path(path).write_text(json.dumps(document))
 
 
+@mutant("tokenizer.Tokenizer", "test_rejects_ids_outside_the_vocabulary", why="unknown ids are skipped")
 class TokenizerSkippingUnknownIds(ref.Tokenizer):
     def decode(self, ids):
         return super().decode([i for i in ids if i in self.vocab])
 
 
+@mutant("tokenizer.Tokenizer", "test_rejects_lone_surrogates", why="lone surrogates are replaced by U+FFFD")
 class TokenizerReplacingLoneSurrogates(ref.Tokenizer):
     def encode(self, text, allowed_special="all"):
         return super().encode(text.encode("utf-8", "replace").decode("utf-8"), allowed_special)
 
 
+@mutant("tokenizer.Tokenizer", "test_rejects_empty_or_duplicate_special_tokens",
+        why="a repeated special token is dropped")
 class TokenizerDroppingDuplicateSpecialTokens(ref.Tokenizer):
     def __init__(self, vocab, merges, special_tokens=(), pattern="gpt4"):
         super().__init__(vocab, merges, list(dict.fromkeys(special_tokens)), pattern)
 
 
+@mutant("tokenizer.Tokenizer", "test_rejects_a_file_that_is_not_a_saved_tokenizer",
+        why="an unreadable file loads as a bytes-only tokenizer")
 class TokenizerLoadingAnything(ref.Tokenizer):
     @classmethod
     def load(cls, path):
@@ -303,6 +364,8 @@ class TokenizerLoadingAnything(ref.Tokenizer):
 # ---------------------------------------------------------------- sentencepiece
 
 
+@mutant("tokenizer.SentencePieceTokenizer", "test_decode_inverts_encode",
+        why="'▁' in the text is read by sentencepiece as a space")
 class SentencePieceReadingSpaceMarks(ref.SentencePieceTokenizer):
     """Hands '▁' to sentencepiece as it is: it comes back as a space."""
 
@@ -310,6 +373,8 @@ class SentencePieceReadingSpaceMarks(ref.SentencePieceTokenizer):
         return self._sp.encode(text) if text else []
 
 
+@mutant("tokenizer.SentencePieceTokenizer", "test_decode_inverts_encode",
+        why="sentencepiece's decode drops special tokens")
 class SentencePieceDecodingWithSentencepiece(ref.SentencePieceTokenizer):
     """sentencepiece's own decode: control symbols (our special tokens) decode to nothing."""
 
@@ -317,6 +382,8 @@ class SentencePieceDecodingWithSentencepiece(ref.SentencePieceTokenizer):
         return self._sp.decode(list(ids))
 
 
+@mutant("tokenizer.train_sentencepiece", "test_decode_inverts_encode",
+        why="NFKC, dummy prefix and whitespace collapsing lose text")
 def train_sentencepiece_with_default_normalization(data, vocab_size, special_tokens=()):
     """sentencepiece's defaults: NFKC, a dummy prefix, runs of spaces collapsed."""
     import sentencepiece
@@ -334,6 +401,8 @@ def train_sentencepiece_with_default_normalization(data, vocab_size, special_tok
 # ---------------------------------------------------------------- export
 
 
+@mutant("tokenizer.to_tiktoken", "test_tiktoken_export_encodes_like_the_tokenizer",
+        why="special tokens are not passed to tiktoken")
 def to_tiktoken_without_special_tokens(tokenizer, name="llmkata"):
     import tiktoken
 
@@ -341,6 +410,8 @@ def to_tiktoken_without_special_tokens(tokenizer, name="llmkata"):
                              special_tokens={})
 
 
+@mutant("tokenizer.to_tiktoken", "test_tiktoken_export_encodes_like_the_tokenizer",
+        why="the export always uses the GPT-2 pattern")
 def to_tiktoken_with_the_gpt2_pattern(tokenizer, name="llmkata"):
     import tiktoken
 
@@ -356,6 +427,8 @@ def _edit_hf(tokenizer, edit):
     return tokenizers.Tokenizer.from_str(json.dumps(document))
 
 
+@mutant("tokenizer.to_hf_tokenizer", "test_hf_export_encodes_like_the_tokenizer",
+        why="the special tokens get new ids in Hugging Face")
 def to_hf_tokenizer_renumbering_special_tokens(tokenizer):
     """Special tokens only as added tokens: the model does not know their ids, so Hugging Face gives new ones."""
 
@@ -367,6 +440,8 @@ def to_hf_tokenizer_renumbering_special_tokens(tokenizer):
     return _edit_hf(tokenizer, edit)
 
 
+@mutant("tokenizer.to_hf_tokenizer", "test_hf_export_encodes_like_the_tokenizer",
+        why="ByteLevel splits the pre-tokens again with GPT-2's pattern")
 def to_hf_tokenizer_splitting_twice(tokenizer):
     """ByteLevel with use_regex=True splits every pre-token again with GPT-2's pattern."""
 
@@ -374,97 +449,3 @@ def to_hf_tokenizer_splitting_twice(tokenizer):
         document["pre_tokenizer"]["pretokenizers"][1]["use_regex"] = True
 
     return _edit_hf(tokenizer, edit)
-
-
-MUTANTS = [
-    # training
-    Mutant("tokenizer.train_bpe", train_bpe_taking_the_smallest_pair_on_ties,
-           ("test_merges_follow_the_pinned_tie_break", "test_training_equals_the_textbook_algorithm"),
-           "ties go to the smallest pair (min where max was meant)"),
-    Mutant("tokenizer.train_bpe", train_bpe_breaking_ties_by_id, ("test_merges_follow_the_pinned_tie_break",),
-           "ties compare token ids, which order merged tokens after every byte"),
-    Mutant("tokenizer.train_bpe", train_bpe_merging_right_to_left, ("test_training_equals_the_textbook_algorithm",),
-           "a merge replaces overlapping occurrences from the right: 'aaa' becomes [a, aa], not [aa, a]"),
-    Mutant("tokenizer.train_bpe", train_bpe_counting_each_word_once, ("test_training_equals_the_textbook_algorithm",),
-           "pair counts ignore how often each pre-token occurs"),
-    Mutant("tokenizer.train_bpe", train_bpe_with_special_tokens_as_text,
-           ("test_special_tokens_are_never_merged_into", "test_training_equals_the_textbook_algorithm"),
-           "special tokens are left in the text and counted like any other"),
-    Mutant("tokenizer.train_bpe", train_bpe_with_special_tokens_last,
-           ("test_trained_vocabulary_has_exactly_vocab_size_tokens", "test_training_equals_the_textbook_algorithm"),
-           "special tokens get the last ids instead of 256..."),
-    Mutant("tokenizer.train_bpe", train_bpe_one_token_short, ("test_trained_vocabulary_has_exactly_vocab_size_tokens",),
-           "the loop stops one merge early"),
-    Mutant("tokenizer.train_bpe", train_bpe_without_warning, ("test_training_stops_with_a_warning_when_pairs_run_out",),
-           "runs out of pairs silently"),
-    Mutant("tokenizer.train_bpe", train_bpe_joining_documents,
-           ("test_training_does_not_depend_on_how_the_corpus_is_given",),
-           "documents are concatenated, so pre-tokens run from one into the next"),
-    Mutant("tokenizer.train_bpe", train_bpe_clamping_vocab_size,
-           ("test_rejects_vocab_size_below_bytes_and_special_tokens",), "a too small vocab_size is raised silently"),
-    Mutant("tokenizer.train_bpe", train_bpe_accepting_an_empty_corpus, ("test_rejects_an_empty_corpus",),
-           "an empty corpus trains a bytes-only tokenizer"),
-    Mutant("tokenizer.train_bpe", train_bpe_dropping_bad_special_tokens,
-           ("test_rejects_empty_or_duplicate_special_tokens",), "empty and repeated special tokens are dropped"),
-    Mutant("tokenizer.train_bpe", train_bpe_replacing_surrogates, ("test_rejects_lone_surrogates",),
-           "lone surrogates are replaced by U+FFFD before training"),
-    # encoding and decoding
-    Mutant("tokenizer.Tokenizer", TokenizerDecodingEachToken,
-           ("test_decode_inverts_encode", "test_decode_accepts_any_ids_and_replaces_invalid_utf8"),
-           "decodes each token on its own"),
-    Mutant("tokenizer.Tokenizer", TokenizerDecodingStrictly, ("test_decode_accepts_any_ids_and_replaces_invalid_utf8",),
-           "raises on invalid UTF-8"),
-    Mutant("tokenizer.Tokenizer", TokenizerIgnoringAllowedSpecial,
-           ("test_disallowed_special_tokens_encode_as_ordinary_text",), "allowed_special is ignored"),
-    Mutant("tokenizer.Tokenizer", TokenizerMatchingSpecialsAfterSplitting,
-           ("test_special_tokens_encode_to_one_id_each",),
-           "special tokens are looked for after pre-tokenization, which has split them"),
-    Mutant("tokenizer.Tokenizer", TokenizerWithSpecialIdsPastTheVocab, ("test_ids_are_in_the_vocabulary",),
-           "special tokens numbered past the vocabulary"),
-    Mutant("tokenizer.Tokenizer", TokenizerMergingRightmostFirst,
-           ("test_encode_equals_tiktoken_with_the_same_ranks_and_pattern",), "equal ranks merge rightmost first"),
-    Mutant("tokenizer.Tokenizer", TokenizerCuttingLongPreTokens,
-           ("test_encode_equals_tiktoken_with_the_same_ranks_and_pattern",), "long pre-tokens are cut into blocks"),
-    Mutant("tokenizer.Tokenizer", TokenizerWithTheGpt2PatternAlways,
-           ("test_encode_equals_tiktoken_with_the_same_ranks_and_pattern",), "'gpt4' is split with GPT-2's pattern"),
-    Mutant("tokenizer.Tokenizer", TokenizerWithoutMerges,
-           ("test_training_text_compresses", "test_encode_equals_tiktoken_with_the_same_ranks_and_pattern"),
-           "encodes bytes and never merges"),
-    Mutant("tokenizer.Tokenizer", TokenizerMatchingGreedilyLongestFirst,
-           ("test_encode_equals_tiktoken_with_the_same_ranks_and_pattern",), "longest-match-first instead of BPE"),
-    Mutant("tokenizer.Tokenizer", TokenizerStreamingChunksIndependently,
-           ("test_encode_iterable_matches_encode_for_any_chunking",), "each chunk is encoded on its own"),
-    Mutant("tokenizer.Tokenizer", TokenizerStreamingAfterReadingEverything,
-           ("test_encode_iterable_yields_before_reading_everything",), "reads the whole stream, then encodes"),
-    Mutant("tokenizer.Tokenizer", TokenizerHoldingBackOnlyTheLastPreToken,
-           ("test_encode_iterable_matches_encode_for_any_chunking",),
-           "holds back only the last pre-token: \"'l\" + \"l\" and a newline, spaces, newline come out wrong"),
-    Mutant("tokenizer.Tokenizer", TokenizerSavingWithoutPattern, ("test_save_then_load_gives_identical_output",),
-           "the file does not record the pattern"),
-    Mutant("tokenizer.Tokenizer", TokenizerSavingMergesSorted, ("test_save_then_load_gives_identical_output",),
-           "merges are saved sorted, not in the order learned"),
-    Mutant("tokenizer.Tokenizer", TokenizerSkippingUnknownIds, ("test_rejects_ids_outside_the_vocabulary",),
-           "unknown ids are skipped"),
-    Mutant("tokenizer.Tokenizer", TokenizerReplacingLoneSurrogates, ("test_rejects_lone_surrogates",),
-           "lone surrogates are replaced by U+FFFD"),
-    Mutant("tokenizer.Tokenizer", TokenizerDroppingDuplicateSpecialTokens,
-           ("test_rejects_empty_or_duplicate_special_tokens",), "a repeated special token is dropped"),
-    Mutant("tokenizer.Tokenizer", TokenizerLoadingAnything, ("test_rejects_a_file_that_is_not_a_saved_tokenizer",),
-           "an unreadable file loads as a bytes-only tokenizer"),
-    # sentencepiece
-    Mutant("tokenizer.SentencePieceTokenizer", SentencePieceReadingSpaceMarks, ("test_decode_inverts_encode",),
-           "'▁' in the text is read by sentencepiece as a space"),
-    Mutant("tokenizer.SentencePieceTokenizer", SentencePieceDecodingWithSentencepiece, ("test_decode_inverts_encode",),
-           "sentencepiece's decode drops special tokens"),
-    Mutant("tokenizer.train_sentencepiece", train_sentencepiece_with_default_normalization,
-           ("test_decode_inverts_encode",), "NFKC, dummy prefix and whitespace collapsing lose text"),
-    # export
-    Mutant("tokenizer.to_tiktoken", to_tiktoken_without_special_tokens,
-           ("test_tiktoken_export_encodes_like_the_tokenizer",), "special tokens are not passed to tiktoken"),
-    Mutant("tokenizer.to_tiktoken", to_tiktoken_with_the_gpt2_pattern,
-           ("test_tiktoken_export_encodes_like_the_tokenizer",), "the export always uses the GPT-2 pattern"),
-    Mutant("tokenizer.to_hf_tokenizer", to_hf_tokenizer_renumbering_special_tokens,
-           ("test_hf_export_encodes_like_the_tokenizer",), "the special tokens get new ids in Hugging Face"),
-    Mutant("tokenizer.to_hf_tokenizer", to_hf_tokenizer_splitting_twice, ("test_hf_export_encodes_like_the_tokenizer",),
-           "ByteLevel splits the pre-tokens again with GPT-2's pattern"),
-]
