@@ -64,7 +64,7 @@ class SwiGLUFunction(torch.autograd.Function):
         dup = dh · SiLU(gate),    dgate = dh · up · (s + SiLU(gate) · (1 − s)).
 
     The sigmoid, the one costly (exponential) pass, is computed once and saved; autograd of x · σ(x) computes it
-    again in its backward pass.
+    again in its backward pass. Half precision is computed in float32 and rounded once.
     """
 
     @staticmethod
@@ -91,6 +91,7 @@ class RotateFunction(torch.autograd.Function):
     A rotation is orthogonal: its Jacobian is R, and Rᵀ = R⁻¹ is the rotation by the opposite angle, so
     dx = Rᵀ dy turns the pairs of dy by (cos, −sin). Both passes write the two coordinates of every pair straight
     into the result (out=, addcmul_): no cat or stack, and no temporary per product. cos and sin get no gradient.
+    Half precision is rotated in float32 and rounded once: x₁ cos − x₂ sin rounded term by term can cancel badly.
     """
 
     @staticmethod
@@ -121,18 +122,23 @@ class CrossEntropyFunction(torch.autograd.Function):
     The forward pass writes one (N, V) buffer, e_ij = exp(z_ij − m_i), and keeps it; the backward pass scales it in
     place by g / (n Σ_j e_ij), one factor per row (0 on ignored rows), and subtracts g/n at each target. The buffer
     becomes the gradient, so backward runs only once. Every target that is not ignore_index is a valid id.
+    Half-precision logits are computed in float32: the loss is float32, their gradient comes back in their dtype.
     """
 
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, ignore_index: int) -> Tensor:
         raise NotImplementedError('`kernels.CrossEntropyFunction.forward` is not implemented yet — chapter 14 '
-                                  '(kernels): read spec/test_kernels.py.')
+                                  '(kernels): see '
+                                  'test_cross_entropy_kernel_equals_the_definition_in_values_and_gradients and 1 more '
+                                  'in spec/test_kernels.py.')
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         raise NotImplementedError('`kernels.CrossEntropyFunction.backward` is not implemented yet — chapter 14 '
-                                  '(kernels): read spec/test_kernels.py.')
+                                  '(kernels): see '
+                                  'test_cross_entropy_kernel_equals_the_definition_in_values_and_gradients and 1 more '
+                                  'in spec/test_kernels.py.')
 
 
 def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
@@ -160,19 +166,22 @@ class AttentionFunction(torch.autograd.Function):
 
     because ∂out_i/∂s_ij = P_ij (v_j − out_i): the softmax's Jacobian, diag(P_i) − P_i P_iᵀ, applied to dP_i.
     The scores are taken in base 2 (q scaled by scale · log₂e, then exp2): on a CPU torch.exp2 takes about half the
-    time of torch.exp, which also slows down several times on the −inf entries of a mask.
+    time of torch.exp, which also slows down several times on the −inf entries of a mask. Half-precision inputs are
+    computed in float32 (scores, softmax sums, gradients) and rounded once at the end.
     """
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float) -> Tensor:
         raise NotImplementedError('`kernels.AttentionFunction.forward` is not implemented yet — chapter 14 (kernels): '
-                                  'read spec/test_kernels.py.')
+                                  'see test_attention_kernel_equals_the_definition_in_values_and_gradients and 1 more '
+                                  'in spec/test_kernels.py.')
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
         raise NotImplementedError('`kernels.AttentionFunction.backward` is not implemented yet — chapter 14 '
-                                  '(kernels): read spec/test_kernels.py.')
+                                  '(kernels): see test_attention_kernel_equals_the_definition_in_values_and_gradients '
+                                  'and 1 more in spec/test_kernels.py.')
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_causal: bool = False,
@@ -183,7 +192,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_ca
     to (..., Tq, Tk), True = may attend; is_causal aligns the queries to the last Tq positions.
     """
     raise NotImplementedError('`kernels.attention` is not implemented yet — chapter 14 (kernels): see '
-                              'test_attention_kernel_equals_the_definition_in_values_and_gradients and 1 more in '
+                              'test_attention_kernel_equals_the_definition_in_values_and_gradients and 2 more in '
                               'spec/test_kernels.py.')
 
 
@@ -212,13 +221,15 @@ class TiledAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, is_causal, block_size_q, block_size_k, scale):
         raise NotImplementedError('`kernels.TiledAttentionFunction.forward` is not implemented yet — chapter 14 '
-                                  '(kernels): read spec/test_kernels.py.')
+                                  '(kernels): see test_tiled_attention_equals_naive_values_and_log_sum_exp and 2 more '
+                                  'in spec/test_kernels.py.')
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, grad_lse):
         raise NotImplementedError('`kernels.TiledAttentionFunction.backward` is not implemented yet — chapter 14 '
-                                  '(kernels): read spec/test_kernels.py.')
+                                  '(kernels): see test_tiled_attention_equals_naive_values_and_log_sum_exp and 2 more '
+                                  'in spec/test_kernels.py.')
 
 
 def tiled_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = False, block_size_q: int = 128,

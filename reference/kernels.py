@@ -99,15 +99,16 @@ class SwiGLUFunction(torch.autograd.Function):
         dup = dh · SiLU(gate),    dgate = dh · up · (s + SiLU(gate) · (1 − s)).
 
     The sigmoid, the one costly (exponential) pass, is computed once and saved; autograd of x · σ(x) computes it
-    again in its backward pass.
+    again in its backward pass. Half precision is computed in float32 and rounded once.
     """
 
     @staticmethod
     def forward(ctx, gate: Tensor, up: Tensor) -> Tensor:
         # BEGIN SOLUTION
-        s = torch.sigmoid(gate)
+        wide = torch.promote_types(gate.dtype, torch.float32)  # half precision: computed in float32, rounded once
+        s = torch.sigmoid(gate.to(wide))
         ctx.save_for_backward(gate, up, s)
-        return torch.mul(gate, s).mul_(up)
+        return torch.mul(gate, s).mul_(up).to(torch.promote_types(gate.dtype, up.dtype))
         # END SOLUTION
 
     @staticmethod
@@ -115,11 +116,12 @@ class SwiGLUFunction(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
         # BEGIN SOLUTION
         gate, up, s = ctx.saved_tensors
+        grad = grad.to(s.dtype)
         silu_gate = gate * s
         grad_up = grad * silu_gate
         # SiLU'(gate) = s + SiLU · (1 − s) = lerp(s, 1, SiLU), written over silu_gate, no longer needed
         derivative = torch.lerp(s, s.new_ones(()), silu_gate, out=silu_gate)
-        return derivative.mul_(grad).mul_(up), grad_up
+        return derivative.mul_(grad).mul_(up).to(gate.dtype), grad_up.to(up.dtype)
         # END SOLUTION
 
 
@@ -147,17 +149,21 @@ class RotateFunction(torch.autograd.Function):
     A rotation is orthogonal: its Jacobian is R, and Rᵀ = R⁻¹ is the rotation by the opposite angle, so
     dx = Rᵀ dy turns the pairs of dy by (cos, −sin). Both passes write the two coordinates of every pair straight
     into the result (out=, addcmul_): no cat or stack, and no temporary per product. cos and sin get no gradient.
+    Half precision is rotated in float32 and rounded once: x₁ cos − x₂ sin rounded term by term can cancel badly.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> Tensor:
         # BEGIN SOLUTION
         dtype = torch.promote_types(x.dtype, torch.promote_types(cos.dtype, sin.dtype))
+        wide = torch.promote_types(dtype, torch.float32)  # half precision is rotated in float32, rounded once
         # the tables may broadcast to more leading dimensions than x has
         shape = (*torch.broadcast_shapes(x.shape[:-1], cos.shape[:-1], sin.shape[:-1]), x.shape[-1])
+        cos, sin = cos.to(wide), sin.to(wide)
         ctx.save_for_backward(cos, sin)
         ctx.interleaved, ctx.x_shape, ctx.x_dtype = interleaved, x.shape, x.dtype
-        return _rotate_into(torch.empty(shape, dtype=dtype, device=x.device), x, cos, sin, 1.0, interleaved)
+        out = torch.empty(shape, dtype=wide, device=x.device)
+        return _rotate_into(out, x.to(wide), cos, sin, 1.0, interleaved).to(dtype)
         # END SOLUTION
 
     @staticmethod
@@ -165,6 +171,7 @@ class RotateFunction(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
         # BEGIN SOLUTION
         cos, sin = ctx.saved_tensors
+        grad = grad.to(cos.dtype)
         grad_x = _rotate_into(torch.empty_like(grad), grad, cos, sin, -1.0, ctx.interleaved)
         # summed over the leading dimensions that x was broadcast along, if any
         return grad_x.sum_to_size(ctx.x_shape).to(ctx.x_dtype), None, None, None
@@ -185,11 +192,14 @@ class CrossEntropyFunction(torch.autograd.Function):
     The forward pass writes one (N, V) buffer, e_ij = exp(z_ij − m_i), and keeps it; the backward pass scales it in
     place by g / (n Σ_j e_ij), one factor per row (0 on ignored rows), and subtracts g/n at each target. The buffer
     becomes the gradient, so backward runs only once. Every target that is not ignore_index is a valid id.
+    Half-precision logits are computed in float32: the loss is float32, their gradient comes back in their dtype.
     """
 
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, ignore_index: int) -> Tensor:
         # BEGIN SOLUTION
+        ctx.logits_dtype = logits.dtype
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half precision: computed in float32
         counted = targets != ignore_index  # (N,)
         targets = torch.where(counted, targets, 0)  # any valid id: the row is dropped from the sum
         row_max = logits.amax(dim=-1, keepdim=True)  # (N, 1)
@@ -211,7 +221,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         row_grad = torch.where(counted, grad / counted.sum(), 0.0)  # (N,): g/n on counted rows, 0 on ignored ones
         grad_logits = exps.mul_((row_grad / sums)[:, None])  # (g/n)·p, in place: p = e / Σ e
         grad_logits.scatter_add_(-1, targets[:, None], -row_grad[:, None])  # − (g/n)·onehot(y)
-        return grad_logits, None, None
+        return grad_logits.to(ctx.logits_dtype), None, None
         # END SOLUTION
 
 
@@ -243,12 +253,17 @@ class AttentionFunction(torch.autograd.Function):
 
     because ∂out_i/∂s_ij = P_ij (v_j − out_i): the softmax's Jacobian, diag(P_i) − P_i P_iᵀ, applied to dP_i.
     The scores are taken in base 2 (q scaled by scale · log₂e, then exp2): on a CPU torch.exp2 takes about half the
-    time of torch.exp, which also slows down several times on the −inf entries of a mask.
+    time of torch.exp, which also slows down several times on the −inf entries of a mask. Half-precision inputs are
+    computed in float32 (scores, softmax sums, gradients) and rounded once at the end.
     """
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float) -> Tensor:
         # BEGIN SOLUTION
+        ctx.dtype = q.dtype
+        wide = torch.promote_types(q.dtype, torch.float32)  # half precision: scores and sums in float32
+        q, k, v = q.to(wide), k.to(wide), v.to(wide)
+        bias = None if bias is None else bias.to(wide)
         q_base2 = q * (scale * _LOG2_E)
         if bias is None:
             scores = torch.bmm(q_base2, k.transpose(1, 2))  # (N, Tq, Tk)
@@ -262,7 +277,7 @@ class AttentionFunction(torch.autograd.Function):
         out = torch.bmm(probabilities, v)  # (N, Tq, dv)
         ctx.save_for_backward(q, k, v, probabilities, out)
         ctx.scale = scale
-        return out
+        return out.to(ctx.dtype)
         # END SOLUTION
 
     @staticmethod
@@ -270,13 +285,13 @@ class AttentionFunction(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
         # BEGIN SOLUTION
         q, k, v, probabilities, out = ctx.saved_tensors
-        grad_out = grad_out.contiguous()  # it may arrive as a transposed view; bmm wants rows
+        grad_out = grad_out.to(q.dtype).contiguous()  # it may arrive as a transposed view; bmm wants rows
         grad_v = torch.bmm(probabilities.transpose(1, 2), grad_out)
         row_term = (grad_out * out).sum(-1, keepdim=True)  # D_i, (N, Tq, 1)
         grad_s = torch.bmm(grad_out, v.transpose(1, 2)).sub_(row_term).mul_(probabilities)  # in place over dP
         grad_q = torch.bmm(grad_s, k).mul_(ctx.scale)
         grad_k = torch.bmm(grad_s.transpose(1, 2), q).mul_(ctx.scale)
-        return grad_q, grad_k, grad_v, None, None
+        return grad_q.to(ctx.dtype), grad_k.to(ctx.dtype), grad_v.to(ctx.dtype), None, None
         # END SOLUTION
 
 

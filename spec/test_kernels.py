@@ -25,6 +25,7 @@ from .test_train import logits_and_targets, nll64
 from .tolerances import assert_close
 
 half_dtypes = st.sampled_from([torch.bfloat16, torch.float16])
+any_dtypes = st.sampled_from([torch.float64, torch.float32, torch.bfloat16])
 
 
 def definition_and_kernel_grads(definition, kernel, inputs, seed):
@@ -105,7 +106,7 @@ def rotate64(x, cos, sin, interleaved):
 
 
 @given(st.integers(1, 6), shapes(min_dims=0, max_dims=2, max_side=3), st.integers(1, 5), st.booleans(),
-       st.sampled_from(["x", "tables"]), float_dtypes, seeds)
+       st.sampled_from(["x", "tables"]), any_dtypes, seeds)
 def test_rotate_function_equals_the_definition_in_values_and_gradients(impl, half, lead, length, interleaved,
                                                                          wider, dtype, seed):
     """The tables broadcast against x, or x against the tables (the gradient is then summed back to x's shape)."""
@@ -123,28 +124,42 @@ def test_rotate_function_equals_the_definition_in_values_and_gradients(impl, hal
 # ---------------------------------------------------------------- cross-entropy (chapter 8)
 
 
-@given(logits_and_targets(), seeds, st.sampled_from([-100, -1, 0]), st.sampled_from([0.0, 0.5]))
-def test_cross_entropy_kernel_equals_the_definition_in_values_and_gradients(impl, case, seed, ignore_index, rate):
+def cross_entropy_through(impl, entry: str):
+    """kernels.cross_entropy, or CrossEntropyFunction.apply on the flattened (N, V) logits and (N,) targets."""
+    if entry == "cross_entropy":
+        return lambda z, y, ignore_index=-100: impl.kernels.cross_entropy(z, y, ignore_index=ignore_index)
+    return lambda z, y, ignore_index=-100: impl.kernels.CrossEntropyFunction.apply(
+        z.reshape(-1, z.shape[-1]), y.reshape(-1), ignore_index)
+
+
+entries = st.sampled_from(["cross_entropy", "Function"])
+
+
+@given(logits_and_targets(), seeds, st.sampled_from([-100, -1, 0]), st.sampled_from([0.0, 0.5]), entries)
+def test_cross_entropy_kernel_equals_the_definition_in_values_and_gradients(impl, case, seed, ignore_index, rate,
+                                                                           entry):
     logits, targets = case
     generator = torch.Generator().manual_seed(seed)
     targets = torch.where(torch.rand(targets.shape, generator=generator) < rate, ignore_index, targets)
     counted_id = 1 if ignore_index == 0 else 0  # one target that counts, so the mean is defined
     assume(counted_id < logits.shape[-1])
     targets.view(-1)[0] = counted_id
-    check_kernel(f"kernels.cross_entropy(ignore_index={ignore_index})",
-                 lambda z: nll64(z, targets, ignore_index),
-                 lambda z: impl.kernels.cross_entropy(z, targets, ignore_index=ignore_index),
-                 [logits.double()], seed)
+    loss = cross_entropy_through(impl, entry)
+    check_kernel(f"kernels.{entry}(ignore_index={ignore_index})", lambda z: nll64(z, targets, ignore_index),
+                 lambda z: loss(z, targets, ignore_index), [logits.double()], seed)
 
 
-@given(logits_and_targets(scale=1.0), half_dtypes, st.sampled_from([1.0, 1e4]))
-def test_cross_entropy_kernel_in_half_precision_and_at_large_logits(impl, case, dtype, big):
+@given(logits_and_targets(scale=1.0), half_dtypes, st.sampled_from([1.0, 1e4]), entries)
+def test_cross_entropy_kernel_in_half_precision_and_at_large_logits(impl, case, dtype, big, entry):
     logits, targets = case
-    logits = (logits * 3 + big).to(dtype)  # a large offset: the loss must not lose the digits of the differences
-    loss = impl.kernels.cross_entropy(logits, targets)
-    assert loss.dtype == torch.float32, f"cross_entropy of {dtype} logits must be computed in float32, got {loss.dtype}"
-    assert_close(loss, nll64(logits, targets), f"cross_entropy of {dtype} logits around {big} must equal the "
+    logits = (logits * 3 + big).to(dtype).requires_grad_()  # large: the digits of the differences must survive
+    loss = cross_entropy_through(impl, entry)(logits, targets)
+    assert loss.dtype == torch.float32, (
+        f"kernels.{entry} of {dtype} logits must be computed and returned in float32, got {loss.dtype}")
+    assert_close(loss, nll64(logits, targets), f"kernels.{entry} of {dtype} logits around {big} must equal the "
                  "definition on the same (rounded) logits", dtype=torch.float32, scale=10)
+    loss.backward()
+    assert logits.grad.dtype == dtype, f"the gradient of {dtype} logits must be {dtype}, got {logits.grad.dtype}"
 
 
 def test_cross_entropy_kernel_rejects_what_the_definition_rejects(impl):
@@ -161,10 +176,7 @@ scales = st.sampled_from([None, 0.25, 2.0])
 
 
 def attention64(q, k, v, mask, is_causal, scale):
-    allowed = mask
-    if is_causal:
-        causal = causal64(q.shape[-2], k.shape[-2])
-        allowed = causal if allowed is None else allowed & causal
+    allowed = allowed_keys(mask, is_causal, q.shape[-2], k.shape[-2])
     if allowed is None:
         return weights64(q, k, None, scale) @ v
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
@@ -173,14 +185,51 @@ def attention64(q, k, v, mask, is_causal, scale):
     return (torch.softmax(scores.masked_fill(~sees, 0.0), -1) * sees) @ v
 
 
-@given(attention_inputs(), scales, seeds)
-def test_attention_kernel_equals_the_definition_in_values_and_gradients(impl, case, scale, seed):
+def attention_through(impl, entry: str, mask, is_causal: bool, scale):
+    """kernels.attention, or AttentionFunction.apply on flattened (N, T, d) batches with the mask as a 0/−inf bias."""
+    if entry == "attention":
+        return lambda q, k, v: impl.kernels.attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale)
+
+    def through_function(q, k, v):
+        lead, n_queries, n_keys = q.shape[:-2], q.shape[-2], k.shape[-2]
+        allowed = allowed_keys(mask, is_causal, n_queries, n_keys)
+        bias = None
+        if allowed is not None:
+            bias = torch.zeros(allowed.shape, dtype=q.dtype).masked_fill(~allowed, float("-inf"))
+            bias = bias.expand(*lead, n_queries, n_keys).reshape(-1, n_queries, n_keys)
+        out = impl.kernels.AttentionFunction.apply(
+            q.reshape(-1, n_queries, q.shape[-1]), k.reshape(-1, n_keys, k.shape[-1]),
+            v.reshape(-1, n_keys, v.shape[-1]), bias, 1 / math.sqrt(q.shape[-1]) if scale is None else scale)
+        return out.reshape(*lead, n_queries, v.shape[-1])
+
+    return through_function
+
+
+def allowed_keys(mask, is_causal: bool, n_queries: int, n_keys: int):
+    allowed = mask
+    if is_causal:
+        causal = causal64(n_queries, n_keys)
+        allowed = causal if allowed is None else allowed & causal
+    return allowed
+
+
+@given(attention_inputs(), scales, seeds, st.sampled_from(["attention", "Function"]))
+def test_attention_kernel_equals_the_definition_in_values_and_gradients(impl, case, scale, seed, entry):
     q, k, v, mask, is_causal = case
-    check_kernel(f"kernels.attention(Tq={q.shape[-2]}, Tk={k.shape[-2]}, mask={mask is not None}, "
+    check_kernel(f"kernels.{entry}(Tq={q.shape[-2]}, Tk={k.shape[-2]}, mask={mask is not None}, "
                  f"is_causal={is_causal}, scale={scale})",
                  lambda q, k, v: attention64(q, k, v, mask, is_causal, scale),
-                 lambda q, k, v: impl.kernels.attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale),
-                 [q, k, v], seed, scale=10)
+                 attention_through(impl, entry, mask, is_causal, scale), [q, k, v], seed, scale=10)
+
+
+@given(attention_inputs(max_len=12), scales, seeds, st.sampled_from(["attention", "Function"]))
+def test_attention_kernel_in_half_precision(impl, case, scale, seed, entry):
+    q, k, v, mask, is_causal = case
+    q, k, v = q.to(torch.bfloat16), k.to(torch.bfloat16), v.to(torch.bfloat16)
+    # No extra tolerance: computed in float32 and rounded once, values and gradients are within bfloat16's.
+    check_kernel(f"kernels.{entry} in bfloat16 (Tq={q.shape[-2]}, Tk={k.shape[-2]}, is_causal={is_causal})",
+                 lambda q, k, v: attention64(q, k, v, mask, is_causal, scale),
+                 attention_through(impl, entry, mask, is_causal, scale), [q, k, v], seed)
 
 
 def test_attention_kernel_rejects_mismatched_inputs(impl):
@@ -204,11 +253,28 @@ def tiled_cases(draw, max_len=20, dtype=None):
     return q, k, v, is_causal, blocks, draw(scales)
 
 
-@given(tiled_cases())
-def test_tiled_attention_equals_naive_values_and_log_sum_exp(impl, case):
+def tiled_through(impl, entry: str):
+    """kernels.tiled_attention, or TiledAttentionFunction.apply on flattened (N, T, d) batches."""
+    if entry == "tiled_attention":
+        return impl.kernels.tiled_attention
+
+    def through_function(q, k, v, is_causal, block_size_q, block_size_k, scale):
+        lead = q.shape[:-2]
+        out, lse = impl.kernels.TiledAttentionFunction.apply(
+            q.reshape(-1, *q.shape[-2:]), k.reshape(-1, *k.shape[-2:]), v.reshape(-1, *v.shape[-2:]), is_causal,
+            block_size_q, block_size_k, 1 / math.sqrt(q.shape[-1]) if scale is None else scale)
+        return out.reshape(*lead, *out.shape[-2:]), lse.reshape(*lead, lse.shape[-1])
+
+    return through_function
+
+
+tiled_entries = st.sampled_from(["tiled_attention", "Function"])
+
+
+@given(tiled_cases(), tiled_entries)
+def test_tiled_attention_equals_naive_values_and_log_sum_exp(impl, case, entry):
     q, k, v, is_causal, (block_q, block_k), scale = case
-    out, lse = impl.kernels.tiled_attention(q, k, v, is_causal=is_causal, block_size_q=block_q,
-                                            block_size_k=block_k, scale=scale)
+    out, lse = tiled_through(impl, entry)(q, k, v, is_causal, block_q, block_k, scale)
     allowed = causal64(q.shape[-2], k.shape[-2]) if is_causal else None
     where = (f"tiled_attention(Tq={q.shape[-2]}, Tk={k.shape[-2]}, is_causal={is_causal}, block_size_q={block_q}, "
              f"block_size_k={block_k}, scale={scale})")
@@ -224,11 +290,10 @@ def test_tiled_attention_equals_naive_values_and_log_sum_exp(impl, case):
                  dtype=q.dtype, scale=10)
 
 
-@given(tiled_cases(max_len=40, dtype=torch.bfloat16))
-def test_tiled_attention_accumulates_half_precision_in_float32(impl, case):
+@given(tiled_cases(max_len=40, dtype=torch.bfloat16), tiled_entries)
+def test_tiled_attention_accumulates_half_precision_in_float32(impl, case, entry):
     q, k, v, is_causal, (block_q, block_k), scale = case
-    out, lse = impl.kernels.tiled_attention(q, k, v, is_causal=is_causal, block_size_q=block_q,
-                                            block_size_k=block_k, scale=scale)
+    out, lse = tiled_through(impl, entry)(q, k, v, is_causal, block_q, block_k, scale)
     allowed = causal64(q.shape[-2], k.shape[-2]) if is_causal else None
     assert out.dtype == torch.bfloat16, f"tiled_attention of bfloat16 inputs must return bfloat16, got {out.dtype}"
     assert_close(out, weights64(q, k, allowed, scale) @ v.double(),
@@ -237,8 +302,8 @@ def test_tiled_attention_accumulates_half_precision_in_float32(impl, case):
 
 
 @settings(max_examples=25)  # each example runs a forward and a backward pass tile by tile
-@given(tiled_cases(max_len=12, dtype=torch.float64), seeds)
-def test_tiled_attention_gradients_equal_naive(impl, case, seed):
+@given(tiled_cases(max_len=12, dtype=torch.float64), seeds, tiled_entries)
+def test_tiled_attention_gradients_equal_naive(impl, case, seed, entry):
     q, k, v, is_causal, (block_q, block_k), scale = case
     allowed = causal64(q.shape[-2], k.shape[-2]) if is_causal else None
     generator = torch.Generator().manual_seed(seed)
@@ -251,8 +316,8 @@ def test_tiled_attention_gradients_equal_naive(impl, case, seed):
         return (out * grad_out).sum() + (torch.where(torch.isfinite(lse), lse, 0.0) * grad_lse).sum()
 
     inputs = [t.clone().requires_grad_() for t in (q, k, v)]
-    tiled = torch.autograd.grad(loss(*impl.kernels.tiled_attention(
-        *inputs, is_causal=is_causal, block_size_q=block_q, block_size_k=block_k, scale=scale)), inputs)
+    tiled = torch.autograd.grad(loss(*tiled_through(impl, entry)(*inputs, is_causal, block_q, block_k, scale)),
+                                inputs)
     nq, nk, nv = naive_inputs = [t.clone().requires_grad_() for t in (q, k, v)]
     scores = (nq @ nk.transpose(-2, -1)) * (1 / math.sqrt(q.shape[-1]) if scale is None else scale)
     if allowed is not None:
@@ -296,7 +361,35 @@ def test_tiled_attention_rejects_bad_blocks_and_mismatched_inputs(impl):
                    what="tiled_attention of float32 q and float64 k")
 
 
-# ---------------------------------------------------------------- the model and the trainer on the kernel path
+# ---------------------------------------------------------------- the modules, the model and the trainer
+
+
+MODULES = {
+    "RMSNorm": lambda impl, kernels: impl.layers.RMSNorm(12, eps=1e-3, kernels=kernels),
+    "SwiGLU": lambda impl, kernels: impl.layers.SwiGLU(12, 20, kernels=kernels),
+    "RotaryEmbedding": lambda impl, kernels: impl.rope.RotaryEmbedding(12, 16, theta=500.0, interleaved=True,
+                                                                       kernels=kernels),
+    "CausalSelfAttention": lambda impl, kernels: impl.attention.CausalSelfAttention(12, 6, 2, max_seq_len=16,
+                                                                                    kernels=kernels),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+@given(seeds, float_dtypes)
+def test_modules_with_kernels_equal_the_modules_without(impl, name, seed, dtype):
+    """Each module with kernels=True, in float32 or float64, against the same module without, in float64."""
+    generator = torch.Generator().manual_seed(seed)
+    plain, fast = MODULES[name](impl, False).double(), MODULES[name](impl, True).to(dtype)
+    with torch.no_grad():
+        for parameter in plain.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=torch.float64))
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(6, 9, 12, generator=generator, dtype=torch.float64).to(dtype)
+    positions = torch.randint(0, 16, (9,), generator=generator)
+    run = (lambda module, x: module(x, positions)) if name == "RotaryEmbedding" else (lambda module, x: module(x))
+    # scale 100: a float32 module sums products of float32 weights, as the model test allows for
+    check_kernel(f"{name}(kernels=True) in {dtype}", lambda x: run(plain, x), lambda x: run(fast, x), [x], seed,
+                 scale=100)
 
 
 def model_pair(impl, kwargs, seed):

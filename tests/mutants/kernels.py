@@ -22,6 +22,7 @@ import llmkata.reference.attention as attention_ref
 import llmkata.reference.kernels as ref
 import llmkata.reference.layers as layers_ref
 import llmkata.reference.model as model_ref
+import llmkata.reference.rope as rope_ref
 import llmkata.reference.tokenizer as tokenizer_ref
 import llmkata.reference.train as train_ref
 
@@ -318,10 +319,10 @@ mutant("kernels.cross_entropy", "test_cross_entropy_kernel_in_half_precision_and
 
 
 @mutant("kernels.cross_entropy", "test_cross_entropy_kernel_in_half_precision_and_at_large_logits",
-        why="half-precision logits are not upcast: a bfloat16 loss")
-def cross_entropy_without_upcasting(logits, targets, ignore_index=-100):
-    """Runs the kernel in the logits' own dtype: a bfloat16 loss."""
-    return ref.CrossEntropyFunction.apply(*_flatten(logits, targets, upcast=False), ignore_index)
+        why="returns the loss in the logits' dtype: a bfloat16 loss")
+def cross_entropy_in_the_logits_dtype(logits, targets, ignore_index=-100):
+    """Casts the loss back to the logits' dtype, as if it were an activation."""
+    return ref.CrossEntropyFunction.apply(*_flatten(logits, targets, upcast=False), ignore_index).to(logits.dtype)
 
 
 @mutant("kernels.cross_entropy", "test_cross_entropy_kernel_rejects_what_the_definition_rejects",
@@ -369,6 +370,7 @@ class AttentionNaNOnFullyMaskedRows(ref.AttentionFunction):
 
     @staticmethod
     def forward(ctx, q, k, v, bias, scale):
+        ctx.dtype = q.dtype
         scores = q @ k.transpose(1, 2) * scale
         if bias is not None:
             scores = scores + bias
@@ -691,6 +693,142 @@ mutant("model.Transformer", "test_model_with_kernels_equals_the_model_without",
 mutant("model.Transformer", "test_wrapped_projections_are_used_on_the_kernel_path",
        why="the kernel path multiplies by the stacked q, k, v weights (and o_proj's) instead of calling the modules",
        spec="kernels")(TransformerWithFusedKernelProjections)
+
+
+# ---------------------------------------------------------------- half precision and the Functions called directly
+
+
+@mutant("kernels.RotateFunction", "test_rotate_function_equals_the_definition_in_values_and_gradients",
+        why="rotates half precision term by term in half precision: x₁ cos − x₂ sin cancels")
+class RotateFunctionInHalfPrecision(ref.RotateFunction):
+    @staticmethod
+    def forward(ctx, x, cos, sin, interleaved):
+        ctx.save_for_backward(cos.to(x.dtype), sin.to(x.dtype))
+        ctx.interleaved, ctx.x_shape, ctx.x_dtype = interleaved, x.shape, x.dtype
+        half = x.shape[-1] // 2
+        x1, x2 = (x[..., 0::2], x[..., 1::2]) if interleaved else (x[..., :half], x[..., half:])
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        r1, r2 = x1 * cos - x2 * sin, x1 * sin + x2 * cos
+        return torch.stack((r1, r2), -1).flatten(-2) if interleaved else torch.cat((r1, r2), -1)
+
+
+@mutant("kernels.CrossEntropyFunction", "test_cross_entropy_kernel_in_half_precision_and_at_large_logits",
+        why="computes half-precision logits in their own dtype: a bfloat16 loss")
+class CrossEntropyFunctionWithoutUpcasting(ref.CrossEntropyFunction):
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index):
+        counted = targets != ignore_index
+        nll = -torch.log_softmax(logits, -1).gather(-1, torch.where(counted, targets, 0)[:, None]).squeeze(-1)
+        ctx.save_for_backward(logits, targets, counted)
+        return torch.where(counted, nll, 0).sum() / counted.sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, targets, counted = ctx.saved_tensors
+        p = torch.softmax(logits, -1) - torch.nn.functional.one_hot(torch.where(counted, targets, 0), logits.shape[-1])
+        return p * (counted[:, None] * grad / counted.sum()), None, None
+
+
+class AttentionFunctionInHalfPrecision(ref.AttentionFunction):
+    """Scores, softmax and gradients in the inputs' half precision: the gradients lose their digits."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, scale):
+        scores = q @ k.transpose(1, 2) * scale
+        if bias is not None:
+            scores = scores + bias
+        sees = torch.isfinite(scores).any(-1, keepdim=True)
+        probabilities = torch.softmax(scores.masked_fill(~sees, 0.0), -1) * sees
+        out = probabilities @ v
+        ctx.save_for_backward(q, k, v, probabilities, out)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, probabilities, out = ctx.saved_tensors
+        grad_s = (grad_out @ v.transpose(1, 2) - (grad_out * out).sum(-1, keepdim=True)) * probabilities
+        grad_v = probabilities.transpose(1, 2) @ grad_out
+        return grad_s @ k * ctx.scale, grad_s.transpose(1, 2) @ q * ctx.scale, grad_v, None, None
+
+
+mutant("kernels.AttentionFunction", "test_attention_kernel_in_half_precision",
+       why=AttentionFunctionInHalfPrecision.__doc__)(AttentionFunctionInHalfPrecision)
+mutant("kernels.attention", "test_attention_kernel_in_half_precision", why=AttentionFunctionInHalfPrecision.__doc__)(
+    _attention_through(AttentionFunctionInHalfPrecision))
+
+
+@mutant("kernels.AttentionFunction", "test_attention_kernel_equals_the_definition_in_values_and_gradients",
+        why="dk forgets the scale")
+class AttentionFunctionWithUnscaledKeyGradients(ref.AttentionFunction):
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_q, grad_k, grad_v, _, _ = ref.AttentionFunction.backward(ctx, grad_out)
+        return grad_q, grad_k / ctx.scale, grad_v, None, None
+
+
+@mutant("kernels.TiledAttentionFunction", "test_tiled_attention_gradients_equal_naive",
+        why="the backward pass ignores the gradient of the log-sum-exp")
+class TiledAttentionFunctionIgnoringTheLseGradient(ref.TiledAttentionFunction):
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        return ref.TiledAttentionFunction.backward(ctx, grad_out, torch.zeros_like(grad_lse))
+
+
+@mutant("kernels.TiledAttentionFunction", "test_tiled_attention_equals_naive_values_and_log_sum_exp",
+        why="returns the log-sum-exp in base 2, as the kernel computes it")
+class TiledAttentionFunctionWithLseInBaseTwo(ref.TiledAttentionFunction):
+    @staticmethod
+    def forward(ctx, q, k, v, is_causal, block_size_q, block_size_k, scale):
+        out, lse = ref.TiledAttentionFunction.forward(ctx, q, k, v, is_causal, block_size_q, block_size_k, scale)
+        return out, lse / math.log(2.0)
+
+
+# ---------------------------------------------------------------- the modules' kernel switch
+
+
+@mutant("layers.RMSNorm", "test_modules_with_kernels_equal_the_modules_without", spec="kernels",
+        why="the kernel path hard-codes eps = 1e-6 instead of the module's eps")
+class RMSNormKernelWithItsOwnEps(layers_ref.RMSNorm):
+    def forward(self, x):
+        if self.kernels:
+            return ref.RMSNormFunction.apply(x, self.weight, 1e-6)
+        return super().forward(x)
+
+
+@mutant("layers.SwiGLU", "test_modules_with_kernels_equal_the_modules_without", spec="kernels",
+        why="the kernel path passes up and gate in the wrong order")
+class SwiGLUKernelWithGateAndUpSwapped(layers_ref.SwiGLU):
+    def forward(self, x):
+        if self.kernels:
+            return self.down_proj(ref.SwiGLUFunction.apply(self.up_proj(x), self.gate_proj(x)))
+        return super().forward(x)
+
+
+@mutant("rope.RotaryEmbedding", "test_modules_with_kernels_equal_the_modules_without", spec="kernels",
+        why="the kernel path always pairs split halves")
+class RotaryEmbeddingKernelIgnoringInterleaved(rope_ref.RotaryEmbedding):
+    def forward(self, x, positions):
+        if self.kernels:
+            return ref.RotateFunction.apply(x, self.cos[positions].to(x.dtype), self.sin[positions].to(x.dtype), False)
+        return super().forward(x, positions)
+
+
+@mutant("attention.CausalSelfAttention", "test_modules_with_kernels_equal_the_modules_without", spec="kernels",
+        why="the kernel path forgets the causal mask")
+class CausalSelfAttentionKernelWithoutTheMask(attention_ref.CausalSelfAttention):
+    def forward(self, x, position_ids=None, cache=None):
+        if not self.kernels:
+            return super().forward(x, position_ids, cache)
+        batch, length, _ = x.shape
+        positions = torch.arange(length)
+        q = self.q_proj(x).view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        n_rep = self.n_heads // self.n_kv_heads
+        out = ref.attention(q, attention_ref.repeat_kv(k, n_rep), attention_ref.repeat_kv(v, n_rep))
+        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
 
 # ---------------------------------------------------------------- the incremental BPE trainer
