@@ -37,8 +37,9 @@ _DOCS_PER_TASK = 64  # documents one worker tokenizes per task
 # --------------------------------------------------------------------------------------------------------- split
 
 def is_validation(text: str, val_fraction: float = 0.1, salt: str = "") -> bool:
-    """Whether a document belongs to the validation split: u(text) < val_fraction, where u is the first 64 bits of
-    BLAKE2b(salt, text) read as a number in [0, 1).
+    """Whether a document belongs to the validation split: u(text) < val_fraction, where u is the 8-byte BLAKE2b
+    digest of the text keyed by the salt (a salt longer than BLAKE2b's 64-byte key is hashed to 64 bytes first),
+    read as a number in [0, 1).
 
     A function of the document alone: reorder or grow the corpus and no document changes side, and duplicates
     always land on the same side (no copy of a validation document leaks into training). A different `salt`
@@ -132,13 +133,13 @@ def tokenize_and_pack(docs: Iterable[str], tokenizer, eot_id: int, path, vocab_s
     complete old file or the complete new one, never half written. An empty corpus is a ValueError.
     """
     raise NotImplementedError('`data.tokenize_and_pack` is not implemented yet — chapter 3 (data): see '
-                              'test_packed_stream_is_each_document_followed_by_eot and 5 more in spec/test_data.py.')
+                              'test_packed_stream_is_each_document_followed_by_eot and 6 more in spec/test_data.py.')
 
 
 def load_tokens(path) -> np.memmap:
     """A token file written by tokenize_and_pack, memory-mapped read-only: a 1-D array of uint16 or uint32."""
     raise NotImplementedError('`data.load_tokens` is not implemented yet — chapter 3 (data): see '
-                              'test_packed_stream_is_each_document_followed_by_eot in spec/test_data.py.')
+                              'test_packed_stream_is_each_document_followed_by_eot and 2 more in spec/test_data.py.')
 
 
 # ---------------------------------------------------------------------------------------------------------- batches

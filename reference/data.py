@@ -41,8 +41,9 @@ _DOCS_PER_TASK = 64  # documents one worker tokenizes per task
 # --------------------------------------------------------------------------------------------------------- split
 
 def is_validation(text: str, val_fraction: float = 0.1, salt: str = "") -> bool:
-    """Whether a document belongs to the validation split: u(text) < val_fraction, where u is the first 64 bits of
-    BLAKE2b(salt, text) read as a number in [0, 1).
+    """Whether a document belongs to the validation split: u(text) < val_fraction, where u is the 8-byte BLAKE2b
+    digest of the text keyed by the salt (a salt longer than BLAKE2b's 64-byte key is hashed to 64 bytes first),
+    read as a number in [0, 1).
 
     A function of the document alone: reorder or grow the corpus and no document changes side, and duplicates
     always land on the same side (no copy of a validation document leaks into training). A different `salt`
@@ -51,9 +52,13 @@ def is_validation(text: str, val_fraction: float = 0.1, salt: str = "") -> bool:
     # BEGIN SOLUTION
     if not 0.0 <= val_fraction <= 1.0:
         raise ValueError(f"val_fraction must be in [0, 1], got {val_fraction}")
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8,
-                             key=salt.encode("utf-8")[:64]).digest()
-    return int.from_bytes(digest, "big") / 2**64 < val_fraction
+    key = salt.encode("utf-8")
+    if len(key) > 64:  # BLAKE2b takes a key of at most 64 bytes: a longer salt is hashed down, never cut
+        key = hashlib.blake2b(key).digest()
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=key).digest()
+    # u < f compared exactly as integers, n < f·2^64: the float n / 2^64 would round the largest n up to 1.0 and
+    # keep those documents out of a validation fraction of 1.
+    return int.from_bytes(digest, "big") < val_fraction * 2**64
     # END SOLUTION
 
 

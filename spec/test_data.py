@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from .checks import assert_rejects
@@ -56,14 +56,16 @@ def packed(docs, eot_id: int = 256, offset: int = 0) -> list[int]:
 documents = st.lists(unicode_text, max_size=30)
 
 
-@given(documents, st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.0]))
-def test_split_is_disjoint_and_covers_every_document(impl, docs, fraction):
-    train, val = impl.data.train_val_split(docs, val_fraction=fraction)
+@given(documents, st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.0]), st.sampled_from(["", "run 2", "ü"]))
+@example([f"document {i}" for i in range(20)], 0.5, "run 2")
+def test_split_is_disjoint_and_covers_every_document(impl, docs, fraction, salt):
+    train, val = impl.data.train_val_split(iter(docs), val_fraction=fraction, salt=salt)
     assert sorted(train + val) == sorted(docs), (
         "train and validation together must hold every document exactly once (as many copies as the corpus has)")
     for side, name, expected in ((train, "train", False), (val, "validation", True)):
-        assert side == [d for d in docs if impl.data.is_validation(d, fraction) == expected], (
-            f"the {name} side must be the documents is_validation puts there, in corpus order")
+        assert side == [d for d in docs if impl.data.is_validation(d, fraction, salt) == expected], (
+            f"the {name} side must be the documents is_validation(doc, {fraction}, salt={salt!r}) puts there, in "
+            "corpus order")
     assert not set(train) & set(val), "a document and its copies must all land on the same side"
     if fraction == 0.0:
         assert val == [], "val_fraction=0 must leave validation empty"
@@ -93,6 +95,12 @@ def test_validation_fraction_is_within_the_hoeffding_bound(impl, seed, fraction)
         f"{len(val)} of {len(docs)}")
     other = [doc for doc in docs if impl.data.is_validation(doc, fraction, salt="another split")]
     assert other != val, "a different salt must draw a different split"
+    # Salts longer than BLAKE2b's 64-byte key that differ only past byte 64 are different salts all the same.
+    long_salts = ["split of run " + "x" * 60 + ending for ending in ("a", "b")]
+    first, second = ([doc for doc in docs if impl.data.is_validation(doc, fraction, salt=s)] for s in long_salts)
+    assert first != second, (
+        "a different salt must draw a different split, also two salts of 73 characters that differ only in the "
+        "last one (BLAKE2b takes a key of at most 64 bytes: a longer salt cannot simply be cut to 64)")
 
 
 # ---------------------------------------------------------------- tokenize and pack
@@ -159,6 +167,23 @@ def test_packing_writes_atomically(impl, tmp_path):
         f"a failed packing must remove its temporary file, found {sorted(os.listdir(tmp_path))}")
 
 
+def test_token_file_is_written_at_the_path_given_and_mapped_read_only(impl, tmp_path):
+    path = str(tmp_path / "train.tokens")  # a str, and a name that does not end in .npy
+    try:
+        tokens = impl.data.tokenize_and_pack(["one", "two"], ByteTokenizer(), 256, path, vocab_size=257)
+    except OSError as error:
+        raise AssertionError(f"tokenize_and_pack must write the token file at the path given, {path!r}, whatever its "
+                             f"name (np.save would append '.npy'): {error}") from None
+    assert sorted(os.listdir(tmp_path)) == ["train.tokens"], (
+        f"tokenize_and_pack(path='.../train.tokens') must write exactly that file, found "
+        f"{sorted(os.listdir(tmp_path))}")
+    assert np.load(path).tolist() == packed(["one", "two"]), "the file must be a .npy file of the packed stream"
+    for name, array in (("tokenize_and_pack", tokens), ("load_tokens", impl.data.load_tokens(path))):
+        assert not array.flags.writeable, (
+            f"{name} must return the token file memory-mapped read-only: a write into it would change the file")
+    del tokens
+
+
 # ---------------------------------------------------------------- batches
 
 
@@ -167,16 +192,24 @@ def stream(length: int, seed: int, dtype=np.uint16) -> np.ndarray:
     return np.random.default_rng(seed).permutation(length).astype(dtype)
 
 
-@given(st.integers(1, 8), st.integers(1, 16), st.integers(0, 40), seeds,
-       st.sampled_from(["uint16", "uint32", "memmap", "tensor"]))
+KINDS = ["uint16", "uint32", "memmap", "tensor"]
+
+
+def source_of(tokens: np.ndarray, kind: str, folder: str):
+    """The stream as one kind of input: a uint16 or uint32 array, a memory-mapped .npy file, or an int64 tensor."""
+    if kind == "memmap":
+        np.save(Path(folder) / "t.npy", tokens)
+        return np.load(Path(folder) / "t.npy", mmap_mode="r")
+    if kind == "tensor":
+        return torch.from_numpy(tokens.astype(np.int64))
+    return tokens.astype(np.uint32 if kind == "uint32" else np.uint16)
+
+
+@given(st.integers(1, 8), st.integers(1, 16), st.integers(0, 40), seeds, st.sampled_from(KINDS))
 def test_batches_are_windows_of_the_stream_with_y_shifted_by_one(impl, batch, context, extra, seed, kind):
     tokens = stream(context + 1 + extra, seed, np.uint32 if kind == "uint32" else np.uint16)
     with tempfile.TemporaryDirectory() as folder:
-        if kind == "memmap":
-            np.save(Path(folder) / "t.npy", tokens)
-            source = np.load(Path(folder) / "t.npy", mmap_mode="r")
-        else:
-            source = torch.from_numpy(tokens.astype(np.int64)) if kind == "tensor" else tokens
+        source = source_of(tokens, kind, folder)
         x, y = impl.data.get_batch(source, batch, context, torch.Generator().manual_seed(seed))
         del source
     for name, t in (("x", x), ("y", y)):
@@ -218,10 +251,13 @@ def test_same_seed_gives_same_batches(impl, seed):
             "the same seed must give the same sequence of batches: draw offsets from the generator passed in")
 
 
-@given(st.integers(2, 60), st.integers(1, 5), st.integers(1, 9), seeds)
-def test_sequential_batches_cover_every_target_exactly_once(impl, length, batch, context, seed):
+@given(st.integers(2, 60), st.integers(1, 5), st.integers(1, 9), seeds, st.sampled_from(KINDS))
+def test_sequential_batches_cover_every_target_exactly_once(impl, length, batch, context, seed, kind):
     tokens = stream(length, seed)
-    batches = list(impl.data.sequential_batches(tokens, batch, context))
+    with tempfile.TemporaryDirectory() as folder:
+        source = source_of(tokens, kind, folder)
+        batches = list(impl.data.sequential_batches(source, batch, context))
+        del source
     targets, windows = [], 0
     for i, (x, y) in enumerate(batches):
         assert x.dtype == y.dtype == torch.int64 and x.shape == y.shape and x.shape[1] == context, (
@@ -235,6 +271,10 @@ def test_sequential_batches_cover_every_target_exactly_once(impl, length, batch,
             assert x[row, :n].tolist() == tokens[start:start + n].tolist() and \
                 y[row, :n].tolist() == tokens[start + 1:start + 1 + n].tolist(), (
                     f"window {windows + row} must be x = tokens[{start}:{start + context}], y shifted by one")
+            inputs = tokens[start:start + context].tolist()
+            assert x[row].tolist() == inputs + [0] * (context - len(inputs)), (
+                f"window {windows + row}: x must be tokens[{start}:{start + context}], padded with 0 past the end of "
+                f"the stream (a valid token id: -100 is for targets only), got {x[row].tolist()}")
             targets += y[row, :n].tolist()
         windows += x.shape[0]
     assert targets == tokens[1:].tolist(), (
@@ -242,23 +282,51 @@ def test_sequential_batches_cover_every_target_exactly_once(impl, length, batch,
         f"targets for {length - 1} tokens")
 
 
-def test_document_ids_count_documents_from_zero(impl):
+def _of_any_shape(impl, name: str, x, eot):
+    """data.<name>(x, eot) for x of shape (..., T): an error is a broken property, not a crash of the spec."""
+    try:
+        return getattr(impl.data, name)(x, eot)
+    except NotImplementedError:
+        raise
+    except (IndexError, RuntimeError, ValueError) as error:
+        raise AssertionError(f"{name} must accept windows of any shape (..., T), also {tuple(x.shape)}: "
+                             f"{type(error).__name__}: {error}") from None
+
+
+@given(st.sampled_from([(), (1,), (3,), (2, 3)]), st.integers(1, 12), seeds)
+def test_document_ids_count_documents_from_zero(impl, leading, length, seed):
     eot = 0
     x = torch.tensor([[5, 7, eot, 9, eot, 4], [eot, eot, 1, 2, 3, eot]])
     expected = [[0, 0, 0, 1, 1, 2], [0, 1, 2, 2, 2, 2]]
     assert impl.data.document_ids(x, eot).tolist() == expected, (
         "document_ids must number the documents of each row from 0; an end-of-text token belongs to the document "
         f"it ends: expected {expected}, got {impl.data.document_ids(x, eot).tolist()}")
+    x = torch.randint(0, 4, (*leading, length), generator=torch.Generator().manual_seed(seed))
+    ids = _of_any_shape(impl, "document_ids", x, eot)
+    assert ids.dtype == torch.int64 and ids.shape == x.shape, (
+        f"document_ids of windows of shape {tuple(x.shape)} must be int64 of that shape, got {ids.dtype} "
+        f"{tuple(ids.shape)}")
+    before = torch.cat([torch.zeros_like(x[..., :1]), (x[..., :-1] == eot).long()], dim=-1).cumsum(dim=-1)
+    assert torch.equal(ids, before), (
+        f"document_ids of windows of shape {tuple(x.shape)}: each position's id must be the number of end-of-text "
+        "tokens before it in its own window (the last dimension)")
 
 
-@given(st.integers(1, 3), st.integers(1, 12), seeds)
-def test_document_mask_never_crosses_a_document_boundary(impl, rows, length, seed):
+@given(st.integers(1, 3), st.integers(1, 12), seeds, st.sampled_from(["(T)", "(B, T)", "(2, B, T)"]))
+def test_document_mask_never_crosses_a_document_boundary(impl, rows, length, seed, layout):
     generator = torch.Generator().manual_seed(seed)
     eot = 3
     x = torch.randint(0, 6, (rows, length), generator=generator)  # about one token in six ends a document
-    mask = impl.data.document_mask(x, eot)
-    assert mask.dtype == torch.bool and tuple(mask.shape) == (rows, length, length), (
-        f"document_mask must be a bool tensor of shape (batch, T, T) = {(rows, length, length)}")
+    windows = {"(T)": x[0], "(B, T)": x, "(2, B, T)": torch.stack([x, x.flip(0)])}[layout]
+    mask = _of_any_shape(impl, "document_mask", windows, eot)
+    assert mask.dtype == torch.bool and tuple(mask.shape) == (*windows.shape, length), (
+        f"document_mask of windows of shape {tuple(windows.shape)} must be a bool tensor of shape (..., T, T) = "
+        f"{(*windows.shape, length)}, got {mask.dtype} {tuple(mask.shape)}")
+    if layout == "(T)":
+        mask, x, rows = mask[None], x[:1], 1
+    elif layout == "(2, B, T)":
+        assert torch.equal(mask[1], mask[0].flip(0)), "the mask of each window must depend on that window alone"
+        mask = mask[0]
     for b in range(rows):
         for i in range(length):
             for j in range(length):
@@ -282,6 +350,19 @@ def test_rejects_a_context_longer_than_the_data(impl):
                    what="get_batch with context_length 64 on 10 tokens")
 
 
+def _old_file(impl, folder: Path) -> tuple[Path, bytes]:
+    """A token file from an earlier run, which a rejected call must leave as it is."""
+    path = folder / "old.npy"
+    impl.data.tokenize_and_pack(["the old corpus"], ByteTokenizer(), 256, path, vocab_size=257)
+    return path, path.read_bytes()
+
+
+def _untouched(folder: Path, path: Path, before: bytes, what: str) -> None:
+    assert path.read_bytes() == before, f"{what} must leave the existing token file as it was"
+    assert sorted(os.listdir(folder)) == [path.name], (
+        f"{what} must leave no file behind, found {sorted(os.listdir(folder))}")
+
+
 def test_rejects_an_empty_corpus(impl, tmp_path):
     assert_rejects(lambda: impl.data.tokenize_and_pack([], ByteTokenizer(), 256, tmp_path / "t.npy", 257), "empty",
                    what="tokenize_and_pack of no documents")
@@ -289,10 +370,28 @@ def test_rejects_an_empty_corpus(impl, tmp_path):
     assert_rejects(lambda: impl.data.tokenize_and_pack(kept, ByteTokenizer(), 256, tmp_path / "t.npy", 257), "empty",
                    what="tokenize_and_pack of a corpus that is empty after filtering")
     assert not (tmp_path / "t.npy").exists(), "no token file may be written for an empty corpus"
+    path, before = _old_file(impl, tmp_path)
+    assert_rejects(lambda: impl.data.tokenize_and_pack(iter([]), ByteTokenizer(), 256, path, 257), "empty",
+                   what="tokenize_and_pack of no documents over an existing token file")
+    _untouched(tmp_path, path, before, "tokenize_and_pack of an empty corpus")
 
 
 def test_rejects_token_ids_outside_the_vocabulary(impl, tmp_path):
-    assert_rejects(lambda: impl.data.tokenize_and_pack(["ok", "ÿ"], ByteTokenizer(), 179, tmp_path / "t.npy", 180),
+    path, before = _old_file(impl, tmp_path)
+    docs = ["fine"] * 300 + ["ÿ"]  # the bad id comes after hundreds of good documents
+    assert_rejects(lambda: impl.data.tokenize_and_pack(docs, ByteTokenizer(), 179, path, 180),
                    195, what="token id 195 (the first byte of 'ÿ') with vocab_size 180")
-    assert_rejects(lambda: impl.data.tokenize_and_pack(["a"], ByteTokenizer(), 300, tmp_path / "t.npy", 257), 300,
+    _untouched(tmp_path, path, before, "a packing rejected for a token id outside the vocabulary")
+    assert_rejects(lambda: impl.data.tokenize_and_pack(["a"], ByteTokenizer(), 300, path, 257), 300,
                    what="eot_id 300 with vocab_size 257")
+    _untouched(tmp_path, path, before, "a packing rejected for its eot_id")
+
+
+def test_rejects_a_file_that_is_not_a_token_stream(impl, tmp_path):
+    cases = {"floats.npy": np.zeros(5, np.float32), "signed.npy": np.arange(5, dtype=np.int64),
+             "matrix.npy": np.zeros((2, 3), np.uint16)}
+    for name, array in cases.items():
+        np.save(tmp_path / name, array)
+        assert_rejects(lambda: impl.data.load_tokens(tmp_path / name), name,
+                       what=f"load_tokens of a {array.dtype} array of shape {array.shape} (a token file is a 1-D "
+                            "array of uint16 or uint32)")

@@ -8,6 +8,7 @@ one-word edit of a long document and keeps documents that are merely alike.
 Statistical tests state their bound: a correct implementation fails one with probability below 1e-6 per run.
 """
 
+import itertools
 import json
 import math
 import random
@@ -112,6 +113,20 @@ def test_hf_datasets_load_in_memory_and_streaming(impl, tmp_path):
     assert isinstance(streamed, Iterator), "load_hf_dataset must return a lazy iterator of documents"
     assert list(streamed) == expected, (
         "load_hf_dataset('json', streaming=True, data_files=...) must stream the 'content' of every row, in order")
+
+
+def test_hf_dataset_loads_the_split_asked_for(impl, tmp_path):
+    pytest.importorskip("datasets")
+    files = {}
+    for split in ("train", "test"):
+        files[split] = tmp_path / f"{split}.jsonl"
+        files[split].write_text("".join(json.dumps({"text": f"{split} row {i}"}) + "\n" for i in range(3)),
+                                encoding="utf-8")
+    docs = list(impl.text.load_hf_dataset("json", split="test", streaming=True,
+                                          data_files={split: str(path) for split, path in files.items()}))
+    assert docs == [f"test row {i}" for i in range(3)], (
+        f"load_hf_dataset('json', split='test', data_files={{'train': ..., 'test': ...}}) must yield the rows of the "
+        f"test split, got {docs}")
 
 
 # ---------------------------------------------------------------- cleaning
@@ -249,6 +264,47 @@ def test_each_rule_drops_what_breaks_it_and_keeps_the_rest(impl):
         "failed_rules must use the thresholds of the config it is given")
 
 
+def fractions(low: int, high: int) -> st.SearchStrategy:
+    """n / d between low and high with d <= 6: the statistics of short texts take such values, so bounds are hit."""
+    return st.integers(1, 6).flatmap(lambda d: st.integers(low * d, high * d).map(lambda n: n / d))
+
+
+thresholds = st.fixed_dictionaries({
+    "min_words": st.integers(0, 8), "max_words": st.integers(1, 30),
+    "min_mean_word_length": fractions(0, 3), "max_mean_word_length": fractions(1, 4),
+    "max_symbol_word_ratio": fractions(0, 1), "min_alphabetic_fraction": fractions(0, 1),
+    "max_duplicate_line_fraction": fractions(0, 1),
+})
+# Six words, two equal lines: mean length 4/3, symbols 1/3 per word, alphabetic 1/3, duplicate lines 1/2.
+AT_THE_BOUNDS = {"min_words": 6, "max_words": 6, "min_mean_word_length": 4 / 3, "max_mean_word_length": 4 / 3,
+                 "max_symbol_word_ratio": 1 / 3, "min_alphabetic_fraction": 1 / 3, "max_duplicate_line_fraction": 1 / 2}
+
+
+@given(filter_text, thresholds)
+@example("ab # 1\nab # 1", AT_THE_BOUNDS)  # every statistic equals its bound: every rule passes
+@example("ab # 1\nab # 1", {**AT_THE_BOUNDS, "max_words": 5, "max_mean_word_length": 1.0})
+def test_failed_rules_are_the_statistics_outside_the_config_bounds(impl, text, bounds):
+    t, words = impl.text, _words(text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    mean = sum(map(len, words)) / len(words) if words else 0.0
+    symbols = (text.count("#") + text.count("...") + text.count("…")) / len(words) if words else 0.0
+    alphabetic = sum(any(c.isalpha() for c in w) for w in words) / len(words) if words else 0.0
+    duplicates = (len(lines) - len(set(lines))) / len(lines) if lines else 0.0
+    rules = [
+        ("too_few_words", len(words) >= bounds["min_words"]),
+        ("too_many_words", len(words) <= bounds["max_words"]),
+        ("mean_word_length", bounds["min_mean_word_length"] <= mean <= bounds["max_mean_word_length"]),
+        ("symbol_to_word_ratio", symbols <= bounds["max_symbol_word_ratio"]),
+        ("alphabetic_fraction", alphabetic >= bounds["min_alphabetic_fraction"]),
+        ("duplicate_lines", duplicates <= bounds["max_duplicate_line_fraction"]),
+    ]
+    expected = [name for name, passed in rules if not passed]
+    failed = t.failed_rules(text, t.QualityConfig(**bounds))
+    assert failed == expected, (
+        f"failed_rules({text!r}, QualityConfig(**{bounds})) must list, in the documented order, exactly the rules "
+        f"whose statistic lies outside the config's bounds (bounds are inclusive): expected {expected}, got {failed}")
+
+
 @given(st.lists(filter_text | st.builds(_doc, st.integers(40, 80)), max_size=8), st.integers(0, 8))
 def test_filters_are_pure(impl, docs, cut):
     config = impl.text.QualityConfig(min_words=3, max_words=500, min_mean_word_length=1.0)
@@ -286,6 +342,10 @@ def test_dedup_key_ignores_case_whitespace_and_unicode_form_only(impl):
     different = ["Hello, World", "Hello World!", "Hello Word", "hello world world"]
     keys = {key(text) for text in different + same[:1]}
     assert len(keys) == len(different) + 1, f"{different} and {same[0]!r} must all have different dedup keys"
+    long_key = key("a long document " * 1000)
+    assert isinstance(long_key, bytes) and len(long_key) == 16, (
+        "dedup_key must be a 128-bit hash (16 bytes) whatever the length of the text, so that exact_dedup keeps 16 "
+        f"bytes per distinct document; got {type(long_key).__name__} of length {len(long_key)}")
 
 
 # Variants that must count as the same document: case and whitespace changes.
@@ -362,10 +422,25 @@ def test_minhash_estimate_is_within_the_hoeffding_bound_of_the_true_jaccard(impl
         f"shingles with {K} hash functions (a correct MinHash misses by that much with probability < 1e-8)")
 
 
+@given(st.integers(1, 64), seeds)
+def test_estimate_jaccard_is_the_fraction_of_equal_positions(impl, num_perm, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 4, num_perm).astype(np.uint32)  # few distinct values: equal values in unequal positions
+    b = np.where(rng.random(num_perm) < 0.5, a, rng.integers(0, 4, num_perm)).astype(np.uint32)
+    expected = float(np.mean(a == b))
+    estimate = impl.text.estimate_jaccard(a, b)
+    assert math.isclose(estimate, expected, rel_tol=1e-12, abs_tol=1e-12), (
+        f"estimate_jaccard must be the fraction of the {num_perm} positions where the two signatures agree, "
+        f"{expected}, got {estimate} (a value shared at different positions is no agreement)")
+    assert_rejects(lambda: impl.text.estimate_jaccard(a, np.concatenate([b, b])), num_perm, 2 * num_perm,
+                   what=f"signatures of {num_perm} and {2 * num_perm} values (made with different num_perm)")
+
+
 @given(st.lists(st.text(st.sampled_from(list("ab c\n")), max_size=30), min_size=1, max_size=6), seeds)
 def test_signatures_are_deterministic_and_independent_of_the_batch(impl, docs, seed):
     signatures = impl.text.minhash_signatures(docs, num_perm=16, ngram=2, seed=seed)
     assert signatures.shape == (len(docs), 16), f"one row of 16 per document, got shape {signatures.shape}"
+    assert signatures.dtype == np.uint32, f"signatures must be uint32 (4 bytes a value), got {signatures.dtype}"
     for i, doc in enumerate(docs):
         alone = impl.text.minhash_signatures([doc], num_perm=16, ngram=2, seed=seed)[0]
         assert np.array_equal(signatures[i], alone), (
@@ -456,6 +531,43 @@ def test_near_dedup_keeps_the_first_of_each_group_in_order(impl, seed, groups):
         "near_dedup must count its drops in report.dropped['near_duplicate']")
 
 
+# A document and its words in reverse order have the same words (ngram=1: the same shingles, so the same signature,
+# a sure duplicate) and no n-gram in common for n >= 2 (J = 0 up to chance repeats of words: P[Ĵ >= 0.8] is below
+# exp(-2 · 128 · 0.79²) < 1e-60).
+@given(seeds, st.integers(1, 4))
+@example(0, 1)
+@example(0, 2)
+def test_near_dedup_compares_word_ngrams_of_the_size_given(impl, seed, n):
+    rng = random.Random(seed)
+    words = random_words(rng, 300)
+    forwards, backwards = " ".join(words), " ".join(reversed(words))
+    out = list(impl.text.near_dedup([forwards, backwards], threshold=0.8, ngram=n, seed=seed))
+    expected = [forwards] if n == 1 else [forwards, backwards]
+    assert out == expected, (
+        f"near_dedup(ngram={n}) must compare shingles of {n} word(s): a document with its words reversed is "
+        f"{'a duplicate (the same words)' if n == 1 else f'no duplicate (no {n}-gram in common)'}; "
+        f"it kept {len(out)} of 2")
+
+
+# A, B, C: 140 distinct words, A = words 0..99, B = 20..119, C = 40..139, compared word by word (ngram=1):
+# J(A, B) = J(B, C) = 80/120 = 0.67, J(A, C) = 60/140 = 0.43, threshold 0.55. With 1024 hash functions an estimate
+# lands on the wrong side of 0.55 with probability below exp(-2 · 1024 · 0.117²) < 1e-12 (Hoeffding); with 256 bands
+# of 4 rows, A and B share no band with probability (1 - 0.67^4)^256 < 1e-24.
+@given(seeds)
+def test_near_dedup_compares_only_with_kept_documents(impl, seed):
+    rng = random.Random(seed)
+    words = rng.sample(VOCABULARY, 140)
+    a, b, c = (" ".join(words[start:start + 100]) for start in (0, 20, 40))
+    report = impl.text.FilterReport()
+    out = list(impl.text.near_dedup([a, b, c], threshold=0.55, num_perm=1024, bands=256, ngram=1, seed=seed,
+                                    report=report))
+    assert out == [a, c], (
+        f"near_dedup must drop B (J(A, B) = 0.67 >= 0.55) and keep C: C is alike only to B (0.67), which was "
+        f"dropped, not to A (0.43); only kept documents go into the LSH tables. It kept {len(out)} of 3: "
+        f"{['ABC'[[a, b, c].index(doc)] for doc in out]}")
+    assert report.dropped["near_duplicate"] == 1, f"one document was dropped, the report says {report}"
+
+
 # ---------------------------------------------------------------- the pipeline
 
 
@@ -480,6 +592,108 @@ def test_clean_corpus_cleans_filters_and_deduplicates(impl):
     assert (report.read, report.kept) == (6, 2), f"the report must say 6 read, 2 kept; it says {report}"
     for rule in ("too_few_words", "exact_duplicate", "near_duplicate"):
         assert report.dropped[rule] == 1, f"the report must count one document dropped by {rule}: {report}"
+
+
+def _edited(rng: random.Random, words: list[str], changes: int) -> list[str]:
+    edited = list(words)
+    for i in rng.sample(range(len(words)), changes):
+        edited[i] = rng.choice(VOCABULARY)
+    return edited
+
+
+def _dress(text: str, how: str) -> str:
+    """The same document for exact dedup, written another way: upper case, dirt that cleaning removes, or a first
+    word with compatibility characters that NFKC folds ('ﬁ' -> 'fi', full-width 'Ａ' -> 'A') and NFC keeps."""
+    if how == "upper":
+        return text.upper()
+    if how == "dirty":
+        return "\ufeff " + text.replace(" ", " \x00 \r\n", 1) + "\t\n\n"
+    if how == "compatible":
+        return "\ufb01\uff21" + text
+    return text
+
+
+@st.composite
+def corpora(draw):
+    """Documents that give every stage of clean_corpus work: new ones, copies, near copies (1, 3 or 8 of 100 words
+    changed: 5-gram Jaccard about 0.9, 0.7, 0.4), short and blank ones, each dressed by _dress."""
+    rng = random.Random(draw(seeds))
+    originals, docs = [], []
+    for kind in draw(st.lists(st.sampled_from(["new", "copy", "near", "short", "blank"]), max_size=10)):
+        if kind == "short":
+            docs.append(" ".join(random_words(rng, 5)))
+            continue
+        if kind == "blank":
+            docs.append(" \n\t\x00\u200b ")
+            continue
+        if kind == "new" or not originals:
+            originals.append(random_words(rng, 100))
+            words = originals[-1]
+        else:
+            words = rng.choice(originals)
+            words = _edited(rng, words, rng.choice([1, 3, 8])) if kind == "near" else words
+        docs.append(_dress(" ".join(words), draw(st.sampled_from(["", "upper", "dirty", "compatible"]))))
+    return docs
+
+
+_rng = random.Random(1)
+_base, _other = random_words(_rng, 100), random_words(_rng, 100)
+# One document and its copies with 1, 3 and 8 words changed, a document that only NFKC changes, a short and a
+# blank one: near_threshold None, 0.5 and 0.8 keep different documents, and the forms give different texts.
+LADDER = [" ".join(_base), *(" ".join(_edited(_rng, _base, k)) for k in (1, 3, 8)),
+          _dress(" ".join(_other), "compatible"), "too short", " \n "]
+
+
+@given(corpora(), forms, st.sampled_from([None, 0.3, 0.5, 0.8, 0.95]), st.booleans())
+@example(LADDER, "NFKC", 0.5, False)
+@example(LADDER, "NFC", None, True)
+def test_clean_corpus_is_its_stages_in_order(impl, docs, form, near_threshold, short_ones_pass):
+    t = impl.text
+    config = t.QualityConfig(min_words=3) if short_ones_pass else None
+    cleaned = [text for text in (t.clean(doc, form) for doc in docs) if text]
+    stream = t.exact_dedup(t.quality_filter(cleaned, config))
+    expected = list(stream if near_threshold is None else t.near_dedup(stream, threshold=near_threshold))
+    report = t.FilterReport()
+
+    def run():
+        return list(t.clean_corpus(iter(docs), config=config, near_threshold=near_threshold, form=form, report=report))
+
+    if expected:
+        out = run()
+        assert out == expected, (
+            f"clean_corpus(config, near_threshold={near_threshold}, form={form!r}) must be clean(·, form) -> drop "
+            "empty -> quality_filter(config) -> exact_dedup -> near_dedup(threshold=near_threshold), the last "
+            f"skipped when near_threshold is None: expected {len(expected)} documents, got {len(out)}"
+            + (" (different texts)" if len(out) == len(expected) else ""))
+    else:
+        assert_rejects(run, "empty", what=f"clean_corpus of {len(docs)} documents of which none is kept")
+    assert report.read == len(docs) and report.kept == len(expected), (
+        f"the report must say {len(docs)} read and {len(expected)} kept, it says {report!r}")
+    assert report.read == report.kept + sum(report.dropped.values()), (
+        f"every document read must be kept or counted once under the reason it was dropped: {report!r}")
+
+
+@pytest.mark.parametrize("stage", ["quality_filter", "exact_dedup", "near_dedup", "clean_corpus"])
+def test_every_stage_streams(impl, stage):
+    rng, read, limit = random.Random(0), 0, 5000
+
+    def documents():
+        nonlocal read
+        for read in itertools.count(1):
+            assert read <= limit, (
+                f"{stage} read {limit} documents without yielding 3: a stage must yield documents as they come "
+                "(near_dedup may sign a chunk of a few hundred at a time), so that a corpus larger than memory "
+                "streams through")
+            yield f"document {read}: " + " ".join(random_words(rng, 60))
+
+    t = impl.text
+    stages = {"quality_filter": lambda docs: t.quality_filter(docs, t.QualityConfig(min_words=10)),
+              "exact_dedup": t.exact_dedup, "near_dedup": t.near_dedup, "clean_corpus": t.clean_corpus}
+    out = stages[stage](documents())
+    assert isinstance(out, Iterator), f"{stage} must return a lazy iterator, not a {type(out).__name__}"
+    first = list(itertools.islice(out, 3))
+    assert len(first) == 3 and all(doc.startswith(f"document {i + 1}: ") for i, doc in enumerate(first)), (
+        f"{stage} must yield the first 3 of an endless stream of distinct good documents, in order")
 
 
 # ---------------------------------------------------------------- bad input
@@ -520,9 +734,49 @@ def test_rejects_a_jsonl_line_without_the_field(impl, tmp_path):
                    what="line 4 of corpus.jsonl has no 'text' field")
     path.write_text('{"text": "a"}\n{"text": oops}\n', encoding="utf-8")
     assert_rejects(lambda: list(impl.text.load_jsonl(path)), "corpus.jsonl", 2, what="line 2 is not JSON")
+    path.write_text('{"text": "a"}\n\n["text", "b"]\n', encoding="utf-8")
+    assert_rejects(lambda: list(impl.text.load_jsonl(path)), "corpus.jsonl", 3,
+                   what="line 3 of corpus.jsonl is a JSON list, not an object")
+    path.write_text('{"text": "a"}\n{"text": 12.5}\n', encoding="utf-8")
+    assert_rejects(lambda: list(impl.text.load_jsonl(path)), "corpus.jsonl", 2, "text",
+                   what="line 2 of corpus.jsonl has a number in its 'text' field, not a string")
+
+
+def test_invalid_utf8_in_jsonl_names_the_line_or_is_replaced(impl, tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9 \xff"}\n{"text": "genuine \xef\xbf\xbd"}\n')
+    assert_rejects(lambda: list(impl.text.load_jsonl(path)), "mixed.jsonl", 2,
+                   what="line 2 of mixed.jsonl is not UTF-8 (load_jsonl with errors='strict', the default)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            docs = list(impl.text.load_jsonl(path, errors="replace"))
+        except ValueError as error:
+            raise AssertionError(
+                f"load_jsonl(errors='replace') must replace invalid UTF-8, not raise: {error}") from None
+    assert docs == ["fine", "caf\ufffd \ufffd", "genuine \ufffd"], (
+        f"load_jsonl(errors='replace') must turn each invalid sequence into one U+FFFD and keep the rest, got {docs!r}")
+    warned = [str(w.message) for w in caught if issubclass(w.category, UnicodeWarning)]
+    assert any("mixed.jsonl" in message for message in warned), (
+        f"load_jsonl(errors='replace') must say in a UnicodeWarning which file had invalid UTF-8, got {warned}")
+
+
+def test_rejects_near_dedup_parameters_out_of_range(impl):
+    docs = ["a b c d e f", "a b c d e g"]
+    for threshold in (0.0, -0.5, 1.5):
+        assert_rejects(lambda: impl.text.near_dedup(docs, threshold=threshold), threshold,
+                       what=f"near_dedup(threshold={threshold}): a Jaccard threshold lies in (0, 1]")
+    for bands in (0, 129):
+        assert_rejects(lambda: impl.text.near_dedup(docs, num_perm=128, bands=bands), bands,
+                       what=f"near_dedup(num_perm=128, bands={bands}): bands lie between 1 and num_perm")
+    assert_rejects(lambda: impl.text.shingles("a b c", ngram=0), 0, what="shingles(ngram=0): no word 0-grams")
+    assert_rejects(lambda: impl.text.minhash_signatures(docs, num_perm=0), 0,
+                   what="minhash_signatures(num_perm=0): a signature needs a hash function")
 
 
 def test_rejects_a_corpus_empty_after_filtering(impl):
     docs = ["too short", "   ", "also far too short to pass"]
-    assert_rejects(lambda: list(impl.text.clean_corpus(docs)), "empty",
-                   what="clean_corpus of documents that all fail the filters")
+    assert_rejects(lambda: list(impl.text.clean_corpus(docs)), "empty", 3, "too_few_words",
+                   what="clean_corpus of 3 documents that all fail the filters (the error must say how many were "
+                        "read and what dropped them)")
+    assert_rejects(lambda: list(impl.text.clean_corpus(iter([]))), "empty", 0, what="clean_corpus of no documents")

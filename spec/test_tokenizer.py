@@ -8,7 +8,10 @@ The Tokenizer tests use a vocabulary trained by `textbook_bpe` below, so encodin
 """
 
 import functools
+import io
 import itertools
+import json
+import random
 import warnings
 from collections import Counter
 
@@ -214,18 +217,24 @@ def test_disallowed_special_tokens_encode_as_ordinary_text(impl, kind, text):
 
 # ---------------------------------------------------------------- streaming
 
+ALLOWED = ["all", "none", frozenset({"<|pad|>"})]
+
+
 @pytest.mark.parametrize("kind, pattern", [("bpe", "gpt2"), ("bpe", "gpt4"), ("sentencepiece", None)])
-@given(text=texts, cuts=st.lists(st.integers(0, 400), max_size=8))
-@example(text="x\n" + " " * 20 + "\ny", cuts=[5])
-@example(text="it'll<|endoftext|>", cuts=[3, 9])
-@example(text="we'll", cuts=[4])
-def test_encode_iterable_matches_encode_for_any_chunking(impl, kind, pattern, text, cuts):
+@given(text=texts, cuts=st.lists(st.integers(0, 400), max_size=8), allowed=st.sampled_from(ALLOWED))
+@example(text="x\n" + " " * 20 + "\ny", cuts=[5], allowed="all")
+@example(text="it'll<|endoftext|>", cuts=[3, 9], allowed="all")
+@example(text="we'll", cuts=[4], allowed="all")
+@example(text="a<|endoftext|>b\n<|pad|>c", cuts=[3, 15], allowed="none")
+@example(text="a<|endoftext|>b\n<|pad|>c", cuts=[3, 15], allowed=frozenset({"<|pad|>"}))
+def test_encode_iterable_matches_encode_for_any_chunking(impl, kind, pattern, text, cuts, allowed):
     tokenizer = make(impl, kind, pattern)
     bounds = sorted({min(cut, len(text)) for cut in cuts} | {0, len(text)})
     chunks = [text[a:b] for a, b in zip(bounds, bounds[1:])]
-    streamed = list(tokenizer.encode_iterable(iter(chunks)))
-    assert streamed == tokenizer.encode(text), (
-        f"encode_iterable over the chunks {chunks!r} must give the ids of encode of their concatenation")
+    streamed = list(tokenizer.encode_iterable(iter(chunks), allowed_special=allowed))
+    assert streamed == tokenizer.encode(text, allowed_special=allowed), (
+        f"encode_iterable over the chunks {chunks!r} with allowed_special={allowed!r} must give the ids of "
+        "encode of their concatenation with the same allowed_special")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -247,10 +256,16 @@ def test_encode_iterable_yields_before_reading_everything(impl, kind):
 # ---------------------------------------------------------------- decoding any ids
 
 def _decode(tokenizer, ids):
+    """decode(ids) of ids in the vocabulary: any exception is a broken property, not a crash of the spec."""
     try:
         return tokenizer.decode(ids)
+    except NotImplementedError:
+        raise
     except UnicodeDecodeError as error:
         raise AssertionError(f"decode({ids}) must replace invalid UTF-8 by U+FFFD, not raise: {error}") from None
+    except Exception as error:
+        raise AssertionError(f"decode({ids[:20]}...) of ids in the vocabulary must not raise: "
+                             f"{type(error).__name__}: {error}") from None
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -287,6 +302,38 @@ def test_save_then_load_gives_identical_output(impl, kind, tmp_path):
         assert loaded.encode(text) == tokenizer.encode(text), f"load(save(t)) must encode {text[:40]!r} the same"
         assert loaded.encode(text, allowed_special="none") == tokenizer.encode(text, allowed_special="none"), (
             f"load(save(t)) must encode {text[:40]!r} the same with special tokens disallowed")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_saved_file_has_the_documented_format(impl, kind, tmp_path):
+    tokenizer = make(impl, kind, pattern="gpt2")
+    path = tmp_path / "tokenizer.file"
+    tokenizer.save(path)
+    if kind == "sentencepiece":
+        sentencepiece = pytest.importorskip("sentencepiece")
+        try:
+            model = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        except (RuntimeError, OSError) as error:
+            raise AssertionError(f"SentencePieceTokenizer.save must write the sentencepiece model itself, which "
+                                 f"sentencepiece reads: {error}") from None
+        assert model.get_piece_size() == len(tokenizer.vocab), (
+            "the saved sentencepiece model must hold the tokenizer's pieces, one per id")
+        return
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise AssertionError(f"Tokenizer.save must write UTF-8 JSON: {error}") from None
+    expected = {
+        "format": "llmkata-bpe/1",
+        "pattern": GPT2,
+        "special_tokens": special_ids(tokenizer),
+        "vocab": {str(i): token.decode("latin-1") for i, token in tokenizer.vocab.items()},
+        "merges": [[a.decode("latin-1"), b.decode("latin-1")] for a, b in tokenizer.merges],
+    }
+    for key, value in expected.items():
+        assert document.get(key) == value, (
+            f"the saved file's {key!r} must be as Tokenizer.save's docstring says (the split regex itself; token "
+            "bytes as Latin-1 text, byte b as chr(b); merges in the order learned)")
 
 
 # ---------------------------------------------------------------- agreement with tiktoken and Hugging Face
@@ -345,6 +392,92 @@ def test_hf_export_encodes_like_the_tokenizer(impl, pattern, text):
     assert exported.decode(ids, skip_special_tokens=False) == text, "the exported tokenizer must decode it back"
 
 
+# ---------------------------------------------------------------- a vocabulary built by hand
+
+@functools.cache
+def hand_built(variant: int):
+    """(vocab, merges, special_tokens) that training did not make: the textbook vocabulary's tokens under ids drawn
+    at random from 256..4·size (gaps between them, and a token's id may be below its parts'), the merges shuffled,
+    and one more special token whose bytes are also an ordinary token (b'the' or the like) at another id."""
+    vocab, merges = textbook_vocab()
+    rng = random.Random(variant)
+    ordinary = [vocab[i] for i in range(256 + len(SPECIALS), len(vocab))]
+    twin = next(token for token in ordinary if token.isalpha() and len(token) >= 3)
+    specials = [*SPECIALS, twin.decode()]
+    ids = rng.sample(range(256, 4 * len(vocab)), len(specials) + len(ordinary))
+    hand = {i: bytes([i]) for i in range(256)}
+    hand.update(zip(ids, [*(token.encode() for token in specials), *ordinary]))
+    shuffled = list(merges)
+    rng.shuffle(shuffled)
+    return hand, shuffled, specials
+
+
+@functools.cache
+def _hand_built_tokenizer(cls, variant: int):
+    vocab, merges, specials = hand_built(variant)
+    return cls(vocab, merges, specials, "gpt4")
+
+
+def merge_by_rank(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
+    """BPE on one pre-token by the definition: the whole pre-token if it is a token, else merge the adjacent pair
+    whose concatenation has the lowest rank, leftmost among equals, until no adjacent pair is a token."""
+    if piece in ranks:
+        return [ranks[piece]]
+    parts = [bytes([byte]) for byte in piece]
+    while pairs := [(ranks[a + b], i) for i, (a, b) in enumerate(zip(parts, parts[1:])) if a + b in ranks]:
+        _, i = min(pairs)
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    return [ranks[part] for part in parts]
+
+
+def encode_by_definition(text: str, vocab, special_tokens, allowed: str, pattern: str = GPT4) -> list[int]:
+    """Special tokens (when allowed) cut out first, each the largest id that spells it; the rest split by the
+    pattern and merged by rank, an ordinary token's rank being its id."""
+    special_ids = {token: max(i for i, t in vocab.items() if t == token.encode()) for token in special_tokens}
+    ranks = {token: i for i, token in sorted(vocab.items(), reverse=True) if i not in special_ids.values()}
+    cut = sorted(special_tokens, key=len, reverse=True) if allowed == "all" else []
+    segments = regex.split("(" + "|".join(map(regex.escape, cut)) + ")", text) if cut else [text]
+    ids = []
+    for k, segment in enumerate(segments):
+        if k % 2:  # a special token, captured by the split
+            ids.append(special_ids[segment])
+        else:
+            for piece in regex.findall(pattern, segment):
+                ids += merge_by_rank(piece.encode("utf-8"), ranks)
+    return ids
+
+
+@given(text=texts, variant=st.integers(0, 3), allowed=st.sampled_from(["all", "none"]))
+@example(text="the theme, there<|pad|>x", variant=0, allowed="all")
+@example(text=MULTILINGUAL, variant=1, allowed="none")
+def test_a_vocabulary_built_by_hand_encodes_by_rank(impl, text, variant, allowed):
+    vocab, _, specials = hand_built(variant)
+    tokenizer = _hand_built_tokenizer(impl.tokenizer.Tokenizer, variant)
+    expected = {token: max(i for i, t in vocab.items() if t == token.encode()) for token in specials}
+    assert special_ids(tokenizer) == expected, (
+        f"a special token's id must be the largest id whose bytes spell it: expected {expected}, got "
+        f"{special_ids(tokenizer)}")
+    ids = tokenizer.encode(text, allowed_special=allowed)
+    assert ids == encode_by_definition(text, vocab, specials, allowed), (
+        f"with a vocabulary built by hand (ids with gaps, merges listed out of rank order), encode({text!r}, "
+        f"allowed_special={allowed!r}) must merge by rank, and an ordinary token's rank is its id, not the place of "
+        "its merge in the list")
+    assert _decode(tokenizer, ids) == text, f"decode(encode(s)) must give back s with any vocabulary; s = {text!r}"
+
+
+def test_tiktoken_export_of_a_vocabulary_built_by_hand(impl):
+    pytest.importorskip("tiktoken")
+    tokenizer = _hand_built_tokenizer(impl.tokenizer.Tokenizer, 1)
+    exported = impl.tokenizer.to_tiktoken(tokenizer, name="hand-built")
+    assert exported.name == "hand-built", f"to_tiktoken(t, name='hand-built') must be named so, got {exported.name!r}"
+    for text in SAMPLES + ["the theme, there", corpus_text()[:5000]]:
+        assert exported.encode(text, allowed_special="all") == tokenizer.encode(text), (
+            f"to_tiktoken(t) of a vocabulary built by hand (gaps in its ids, merges out of rank order) must encode "
+            f"{text[:40]!r} like t: the rank of a token is its id")
+        assert exported.encode_ordinary(text) == tokenizer.encode(text, allowed_special="none"), (
+            f"to_tiktoken(t).encode_ordinary({text[:40]!r}) must equal t.encode(..., allowed_special='none')")
+
+
 # ---------------------------------------------------------------- training
 
 def _train(impl, data, vocab_size, special_tokens=SPECIALS, pattern="gpt4", **kwargs):
@@ -393,17 +526,23 @@ def test_merges_follow_the_pinned_tie_break(impl):
 small_corpora = st.lists(st.text(st.sampled_from("ab c\né😀'1<|>"), max_size=30), min_size=1, max_size=4)
 
 
-@given(documents=small_corpora, extra=st.integers(0, 40), pattern=st.sampled_from(["gpt2", "gpt4"]),
+# A split pattern of our own, neither GPT-2's nor GPT-4's: runs of non-space and runs of space.
+WORDS_AND_SPACES = r"\S+|\s+"
+
+
+@given(documents=small_corpora, extra=st.integers(0, 40),
+       pattern=st.sampled_from(["gpt2", "gpt4", WORDS_AND_SPACES]),
        specials=st.sampled_from([[], ["<|>"], ["c", "<|>"]]))
 @example(documents=["aaaa aaa", "aaaaa"], extra=10, pattern="gpt4", specials=[])
 @example(documents=["cd ab ab ab"], extra=3, pattern="gpt4", specials=[])
 @example(documents=["x<|>y<|>z<|>w<|>"], extra=1, pattern="gpt4", specials=["<|>"])  # specials are never counted
+@example(documents=["a b a b a b"], extra=3, pattern=WORDS_AND_SPACES, specials=[])  # GPT-4's would merge ' b'
 def test_training_equals_the_textbook_algorithm(impl, documents, extra, pattern, specials):
     if not "".join(documents):
         documents = ["ab"]
     vocab_size = 256 + len(specials) + extra
     tokenizer = _train(impl, documents, vocab_size, specials, pattern)
-    vocab, merges = textbook_bpe(documents, vocab_size, specials, GPT4 if pattern == "gpt4" else GPT2)
+    vocab, merges = textbook_bpe(documents, vocab_size, specials, {"gpt2": GPT2, "gpt4": GPT4}.get(pattern, pattern))
     assert tokenizer.merges == merges, (
         f"train_bpe({documents!r}, {vocab_size}, {specials}, {pattern!r}) must learn the textbook merges "
         f"{merges}, got {tokenizer.merges}")
@@ -422,11 +561,30 @@ def test_training_does_not_depend_on_how_the_corpus_is_given(impl, tmp_path):
     halves[1].write_bytes("<|endoftext|>".join(documents[3:]).encode("utf-8"))
     from_files = _train(impl, halves, 400)
     again = _train(impl, documents, 400)
+    generated = _train(impl, (document for document in documents), 400)
+    mixed = _train(impl, [*documents[:3], str(halves[1]), halves[1]], 400)  # a str is a text, even a path's
+    mixed_reference = _train(impl, "<|endoftext|>".join([*documents[:3], str(halves[1]), *documents[3:]]), 400)
+    assert mixed.merges == mixed_reference.merges, (
+        "in an iterable of documents a str is a document's text and a path a file's: a list that mixes them must "
+        "train as the list of their texts")
     for name, other in [("a text joined by <|endoftext|>", as_text), ("a file", from_file),
-                        ("a list of two files", from_files), ("the same list again", again)]:
+                        ("a list of two files", from_files), ("the same list again", again),
+                        ("a generator (read once)", generated)]:
         assert other.merges == reference.merges, (
             f"documents given as {name} must train the same merges as the list of documents (documents are "
             "independent, and special tokens separate documents)")
+
+
+def test_sentencepiece_vocabulary_is_unk_special_tokens_bytes_then_pieces(impl):
+    tokenizer = make(impl, "sentencepiece")  # trained with vocab_size=600
+    vocab, size = tokenizer.vocab, len(tokenizer.vocab)
+    assert size <= 600, f"train_sentencepiece(..., vocab_size=600) must make at most 600 tokens in all, got {size}"
+    assert sorted(vocab) == list(range(size)), "the ids must be 0..len(vocab)-1"
+    assert special_ids(tokenizer) == {token: 1 + k for k, token in enumerate(SPECIALS)}, (
+        f"the special tokens must follow <unk> (id 0), in the order given: got {special_ids(tokenizer)}")
+    first = 1 + len(SPECIALS)
+    assert [vocab[first + byte] for byte in range(256)] == [bytes([byte]) for byte in range(256)], (
+        f"the 256 byte pieces must come next, ids {first}..{first + 255}, byte b at id {first} + b")
 
 
 def test_special_tokens_are_never_merged_into(impl):
@@ -481,12 +639,27 @@ def test_rejects_empty_or_duplicate_special_tokens(impl, kind):
                        what="Tokenizer with a special token given twice")
 
 
+def test_rejects_a_vocabulary_without_every_byte_or_merge_part(impl):
+    vocab, merges = textbook_vocab()
+    Tokenizer = impl.tokenizer.Tokenizer
+    no_a = {i: token for i, token in vocab.items() if token != b"A"}
+    assert_rejects(lambda: Tokenizer(no_a, merges, SPECIALS), repr(b"A"),
+                   what="a vocabulary without the single byte b'A' (byte-level BPE needs all 256 to encode any text)")
+    assert_rejects(lambda: Tokenizer(vocab, [*merges, (b"q", b"z")], SPECIALS), repr(b"qz"),
+                   what="a merge b'q' + b'z' whose result b'qz' is not in the vocabulary")
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_rejects_ids_outside_the_vocabulary(impl, kind):
     tokenizer = make(impl, kind)
     size = len(tokenizer.vocab)
     for bad in (size, -1, 10**9):
         assert_rejects(lambda: tokenizer.decode([1, 2, bad]), str(bad), what=f"decode of the id {bad}")
+    if kind == "bpe":
+        hand = _hand_built_tokenizer(impl.tokenizer.Tokenizer, 0)
+        gap = min(set(range(256, max(hand.vocab))) - set(hand.vocab))
+        assert_rejects(lambda: hand.decode([1, gap]), gap,
+                       what=f"decode of the id {gap}, a gap between the ids of a vocabulary built by hand")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -497,6 +670,20 @@ def test_rejects_lone_surrogates(impl, kind):
                        what=f"encode of {text!r}, which has a lone surrogate")
     assert_rejects(lambda: _trainer(impl, kind)(["fine text", "x\udcff y"], 300, SPECIALS), repr("\udcff"),
                    what="training on text with a lone surrogate")
+
+
+def test_rejects_a_sentencepiece_model_without_byte_fallback(impl, tmp_path):
+    sentencepiece = pytest.importorskip("sentencepiece")
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus_text().splitlines()), model_writer=model, vocab_size=300, model_type="bpe",
+        hard_vocab_limit=False, minloglevel=2)  # no byte_fallback: a character it never saw becomes <unk>
+    path = tmp_path / "no_bytes.model"
+    path.write_bytes(model.getvalue())
+    cls = impl.tokenizer.SentencePieceTokenizer
+    assert_rejects(lambda: cls(model.getvalue()), "byte",
+                   what="a sentencepiece model without byte fallback pieces (it cannot encode every text)")
+    assert_rejects(lambda: cls.load(path), "no_bytes.model", what="load of a sentencepiece model without byte fallback")
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -2,6 +2,7 @@
 
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,6 +45,11 @@ def is_validation_comparing_the_wrong_way(text, val_fraction=0.1, salt=""):
 @mutant("data.is_validation", "test_validation_fraction_is_within_the_hoeffding_bound", why="ignores the salt")
 def is_validation_ignoring_the_salt(text, val_fraction=0.1, salt=""):
     return ref.is_validation(text, val_fraction)
+
+
+@mutant("data.train_val_split", "test_split_is_disjoint_and_covers_every_document", why="the salt is not passed on")
+def train_val_split_ignoring_the_salt(docs, val_fraction=0.1, salt=""):
+    return ref.train_val_split(docs, val_fraction)
 
 
 # ---------------------------------------------------------------- tokenize and pack
@@ -127,6 +133,46 @@ def tokenize_and_pack_writing_an_empty_file(docs, tokenizer, eot_id, path, vocab
     return ref.tokenize_and_pack(docs, tokenizer, eot_id, path, vocab_size, num_workers)
 
 
+@mutant("data.tokenize_and_pack", "test_token_file_is_written_at_the_path_given_and_mapped_read_only",
+        why="np.save(path, ...): a name without .npy gets '.npy' appended")
+def tokenize_and_pack_with_np_save(docs, tokenizer, eot_id, path, vocab_size, num_workers=1):
+    ids = []
+    for doc in docs:
+        ids += tokenizer.encode(doc) + [eot_id]
+    np.save(path, np.array(ids, dtype=ref.token_dtype(vocab_size)))
+    return ref.load_tokens(path)
+
+
+@mutant("data.load_tokens", "test_token_file_is_written_at_the_path_given_and_mapped_read_only",
+        why="maps the file read-write: a write into the array changes the token file")
+def load_tokens_read_write(path):
+    return np.load(path, mmap_mode="r+")
+
+
+@mutant("data.load_tokens", "test_rejects_a_file_that_is_not_a_token_stream", why="any .npy file is taken as tokens")
+def load_tokens_unchecked(path):
+    return np.load(path, mmap_mode="r")
+
+
+@mutant("data.tokenize_and_pack", "test_rejects_token_ids_outside_the_vocabulary",
+        why="checks the ids once the new file has replaced the old one")
+def tokenize_and_pack_checking_ids_afterwards(docs, tokenizer, eot_id, path, vocab_size, num_workers=1):
+    path = Path(path)
+    ids = []
+    for doc in docs:
+        ids += tokenizer.encode(doc) + [eot_id]
+    if not ids:
+        raise ValueError("the corpus is empty: there are no documents to tokenize")
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as file:
+        np.save(file, np.array(ids, dtype=ref.token_dtype(vocab_size)))
+    os.replace(tmp, path)
+    tokens = ref.load_tokens(path)
+    if int(tokens.max()) >= vocab_size:
+        raise ValueError(f"token id {int(tokens.max())} is outside the vocabulary 0..{vocab_size - 1}")
+    return tokens
+
+
 # ---------------------------------------------------------------- batches
 
 
@@ -203,6 +249,20 @@ def sequential_batches_padding_targets_with_zero(tokens, batch_size, context_len
         yield x, y.masked_fill(y == -100, 0)
 
 
+@mutant("data.sequential_batches", "test_sequential_batches_cover_every_target_exactly_once",
+        why="pads the inputs of the short last window with -100 like its targets: -100 is no token id")
+def sequential_batches_padding_inputs_with_ignore_index(tokens, batch_size, context_length, device=None):
+    starts = list(range(0, len(tokens) - 1, context_length))
+    for first in range(0, len(starts), batch_size):
+        xs, ys = [], []
+        for s in starts[first:first + batch_size]:
+            x = np.asarray(tokens[s:s + context_length]).astype(np.int64).tolist()
+            y = np.asarray(tokens[s + 1:s + context_length + 1]).astype(np.int64).tolist()
+            xs.append(x + [ref.IGNORE_INDEX] * (context_length - len(x)))
+            ys.append(y + [ref.IGNORE_INDEX] * (context_length - len(y)))
+        yield torch.tensor(xs), torch.tensor(ys)
+
+
 @mutant("data.document_ids", "test_document_ids_count_documents_from_zero",
         why="the end-of-text token opens the next document")
 def document_ids_starting_after_the_eot(x, eot_id):
@@ -221,3 +281,24 @@ def document_mask_putting_eot_in_the_next_document(x, eot_id):
     ids = torch.cumsum((x == eot_id).long(), dim=-1)
     causal = torch.ones(x.shape[-1], x.shape[-1], dtype=torch.bool).tril()
     return causal & (ids[..., :, None] == ids[..., None, :])
+
+
+@mutant("data.document_ids", "test_document_ids_count_documents_from_zero",
+        why="counts along dim 1, as for a (batch, T) window: wrong for (T) and (2, batch, T)")
+def document_ids_along_dim_one(x, eot_id):
+    is_eot = (x == eot_id).long()
+    return torch.cumsum(is_eot, dim=1) - is_eot
+
+
+@mutant("data.document_mask", "test_document_mask_never_crosses_a_document_boundary",
+        why="indexes as if the windows were (batch, T)")
+def document_mask_for_batches_only(x, eot_id):
+    ids = ref.document_ids(x, eot_id)
+    causal = torch.ones(x.shape[-1], x.shape[-1], dtype=torch.bool).tril()
+    return causal & (ids[:, :, None] == ids[:, None, :])
+
+
+@mutant("data.is_validation", "test_validation_fraction_is_within_the_hoeffding_bound",
+        why="cuts the salt to BLAKE2b's 64-byte key: salts that differ only past byte 64 draw the same split")
+def is_validation_cutting_long_salts(text, val_fraction=0.1, salt=""):
+    return ref.is_validation(text, val_fraction, salt.encode("utf-8")[:64].decode("utf-8", "ignore"))

@@ -1,5 +1,6 @@
 """Wrong implementations of the text chapter that a learner could plausibly write."""
 
+import dataclasses
 import glob
 import json
 import re
@@ -91,6 +92,42 @@ def load_jsonl_skipping_lines_without_the_field(paths, field="text", errors="str
         why="materialises the whole dataset, streaming or not")
 def load_hf_dataset_as_a_list(dataset, field="text", split="train", streaming=False, **load_kwargs):
     return list(ref.load_hf_dataset(dataset, field, split, streaming, **load_kwargs))
+
+
+@mutant("text.load_hf_dataset", "test_hf_dataset_loads_the_split_asked_for", why="always the train split")
+def load_hf_dataset_ignoring_the_split(dataset, field="text", split="train", streaming=False, **load_kwargs):
+    return ref.load_hf_dataset(dataset, field, "train", streaming, **load_kwargs)
+
+
+@mutant("text.load_jsonl", "test_invalid_utf8_in_jsonl_names_the_line_or_is_replaced",
+        why="errors='replace' is not passed on: invalid UTF-8 always raises")
+def load_jsonl_ignoring_errors(paths, field="text", errors="strict"):
+    return ref.load_jsonl(paths, field)
+
+
+@mutant("text.load_jsonl", "test_invalid_utf8_in_jsonl_names_the_line_or_is_replaced",
+        why="reads every file with errors='replace', silently")
+def load_jsonl_replacing_invalid_bytes_always(paths, field="text", errors="strict"):
+    for path in _files(paths):
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.strip():
+                yield json.loads(line)[field]
+
+
+@mutant("text.load_jsonl", "test_rejects_a_jsonl_line_without_the_field",
+        why="trusts every line to be an object whose field is a string")
+def load_jsonl_yielding_any_value(paths, field="text", errors="strict"):
+    for path in _files(paths):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            if field not in record:
+                raise ValueError(f"{path}:{number}: no field {field!r}")
+            yield record[field]
 
 
 # ---------------------------------------------------------------- cleaning
@@ -230,6 +267,44 @@ def quality_filter_counting_every_broken_rule(docs, config=None, report=None):
             report.dropped.update(failed)
 
 
+def _failed_rules_with_the_default(field):
+    """failed_rules that reads one threshold from the defaults instead of the config it is given."""
+
+    def failed_rules(text, config=None):
+        config = config or ref.QualityConfig()
+        return ref.failed_rules(text, dataclasses.replace(config, **{field: getattr(ref.QualityConfig(), field)}))
+
+    failed_rules.__name__ = f"failed_rules_ignoring_{field}"
+    return failed_rules
+
+
+for _field in ("max_mean_word_length", "max_symbol_word_ratio", "min_alphabetic_fraction",
+               "max_duplicate_line_fraction"):
+    mutant("text.failed_rules", "test_failed_rules_are_the_statistics_outside_the_config_bounds",
+           why=f"config.{_field} is ignored: the default is used")(_failed_rules_with_the_default(_field))
+
+
+@mutant("text.failed_rules", "test_failed_rules_are_the_statistics_outside_the_config_bounds",
+        why="the ratio bounds are exclusive: a statistic equal to its bound fails")
+def failed_rules_with_exclusive_ratio_bounds(text, config=None):
+    config = config or ref.QualityConfig()
+    words = ref.word_count(text)
+    checks = [
+        ("too_few_words", words >= config.min_words),
+        ("too_many_words", words <= config.max_words),
+        ("mean_word_length", config.min_mean_word_length < ref.mean_word_length(text) < config.max_mean_word_length),
+        ("symbol_to_word_ratio", ref.symbol_to_word_ratio(text) < config.max_symbol_word_ratio),
+        ("alphabetic_fraction", ref.alphabetic_word_fraction(text) > config.min_alphabetic_fraction),
+        ("duplicate_lines", ref.duplicate_line_fraction(text) < config.max_duplicate_line_fraction),
+    ]
+    return [name for name, passed in checks if not passed]
+
+
+@mutant("text.quality_filter", "test_every_stage_streams", why="a list comprehension: reads the whole corpus first")
+def quality_filter_as_a_list(docs, config=None, report=None):
+    return [doc for doc in ref.quality_filter(docs, config, report)]
+
+
 # ---------------------------------------------------------------- exact dedup
 
 
@@ -262,6 +337,25 @@ def exact_dedup_via_a_sorted_set(docs, report=None):
         why="does not report its drops")
 def exact_dedup_without_a_report(docs, report=None):
     return ref.exact_dedup(docs)
+
+
+@mutant("text.dedup_key", "test_dedup_key_ignores_case_whitespace_and_unicode_form_only",
+        why="the normalised text itself as the key: memory grows with the corpus, not 16 bytes a document")
+def dedup_key_of_the_normalized_text(text):
+    return " ".join(ref.clean(text).casefold().split()).encode("utf-8", "surrogatepass")
+
+
+@mutant("text.exact_dedup", "test_every_stage_streams", why="collects the first of each key, then yields them")
+def exact_dedup_collecting_first(docs, report=None):
+    first = {}
+    for doc in docs:
+        key = ref.dedup_key(doc)
+        if key in first:
+            if report is not None:
+                report.dropped["exact_duplicate"] += 1
+        else:
+            first[key] = doc
+    return iter(first.values())
 
 
 # ---------------------------------------------------------------- MinHash and LSH
@@ -370,6 +464,78 @@ def near_dedup_keeping_the_last(docs, threshold=0.8, num_perm=128, bands=None, n
     return reversed(list(ref.near_dedup(reversed(docs), threshold, num_perm, bands, ngram, seed, report)))
 
 
+@mutant("text.minhash_signatures", "test_signatures_are_deterministic_and_independent_of_the_batch",
+        why="int64 signatures: twice the memory, and not the documented dtype")
+def minhash_as_int64(docs, num_perm=128, ngram=5, seed=0):
+    return ref.minhash_signatures(docs, num_perm, ngram, seed).astype(np.int64)
+
+
+@mutant("text.estimate_jaccard", "test_estimate_jaccard_is_the_fraction_of_equal_positions",
+        why="the Jaccard similarity of the sets of signature values, not the fraction of agreeing positions")
+def estimate_jaccard_of_the_value_sets(a, b):
+    if a.shape != b.shape:
+        raise ValueError(f"signatures of different shapes {a.shape} and {b.shape}")
+    return ref.jaccard(set(a.tolist()), set(b.tolist()))
+
+
+@mutant("text.near_dedup", "test_near_dedup_compares_word_ngrams_of_the_size_given", why="ignores ngram")
+def near_dedup_on_five_word_shingles_always(docs, threshold=0.8, num_perm=128, bands=None, ngram=5, seed=0,
+                                            report=None):
+    return ref.near_dedup(docs, threshold, num_perm, bands, 5, seed, report)
+
+
+@mutant("text.near_dedup", "test_near_dedup_compares_word_ngrams_of_the_size_given", why="n + 1 words per shingle")
+def near_dedup_one_word_too_many(docs, threshold=0.8, num_perm=128, bands=None, ngram=5, seed=0, report=None):
+    return ref.near_dedup(docs, threshold, num_perm, bands, ngram + 1, seed, report)
+
+
+@mutant("text.near_dedup", "test_near_dedup_compares_only_with_kept_documents",
+        why="dropped documents go into the LSH tables too: a chain of near duplicates drops documents alike to "
+            "nothing that was kept")
+def near_dedup_tabling_every_document(docs, threshold=0.8, num_perm=128, bands=None, ngram=5, seed=0, report=None):
+    bands = bands or _bands_for(threshold, num_perm)
+    rows = num_perm // bands
+    tables = [{} for _ in range(bands)]
+    seen = []  # signatures of every document so far, kept or not
+    for doc in docs:
+        signature = ref.minhash_signatures([doc], num_perm, ngram, seed)[0]
+        keys = [signature[b * rows:(b + 1) * rows].tobytes() for b in range(bands)]
+        candidates = {c for table, key in zip(tables, keys) for c in table.get(key, ())}
+        duplicate = any(ref.estimate_jaccard(signature, seen[c]) >= threshold for c in candidates)
+        for table, key in zip(tables, keys):
+            table.setdefault(key, []).append(len(seen))
+        seen.append(signature)
+        if duplicate:
+            if report is not None:
+                report.dropped["near_duplicate"] += 1
+        else:
+            yield doc
+
+
+@mutant("text.near_dedup", "test_every_stage_streams",
+        why="signs the whole corpus at once: minhash_signatures takes a list")
+def near_dedup_signing_everything_first(docs, threshold=0.8, num_perm=128, bands=None, ngram=5, seed=0, report=None):
+    docs = list(docs)
+    ref.minhash_signatures(docs, num_perm, ngram, seed)
+    return ref.near_dedup(docs, threshold, num_perm, bands, ngram, seed, report)
+
+
+@mutant("text.near_dedup", "test_rejects_near_dedup_parameters_out_of_range",
+        why="clamps bands into 1..num_perm and takes any threshold")
+def near_dedup_clamping_its_parameters(docs, threshold=0.8, num_perm=128, bands=None, ngram=5, seed=0, report=None):
+    threshold = min(max(threshold, 1e-9), 1.0)
+    bands = None if bands is None else min(max(bands, 1), num_perm)
+    return ref.near_dedup(docs, threshold, num_perm, bands, ngram, seed, report)
+
+
+@mutant("text.shingles", "test_rejects_near_dedup_parameters_out_of_range", why="ngram=0 gives the empty shingle")
+def shingles_of_any_size(text, ngram=5):
+    words = text.split()
+    if len(words) < ngram:
+        return {tuple(words)}
+    return {tuple(words[i:i + ngram]) for i in range(len(words) - ngram + 1)}
+
+
 # ---------------------------------------------------------------- the pipeline and bad input
 
 
@@ -414,3 +580,56 @@ def decode_utf8_replacing_silently(data, source="<bytes>", errors="strict"):
     if errors == "strict":
         return ref.decode_utf8(data, source, errors)
     return data.decode("utf-8", errors="replace")
+
+
+def _clean_corpus_with(docs, config, near_threshold, form, report):
+    """The reference pipeline with the arguments a mutant passes on."""
+    return ref.clean_corpus(docs, config, near_threshold, form, report)
+
+
+@mutant("text.clean_corpus", "test_clean_corpus_is_its_stages_in_order",
+        why="near_threshold only switches near dedup on or off: the threshold is always 0.8")
+def clean_corpus_with_a_fixed_near_threshold(docs, config=None, near_threshold=0.8, form="NFC", report=None):
+    return _clean_corpus_with(docs, config, None if near_threshold is None else 0.8, form, report)
+
+
+@mutant("text.clean_corpus", "test_clean_corpus_is_its_stages_in_order", why="near dedup always runs")
+def clean_corpus_always_near_deduplicating(docs, config=None, near_threshold=0.8, form="NFC", report=None):
+    return _clean_corpus_with(docs, config, near_threshold or 0.8, form, report)
+
+
+@mutant("text.clean_corpus", "test_clean_corpus_is_its_stages_in_order", why="form is not passed on to clean")
+def clean_corpus_ignoring_the_form(docs, config=None, near_threshold=0.8, form="NFC", report=None):
+    return _clean_corpus_with(docs, config, near_threshold, "NFC", report)
+
+
+@mutant("text.clean_corpus", "test_clean_corpus_is_its_stages_in_order",
+        why="counts only the documents that survive cleaning as read")
+def clean_corpus_not_counting_empty_documents(docs, config=None, near_threshold=0.8, form="NFC", report=None):
+    report = report if report is not None else ref.FilterReport()
+    cleaned = (text for text in (ref.clean(doc, form) for doc in docs) if text)
+    stream = ref.exact_dedup(ref.quality_filter(cleaned, config, report), report)
+    if near_threshold is not None:
+        stream = ref.near_dedup(stream, threshold=near_threshold, report=report)
+    for doc in stream:
+        report.kept += 1
+        yield doc
+    report.read = report.kept + sum(report.dropped.values())
+    if report.kept == 0:
+        raise ValueError(f"the corpus is empty after filtering: {report}")
+
+
+@mutant("text.clean_corpus", "test_rejects_a_corpus_empty_after_filtering",
+        why="the error says the corpus is empty, not how many were read nor what dropped them")
+def clean_corpus_with_a_bare_error(docs, config=None, near_threshold=0.8, form="NFC", report=None):
+    try:
+        yield from ref.clean_corpus(docs, config, near_threshold, form, report)
+    except ValueError:
+        raise ValueError("the corpus is empty after filtering") from None
+
+
+@mutant("text.clean_corpus", "test_every_stage_streams", why="cleans the whole corpus before filtering it")
+def clean_corpus_cleaning_everything_first(docs, config=None, near_threshold=0.8, form="NFC", report=None):
+    report = report if report is not None else ref.FilterReport()
+    docs = list(docs)
+    return ref.clean_corpus(docs, config, near_threshold, form, report)

@@ -1,5 +1,6 @@
 """Wrong implementations of the tokenizer chapter that a learner could plausibly write."""
 
+import base64
 import io
 import json
 import os
@@ -167,6 +168,37 @@ def train_bpe_replacing_surrogates(data, vocab_size, special_tokens=(), pattern=
     return ref.train_bpe(documents, vocab_size, special_tokens, pattern)
 
 
+@mutant("tokenizer.train_bpe", "test_training_does_not_depend_on_how_the_corpus_is_given",
+        why="checks that the corpus is not empty by reading it, then trains on what is left of a generator")
+def train_bpe_reading_the_corpus_twice(data, vocab_size, special_tokens=(), pattern="gpt4"):
+    sources = [data] if isinstance(data, (str, os.PathLike)) else data
+    if not any(Path(s).stat().st_size if isinstance(s, os.PathLike) else s for s in sources):
+        raise ValueError("the corpus is empty")
+    return ref.train_bpe(sources, vocab_size, special_tokens, pattern)
+
+
+@mutant("tokenizer.train_bpe", "test_training_does_not_depend_on_how_the_corpus_is_given",
+        why="a list is all texts or all paths, judged by its first item")
+def train_bpe_judging_a_list_by_its_first_item(data, vocab_size, special_tokens=(), pattern="gpt4"):
+    if isinstance(data, list) and data and isinstance(data[0], str):
+        data = [str(item) for item in data]
+    return ref.train_bpe(data, vocab_size, special_tokens, pattern)
+
+
+@mutant("tokenizer.train_bpe", "test_training_does_not_depend_on_how_the_corpus_is_given",
+        why="a str that names an existing file is read as that file")
+def train_bpe_reading_strings_that_name_files(data, vocab_size, special_tokens=(), pattern="gpt4"):
+    if not isinstance(data, (str, os.PathLike)):
+        data = [Path(item) if isinstance(item, str) and os.path.isfile(item) else item for item in data]
+    return ref.train_bpe(data, vocab_size, special_tokens, pattern)
+
+
+@mutant("tokenizer.train_bpe", "test_training_equals_the_textbook_algorithm",
+        why="a pattern that is not 'gpt2' or 'gpt4' falls back to GPT-4's instead of being the regex itself")
+def train_bpe_with_gpt4_for_unknown_patterns(data, vocab_size, special_tokens=(), pattern="gpt4"):
+    return ref.train_bpe(data, vocab_size, special_tokens, pattern if pattern in ref.PATTERNS else "gpt4")
+
+
 # ---------------------------------------------------------------- encoding and decoding
 
 
@@ -331,6 +363,24 @@ class TokenizerSavingMergesSorted(ref.Tokenizer):
         Path(path).write_text(json.dumps(document))
 
 
+@mutant("tokenizer.Tokenizer", "test_saved_file_has_the_documented_format",
+        why="writes token bytes in hex: its own load reads them back, nothing else that reads the format does")
+class TokenizerSavingTokensAsHex(ref.Tokenizer):
+    def save(self, path):
+        document = {"format": "llmkata-bpe/1", "pattern": self.pattern, "special_tokens": self.special_tokens,
+                    "vocab": {str(i): token.hex() for i, token in self.vocab.items()},
+                    "merges": [[a.hex(), b.hex()] for a, b in self.merges]}
+        Path(path).write_text(json.dumps(document), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path):
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        vocab = {int(i): bytes.fromhex(token) for i, token in document["vocab"].items()}
+        merges = [(bytes.fromhex(a), bytes.fromhex(b)) for a, b in document["merges"]]
+        specials = sorted(document["special_tokens"], key=document["special_tokens"].get)
+        return cls(vocab, merges, specials, document["pattern"])
+
+
 @mutant("tokenizer.Tokenizer", "test_rejects_ids_outside_the_vocabulary", why="unknown ids are skipped")
 class TokenizerSkippingUnknownIds(ref.Tokenizer):
     def decode(self, ids):
@@ -359,6 +409,85 @@ class TokenizerLoadingAnything(ref.Tokenizer):
             return super().load(path)
         except ValueError:
             return cls({i: bytes([i]) for i in range(256)}, [])
+
+
+def _segments(tokenizer, text, allowed_special):
+    """(is_special, text) runs of `text`: the allowed special tokens, longest first, and the text between them."""
+    if allowed_special == "all":
+        allowed = list(tokenizer.special_tokens)
+    else:
+        allowed = [] if allowed_special in ("none", None) else list(allowed_special)
+    if not allowed:
+        return [(False, text)]
+    parts = regex.split("(" + "|".join(map(regex.escape, sorted(allowed, key=len, reverse=True))) + ")", text)
+    return [(k % 2 == 1, part) for k, part in enumerate(parts)]
+
+
+@mutant("tokenizer.Tokenizer", "test_a_vocabulary_built_by_hand_encodes_by_rank",
+        why="applies the merges in the order they are listed (minbpe's encode), not by the rank of the result")
+class TokenizerApplyingMergesInListOrder(ref.Tokenizer):
+    def encode(self, text, allowed_special="all"):
+        order = {(bytes(a), bytes(b)): k for k, (a, b) in enumerate(self.merges)}
+        special = set(self.special_tokens.values())
+        ids_of = {}
+        for i, token in sorted(self.vocab.items()):
+            if i not in special:
+                ids_of.setdefault(token, i)
+        ids = []
+        for is_special, segment in _segments(self, text, allowed_special):
+            if is_special:
+                ids.append(self.special_tokens[segment])
+                continue
+            for piece in regex.findall(self.pattern, segment):
+                parts = [bytes([byte]) for byte in piece.encode("utf-8")]
+                while ranked := [(order[pair], i) for i, pair in enumerate(zip(parts, parts[1:])) if pair in order]:
+                    _, i = min(ranked)
+                    parts[i:i + 2] = [parts[i] + parts[i + 1]]
+                ids += [ids_of[part] for part in parts]
+        return ids
+
+
+@mutant("tokenizer.Tokenizer", "test_a_vocabulary_built_by_hand_encodes_by_rank",
+        why="numbers the tokens as training would (bytes, special tokens, merges in list order), not by the ids given")
+class TokenizerNumberingTokensByMergeOrder(ref.Tokenizer):
+    def __init__(self, vocab, merges, special_tokens=(), pattern="gpt4"):
+        special_tokens = list(special_tokens)
+        rebuilt = {i: bytes([i]) for i in range(256)}
+        for token in special_tokens:
+            rebuilt[len(rebuilt)] = token.encode("utf-8")
+        for a, b in merges:
+            rebuilt[len(rebuilt)] = bytes(a) + bytes(b)
+        super().__init__(rebuilt, merges, special_tokens, pattern)
+
+
+@mutant("tokenizer.Tokenizer", "test_a_vocabulary_built_by_hand_encodes_by_rank",
+        why="a special token's id is the first id that spells it, not the largest")
+class TokenizerGivingSpecialTokensTheirFirstId(ref.Tokenizer):
+    def __init__(self, vocab, merges, special_tokens=(), pattern="gpt4"):
+        super().__init__(vocab, merges, special_tokens, pattern)
+        first = {}
+        for i, token in sorted(self.vocab.items()):
+            first.setdefault(token, i)
+        self.special_tokens = {token: first[token.encode("utf-8")] for token in self.special_tokens}
+
+
+@mutant("tokenizer.Tokenizer", "test_rejects_ids_outside_the_vocabulary",
+        why="indexes a list of the tokens in id order: right only when the ids have no gaps")
+class TokenizerDecodingByPosition(ref.Tokenizer):
+    def decode(self, ids):
+        tokens = [self.vocab[i] for i in sorted(self.vocab)]
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        bad = [i for i in ids if not 0 <= i < len(tokens)]
+        if bad:
+            raise ValueError(f"cannot decode the id {bad[0]}: the vocabulary has ids 0..{len(tokens) - 1}")
+        return b"".join(tokens[i] for i in ids).decode("utf-8", errors="replace")
+
+
+@mutant("tokenizer.Tokenizer", "test_encode_iterable_matches_encode_for_any_chunking",
+        why="encode_iterable treats every special token as special, whatever allowed_special says")
+class TokenizerStreamingEverySpecialToken(ref.Tokenizer):
+    def encode_iterable(self, iterable, allowed_special="all"):
+        return super().encode_iterable(iterable)
 
 
 # ---------------------------------------------------------------- sentencepiece
@@ -396,6 +525,41 @@ def train_sentencepiece_with_default_normalization(data, vocab_size, special_tok
         byte_fallback=True, character_coverage=1.0, hard_vocab_limit=False, control_symbols=list(special_tokens),
         unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, minloglevel=2)
     return ref.SentencePieceTokenizer(model.getvalue())
+
+
+@mutant("tokenizer.SentencePieceTokenizer", "test_encode_iterable_matches_encode_for_any_chunking",
+        why="encode_iterable treats every special token as special, whatever allowed_special says")
+class SentencePieceStreamingEverySpecialToken(ref.SentencePieceTokenizer):
+    def encode_iterable(self, iterable, allowed_special="all"):
+        return super().encode_iterable(iterable)
+
+
+@mutant("tokenizer.SentencePieceTokenizer", "test_saved_file_has_the_documented_format",
+        why="saves the model inside a JSON document: only its own load reads the file, sentencepiece cannot")
+class SentencePieceSavingAWrapper(ref.SentencePieceTokenizer):
+    def save(self, path):
+        document = {"format": "llmkata-sentencepiece/1", "model": base64.b64encode(self.model).decode("ascii")}
+        Path(path).write_text(json.dumps(document), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path):
+        return cls(base64.b64decode(json.loads(Path(path).read_text(encoding="utf-8"))["model"]))
+
+
+@mutant("tokenizer.SentencePieceTokenizer", "test_rejects_a_sentencepiece_model_without_byte_fallback",
+        why="takes any model: without byte pieces, a character it never saw becomes <unk> and is lost")
+class SentencePieceTrustingAnyModel(ref.SentencePieceTokenizer):
+    def __init__(self, model):
+        try:
+            super().__init__(model)
+        except ValueError:  # no byte pieces: accepted all the same, as if every text could be encoded
+            self.model, self.vocab, self.special_tokens = bytes(model), {}, {}
+
+
+@mutant("tokenizer.train_sentencepiece", "test_sentencepiece_vocabulary_is_unk_special_tokens_bytes_then_pieces",
+        why="asks sentencepiece for vocab_size learned pieces, as if <unk>, special tokens and bytes came on top")
+def train_sentencepiece_with_bytes_on_top(data, vocab_size, special_tokens=()):
+    return ref.train_sentencepiece(data, vocab_size + 257 + len(list(special_tokens)), special_tokens)
 
 
 # ---------------------------------------------------------------- export
@@ -449,3 +613,34 @@ def to_hf_tokenizer_splitting_twice(tokenizer):
         document["pre_tokenizer"]["pretokenizers"][1]["use_regex"] = True
 
     return _edit_hf(tokenizer, edit)
+
+
+@mutant("tokenizer.to_tiktoken", "test_tiktoken_export_of_a_vocabulary_built_by_hand", why="the name is not passed on")
+def to_tiktoken_always_named_llmkata(tokenizer, name="llmkata"):
+    return ref.to_tiktoken(tokenizer)
+
+
+@mutant("tokenizer.to_tiktoken", "test_tiktoken_export_of_a_vocabulary_built_by_hand",
+        why="ranks the ordinary tokens 0, 1, 2... in id order: their ids only when no id is missing")
+def to_tiktoken_ranking_tokens_by_position(tokenizer, name="llmkata"):
+    import tiktoken
+
+    special = set(tokenizer.special_tokens.values())
+    ranks = {}
+    for rank, token in enumerate(token for i, token in sorted(tokenizer.vocab.items()) if i not in special):
+        ranks.setdefault(token, rank)
+    return tiktoken.Encoding(name, pat_str=tokenizer.pattern, mergeable_ranks=ranks,
+                             special_tokens=dict(tokenizer.special_tokens))
+
+
+@mutant("tokenizer.Tokenizer", "test_rejects_a_vocabulary_without_every_byte_or_merge_part",
+        why="repairs a broken vocabulary silently: missing bytes are added, merges of unknown tokens dropped")
+class TokenizerRepairingItsVocabulary(ref.Tokenizer):
+    def __init__(self, vocab, merges, special_tokens=(), pattern="gpt4"):
+        vocab = {int(i): bytes(token) for i, token in vocab.items()}
+        known = set(vocab.values())
+        for byte in range(256):
+            if bytes([byte]) not in known:
+                vocab[max(vocab) + 1] = bytes([byte])
+        merges = [(a, b) for a, b in merges if {bytes(a), bytes(b), bytes(a) + bytes(b)} <= known]
+        super().__init__(vocab, merges, special_tokens, pattern)
