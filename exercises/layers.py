@@ -44,10 +44,13 @@ def gelu(x: Tensor, approximate: str = "none") -> Tensor:
     """GELU(x) = x Φ(x) = x/2 (1 + erf(x/√2)).
 
     approximate="tanh" gives the GPT-2 form x/2 (1 + tanh(√(2/π) (x + 0.044715 x³))).
+    Accurate to the precision of x also for x < 0, where 1 + erf and 1 + tanh cancel: bfloat16 numbers near 1 are
+    2⁻⁸ apart, so 1 + erf(−3/√2) = 0.0027 keeps one bit of Φ(−3), and 1 + erf(−4/√2) is 0. The same numbers
+    without the cancellation: 1 + erf(x/√2) = erfc(−x/√2), and (1 + tanh(u)) / 2 = σ(2u).
     """
     raise NotImplementedError('`layers.gelu` is not implemented yet — chapter 4 (layers): see '
-                              'test_gelu_equals_x_times_normal_cdf and test_gelu_tanh_matches_the_gpt2_approximation '
-                              'in spec/test_layers.py.')
+                              'test_gelu_equals_x_times_normal_cdf, test_gelu_tanh_matches_the_gpt2_approximation and '
+                              '1 more in spec/test_layers.py.')
 
 
 def silu(x: Tensor) -> Tensor:
@@ -87,7 +90,10 @@ class Embedding(nn.Module):
 class LayerNorm(nn.Module):
     """LayerNorm(x) = (x - mean) / sqrt(var + eps) * weight + bias, over the last dimension.
 
-    The variance is the *biased* one (divide by n, not n - 1), as in the original paper and in torch.
+    The variance is the *biased* one (divide by n, not n - 1), as in the original paper and in torch, and it is the
+    mean of (x - mean)², never E[x²] - E[x]²: for rows far from 0 (mean 1e3, spread 1) that difference of two large
+    numbers cancels, in float32, to noise or to a negative variance. Computed in float32 at least, then cast to the
+    promoted dtype of x and weight: in bfloat16, the mean itself is rounded by more than a small spread.
     """
 
     def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True):
@@ -98,7 +104,7 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         raise NotImplementedError('`layers.LayerNorm.forward` is not implemented yet — chapter 4 (layers): see '
-                                  'test_layernorm_output_has_zero_mean_and_unit_biased_variance and 2 more in '
+                                  'test_layernorm_output_has_zero_mean_and_unit_biased_variance and 4 more in '
                                   'spec/test_layers.py.')
 
 

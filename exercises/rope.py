@@ -35,8 +35,8 @@ def rope_frequencies(head_dim: int, theta: float = 10000.0) -> Tensor:
     Example: rope_frequencies(4, theta=100.0) -> tensor([1.0, 0.1])
     """
     raise NotImplementedError('`rope.rope_frequencies` is not implemented yet — chapter 5 (rope): see '
-                              'test_frequencies_are_theta_to_the_minus_2i_over_d and '
-                              'test_rejects_an_odd_head_dimension in spec/test_rope.py.')
+                              'test_frequencies_are_theta_to_the_minus_2i_over_d, test_rejects_an_odd_head_dimension '
+                              'and 1 more in spec/test_rope.py.')
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
@@ -48,8 +48,7 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Te
     Example (d = 2, one pair, a quarter turn): rotate([1., 0.], cos=[0.], sin=[1.]) -> [0., 1.]
     """
     raise NotImplementedError('`rope.rotate` is not implemented yet — chapter 5 (rope): see '
-                              'test_rotate_turns_each_pair_by_the_given_angle and '
-                              'test_rotate_passes_back_the_gradient_turned_by_minus_the_angle in spec/test_rope.py.')
+                              'test_rotate_turns_each_pair_by_the_given_angle and 3 more in spec/test_rope.py.')
 
 
 def apply_rope(x: Tensor, positions: Tensor, theta: float = 10000.0, interleaved: bool = False) -> Tensor:
@@ -68,8 +67,7 @@ def apply_rope(x: Tensor, positions: Tensor, theta: float = 10000.0, interleaved
             f"vectors of x (shape {tuple(x.shape)})") from None
     frequencies = rope_frequencies(x.shape[-1], theta)
     raise NotImplementedError('`rope.apply_rope` is not implemented yet — chapter 5 (rope): see '
-                              'test_rope_rotates_pair_i_by_position_times_theta_i, '
-                              'test_rotation_preserves_the_norm_of_every_pair and 5 more in spec/test_rope.py.')
+                              'test_rope_rotates_pair_i_by_position_times_theta_i and 8 more in spec/test_rope.py.')
 
 
 class RotaryEmbedding(nn.Module):
@@ -95,5 +93,5 @@ class RotaryEmbedding(nn.Module):
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """x (..., T, d) rotated to `positions` (integers in [0, max_positions), broadcastable to x.shape[:-1])."""
         raise NotImplementedError('`rope.RotaryEmbedding.forward` is not implemented yet — chapter 5 (rope): see '
-                                  'test_cached_tables_equal_the_direct_computation_at_any_positions and 3 more in '
+                                  'test_rope_in_bfloat16_gives_bfloat16_close_to_the_float64_rotation and 5 more in '
                                   'spec/test_rope.py.')

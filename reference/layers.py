@@ -47,12 +47,16 @@ def gelu(x: Tensor, approximate: str = "none") -> Tensor:
     """GELU(x) = x Φ(x) = x/2 (1 + erf(x/√2)).
 
     approximate="tanh" gives the GPT-2 form x/2 (1 + tanh(√(2/π) (x + 0.044715 x³))).
+    Accurate to the precision of x also for x < 0, where 1 + erf and 1 + tanh cancel: bfloat16 numbers near 1 are
+    2⁻⁸ apart, so 1 + erf(−3/√2) = 0.0027 keeps one bit of Φ(−3), and 1 + erf(−4/√2) is 0. The same numbers
+    without the cancellation: 1 + erf(x/√2) = erfc(−x/√2), and (1 + tanh(u)) / 2 = σ(2u).
     """
     # BEGIN SOLUTION
     if approximate == "none":
-        return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+        return 0.5 * x * torch.erfc(-x / math.sqrt(2.0))
     if approximate == "tanh":
-        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+        u = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)
+        return x * torch.sigmoid(2.0 * u)
     raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
     # END SOLUTION
 
@@ -98,7 +102,10 @@ class Embedding(nn.Module):
 class LayerNorm(nn.Module):
     """LayerNorm(x) = (x - mean) / sqrt(var + eps) * weight + bias, over the last dimension.
 
-    The variance is the *biased* one (divide by n, not n - 1), as in the original paper and in torch.
+    The variance is the *biased* one (divide by n, not n - 1), as in the original paper and in torch, and it is the
+    mean of (x - mean)², never E[x²] - E[x]²: for rows far from 0 (mean 1e3, spread 1) that difference of two large
+    numbers cancels, in float32, to noise or to a negative variance. Computed in float32 at least, then cast to the
+    promoted dtype of x and weight: in bfloat16, the mean itself is rounded by more than a small spread.
     """
 
     def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True):
@@ -109,10 +116,12 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # BEGIN SOLUTION
-        mean = x.mean(dim=-1, keepdim=True)
-        var = (x - mean).pow(2).mean(dim=-1, keepdim=True)  # biased
-        y = (x - mean) * torch.rsqrt(var + self.eps) * self.weight
-        return y if self.bias is None else y + self.bias
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))
+        mean = x32.mean(dim=-1, keepdim=True)
+        var = (x32 - mean).pow(2).mean(dim=-1, keepdim=True)  # biased
+        y = (x32 - mean) * torch.rsqrt(var + self.eps) * self.weight
+        y = y if self.bias is None else y + self.bias
+        return y.to(torch.promote_types(x.dtype, self.weight.dtype))
         # END SOLUTION
 
 

@@ -2,19 +2,21 @@
 
 The operation is checked against softmax(QKᵀ/√d + M)V computed in float64; then the properties a language model
 needs: causality (an output never depends on a later input), independent batch elements, GQA as MHA with shared
-heads, cached decoding equal to the full forward. (Tiled attention and the hand-written backward pass are chapter 14's.)
+heads, cached decoding equal to the full forward; in bfloat16, to bfloat16's precision of the scores and values.
+(Tiled attention and the hand-written backward pass are chapter 14's.)
 """
 
 import math
 
+import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from .checks import assert_rejects, grads_of
 from .strategies import float_dtypes, seeds, shapes, tensors
+from .test_layers import assert_close_to_the_terms
 from .tolerances import assert_close
-
 
 # ---------------------------------------------------------------- definitions in float64
 
@@ -52,45 +54,74 @@ def rope64(x, positions, theta: float, interleaved: bool) -> torch.Tensor:
     return torch.stack((r1, r2), -1).flatten(-2) if interleaved else torch.cat((r1, r2), -1)
 
 
+def score_spread(q, k, scale=None) -> torch.Tensor:
+    """1 + the largest score a row could reach, |q|·|k|ᵀ·scale: (..., Tq, 1), in float64.
+
+    A score s rounded to bfloat16 is off by up to about 2⁻⁹·|s|, and exp turns that absolute error into a relative
+    error of the weight: the weights of a row whose scores reach R are known to (1 + R) times bfloat16's precision.
+    """
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return 1 + (q.double().abs() @ k.double().abs().transpose(-2, -1) * scale).amax(-1, keepdim=True)
+
+
 def self_attention64(weights: dict, x, n_heads: int, n_kv_heads: int, theta: float, interleaved: bool,
-                     use_rope: bool = True):
+                     use_rope: bool = True, positions=None, terms: bool = False):
     """Causal multi-head self-attention from the Hugging Face-named weights, head by head, in float64.
 
-    Query head h uses key/value head h // (n_heads / n_kv_heads); positions are 0 .. T − 1.
+    Query head h uses key/value head h // (n_heads / n_kv_heads); positions are 0 .. T − 1 unless given, (T,) or
+    (B, T). terms: also return the size of the terms each output is computed from (see `score_spread`).
     """
     x = x.double()
-    batch, length, d_model = x.shape
+    _, length, d_model = x.shape
     head_dim, group = d_model // n_heads, n_heads // n_kv_heads
     q, k, v = (x @ weights[f"{name}.weight"].double().T for name in ("q_proj", "k_proj", "v_proj"))
-    positions = torch.arange(length)
-    heads = []
+    positions = torch.arange(length) if positions is None else positions
+    heads, sizes = [], []
     for h in range(n_heads):
         kv = slice((h // group) * head_dim, (h // group + 1) * head_dim)
         qh, kh = q[..., h * head_dim:(h + 1) * head_dim], k[..., kv]
         if use_rope:
             qh, kh = rope64(qh, positions, theta, interleaved), rope64(kh, positions, theta, interleaved)
-        heads.append(weights64(qh, kh, causal64(length, length)) @ v[..., kv])
-    return torch.cat(heads, -1) @ weights["o_proj.weight"].double().T
+        attention = weights64(qh, kh, causal64(length, length))
+        heads.append(attention @ v[..., kv])
+        sizes.append((attention @ v[..., kv].abs()) * score_spread(qh, kh))
+    o_proj = weights["o_proj.weight"].double()
+    out = torch.cat(heads, -1) @ o_proj.T
+    return (out, torch.cat(sizes, -1) @ o_proj.abs().T) if terms else out
 
 
 # ---------------------------------------------------------------- inputs
 
 
 @st.composite
-def attention_inputs(draw, max_len: int = 6):
-    """q (..., Tq, d), k (..., Tk, d), v (..., Tk, dv), a boolean mask or None, is_causal."""
-    dtype = draw(float_dtypes)
+def attention_inputs(draw, max_len: int = 6, dtype=None, any_layout: bool = False):
+    """q (..., Tq, d), k (..., Tk, d), v (..., Tk, dv), a boolean mask or None, is_causal.
+
+    any_layout: a leading dimension may be 1 for k and v where q has it (one key/value head shared by every query
+    head), or for q where k and v have it; a mask may be a padding mask (..., 1, Tk) that broadcasts over the
+    queries; and q, k, v may be copies laid out in memory in another order (the same values, other strides).
+    """
+    dtype = dtype or draw(float_dtypes)
     lead = draw(shapes(min_dims=0, max_dims=2, max_side=3))
+    q_lead = kv_lead = lead
+    if any_layout:
+        shared = [draw(st.sampled_from(["none", "q", "kv"])) for _ in lead]  # who has 1 in each leading dimension
+        q_lead = tuple(1 if who == "q" else side for who, side in zip(shared, lead))
+        kv_lead = tuple(1 if who == "kv" else side for who, side in zip(shared, lead))
     n_queries, n_keys = draw(st.integers(1, max_len)), draw(st.integers(1, max_len))
     d, dv = draw(st.integers(1, 8)), draw(st.integers(1, 8))
-    q = draw(tensors(shape=(*lead, n_queries, d), dtype=dtype, scale=2.0))
-    k = draw(tensors(shape=(*lead, n_keys, d), dtype=dtype, scale=2.0))
-    v = draw(tensors(shape=(*lead, n_keys, dv), dtype=dtype))
+    q = draw(tensors(shape=(*q_lead, n_queries, d), dtype=dtype, scale=2.0))
+    k = draw(tensors(shape=(*kv_lead, n_keys, d), dtype=dtype, scale=2.0))
+    v = draw(tensors(shape=(*kv_lead, n_keys, dv), dtype=dtype))
+    if any_layout:
+        q, k, v = (t.transpose(0, -1).contiguous().transpose(0, -1) if draw(st.booleans()) else t for t in (q, k, v))
     mask = None
     if draw(st.booleans()):
         generator = torch.Generator().manual_seed(draw(seeds))
-        mask_shape = draw(st.sampled_from([(n_queries, n_keys), (*lead, n_queries, n_keys)]))
-        mask = torch.rand(mask_shape, generator=generator) < 0.7
+        mask_shapes = [(n_queries, n_keys), (*lead, n_queries, n_keys)]
+        if any_layout:
+            mask_shapes += [(1, n_keys), (*lead, 1, n_keys)]
+        mask = torch.rand(draw(st.sampled_from(mask_shapes)), generator=generator) < 0.7
     return q, k, v, mask, draw(st.booleans())
 
 
@@ -146,34 +177,45 @@ def test_causal_mask_lets_query_i_see_keys_up_to_i_plus_offset(impl, n_queries, 
         f"default (the queries are the last positions), got shape {tuple(default.shape)}")
 
 
-@given(attention_inputs())
-def test_attention_equals_softmax_of_scaled_scores_times_v_in_float64(impl, case):
+def shapes_of(q, k, v, mask) -> str:
+    mask_shape = None if mask is None else tuple(mask.shape)
+    return f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, mask {mask_shape}"
+
+
+scales = st.none() | st.floats(0.1, 2.0)
+
+
+@given(attention_inputs(any_layout=True), scales)
+def test_attention_equals_softmax_of_scaled_scores_times_v_in_float64(impl, case, scale):
     q, k, v, mask, is_causal = case
-    out = impl.attention.scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
+    out = impl.attention.scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale)
     allowed = allowed_of(mask, is_causal, q.shape[-2], k.shape[-2])
     assert out.dtype == q.dtype, f"attention must keep the dtype of its inputs ({q.dtype}), got {out.dtype}"
-    assert_close(out, weights64(q, k, allowed) @ v.double(),
-                 f"attention(mask={'given' if mask is not None else None}, is_causal={is_causal}) must equal "
-                 "softmax(q kᵀ/√d, −inf where masked) v; with is_causal the queries are the last Tq of the Tk "
-                 "positions", dtype=q.dtype, scale=10)
+    assert_close(out, weights64(q, k, allowed, scale=scale) @ v.double(),
+                 f"attention(mask={'given' if mask is not None else None}, is_causal={is_causal}, scale={scale}) must "
+                 "equal softmax(q kᵀ · scale, −inf where masked) v, scale 1/√d by default; with is_causal the queries "
+                 "are the last Tq of the Tk positions; leading dimensions and the mask broadcast "
+                 f"({shapes_of(q, k, v, mask)})",
+                 dtype=q.dtype, scale=10)
 
 
-@given(attention_inputs(), seeds)
-def test_attention_gradients_equal_those_of_the_definition_in_float64(impl, case, seed):
+@given(attention_inputs(any_layout=True), scales, seeds)
+def test_attention_gradients_equal_those_of_the_definition_in_float64(impl, case, scale, seed):
     q, k, v, mask, is_causal = (t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
                                 for t in case)
     q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
-    out = impl.attention.scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
+    out = impl.attention.scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale)
     grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    expected = weights64(q, k, allowed_of(mask, is_causal, q.shape[-2], k.shape[-2])) @ v
-    got, want = grads_of(out, (q, k, v), grad_output), grads_of(expected, (q, k, v), grad_output)
-    for name, got, want in zip("qkv", got, want):
+    expected = weights64(q, k, allowed_of(mask, is_causal, q.shape[-2], k.shape[-2]), scale=scale) @ v
+    grads, expected_grads = grads_of(out, (q, k, v), grad_output), grads_of(expected, (q, k, v), grad_output)
+    for name, got, want in zip("qkv", grads, expected_grads):
         assert_close(got, want, f"the gradient of attention (mask={'given' if mask is not None else None}, "
-                     f"is_causal={is_causal}) with respect to {name} must be that of softmax(q kᵀ/√d) v: with "
+                     f"is_causal={is_causal}, scale={scale}) with respect to {name} must be that of "
+                     "softmax(q kᵀ · scale) v (summed over the dimensions where it broadcasts): with "
                      "P the weights, dv = Pᵀ dout and ds = P ⊙ (dout vᵀ − rowsum(dout ⊙ out))", scale=10)
 
 
-@given(attention_inputs(), st.none() | st.floats(0.1, 2.0))
+@given(attention_inputs(any_layout=True), scales)
 def test_attention_weights_are_rows_summing_to_one(impl, case, scale):
     q, k, _, mask, is_causal = case
     weights = impl.attention.attention_weights(q, k, mask=mask, is_causal=is_causal, scale=scale)
@@ -206,6 +248,25 @@ def test_fully_masked_rows_give_zero_not_nan(impl, q, k, v):
                                                         is_causal=True)
     assert not short.isnan().any() and (short[:, :2] == 0).all(), (
         "with is_causal and 4 queries over 2 keys, queries 0 and 1 sit before every key and must get 0, not NaN")
+
+
+@pytest.mark.parametrize("entry", ["attention_weights", "scaled_dot_product_attention"])
+@given(attention_inputs(dtype=torch.bfloat16, any_layout=True), scales)
+def test_attention_in_bfloat16_gives_bfloat16_close_to_the_float64_definition(impl, entry, case, scale):
+    q, k, v, mask, is_causal = case
+    weights = weights64(q, k, allowed_of(mask, is_causal, q.shape[-2], k.shape[-2]), scale=scale)
+    spread = score_spread(q, k, scale)
+    if entry == "attention_weights":
+        out = impl.attention.attention_weights(q, k, mask=mask, is_causal=is_causal, scale=scale)
+        expected, terms = weights, weights * spread
+    else:
+        out = impl.attention.scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale)
+        expected, terms = weights @ v.double(), (weights @ v.double().abs()) * spread
+    assert out.dtype == torch.bfloat16, f"{entry} of bfloat16 q, k, v must return bfloat16, got {out.dtype}"
+    assert_close_to_the_terms(out, expected, terms,
+                              f"{entry} in bfloat16 (mask={'given' if mask is not None else None}, is_causal="
+                              f"{is_causal}, scale={scale}) must equal the float64 definition to bfloat16 precision "
+                              f"of its scores and values ({shapes_of(q, k, v, mask)})")
 
 
 @given(attention_inputs(), st.data())
@@ -259,6 +320,38 @@ def test_attention_module_equals_the_per_head_definition_in_float64(impl, case):
                  "into heads of d_model/n_heads consecutive features, rotate q and k with RoPE at positions 0..T−1, "
                  "attend causally per head (query head h with kv head h // group) and apply o_proj to the "
                  "concatenated heads", scale=100)
+
+
+@given(attention_modules(), st.booleans(), seeds)
+def test_attention_module_rotates_q_and_k_to_the_given_positions(impl, case, per_row, seed):
+    build, x, n_heads, n_kv_heads, theta, interleaved = case
+    module = build(impl)
+    batch, length, _ = x.shape
+    # any positions in the table, one row per batch element or one for all: a shift common to a whole row would
+    # change nothing (RoPE sees only differences), gaps and restarts do (e.g. documents packed into one row)
+    generator = torch.Generator().manual_seed(seed)
+    positions = torch.randint(0, 32, (batch, length) if per_row else (length,), generator=generator)
+    expected = self_attention64(module.state_dict(), x, n_heads, n_kv_heads, theta, interleaved, positions=positions)
+    assert_close(module(x, position_ids=positions), expected,
+                 f"CausalSelfAttention(x, position_ids) with position_ids of shape {tuple(positions.shape)} "
+                 f"({positions.tolist()}) must rotate the queries and keys of each row to its own positions",
+                 scale=100)
+
+
+@given(attention_modules())
+def test_attention_module_in_bfloat16_gives_bfloat16_close_to_the_float64_definition(impl, case):
+    build, x, n_heads, n_kv_heads, theta, interleaved = case
+    module = build(impl).to(torch.bfloat16)
+    x = x.to(torch.bfloat16)
+    weights = {name: tensor.double() for name, tensor in module.state_dict().items()}
+    expected, terms = self_attention64(weights, x, n_heads, n_kv_heads, theta, interleaved, terms=True)
+    out = module(x)
+    assert out.dtype == torch.bfloat16, (
+        f"CausalSelfAttention in bfloat16 (weights and x) must return bfloat16, got {out.dtype}")
+    assert_close_to_the_terms(out, expected, terms,
+                              f"CausalSelfAttention({x.shape[-1]}, n_heads={n_heads}, n_kv_heads={n_kv_heads}) in "
+                              "bfloat16 must equal its float64 definition to bfloat16 precision of the terms of each "
+                              "sum (the scores, the weighted values, o_proj)")
 
 
 @given(attention_modules())
@@ -326,6 +419,10 @@ def test_cached_decoding_equals_the_full_forward_at_any_split(impl, case, chunks
 def test_kv_cache_returns_everything_stored_so_far(impl, sizes, seed):
     generator = torch.Generator().manual_seed(seed)
     cache = impl.attention.KVCache(2, 3, 4, 16)
+    for name, buffer in (("k", cache.k), ("v", cache.v)):
+        assert tuple(buffer.shape) == (2, 3, 16, 4) and buffer.dtype == torch.float32, (
+            f"KVCache(2, 3, 4, 16).{name} must be preallocated, (batch, n_kv_heads, max_seq_len, head_dim) = "
+            f"(2, 3, 16, 4) in float32, got {tuple(buffer.shape)} in {buffer.dtype}")
     stored_k, stored_v = [], []
     for size in sizes:
         k, v = torch.randn(2, 2, 3, size, 4, generator=generator)
@@ -335,6 +432,9 @@ def test_kv_cache_returns_everything_stored_so_far(impl, sizes, seed):
         assert torch.equal(all_k, torch.cat(stored_k, dim=2)) and torch.equal(all_v, torch.cat(stored_v, dim=2)), (
             f"after updates of {[t.shape[2] for t in stored_k]} positions, KVCache.update must return every key and "
             "value stored so far, in order, along dimension 2")
+        assert all_k.data_ptr() == cache.k.data_ptr() and all_v.data_ptr() == cache.v.data_ptr(), (
+            "KVCache.update must return views of its preallocated buffers k and v, not copies: a cache that copies "
+            "everything it holds at every step costs O(T²) over a generation")
     assert cache.length == sum(sizes), (
         f"KVCache.length must count the {sum(sizes)} positions stored, got {cache.length}")
 
@@ -360,6 +460,27 @@ def test_rejects_more_positions_than_the_cache_holds(impl):
     module = impl.attention.CausalSelfAttention(8, 2, max_seq_len=6)
     assert_rejects(lambda: module(torch.zeros(1, 7, 8)), 6,
                    what="CausalSelfAttention(max_seq_len=6) given a sequence of 7")
+
+
+def test_rejects_q_k_v_and_masks_that_do_not_fit(impl):
+    sdpa, weights, causal_mask = (impl.attention.scaled_dot_product_attention, impl.attention.attention_weights,
+                                  impl.attention.causal_mask)
+    assert_rejects(lambda: sdpa(torch.zeros(3, 4), torch.zeros(5, 6), torch.zeros(5, 2)), 4, 6,
+                   what="attention of q with d = 4 and k with d = 6")
+    assert_rejects(lambda: sdpa(torch.zeros(3, 4), torch.zeros(5, 4), torch.zeros(6, 2)), 5, 6,
+                   what="attention of 5 keys with 6 values")
+    assert_rejects(lambda: weights(torch.zeros(3, 4), torch.zeros(5, 4), mask=torch.ones(3, 5)), "float32",
+                   what="attention_weights with a float mask (a mask is boolean, True = may attend)")
+    assert_rejects(lambda: causal_mask(-1, 3), -1, what="causal_mask(-1, 3)")
+    assert_rejects(lambda: causal_mask(2, offset=-5), -3, what="causal_mask(2, offset=-5): n_keys = offset + 2 = -3")
+
+
+def test_rejects_keys_and_values_of_another_shape_than_the_cache(impl):
+    cache = impl.attention.KVCache(1, 2, 4, 8)
+    assert_rejects(lambda: cache.update(torch.zeros(1, 3, 1, 4), torch.zeros(1, 3, 1, 4)), 2, 3,
+                   what="a KV cache of 2 heads given keys of 3 heads")
+    assert_rejects(lambda: cache.update(torch.zeros(1, 2, 1, 4), torch.zeros(1, 2, 1, 5)), 4, 5,
+                   what="a KV cache of head_dim 4 given values of head_dim 5")
 
 
 def test_rejects_mismatched_dtypes_and_devices(impl):

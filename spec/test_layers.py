@@ -1,7 +1,8 @@
 """Chapter 4 — layers: softmax, log_softmax, GELU, SiLU, Linear, Embedding, LayerNorm, RMSNorm, SwiGLU.
 
 Every function is checked against its definition computed in float64, for any shape, and against the properties
-that make it safe to use (no overflow, invariances, gradients).
+that make it safe to use (no overflow, invariances, gradients). In bfloat16 each must return bfloat16 within
+bfloat16's precision of the terms it sums: no cancellation the definition does not have, norms computed in float32.
 """
 
 import math
@@ -11,9 +12,32 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from .checks import grads_of
+from .checks import assert_rejects, grads_of
 from .strategies import seeds, shapes, tensors
-from .tolerances import assert_close
+from .tolerances import assert_close, tolerance
+
+
+def assert_close_to_the_terms(actual, expected, terms, what: str) -> None:
+    """|actual − expected| ≤ rtol·terms + atol elementwise, with the tolerance of actual's dtype; `terms` is the size
+    of what the result was computed from: the definition evaluated on the absolute values of its terms, such as
+    |x|·|W|ᵀ + |b| for x Wᵀ + b.
+
+    A number rounded to bfloat16 keeps 8 bits of itself; a sum of rounded numbers keeps 8 bits of its terms, not of
+    its value, which may cancel to 0. Half precision is held to its tolerance of the terms, not of the result.
+    """
+    __tracebackhide__ = True
+    assert isinstance(actual, torch.Tensor), f"{what}: expected a tensor, got {type(actual).__name__}"
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
+    rtol, atol = tolerance(actual.dtype)
+    error = (actual.detach().double() - expected.detach().double()).abs()
+    allowed = rtol * terms.detach().double() + atol
+    wrong = ~(error <= allowed)  # NaN counts as wrong
+    if wrong.any():
+        at = tuple(int(i) for i in wrong.nonzero()[0])
+        raise AssertionError(
+            f"{what}\n{int(wrong.sum())} of {wrong.numel()} elements differ by more than {rtol}·|terms| + {atol}; "
+            f"first at index {at}: got {actual[at].item()}, expected {expected[at].item()} (terms of size "
+            f"{terms[at].item():.4g})")
 
 # ---------------------------------------------------------------- softmax and log_softmax
 
@@ -102,6 +126,12 @@ def test_gelu_tanh_matches_the_gpt2_approximation(impl, x):
                  "gelu(x, approximate='tanh') must equal x/2 (1 + tanh(√(2/π)(x + 0.044715 x³)))")
 
 
+def test_gelu_rejects_an_unknown_approximation(impl):
+    gelu = impl.layers.gelu
+    assert_rejects(lambda: gelu(torch.ones(3), approximate="erf"), "erf",
+                   what="gelu(x, approximate='erf'): only 'none' and 'tanh' exist")
+
+
 @given(tensors(scale=4.0))
 def test_silu_equals_x_times_sigmoid(impl, x):
     assert_close(impl.layers.silu(x), x.double() * torch.sigmoid(x.double()), "silu(x) must equal x σ(x)")
@@ -110,17 +140,25 @@ def test_silu_equals_x_times_sigmoid(impl, x):
 # ---------------------------------------------------------------- Linear and Embedding
 
 
-@given(shapes(min_dims=0, max_dims=3), st.integers(1, 6), st.integers(1, 6), st.booleans(), seeds)
-def test_linear_equals_x_times_w_transposed_plus_b(impl, lead, d_in, d_out, bias, seed):
+@given(shapes(min_dims=0, max_dims=3, min_side=0), st.integers(1, 6), st.integers(1, 6), st.booleans(), st.booleans(),
+       seeds)
+def test_linear_equals_x_times_w_transposed_plus_b(impl, lead, d_in, d_out, bias, strided, seed):
     torch.manual_seed(seed)
     layer = impl.layers.Linear(d_in, d_out, bias=bias)
-    x = torch.randn(*lead, d_in)
+    x = torch.randn(*lead, d_in)  # lead may hold a 0: an empty batch
+    if strided:  # the same values laid out in memory in reverse order of dimensions, as after a transpose
+        x = x.permute(*reversed(range(x.dim()))).contiguous().permute(*reversed(range(x.dim())))
     expected = x.double() @ layer.weight.double().T
     if bias:
         expected = expected + layer.bias.double()
     assert tuple(layer.weight.shape) == (d_out, d_in), "Linear.weight must have shape (out_features, in_features)"
     assert ("bias" in dict(layer.named_parameters())) == bias, f"Linear(bias={bias}) must {'' if bias else 'not '}have a bias"
-    assert_close(layer(x), expected, f"Linear on input of shape {tuple(x.shape)} must equal x Wᵀ + b", scale=10)
+    try:
+        out = layer(x)
+    except RuntimeError as error:  # e.g. x.view(-1, in_features): no view of a strided x, no -1 for 0 elements
+        raise AssertionError(f"Linear must accept any x of shape (..., in_features), also a strided view or an empty "
+                             f"batch; on shape {tuple(x.shape)} with strides {x.stride()} it raised: {error}") from None
+    assert_close(out, expected, f"Linear on input of shape {tuple(x.shape)} must equal x Wᵀ + b", scale=10)
 
 
 @given(shapes(min_dims=0, max_dims=3), st.integers(1, 20), st.integers(1, 6), seeds)
@@ -157,16 +195,40 @@ def test_layernorm_is_invariant_to_scaling_and_shifting_the_input(impl, x, scale
     assert_close(norm(x * scale + shift), norm(x), f"LayerNorm(x * {scale} + {shift}) must equal LayerNorm(x)", scale=300)
 
 
-@given(norm_inputs(dtype=torch.float64), seeds)
-def test_layernorm_equals_its_definition_with_weight_and_bias(impl, x, seed):
+@given(norm_inputs(dtype=torch.float64), seeds, st.sampled_from([1e-5, 1e-2, 1.0]), st.booleans())
+def test_layernorm_equals_its_definition_with_weight_bias_and_eps(impl, x, seed, eps, bias):
     torch.manual_seed(seed)
-    norm = impl.layers.LayerNorm(x.shape[-1])
+    norm = impl.layers.LayerNorm(x.shape[-1], eps=eps, bias=bias)
+    names = sorted(name for name, _ in norm.named_parameters())
+    assert names == (["bias", "weight"] if bias else ["weight"]), (
+        f"LayerNorm(bias={bias}) must have the parameters {'weight and bias' if bias else 'weight only'}, got {names}")
     with torch.no_grad():
         norm.weight.copy_(torch.randn(x.shape[-1]))
-        norm.bias.copy_(torch.randn(x.shape[-1]))
+        if bias:
+            norm.bias.copy_(torch.randn(x.shape[-1]))
     mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
-    expected = (x - mean) / torch.sqrt(var + 1e-5) * norm.weight.double() + norm.bias.double()
-    assert_close(norm.double()(x), expected, "LayerNorm must equal (x - mean)/sqrt(var + eps) * weight + bias, biased var")
+    expected = (x - mean) / torch.sqrt(var + eps) * norm.weight.double()
+    if bias:
+        expected = expected + norm.bias.double()
+    assert_close(norm.double()(x), expected, f"LayerNorm(eps={eps}, bias={bias}) must equal (x - mean)/sqrt(var + eps) "
+                 f"* weight{' + bias' if bias else ''}, with the biased variance and eps inside the sqrt")
+
+
+@given(tensors(min_dims=2, max_dims=2, min_side=2, dtype=torch.float64), st.sampled_from([1e2, -1e3, 1e4]),
+       st.floats(0.1, 10))
+def test_layernorm_is_accurate_for_rows_far_from_zero(impl, z, mean, spread):
+    x = (mean + spread * z).float()  # rows of float32 numbers around `mean`, `spread` apart
+    x64 = x.double()
+    centred = x64 - x64.mean(-1, keepdim=True)
+    std = centred.pow(2).mean(-1, keepdim=True).sqrt()
+    # The float32 mean of numbers near c is itself rounded, by about c·2⁻²⁴, and (x − mean)/std carries that error
+    # divided by std: the tolerance grows with c/std. The shortcut E[x²] − E[x]² loses c²·2⁻²⁴ of a variance of
+    # std², c/std times more: at c/std = 1e3 it is noise, or negative.
+    condition = float((x64.mean(-1, keepdim=True).abs() / std).max())
+    out = impl.layers.LayerNorm(x.shape[-1], eps=0.0)(x)
+    assert_close(out, centred / std, f"LayerNorm of float32 rows around {mean} with spread {spread:.3g} must equal "
+                 "(x − mean)/std to float32 precision: the variance is the mean of (x − mean)², never "
+                 "E[x²] − E[x]², which cancels catastrophically far from 0", scale=condition)
 
 
 @given(norm_inputs())
@@ -193,13 +255,31 @@ def test_rmsnorm_equals_its_definition_with_weight_and_eps(impl, x, seed, eps):
     assert_close(norm(x), expected, f"RMSNorm must equal x / sqrt(mean(x²) + eps) * weight (eps = {eps}, inside the sqrt)")
 
 
+NORMS64 = {
+    "RMSNorm": lambda x, eps: x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps),
+    "LayerNorm": lambda x, eps: ((x - x.mean(-1, keepdim=True))
+                                 / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + eps)),
+}
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_rmsnorm_keeps_the_input_dtype_in_half_precision(impl, dtype):
-    x = torch.randn(4, 64).to(dtype) * 1000  # squares reach 1e6: past float16's largest value (65504)
-    out = impl.layers.RMSNorm(64)(x)
-    assert out.dtype in (dtype, torch.float32), f"RMSNorm of a {dtype} input must return {dtype} (or float32)"
-    expected = x.double() / x.double().pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
-    assert_close(out, expected, f"RMSNorm in {dtype} must match the float64 definition to {dtype} precision", dtype=dtype)
+@pytest.mark.parametrize("norm", sorted(NORMS64))
+def test_norms_compute_in_float32_in_half_precision(impl, norm, dtype):
+    # Rows of 4096 numbers of size 1000, as wide as a model's: in float16 their squares (1e6) overflow past 65504,
+    # and a running sum kept in bfloat16 stalls once it is 2⁸ times the square it adds. torch's CPU reductions
+    # (sum, mean) of half-precision tensors accumulate in float32 inside, so x.pow(2).mean(-1) in bfloat16 passes
+    # here; a sum looped in half precision, or squares that overflow float16, do not.
+    torch.manual_seed(0)
+    x = (torch.randn(4, 4096) * 1000).to(dtype)
+    module = getattr(impl.layers, norm)(4096, eps=1e-6)
+    mixed = module(x)
+    assert mixed.dtype == torch.float32, (
+        f"{norm} of a {dtype} input with float32 weights must return their promoted dtype float32, got {mixed.dtype}")
+    out = module.to(dtype)(x)
+    assert out.dtype == dtype, f"{norm} in {dtype} (input and weights) must return {dtype}, got {out.dtype}"
+    expected = NORMS64[norm](x.double(), 1e-6)
+    assert_close(out, expected, f"{norm} in {dtype} must match the float64 definition to {dtype} precision: compute "
+                 "in float32, then cast", dtype=dtype)
 
 
 # ---------------------------------------------------------------- SwiGLU
@@ -281,3 +361,99 @@ def test_swiglu_gradients_equal_those_of_its_definition(impl, x, hidden, seed):
         assert_close(actual, wanted, f"the gradient of SwiGLU with respect to {name} must be that of "
                      "down_proj(silu(gate_proj(x)) * up_proj(x)), with silu'(a) = σ(a)·(1 + a·(1 − σ(a)))",
                      scale=100)
+
+
+# ---------------------------------------------------------------- bfloat16
+
+# Each case: (impl.layers, z of shape (..., n) in float64, a seeded generator) -> (output of bfloat16 inputs and
+# weights, the float64 definition of those same inputs and weights, the size of the terms it is computed from).
+
+
+def _bfloat16_weights(module, generator) -> None:
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=torch.float64))
+
+
+def _softmax_case(layers, z, generator):
+    x = (5 * z).to(torch.bfloat16)
+    expected = softmax64(x, -1)
+    return layers.softmax(x, dim=-1), expected, expected  # positive terms: their size is the value
+
+
+def _log_softmax_case(layers, z, generator):
+    x = (5 * z).to(torch.bfloat16)
+    shifted = x.double() - x.double().amax(-1, keepdim=True)
+    log_total = shifted.exp().sum(-1, keepdim=True).log()
+    # log turns the relative rounding of the sum into an absolute error: the log counts as a term of size 1 + log
+    return layers.log_softmax(x, dim=-1), shifted - log_total, shifted.abs() + log_total + 1
+
+
+def _gelu_case(approximate):
+    def case(layers, z, generator):
+        x = (4 * z).to(torch.bfloat16)
+        x64 = x.double()
+        if approximate == "tanh":
+            expected = 0.5 * x64 * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x64 + 0.044715 * x64**3)))
+        else:
+            expected = 0.5 * x64 * (1 + torch.erf(x64 / math.sqrt(2)))
+        return layers.gelu(x, approximate=approximate), expected, expected.abs()  # a product: no cancellation
+    return case
+
+
+def _silu_case(layers, z, generator):
+    x = (4 * z).to(torch.bfloat16)
+    expected = x.double() * torch.sigmoid(x.double())
+    return layers.silu(x), expected, expected.abs()
+
+
+def _linear_case(layers, z, generator):
+    x = z.to(torch.bfloat16)
+    layer = layers.Linear(x.shape[-1], 5).to(torch.bfloat16)
+    _bfloat16_weights(layer, generator)
+    w, b, x64 = layer.weight.double(), layer.bias.double(), x.double()
+    return layer(x), x64 @ w.T + b, x64.abs() @ w.abs().T + b.abs()
+
+
+def _norm_case(name):
+    def case(layers, z, generator):
+        # rows around a mean up to 64 times their spread (3) away from 0: bfloat16 rounds a mean near 192 by up to
+        # 1/2, a sixth of the spread, where float32 keeps every digit
+        offset = float(torch.randint(-64, 65, (), generator=generator)) * 3
+        x = (3 * z + offset).to(torch.bfloat16)
+        norm = getattr(layers, name)(x.shape[-1], eps=1e-5).to(torch.bfloat16)
+        _bfloat16_weights(norm, generator)
+        parameters = dict(norm.named_parameters())
+        normalized = NORMS64[name](x.double(), 1e-5) * parameters["weight"].double()
+        bias = parameters["bias"].double() if "bias" in parameters else torch.zeros(())
+        return norm(x), normalized + bias, normalized.abs() + bias.abs()
+    return case
+
+
+def _swiglu_case(layers, z, generator):
+    x = z.to(torch.bfloat16)
+    mlp = layers.SwiGLU(x.shape[-1], 6).to(torch.bfloat16)
+    _bfloat16_weights(mlp, generator)
+    g, u, d = (mlp.get_parameter(f"{name}.weight").double() for name in ("gate_proj", "up_proj", "down_proj"))
+    x64 = x.double()
+    gate, up = x64 @ g.T, x64 @ u.T
+    # |silu(a)| ≤ |a|, and silu's rounding error is within bfloat16's of a
+    return mlp(x), (gate * torch.sigmoid(gate) * up) @ d.T, (gate.abs() * up.abs()) @ d.abs().T
+
+
+BFLOAT16_CASES = {
+    "softmax": _softmax_case, "log_softmax": _log_softmax_case, "gelu": _gelu_case("none"),
+    "gelu(approximate='tanh')": _gelu_case("tanh"), "silu": _silu_case, "Linear": _linear_case,
+    "LayerNorm": _norm_case("LayerNorm"), "RMSNorm": _norm_case("RMSNorm"), "SwiGLU": _swiglu_case,
+}
+
+
+@pytest.mark.parametrize("name", list(BFLOAT16_CASES))
+@given(tensors(min_dims=1, max_dims=3, min_side=2, dtype=torch.float64), seeds)
+def test_bfloat16_gives_bfloat16_close_to_the_float64_definition(impl, name, z, seed):
+    torch.manual_seed(seed)
+    out, expected, terms = BFLOAT16_CASES[name](impl.layers, z, torch.Generator().manual_seed(seed))
+    assert out.dtype == torch.bfloat16, f"{name} of bfloat16 inputs (and weights) must return bfloat16, got {out.dtype}"
+    assert_close_to_the_terms(out, expected, terms,
+                              f"{name} in bfloat16 must equal its float64 definition to bfloat16 precision (a sum to "
+                              "that of its terms): no cancellation such as 1 + erf(x) for x < 0, norms in float32")

@@ -3,16 +3,19 @@
 RoPE rotates pair i of a vector at position m by the angle m·θ_i, θ_i = θ^(−2i/d). The spec checks that definition
 against complex multiplication in float64, then the properties attention relies on: lengths are kept, position 0
 changes nothing, scores depend only on relative positions, rotating back undoes, the two pairing conventions are
-one rotation up to a permutation, and the cached tables agree with the direct computation. Last, the gradient
-that reaches x is that of the rotation: the output's gradient turned back by minus the angle.
+one rotation up to a permutation, and the cached tables agree with the direct computation. In bfloat16 only the
+cos and sin are rounded: the angles are float64. Last, the gradient that reaches x is that of the rotation: the
+output's gradient turned back by minus the angle, and none reaches the tables of angles.
 """
 
+import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from .checks import assert_rejects, grads_of
 from .strategies import float_dtypes, seeds, shapes, tensors
+from .test_layers import assert_close_to_the_terms
 from .tolerances import assert_close
 
 thetas = st.sampled_from([10000.0, 500.0, 1e6])
@@ -20,14 +23,39 @@ half_dims = st.integers(1, 8)
 
 
 @st.composite
-def rope_cases(draw, dtype=None, max_position=2000):
-    """(x of shape (*lead, T, d), positions of shape (T,), theta, interleaved)."""
+def rope_cases(draw, dtype=None, max_position=2000, any_positions=False):
+    """(x of shape (*lead, T, d), positions of shape (T,), theta, interleaved).
+
+    x is sometimes a copy laid out in memory in another order (same values, other strides), as the transposed
+    heads of attention are. any_positions: positions may also be negative, fractional (a float tensor), or one row
+    per leading index (shape (*lead, T), or 1 where it broadcasts).
+    """
     d = 2 * draw(half_dims)
     lead = draw(shapes(min_dims=0, max_dims=2, max_side=3))
     length = draw(st.integers(1, 6))
     x = draw(tensors(shape=(*lead, length, d), dtype=dtype or draw(float_dtypes)))
-    positions = torch.tensor(draw(st.lists(st.integers(0, max_position), min_size=length, max_size=length)))
+    if draw(st.booleans()):
+        x = x.transpose(0, -1).contiguous().transpose(0, -1)  # the last dimension is no longer contiguous
+    if not any_positions:
+        positions = torch.tensor(draw(st.lists(st.integers(0, max_position), min_size=length, max_size=length)))
+        return x, positions, draw(thetas), draw(st.booleans())
+    shape = (length,)
+    if lead and draw(st.booleans()):  # one row of positions per leading index, or 1 to broadcast
+        shape = (*(draw(st.sampled_from([1, side])) for side in lead), length)
+    generator = torch.Generator().manual_seed(draw(seeds))
+    positions = torch.randint(-max_position, max_position + 1, shape, generator=generator)
+    kind = draw(st.sampled_from(["integers", "float32", "float64"]))
+    if kind != "integers":  # fractional positions, as in position interpolation: m + k/4
+        positions = (positions + torch.randint(0, 4, shape, generator=generator) / 4).to(getattr(torch, kind))
     return x, positions, draw(thetas), draw(st.booleans())
+
+
+def pair_terms(x: torch.Tensor, angles: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """The size of the terms of each rotated coordinate: |x₁ cos| + |x₂ sin| and |x₁ sin| + |x₂ cos|, in float64."""
+    z = pairs_of(x, interleaved)
+    cos, sin = angles.cos().abs(), angles.sin().abs()
+    return from_pairs(torch.complex(z.real.abs() * cos + z.imag.abs() * sin, z.real.abs() * sin + z.imag.abs() * cos),
+                      interleaved)
 
 
 def pairs_of(x: torch.Tensor, interleaved: bool) -> torch.Tensor:
@@ -60,12 +88,14 @@ def rope64(x: torch.Tensor, positions: torch.Tensor, theta: float, interleaved: 
 def test_frequencies_are_theta_to_the_minus_2i_over_d(impl, half, theta):
     d = 2 * half
     frequencies = impl.rope.rope_frequencies(d, theta=theta)
+    assert frequencies.dtype == torch.float64, (
+        f"rope_frequencies must be float64, got {frequencies.dtype}: an angle m·θ_i at m = 1e5 needs its digits")
     expected = torch.tensor([theta ** (-2 * i / d) for i in range(half)], dtype=torch.float64)
     assert_close(frequencies, expected, f"rope_frequencies({d}, theta={theta}) must be θ^(−2i/d) for i = 0..{half - 1}",
                  dtype=torch.float64, scale=100)
 
 
-@given(rope_cases())
+@given(rope_cases(any_positions=True))
 def test_rope_rotates_pair_i_by_position_times_theta_i(impl, case):
     x, positions, theta, interleaved = case
     out = impl.rope.apply_rope(x, positions, theta=theta, interleaved=interleaved)
@@ -73,18 +103,56 @@ def test_rope_rotates_pair_i_by_position_times_theta_i(impl, case):
     convention = "adjacent pairs (x_2i, x_2i+1)" if interleaved else "split halves (x_i, x_i+d/2)"
     assert_close(out, rope64(x, positions, theta, interleaved),
                  f"apply_rope (interleaved={interleaved}) must turn each pair of {convention} at position m by the "
-                 f"angle m·θ_i, counterclockwise: (x₁ cos − x₂ sin, x₁ sin + x₂ cos)", scale=10)
+                 f"angle m·θ_i, counterclockwise: (x₁ cos − x₂ sin, x₁ sin + x₂ cos), for any positions "
+                 f"(here {positions.dtype} of shape {tuple(positions.shape)}), with the angles in float64",
+                 scale=10)
 
 
-@given(rope_cases(), seeds)
-def test_rotate_turns_each_pair_by_the_given_angle(impl, case, seed):
+@given(rope_cases(), st.booleans(), seeds)
+def test_rotate_turns_each_pair_by_the_given_angle(impl, case, per_row, seed):
     x, _, _, interleaved = case
     generator = torch.Generator().manual_seed(seed)
-    angles = torch.rand(x.shape[-2], x.shape[-1] // 2, generator=generator, dtype=torch.float64) * 20 - 10
+    table = x.shape[:-1] if per_row else x.shape[-2:-1]  # one angle per vector, or per position for every row
+    angles = torch.rand(*table, x.shape[-1] // 2, generator=generator, dtype=torch.float64) * 20 - 10
     out = impl.rope.rotate(x, angles.cos().to(x.dtype), angles.sin().to(x.dtype), interleaved=interleaved)
+    assert out.dtype == x.dtype, f"rotate must keep the dtype of x ({x.dtype}), got {out.dtype}"
     expected = from_pairs(pairs_of(x, interleaved) * torch.polar(torch.ones_like(angles), angles), interleaved)
     assert_close(out, expected, f"rotate(x, cos, sin, interleaved={interleaved}) must turn pair i by the angle of "
                                 "column i of cos/sin: (x₁ cos − x₂ sin, x₁ sin + x₂ cos)", scale=10)
+
+
+@pytest.mark.parametrize("entry", ["rotate", "apply_rope", "RotaryEmbedding"])
+@given(rope_cases(dtype=torch.bfloat16))
+def test_rope_in_bfloat16_gives_bfloat16_close_to_the_float64_rotation(impl, entry, case):
+    x, positions, theta, interleaved = case
+    d = x.shape[-1]
+    frequencies = torch.tensor([theta ** (-2 * i / d) for i in range(d // 2)], dtype=torch.float64)
+    angles = positions.double()[..., None] * frequencies  # (T, d/2), in float64
+    if entry == "rotate":
+        out = impl.rope.rotate(x, angles.cos().to(x.dtype), angles.sin().to(x.dtype), interleaved=interleaved)
+    elif entry == "apply_rope":
+        out = impl.rope.apply_rope(x, positions, theta=theta, interleaved=interleaved)
+    else:
+        out = impl.rope.RotaryEmbedding(d, max_positions=2001, theta=theta, interleaved=interleaved)(x, positions)
+    assert out.dtype == torch.bfloat16, f"{entry} of a bfloat16 x must return bfloat16, got {out.dtype}"
+    assert_close_to_the_terms(out, rope64(x, positions, theta, interleaved), pair_terms(x, angles, interleaved),
+                              f"{entry} in bfloat16 (interleaved={interleaved}) must turn each pair to bfloat16 "
+                              f"precision of x₁ cos − x₂ sin and x₁ sin + x₂ cos at positions {positions.tolist()}: "
+                              "the angles in float64, only their cos and sin rounded to bfloat16")
+
+
+@given(rope_cases(dtype=torch.float64))
+def test_rotate_passes_no_gradient_to_the_angle_tables(impl, case):
+    x, positions, theta, interleaved = case
+    d = x.shape[-1]
+    angles = positions.double()[..., None] * theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    cos, sin = angles.cos().requires_grad_(), angles.sin().requires_grad_()
+    x = x.detach().clone().requires_grad_()
+    out = impl.rope.rotate(x, cos, sin, interleaved=interleaved)
+    grads = torch.autograd.grad(out.sum(), (cos, sin), allow_unused=True)
+    for name, grad in zip(("cos", "sin"), grads):
+        assert grad is None or not grad.any(), (
+            f"rotate must pass no gradient to {name}: the tables hold fixed angles (detach them), got {grad}")
 
 
 # ---------------------------------------------------------------- the properties attention relies on
@@ -210,6 +278,21 @@ def test_rejects_an_odd_head_dimension(impl):
     assert_rejects(lambda: rope_frequencies(5), 5, what="rope_frequencies(5): RoPE needs pairs")
     assert_rejects(lambda: apply_rope(torch.ones(3, 7), torch.arange(3)), 7, what="apply_rope on vectors of size 7")
     assert_rejects(lambda: rotary(9, max_positions=16), 9, what="RotaryEmbedding(9)")
+
+
+def test_rejects_a_theta_that_is_not_positive(impl):
+    rope_frequencies = impl.rope.rope_frequencies
+    for theta in (0.0, -10000.0):
+        assert_rejects(lambda theta=theta: rope_frequencies(8, theta=theta), theta,
+                       what=f"rope_frequencies(8, theta={theta}): θ^(−2i/d) needs a positive base")
+
+
+def test_rejects_positions_and_vectors_that_do_not_fit(impl):
+    apply_rope, rotary = impl.rope.apply_rope, impl.rope.RotaryEmbedding
+    assert_rejects(lambda: apply_rope(torch.ones(2, 3, 4), torch.arange(5)), 5,
+                   what="apply_rope on x of shape (2, 3, 4) (3 positions per row) given 5 positions")
+    assert_rejects(lambda: rotary(4, max_positions=16)(torch.ones(2, 6), torch.arange(2)), 4, 6,
+                   what="RotaryEmbedding(4) given vectors of size 6")
 
 
 def test_rejects_positions_outside_the_table(impl):

@@ -319,3 +319,99 @@ mutant("attention.CausalSelfAttention", "test_batch_elements_are_independent",
 
 mutant("attention.CausalSelfAttention", "test_cached_decoding_equals_the_full_forward_at_any_split",
        why="new tokens rotated from position 0 instead of after the cached ones")(AttentionRestartingPositions)
+
+
+# ---------------------------------------------------------------- scale, half precision, positions, bad input
+
+
+@mutant("attention.scaled_dot_product_attention", "test_attention_equals_softmax_of_scaled_scores_times_v_in_float64",
+        why="the scale argument is ignored: always 1/√d")
+def sdpa_ignoring_the_scale(q, k, v, mask=None, is_causal=False, scale=None):
+    return ref.scaled_dot_product_attention(q, k, v, mask, is_causal)
+
+
+@mutant("attention.attention_weights", "test_attention_in_bfloat16_gives_bfloat16_close_to_the_float64_definition",
+        why="the mask added as a 0/−inf bias built in float32 (torch's default dtype): bfloat16 scores turn float32")
+def weights_masking_with_a_float32_bias(q, k, mask=None, is_causal=False, scale=None):
+    allowed = mask
+    if is_causal:
+        causal = ref.causal_mask(q.shape[-2], k.shape[-2], k.shape[-2] - q.shape[-2])
+        allowed = causal if allowed is None else allowed & causal
+    if allowed is None:
+        return torch.softmax(_scores(q, k, scale), -1)
+    sees = allowed.any(-1, keepdim=True)
+    bias = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf")).masked_fill(~sees, 0.0)  # float32
+    return torch.softmax(_scores(q, k, scale) + bias, -1) * sees
+
+
+@mutant("attention.scaled_dot_product_attention",
+        "test_attention_in_bfloat16_gives_bfloat16_close_to_the_float64_definition",
+        why="computes in float32 for stability and returns float32")
+def sdpa_returning_float32(q, k, v, mask=None, is_causal=False, scale=None):
+    return ref.scaled_dot_product_attention(q.float(), k.float(), v.float(), mask, is_causal, scale)
+
+
+def _attention_scaled_by_d_model(q, k, v, is_causal=False):
+    d_model = q.shape[1] * q.shape[-1]  # (B, H, T, head_dim)
+    return ref.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=1 / math.sqrt(d_model))
+
+
+AttentionScaledByDModel = _module_with("AttentionScaledByDModel", attention=_attention_scaled_by_d_model)
+mutant("attention.CausalSelfAttention",
+       "test_attention_module_in_bfloat16_gives_bfloat16_close_to_the_float64_definition",
+       "test_attention_module_equals_the_per_head_definition_in_float64",
+       why="scores divided by √d_model instead of √head_dim")(AttentionScaledByDModel)
+
+
+@mutant("attention.CausalSelfAttention", "test_attention_module_rotates_q_and_k_to_the_given_positions",
+        why="position_ids ignored: every row rotated to 0 .. T − 1 (after the cache)")
+class AttentionIgnoringPositionIds(ref.CausalSelfAttention):
+    def forward(self, x, position_ids=None, cache=None):
+        return super().forward(x, cache=cache)
+
+
+@mutant("attention.attention_weights", "test_rejects_q_k_v_and_masks_that_do_not_fit",
+        why="a float mask silently read as booleans (nonzero = may attend)")
+def weights_reading_any_mask_as_booleans(q, k, mask=None, is_causal=False, scale=None):
+    return ref.attention_weights(q, k, None if mask is None else mask.bool(), is_causal, scale)
+
+
+@mutant("attention.scaled_dot_product_attention", "test_rejects_q_k_v_and_masks_that_do_not_fit",
+        why="no check of the shapes: torch's matmul error instead of one naming q, k and v")
+def sdpa_without_shape_checks(q, k, v, mask=None, is_causal=False, scale=None):
+    scores, sees = _masked_scores(q, k, mask, is_causal, scale)
+    weights = torch.softmax(scores, -1)
+    return (weights if sees is None else weights * sees) @ v
+
+
+@mutant("attention.causal_mask", "test_rejects_q_k_v_and_masks_that_do_not_fit",
+        why="negative sizes reach torch, which fails with its own error")
+def mask_without_a_size_check(n_queries, n_keys=None, offset=0, device=None):
+    n_keys = offset + n_queries if n_keys is None else n_keys
+    return torch.ones(n_queries, n_keys, dtype=torch.bool, device=device).tril(offset)
+
+
+@mutant("attention.KVCache", "test_rejects_keys_and_values_of_another_shape_than_the_cache",
+        why="no check of the shapes: torch's copy error instead of one naming the cache's shape")
+class CacheWithoutShapeCheck(ref.KVCache):
+    def update(self, k, v):
+        start, end = self.length, self.length + k.shape[2]
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+@mutant("attention.KVCache", "test_kv_cache_returns_everything_stored_so_far",
+        why="grows by concatenation: every update copies everything held so far")
+class CacheGrowingByConcatenation(ref.KVCache):
+    def update(self, k, v):
+        super().update(k, v)
+        return torch.cat([self.k[:, :, :self.length - k.shape[2]], k], 2), torch.cat(
+            [self.v[:, :, :self.length - v.shape[2]], v], 2)
+
+
+@mutant("attention.attention_weights", "test_attention_weights_are_rows_summing_to_one",
+        why="the scale argument is ignored: always 1/√d")
+def weights_ignoring_the_scale(q, k, mask=None, is_causal=False, scale=None):
+    return ref.attention_weights(q, k, mask, is_causal)

@@ -87,6 +87,32 @@ def gelu_tanh_missing_cubic_term(x, approximate="none"):
     return ref.gelu(x)
 
 
+@mutant("layers.gelu", "test_bfloat16_gives_bfloat16_close_to_the_float64_definition",
+        why="x/2 (1 + erf(x/√2)) and x/2 (1 + tanh(u)) as written: for x < 0 the sum cancels, in bfloat16 to nothing")
+def gelu_with_one_plus_erf(x, approximate="none"):
+    if approximate == "tanh":
+        return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
+
+
+@mutant("layers.gelu", "test_gelu_rejects_an_unknown_approximation",
+        why="any approximate other than 'tanh' silently gives the exact form")
+def gelu_accepting_any_approximation(x, approximate="none"):
+    return ref.gelu(x, approximate="tanh" if approximate == "tanh" else "none")
+
+
+@mutant("layers.softmax", "test_bfloat16_gives_bfloat16_close_to_the_float64_definition",
+        why="computes in float32 for stability and returns float32")
+def softmax_returning_float32(x, dim=-1):
+    return ref.softmax(x.float(), dim=dim)
+
+
+@mutant("layers.log_softmax", "test_bfloat16_gives_bfloat16_close_to_the_float64_definition",
+        why="computes in float32 for stability and returns float32")
+def log_softmax_returning_float32(x, dim=-1):
+    return ref.log_softmax(x.float(), dim=dim)
+
+
 @mutant("layers.silu", "test_silu_equals_x_times_sigmoid", why="σ(x) instead of x σ(x)")
 def silu_as_sigmoid(x):
     return torch.sigmoid(x)
@@ -106,6 +132,24 @@ class LinearWithUntransposedWeight(ref.Linear):
         return y if self.bias is None else y + self.bias
 
 
+@mutant("layers.Linear", "test_linear_equals_x_times_w_transposed_plus_b",
+        why="flattens the batch with view(-1, in_features) and back with view(*lead, -1): no view of a strided x, "
+            "and no -1 for an empty batch")
+class LinearFlatteningWithView(ref.Linear):
+    def forward(self, x):
+        y = x.view(-1, x.shape[-1]) @ self.weight.T
+        y = y.view(*x.shape[:-1], -1)
+        return y if self.bias is None else y + self.bias
+
+
+@mutant("layers.Linear", "test_bfloat16_gives_bfloat16_close_to_the_float64_definition",
+        why="multiplies in float32 and returns float32 for bfloat16 input and weights")
+class LinearInFloat32(ref.Linear):
+    def forward(self, x):
+        y = x.float() @ self.weight.float().T
+        return y if self.bias is None else y + self.bias.float()
+
+
 @mutant("layers.Embedding", "test_embedding_returns_the_row_of_each_id", why="looks up row id + 1")
 class EmbeddingOffByOne(ref.Embedding):
     def forward(self, ids):
@@ -113,7 +157,7 @@ class EmbeddingOffByOne(ref.Embedding):
 
 
 @mutant("layers.LayerNorm", "test_layernorm_output_has_zero_mean_and_unit_biased_variance",
-        "test_layernorm_equals_its_definition_with_weight_and_bias",
+        "test_layernorm_equals_its_definition_with_weight_bias_and_eps",
         why="divides the variance by n - 1")
 class LayerNormWithUnbiasedVariance(ref.LayerNorm):
     def forward(self, x):
@@ -132,11 +176,48 @@ class LayerNormWithoutMeanSubtraction(ref.LayerNorm):
         return y if self.bias is None else y + self.bias
 
 
-@mutant("layers.LayerNorm", "test_layernorm_equals_its_definition_with_weight_and_bias", why="never adds the bias")
+@mutant("layers.LayerNorm", "test_layernorm_equals_its_definition_with_weight_bias_and_eps", why="never adds the bias")
 class LayerNormIgnoringBias(ref.LayerNorm):
     def forward(self, x):
         mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
         return (x - mean) / torch.sqrt(var + self.eps) * self.weight
+
+
+@mutant("layers.LayerNorm", "test_layernorm_equals_its_definition_with_weight_bias_and_eps",
+        why="LayerNorm(bias=False) still has a bias")
+class LayerNormAlwaysWithABias(ref.LayerNorm):
+    def __init__(self, dim, eps=1e-5, bias=True):
+        super().__init__(dim, eps, bias=True)
+
+
+@mutant("layers.LayerNorm", "test_layernorm_equals_its_definition_with_weight_bias_and_eps",
+        why="(x − mean) / (std + eps) instead of / sqrt(var + eps)")
+class LayerNormWithEpsOutsideTheSqrt(ref.LayerNorm):
+    def forward(self, x):
+        mean = x.mean(-1, keepdim=True)
+        y = (x - mean) / ((x - mean).pow(2).mean(-1, keepdim=True).sqrt() + self.eps) * self.weight
+        return y if self.bias is None else y + self.bias
+
+
+@mutant("layers.LayerNorm", "test_layernorm_is_accurate_for_rows_far_from_zero",
+        why="the variance as E[x²] − E[x]²: cancels for rows far from 0")
+class LayerNormWithVarianceAsMeanOfSquaresMinusSquaredMean(ref.LayerNorm):
+    def forward(self, x):
+        mean = x.mean(-1, keepdim=True)
+        var = x.pow(2).mean(-1, keepdim=True) - mean.pow(2)
+        y = (x - mean) * torch.rsqrt(var + self.eps) * self.weight
+        return y if self.bias is None else y + self.bias
+
+
+@mutant("layers.LayerNorm", "test_bfloat16_gives_bfloat16_close_to_the_float64_definition",
+        why="computes in the input's dtype: in bfloat16 the mean of a row far from 0 is rounded by a good part of "
+            "its spread")
+class LayerNormInTheInputDtype(ref.LayerNorm):
+    def forward(self, x):
+        mean = x.mean(-1, keepdim=True)
+        var = (x - mean).pow(2).mean(-1, keepdim=True)
+        y = (x - mean) * torch.rsqrt(var + self.eps) * self.weight
+        return y if self.bias is None else y + self.bias
 
 
 @mutant("layers.RMSNorm", "test_rmsnorm_output_has_unit_rms_over_the_last_dimension",
@@ -170,13 +251,33 @@ class RMSNormSubtractingTheMean(ref.RMSNorm):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
-@mutant("layers.RMSNorm", "test_rmsnorm_keeps_the_input_dtype_in_half_precision",
+@mutant("layers.RMSNorm", "test_norms_compute_in_float32_in_half_precision",
         why="computes the mean of squares in half precision")
 class RMSNormSquaringInHalfPrecision(ref.RMSNorm):
     """Accumulates the mean of squares in fp16/bf16: overflows (fp16) or loses digits (bf16)."""
 
     def forward(self, x):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps).to(x.dtype) * self.weight.to(x.dtype)
+
+
+@mutant("layers.RMSNorm", "test_norms_compute_in_float32_in_half_precision",
+        why="sums the squares in a loop, in the input's dtype: in bfloat16 the running sum stalls")
+class RMSNormSummingSquaresInALoop(ref.RMSNorm):
+    """An explicit running sum: torch's reductions would accumulate in float32, this one keeps bfloat16."""
+
+    def forward(self, x):
+        total = torch.zeros(x.shape[:-1], dtype=x.dtype)
+        for i in range(x.shape[-1]):
+            total = total + x[..., i] ** 2
+        normalized = x * torch.rsqrt(total[..., None] / x.shape[-1] + self.eps)
+        return (normalized * self.weight).to(torch.promote_types(x.dtype, self.weight.dtype))
+
+
+@mutant("layers.RMSNorm", "test_norms_compute_in_float32_in_half_precision",
+        why="returns the input's dtype, not the promoted dtype of input and weight")
+class RMSNormReturningTheInputDtype(ref.RMSNorm):
+    def forward(self, x):
+        return super().forward(x).to(x.dtype)
 
 
 @mutant("layers.SwiGLU", "test_swiglu_equals_down_of_silu_gate_times_up",

@@ -134,3 +134,77 @@ class RotaryWithADetachedPartner(ref.RotaryEmbedding):
     def forward(self, x, positions):
         cos, sin = self.cos[positions].to(x.dtype), self.sin[positions].to(x.dtype)
         return rotate_with_a_detached_partner(x, cos, sin, self.interleaved)
+
+
+# ---------------------------------------------------------------- precision, positions, bad input
+
+
+@mutant("rope.apply_rope", "test_rope_rotates_pair_i_by_position_times_theta_i",
+        why="the angles m·θ_i in float32: off by about m·2⁻²⁴ radians, 1e-4 at m = 2000")
+def rope_with_float32_angles(x, positions, theta=10000.0, interleaved=False):
+    angles = torch.as_tensor(positions).float()[..., None] * ref.rope_frequencies(x.shape[-1], theta).float()
+    return ref.rotate(x, angles.cos().to(x.dtype), angles.sin().to(x.dtype), interleaved)
+
+
+@mutant("rope.apply_rope", "test_rope_in_bfloat16_gives_bfloat16_close_to_the_float64_rotation",
+        why="the angles in x's dtype: in bfloat16, position 2000 is rounded to a multiple of 8")
+def rope_with_angles_in_the_dtype_of_x(x, positions, theta=10000.0, interleaved=False):
+    angles = torch.as_tensor(positions).to(x.dtype)[..., None] * ref.rope_frequencies(x.shape[-1], theta).to(x.dtype)
+    return ref.rotate(x, angles.cos(), angles.sin(), interleaved)
+
+
+@mutant("rope.apply_rope", "test_rope_rotates_pair_i_by_position_times_theta_i",
+        why="positions converted to integers: a fractional position loses its fraction")
+def rope_truncating_positions_to_integers(x, positions, theta=10000.0, interleaved=False):
+    return ref.apply_rope(x, torch.as_tensor(positions, dtype=torch.long), theta, interleaved)
+
+
+@mutant("rope.rotate", "test_rope_in_bfloat16_gives_bfloat16_close_to_the_float64_rotation",
+        why="rotates in float32 for precision and returns float32")
+def rotate_returning_float32(x, cos, sin, interleaved=False):
+    return ref.rotate(x.float(), cos.float(), sin.float(), interleaved)
+
+
+@mutant("rope.RotaryEmbedding", "test_rope_in_bfloat16_gives_bfloat16_close_to_the_float64_rotation",
+        "test_cached_tables_equal_the_direct_computation_at_any_positions",
+        why="casts its tables to float32 instead of x's dtype: bfloat16 comes back float32, float64 loses digits")
+class RotaryWithFloat32Tables(ref.RotaryEmbedding):
+    def forward(self, x, positions):
+        return ref.rotate(x, self.cos[positions].float(), self.sin[positions].float(), self.interleaved)
+
+
+@mutant("rope.rotate", "test_rotate_passes_no_gradient_to_the_angle_tables",
+        why="cos and sin used as given: a table that requires grad receives one")
+def rotate_without_detaching_the_tables(x, cos, sin, interleaved=False):
+    if interleaved:
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    x1, x2 = _halves(x)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+@mutant("rope.rope_frequencies", "test_rejects_a_theta_that_is_not_positive",
+        why="theta = 0 gives infinite frequencies, a negative one NaN, without a word")
+def frequencies_accepting_any_theta(head_dim, theta=10000.0):
+    ref.rope_frequencies(head_dim)  # keeps the check of head_dim
+    return theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+
+
+@mutant("rope.apply_rope", "test_rejects_positions_and_vectors_that_do_not_fit",
+        why="no check that positions broadcast against x: torch's shape error instead of one naming both")
+def rope_without_checking_the_positions(x, positions, theta=10000.0, interleaved=False):
+    angles = torch.as_tensor(positions).double()[..., None] * ref.rope_frequencies(x.shape[-1], theta)
+    return ref.rotate(x, angles.cos().to(x.dtype), angles.sin().to(x.dtype), interleaved)
+
+
+@mutant("rope.RotaryEmbedding", "test_rejects_positions_and_vectors_that_do_not_fit",
+        why="no check of x's size against head_dim: torch's shape error instead of one naming both")
+class RotaryWithoutCheckingTheSize(ref.RotaryEmbedding):
+    def forward(self, x, positions):
+        return ref.rotate(x, self.cos[positions].to(x.dtype), self.sin[positions].to(x.dtype), self.interleaved)
+
+
+@mutant("rope.rope_frequencies", "test_frequencies_are_theta_to_the_minus_2i_over_d",
+        why="the frequencies in float32, torch's default dtype")
+def frequencies_in_float32(head_dim, theta=10000.0):
+    return ref.rope_frequencies(head_dim, theta).float()
