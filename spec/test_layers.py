@@ -14,30 +14,8 @@ from hypothesis import strategies as st
 
 from .checks import assert_rejects, grads_of
 from .strategies import seeds, shapes, tensors
-from .tolerances import assert_close, tolerance
+from .tolerances import assert_close, assert_close_to_the_terms
 
-
-def assert_close_to_the_terms(actual, expected, terms, what: str) -> None:
-    """|actual − expected| ≤ rtol·terms + atol elementwise, with the tolerance of actual's dtype; `terms` is the size
-    of what the result was computed from: the definition evaluated on the absolute values of its terms, such as
-    |x|·|W|ᵀ + |b| for x Wᵀ + b.
-
-    A number rounded to bfloat16 keeps 8 bits of itself; a sum of rounded numbers keeps 8 bits of its terms, not of
-    its value, which may cancel to 0. Half precision is held to its tolerance of the terms, not of the result.
-    """
-    __tracebackhide__ = True
-    assert isinstance(actual, torch.Tensor), f"{what}: expected a tensor, got {type(actual).__name__}"
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
-    rtol, atol = tolerance(actual.dtype)
-    error = (actual.detach().double() - expected.detach().double()).abs()
-    allowed = rtol * terms.detach().double() + atol
-    wrong = ~(error <= allowed)  # NaN counts as wrong
-    if wrong.any():
-        at = tuple(int(i) for i in wrong.nonzero()[0])
-        raise AssertionError(
-            f"{what}\n{int(wrong.sum())} of {wrong.numel()} elements differ by more than {rtol}·|terms| + {atol}; "
-            f"first at index {at}: got {actual[at].item()}, expected {expected[at].item()} (terms of size "
-            f"{terms[at].item():.4g})")
 
 # ---------------------------------------------------------------- softmax and log_softmax
 

@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 
 from .checks import assert_rejects, grads_of
 from .strategies import float_dtypes, seeds, shapes, tensors
-from .test_layers import assert_close_to_the_terms
-from .tolerances import assert_close
+from .tolerances import assert_close, assert_close_to_the_terms
 
 thetas = st.sampled_from([10000.0, 500.0, 1e6])
 half_dims = st.integers(1, 8)

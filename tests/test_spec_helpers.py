@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from llmkata.spec.checks import assert_rejects, grads_of, mentions
 from llmkata.spec.strategies import float_dtypes, seeds, shapes, tensors, token_batches, unicode_text
-from llmkata.spec.tolerances import TOLERANCES, assert_close
+from llmkata.spec.tolerances import TOLERANCES, assert_close, assert_close_to_the_terms
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +50,24 @@ def test_assert_close_takes_the_tolerance_of_the_actual_dtype_unless_told():
         assert_close(expected + 1e-7, expected, "float64 does not")
     assert_close(expected + 1e-7, expected, "unless told", dtype=torch.float32)
     assert_close(expected + 1e-9, expected, "scaled", scale=1e3)
+
+
+def test_assert_close_to_the_terms_allows_the_rounding_of_the_terms_not_of_the_result():
+    rtol, atol = TOLERANCES[torch.bfloat16]
+    expected = torch.tensor([0.0, 1.0], dtype=torch.float64)  # a sum that cancels to 0, and a plain 1
+    terms = torch.tensor([100.0, 1.0], dtype=torch.float64)
+    near = (expected + torch.tensor([0.9 * (rtol * 100 + atol), 0.0])).to(torch.bfloat16)
+    assert_close_to_the_terms(near, expected, terms, "within the rounding of terms of size 100")
+    far = (expected + torch.tensor([0.0, 2 * (rtol + atol)])).to(torch.bfloat16)
+    with pytest.raises(AssertionError, match="the rule") as raised:
+        assert_close_to_the_terms(far, expected, terms, "the rule")
+    assert "index (1,)" in str(raised.value), "the message must point at the first element out of bounds"
+    with pytest.raises(AssertionError, match="shape"):
+        assert_close_to_the_terms(near[:1], expected, terms, "a shape")
+    nan = torch.tensor([float("nan"), 1.0], dtype=torch.bfloat16)
+    with pytest.raises(AssertionError):
+        assert_close_to_the_terms(nan, expected, terms, "NaN is never close")
+    assert all(hidden_frames(raised.value)), "the helper must hide its own frames from the report"
 
 
 def test_assert_close_names_the_rule_for_a_wrong_shape_or_type():
