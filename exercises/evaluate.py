@@ -88,7 +88,7 @@ def continuation_logprob(model: nn.Module, context: Sequence[int], continuation:
     ValueError.
     """
     raise NotImplementedError('`evaluate.continuation_logprob` is not implemented yet — chapter 10 (evaluate): see '
-                              'test_evaluation_leaves_the_model_as_it_was and 4 more in spec/test_evaluate.py.')
+                              'test_evaluation_leaves_the_model_as_it_was and 5 more in spec/test_evaluate.py.')
 
 
 def score_choices(model: nn.Module, context: Sequence[int], choices: Sequence[Sequence[int]]) -> list[float]:
@@ -116,4 +116,5 @@ def multiple_choice_accuracy(model: nn.Module, tokenizer, tasks: Sequence[dict])
     needs encode(str) -> list[int].
     """
     raise NotImplementedError('`evaluate.multiple_choice_accuracy` is not implemented yet — chapter 10 (evaluate): '
-                              'see test_multiple_choice_accuracy_picks_the_likeliest_choice in spec/test_evaluate.py.')
+                              'see test_multiple_choice_accuracy_picks_the_likeliest_choice and 1 more in '
+                              'spec/test_evaluate.py.')

@@ -65,7 +65,7 @@ class ModelConfig:
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model if self.mlp == "gelu" else 8 * math.ceil(8 * self.d_model / 3 / 8)
         raise NotImplementedError('`model.ModelConfig.__post_init__` is not implemented yet — chapter 7 (model): see '
-                                  'test_logits_have_shape_batch_by_length_by_vocab and 14 more in spec/test_model.py.')
+                                  'test_logits_have_shape_batch_by_length_by_vocab and 25 more in spec/test_model.py.')
 
     @property
     def head_dim(self) -> int:
@@ -81,8 +81,8 @@ class GeluMLP(nn.Module):
         self.down_proj = Linear(hidden_dim, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        raise NotImplementedError('`model.GeluMLP.forward` is not implemented yet — chapter 7 (model): read '
-                                  'spec/test_model.py.')
+        raise NotImplementedError('`model.GeluMLP.forward` is not implemented yet — chapter 7 (model): see '
+                                  'test_gelu_mlp_is_down_proj_of_gelu_of_up_proj in spec/test_model.py.')
 
 
 def _norm(config: ModelConfig) -> nn.Module:
@@ -106,7 +106,8 @@ class TransformerBlock(nn.Module):
             self.mlp = GeluMLP(config.d_model, config.d_ff)
 
     def forward(self, x: Tensor, position_ids: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
-        raise NotImplementedError('`model.TransformerBlock.forward` is not implemented yet — chapter 7 (model): read '
+        raise NotImplementedError('`model.TransformerBlock.forward` is not implemented yet — chapter 7 (model): see '
+                                  'test_a_block_adds_attention_then_mlp_each_reading_its_own_norm and 1 more in '
                                   'spec/test_model.py.')
 
 
@@ -121,8 +122,9 @@ class Decoder(nn.Module):
 
     def forward(self, input_ids: Tensor, position_ids: Tensor | None = None,
                 cache: list[KVCache] | None = None) -> Tensor:
-        raise NotImplementedError('`model.Decoder.forward` is not implemented yet — chapter 7 (model): read '
-                                  'spec/test_model.py.')
+        raise NotImplementedError('`model.Decoder.forward` is not implemented yet — chapter 7 (model): see '
+                                  'test_the_decoder_is_the_embedding_then_every_block_then_the_final_norm and 1 more '
+                                  'in spec/test_model.py.')
 
 
 class Transformer(nn.Module):
@@ -143,7 +145,7 @@ class Transformer(nn.Module):
     def reset_parameters(self) -> None:
         """normal(0, init_std) for embeddings and matrices, /√(2·n_layers) for o_proj and down_proj; norms 1 and 0."""
         raise NotImplementedError('`model.Transformer.reset_parameters` is not implemented yet — chapter 7 (model): '
-                                  'see test_logits_have_shape_batch_by_length_by_vocab and 12 more in '
+                                  'see test_logits_have_shape_batch_by_length_by_vocab and 18 more in '
                                   'spec/test_model.py.')
 
     def forward(self, input_ids: Tensor, position_ids: Tensor | None = None,
@@ -153,12 +155,12 @@ class Transformer(nn.Module):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
         raise NotImplementedError('`model.Transformer.forward` is not implemented yet — chapter 7 (model): see '
-                                  'test_logits_have_shape_batch_by_length_by_vocab and 12 more in spec/test_model.py.')
+                                  'test_logits_have_shape_batch_by_length_by_vocab and 18 more in spec/test_model.py.')
 
     def make_cache(self, batch_size: int, max_seq_len: int | None = None) -> list[KVCache]:
         """One empty KVCache per layer, for max_seq_len positions (default: the context), in the model's dtype."""
         raise NotImplementedError('`model.Transformer.make_cache` is not implemented yet — chapter 7 (model): see '
-                                  'test_logits_have_shape_batch_by_length_by_vocab and 12 more in spec/test_model.py.')
+                                  'test_logits_have_shape_batch_by_length_by_vocab and 18 more in spec/test_model.py.')
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -194,13 +196,15 @@ def hf_config(config: ModelConfig) -> dict:
     RoPE is written as split halves (Llama's convention): `save_hf` permutes the weights of an interleaved model.
     """
     raise NotImplementedError('`model.hf_config` is not implemented yet — chapter 7 (model): see '
-                              'test_hf_config_round_trips in spec/test_model.py.')
+                              'test_hf_config_round_trips and test_rejects_llama_configs_llmkata_cannot_express in '
+                              'spec/test_model.py.')
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
     """A ModelConfig from a Llama `config.json` (as a dict); what llmkata cannot express is refused by name."""
     raise NotImplementedError('`model.config_from_hf` is not implemented yet — chapter 7 (model): see '
-                              'test_hf_config_round_trips in spec/test_model.py.')
+                              'test_hf_config_round_trips and test_rejects_llama_configs_llmkata_cannot_express in '
+                              'spec/test_model.py.')
 
 
 def _halves_from_adjacent(weight: Tensor, n_heads: int, head_dim: int) -> Tensor:
@@ -220,12 +224,12 @@ def save_hf(model: Transformer, folder) -> None:
     q_proj and k_proj permuted to split halves, so that Llama computes the same function.
     """
     raise NotImplementedError('`model.save_hf` is not implemented yet — chapter 7 (model): see '
-                              'test_exported_weights_load_back_to_identical_logits and 2 more in spec/test_model.py.')
+                              'test_exported_weights_load_back_to_identical_logits and 3 more in spec/test_model.py.')
 
 
 def load_hf(folder) -> Transformer:
     """A Transformer from a Llama checkpoint folder (config.json + model.safetensors, or sharded safetensors with
     model.safetensors.index.json), in the dtype of its weights. Names must match one to one."""
     raise NotImplementedError('`model.load_hf` is not implemented yet — chapter 7 (model): see '
-                              'test_exported_weights_load_back_to_identical_logits and '
-                              'test_loads_a_checkpoint_saved_by_transformers in spec/test_model.py.')
+                              'test_exported_weights_load_back_to_identical_logits, '
+                              'test_loads_a_checkpoint_saved_by_transformers and 1 more in spec/test_model.py.')

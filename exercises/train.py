@@ -53,7 +53,7 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> 
     Example: logits [[0., 0.]], targets [1] -> log 2 ≈ 0.6931
     """
     raise NotImplementedError('`train.cross_entropy` is not implemented yet — chapter 8 (train): see '
-                              'test_cross_entropy_equals_minus_log_softmax_at_the_target and 6 more in '
+                              'test_cross_entropy_equals_minus_log_softmax_at_the_target and 8 more in '
                               'spec/test_train.py.')
 
 
@@ -65,7 +65,9 @@ def clip_grad_norm(parameters, max_norm: float) -> Tensor:
 
     The global norm is ‖g‖ = sqrt(Σ_p Σ_i g_p,i²) over every parameter that has a gradient (frozen parameters,
     with grad None, are skipped). If ‖g‖ > max_norm every gradient is multiplied by max_norm / ‖g‖, which keeps the
-    direction of the update and only shortens it; otherwise nothing changes.
+    direction of the update and only shortens it; otherwise nothing changes. `parameters` is any iterable of
+    parameters (a list, or a generator such as model.parameters(), read once) or a single tensor. The norm of
+    half-precision gradients is accumulated in float32: in bfloat16 a sum of many small squares stops growing.
 
     A non-finite norm (an inf or NaN somewhere in a gradient) is returned as it is and the gradients are left alone:
     scaling by NaN would spread the damage to every weight, and a finite-looking result would hide it. The caller
@@ -73,7 +75,7 @@ def clip_grad_norm(parameters, max_norm: float) -> Tensor:
     """
     raise NotImplementedError('`train.clip_grad_norm` is not implemented yet — chapter 8 (train): see '
                               'test_clipped_global_norm_is_at_most_max_norm, '
-                              'test_clipping_scales_every_gradient_by_one_factor and 4 more in spec/test_train.py.')
+                              'test_clipping_scales_every_gradient_by_one_factor and 6 more in spec/test_train.py.')
 
 
 # ------------------------------------------------------------------------------------------------------ AdamW
@@ -172,7 +174,7 @@ def train_step(model: nn.Module, optimizer, micro_batches: Sequence[tuple[Tensor
     those of the last good step.
     """
     raise NotImplementedError('`train.train_step` is not implemented yet — chapter 8 (train): see '
-                              'test_accumulating_micro_batches_equals_one_step_on_their_concatenation and 3 more in '
+                              'test_accumulating_micro_batches_equals_one_step_on_their_concatenation and 4 more in '
                               'spec/test_train.py.')
 
 
@@ -239,7 +241,7 @@ def save_checkpoint(path, model: nn.Module, optimizer, step: int, config=None, g
     """
     raise NotImplementedError('`train.save_checkpoint` is not implemented yet — chapter 8 (train): see '
                               'test_resuming_from_a_checkpoint_continues_bit_exactly, '
-                              'test_rejects_a_corrupted_checkpoint and 2 more in spec/test_train.py.')
+                              'test_rejects_a_corrupted_checkpoint and 4 more in spec/test_train.py.')
 
 
 def load_checkpoint(path, model: nn.Module, optimizer=None, config=None,
@@ -258,4 +260,4 @@ def load_checkpoint(path, model: nn.Module, optimizer=None, config=None,
     """
     raise NotImplementedError('`train.load_checkpoint` is not implemented yet — chapter 8 (train): see '
                               'test_resuming_from_a_checkpoint_continues_bit_exactly, '
-                              'test_rejects_a_corrupted_checkpoint and 1 more in spec/test_train.py.')
+                              'test_rejects_a_corrupted_checkpoint and 3 more in spec/test_train.py.')

@@ -124,6 +124,10 @@ def generate(model: nn.Module, prompt, max_new_tokens: int, temperature: float =
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if top_k < 0:  # the filters check these too, but only when the first token is sampled
+        raise ValueError(f"top_k must be >= 0 (0 means no filter), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1 means no filter), got {top_p}")
     window = _context_length(model, context_length)
     stop = set(stop_tokens)
     device = next(model.parameters()).device

@@ -92,7 +92,9 @@ def clip_grad_norm(parameters, max_norm: float) -> Tensor:
 
     The global norm is ‖g‖ = sqrt(Σ_p Σ_i g_p,i²) over every parameter that has a gradient (frozen parameters,
     with grad None, are skipped). If ‖g‖ > max_norm every gradient is multiplied by max_norm / ‖g‖, which keeps the
-    direction of the update and only shortens it; otherwise nothing changes.
+    direction of the update and only shortens it; otherwise nothing changes. `parameters` is any iterable of
+    parameters (a list, or a generator such as model.parameters(), read once) or a single tensor. The norm of
+    half-precision gradients is accumulated in float32: in bfloat16 a sum of many small squares stops growing.
 
     A non-finite norm (an inf or NaN somewhere in a gradient) is returned as it is and the gradients are left alone:
     scaling by NaN would spread the damage to every weight, and a finite-looking result would hide it. The caller

@@ -132,17 +132,32 @@ def test_single_token_continuations_have_probabilities_summing_to_one(impl, cont
         "(log_softmax), not raw logits")
 
 
-@given(st.lists(st.integers(0, 8), min_size=7, max_size=12), tokens, seeds)
-def test_continuation_logprob_crops_the_context_from_the_left(impl, context, continuation, seed):
+@given(st.lists(st.integers(0, 8), min_size=2, max_size=12), tokens, seeds, st.data())
+def test_continuation_logprob_crops_the_context_from_the_left(impl, context, continuation, seed, data):
     model = PositionalBigram(seed=seed)  # a context of 8 positions
-    ids = (context + continuation)[-8:]
+    context_length = data.draw(st.none() | st.integers(len(continuation) + 1, 8), label="context_length")
+    window = context_length or 8
+    ids = (context + continuation)[-window:]
     start = len(ids) - len(continuation)
     lp = log_probs64(model, ids)
     expected = sum(lp[start - 1 + j, token].item() for j, token in enumerate(continuation))
-    got = impl.evaluate.continuation_logprob(model, context, continuation)
+    got = impl.evaluate.continuation_logprob(model, context, continuation, context_length=context_length)
+    as_given = "the model's max_seq_len = 8" if context_length is None else f"context_length={context_length}"
     assert math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-9), (
-        f"with {len(context)} + {len(continuation)} tokens and a context of 8, the context must be cropped from the "
-        f"left (keep its end, next to the continuation): expected {expected}, got {got}")
+        f"with {len(context)} + {len(continuation)} tokens and {as_given}, the model must see the last {window} "
+        f"tokens: the context is cropped from the left (its end, next to the continuation, stays): expected "
+        f"{expected}, got {got}")
+
+
+def test_rejects_a_continuation_that_does_not_fit_and_an_empty_context(impl):
+    model = PositionalBigram()  # a context of 8 positions
+    logprob = impl.evaluate.continuation_logprob
+    assert_rejects(lambda: logprob(model, [1, 2], [3] * 8), 8,
+                   what="a continuation of 8 tokens for a model with a context of 8: the first needs a token before it")
+    assert_rejects(lambda: logprob(model, [1, 2], [3] * 5, context_length=5), 5,
+                   what="a continuation of 5 tokens with context_length=5")
+    assert_rejects(lambda: logprob(model, [], [3, 4]), "empty",
+                   what="an empty context: the first continuation token has nothing to be predicted from")
 
 
 @given(tokens, st.lists(tokens, min_size=2, max_size=4), seeds)
@@ -197,6 +212,18 @@ def test_multiple_choice_accuracy_picks_the_likeliest_choice(impl, seed, data):
         f"{result['accuracy_norm']}")
 
 
+def test_ties_go_to_the_first_choice(impl):
+    model = PositionalBigram(vocab=len(CharTokenizer.ALPHABET), max_seq_len=32)
+    tied = {"context": "ab", "choices": [" a", " a"]}  # the same text twice: the same score, per token and per byte
+    for label in range(2):
+        result = impl.evaluate.multiple_choice_accuracy(model, CharTokenizer(), [{**tied, "label": label}])
+        expected = float(label == 0)
+        for key in ("accuracy", "accuracy_norm"):
+            assert result[key] == expected, (
+                f"two choices with equal scores: the first must win, so {key} with label {label} must be {expected}, "
+                f"got {result[key]}")
+
+
 def test_load_choice_tasks_reads_json_lines(impl, tmp_path):
     tasks = [{"context": "The sky is", "choices": [" blue.", " made of cheese."], "label": 0},
              {"context": "2 + 2 =", "choices": [" 3", " 4", " 5"], "label": 1}]
@@ -209,13 +236,18 @@ def test_load_choice_tasks_reads_json_lines(impl, tmp_path):
 
 def test_rejects_a_malformed_task_file(impl, tmp_path):
     good = json.dumps({"context": "a", "choices": [" b", " c"], "label": 1})
-    cases = {
-        "label": json.dumps({"context": "a", "choices": [" b", " c"], "label": 2}),
-        "choices": json.dumps({"context": "a", "label": 0}),
-        "JSON": "{not json",
-    }
-    for word, bad in cases.items():
-        path = tmp_path / f"bad_{word}.jsonl"
+    cases = [
+        ("label", json.dumps({"context": "a", "choices": [" b", " c"], "label": 2})),
+        ("label", json.dumps({"context": "a", "choices": [" b", " c"], "label": True})),
+        ("label", json.dumps({"context": "a", "choices": [" b", " c"], "label": "0"})),
+        ("choices", json.dumps({"context": "a", "label": 0})),
+        ("choices", json.dumps({"context": "a", "choices": [" b"], "label": 0})),
+        ("choices", json.dumps({"context": "a", "choices": " b c", "label": 0})),
+        ("context", json.dumps({"context": 3, "choices": [" b", " c"], "label": 0})),
+        ("JSON", "{not json"),
+    ]
+    for number, (word, bad) in enumerate(cases):
+        path = tmp_path / f"bad_{number}.jsonl"
         path.write_text(f"{good}\n{good}\n{bad}\n", encoding="utf-8")
         assert_rejects(lambda: impl.evaluate.load_choice_tasks(path), "line 3", word,
-                       what=f"a task file whose line 3 has a bad {word}")
+                       what=f"a task file whose line 3 has a bad {word}: {bad}")

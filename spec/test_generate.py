@@ -11,8 +11,9 @@ one before it and the position, so a lost cache, a wrong position or a missing c
 import math
 from types import SimpleNamespace
 
+import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -124,6 +125,55 @@ def test_k_zero_and_p_one_do_not_filter(impl, logits):
         "top_p=1 must keep every token, even those whose probability rounds to 0")
 
 
+@given(st.integers(2, 10), st.integers(1, 4), seeds, st.data())
+def test_top_k_keeps_every_logit_tied_with_the_kth_largest(impl, vocab, rows, seed, data):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randint(0, 3, (rows, vocab), generator=generator).float()  # three values: ties everywhere
+    k = data.draw(st.integers(1, vocab), label="k")
+    kth = logits.topk(k, dim=-1).values[:, -1:]
+    expected = logits >= kth
+    kept = impl.generate.top_k_filter(logits, k)
+    assert torch.equal(torch.isfinite(kept), expected), (
+        f"top_k_filter(k={k}) must keep every logit >= the k-th largest of its row, ties included (a row may keep "
+        f"more than k): rows {logits.tolist()}, kept {torch.isfinite(kept).tolist()}")
+
+
+def filtered_distribution(logits: torch.Tensor, temperature: float, k: int, p: float) -> torch.Tensor:
+    """The definition in float64: softmax(z / temperature) over the k most likely tokens (k = 0: all), then over the
+    nucleus p of that distribution renormalised. (V,) -> (V,) probabilities, 0 for every dropped token."""
+    z = logits.double() / temperature
+    if 0 < k < len(z):
+        z = z.masked_fill(z < z.topk(k).values[-1], -math.inf)
+    probs = torch.softmax(z, -1)
+    kept = sorted(nucleus(probs, p))
+    final = torch.zeros_like(probs)
+    final[kept] = probs[kept]
+    return final / final.sum()
+
+
+# Temperature 2 flattens [0.67, 0.24, 0.09] to [0.51, 0.31, 0.19]: the nucleus of 0.6 grows from one token to two.
+@example(logits=torch.tensor([[2.0, 1.0, 0.0]]), temperature=2.0, p=0.6, k=3, seed=0)
+# The 2 best, [0.67, 0.24], renormalise to [0.73, 0.27]: the nucleus of 0.7 among them is the first token alone.
+@example(logits=torch.tensor([[2.0, 1.0, 0.0]]), temperature=1.0, p=0.7, k=2, seed=0)
+@given(distinct_logits(rows=1, max_vocab=8), st.sampled_from([0.5, 1.0, 2.0]), st.sampled_from([0.3, 0.6, 0.9]),
+       st.integers(1, 8), seeds)
+def test_top_k_then_top_p_at_the_temperature_draw_from_the_renormalised_nucleus(impl, logits, temperature, p, k, seed):
+    k = min(k, logits.shape[-1])
+    generator = torch.Generator().manual_seed(seed)
+    ids = impl.generate.sample_next(logits.expand(20_000, -1), temperature=temperature, top_k=k, top_p=p,
+                                    generator=generator)
+    expected = filtered_distribution(logits[0], temperature, k, p)
+    allowed = set(expected.nonzero().flatten().tolist())
+    rule = (f"with temperature={temperature}, top_k={k} and top_p={p} together, draws must follow softmax(z / "
+            "temperature) over the k best tokens, then over the smallest set of those whose renormalised mass is >= p")
+    assert set(ids.tolist()) <= allowed, f"{rule}: only {sorted(allowed)} may be drawn, got {sorted(set(ids.tolist()))}"
+    observed = frequencies(ids, logits.shape[-1])
+    # Each frequency has standard deviation sqrt(p(1 − p)/n) <= 0.0036: 0.02 is more than 5 of them.
+    assert (observed - expected).abs().max().item() < 0.02, (
+        f"{rule}: expected {[round(x, 3) for x in expected.tolist()]}, observed "
+        f"{[round(x, 3) for x in observed.tolist()]}")
+
+
 # ---------------------------------------------------------------------------------------------- the loop
 
 
@@ -164,6 +214,10 @@ class ToyLM(nn.Module):
         assert offset + length <= context, (
             f"generate fed the model {offset + length} positions ({offset} cached + {length} new) but its context "
             f"holds {context}: crop to the last context_length tokens")
+        if cache is not None:
+            assert offset + length <= cache[0].capacity, (
+                f"generate fed {offset + length} positions into a cache made for {cache[0].capacity}: make the cache "
+                "for the context_length positions the model will see")
         self.calls.append((length, offset))
         seq = history + input_ids[0].tolist()
         rows = [self.a[seq[t]] + self.b[seq[t - 1] if t else seq[t]] + self.p[t] for t in range(offset, len(seq))]
@@ -172,29 +226,52 @@ class ToyLM(nn.Module):
         return torch.stack(rows)[None]  # (1, T, V)
 
 
-def sliding_window_greedy(model, prompt, steps):
-    """The definition: at each step, the argmax of the last logits over the last max_seq_len tokens, no cache."""
+def sliding_window_greedy(model, prompt, steps, window=None):
+    """The definition: at each step, the argmax of the last logits over the last `window` tokens (default the
+    model's max_seq_len), no cache."""
     ids, out = list(prompt), []
+    window = window or model.config.max_seq_len
     for _ in range(steps):
         with torch.no_grad():
-            token = int(model(torch.tensor([ids[-model.config.max_seq_len:]]))[0, -1].argmax())
+            token = int(model(torch.tensor([ids[-window:]]))[0, -1].argmax())
         out.append(token)
         ids.append(token)
     return out
 
 
+class ConstantLM(nn.Module):
+    """The same logits z at every position, whatever the tokens: each generated token is an independent draw from
+    the sampling distribution of z. Follows the protocol of ToyLM; its cache only counts positions."""
+
+    def __init__(self, logits: torch.Tensor, max_seq_len=4096):
+        super().__init__()
+        self.config = SimpleNamespace(max_seq_len=max_seq_len)
+        self.z = nn.Parameter(logits.clone())
+
+    def make_cache(self, batch_size, max_seq_len=None):
+        return [SimpleNamespace(length=0)]
+
+    def forward(self, input_ids, position_ids=None, cache=None):
+        if cache is not None:
+            cache[0].length += input_ids.shape[1]
+        return self.z.expand(1, input_ids.shape[1], -1)
+
+
 prompts = st.lists(st.integers(0, 6), min_size=1, max_size=9)  # up to 9 tokens, a context of 6: some are cropped
 
 
-@given(prompts, st.integers(0, 12), seeds)
-def test_generation_sees_the_last_context_length_tokens(impl, prompt, steps, seed):
+@given(prompts, st.integers(0, 12), seeds, st.none() | st.integers(1, 6))
+def test_generation_sees_the_last_context_length_tokens(impl, prompt, steps, seed, context_length):
     model = ToyLM(seed=seed)
-    expected = sliding_window_greedy(model, prompt, steps)
+    window = context_length or model.config.max_seq_len
+    expected = sliding_window_greedy(model, prompt, steps, window)
+    as_given = "the model's max_seq_len = 6" if context_length is None else f"context_length={context_length}"
     for use_cache in (False, True):
-        got = list(impl.generate.generate(model, prompt, steps, temperature=0.0, use_cache=use_cache))
+        got = list(impl.generate.generate(model, prompt, steps, temperature=0.0, context_length=context_length,
+                                          use_cache=use_cache))
         assert got == expected, (
-            f"greedy generation (use_cache={use_cache}) from {prompt} with a context of 6 must see the last 6 tokens "
-            f"at every step (a longer prompt is cropped to its end): expected {expected}, got {got}")
+            f"greedy generation (use_cache={use_cache}) from {prompt} with {as_given} must see the last {window} "
+            f"tokens at every step (a longer prompt is cropped to its end): expected {expected}, got {got}")
 
 
 @given(prompts, st.integers(1, 12), seeds, st.sampled_from([(1.0, 0, 1.0), (0.8, 3, 1.0), (1.5, 0, 0.9)]))
@@ -208,6 +285,29 @@ def test_generation_with_the_cache_equals_generation_without(impl, prompt, steps
     assert runs[0] == runs[1], (
         f"with the same seed, generation must give the same tokens with the KV cache ({runs[0]}) and without it "
         f"({runs[1]})")
+
+
+@settings(max_examples=10)  # each example generates 1,500 tokens, one model call and one draw each
+# [2, 1, 0] at temperature 2: [0.51, 0.31, 0.19], whose nucleus of 0.8 is the first two tokens.
+@example(logits=torch.tensor([[2.0, 1.0, 0.0]]), temperature=2.0, k=3, p=0.8, seed=0)
+@given(distinct_logits(rows=1, max_vocab=6), st.sampled_from([0.5, 2.0]), st.integers(1, 6),
+       st.sampled_from([0.5, 0.8]), seeds)
+def test_generation_samples_with_temperature_top_k_and_top_p_together(impl, logits, temperature, k, p, seed):
+    k = min(k, logits.shape[-1])
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.tensor(list(impl.generate.generate(ConstantLM(logits[0]), [0], 1500, temperature=temperature,
+                                                      top_k=k, top_p=p, generator=generator)))
+    expected = filtered_distribution(logits[0], temperature, k, p)
+    allowed = set(expected.nonzero().flatten().tolist())
+    rule = (f"generate(temperature={temperature}, top_k={k}, top_p={p}) must draw each token as sample_next does: "
+            "softmax(z / temperature) over the k best, then over the nucleus p of those")
+    seen = set(tokens.tolist())
+    assert seen <= allowed, f"{rule}; only {sorted(allowed)} may appear, got {sorted(seen)}"
+    observed = frequencies(tokens, logits.shape[-1])
+    # Each frequency has standard deviation sqrt(p(1 − p)/n) <= 0.013: 0.065 is 5 of them.
+    assert (observed - expected).abs().max().item() < 0.065, (
+        f"{rule}: expected {[round(x, 3) for x in expected.tolist()]}, observed "
+        f"{[round(x, 3) for x in observed.tolist()]}")
 
 
 @given(st.lists(st.integers(0, 6), min_size=1, max_size=5), seeds)
@@ -237,16 +337,20 @@ def test_same_seed_gives_the_same_tokens(impl, prompt, seed):
     assert runs[0] == runs[1], f"two runs with a generator seeded {seed} must give the same tokens: {runs}"
 
 
-@given(prompts, seeds)
-def test_generation_stops_at_a_stop_token_without_yielding_it(impl, prompt, seed):
+STOP_TOKENS = {"a list": list, "a tuple": tuple, "a set": set, "a generator": lambda tokens: (t for t in tokens)}
+
+
+@given(prompts, seeds, st.sampled_from(list(STOP_TOKENS)), st.none() | st.integers(1, 6), st.booleans())
+def test_generation_stops_at_a_stop_token_without_yielding_it(impl, prompt, seed, kind, context_length, use_cache):
     model = ToyLM(seed=seed)
-    free = sliding_window_greedy(model, prompt, 10)
-    stop = free[len(free) // 2]
-    got = list(impl.generate.generate(model, prompt, 10, temperature=0.0, stop_tokens=[stop]))
-    expected = free[: free.index(stop)]
+    free = sliding_window_greedy(model, prompt, 10, context_length)
+    stops = list(dict.fromkeys([free[len(free) // 2], free[-1]]))  # one or two stop tokens
+    got = list(impl.generate.generate(model, prompt, 10, temperature=0.0, stop_tokens=STOP_TOKENS[kind](stops),
+                                      context_length=context_length, use_cache=use_cache))
+    expected = free[: min(free.index(stop) for stop in stops)]
     assert got == expected, (
-        f"generation must end when it samples the stop token {stop}, without yielding it: expected {expected}, "
-        f"got {got}")
+        f"generation (use_cache={use_cache}, context_length={context_length}) must end when it samples any of the "
+        f"stop tokens {stops}, given as {kind}, without yielding it: expected {expected}, got {got}")
 
 
 @given(prompts, st.integers(0, 15), seeds)
@@ -261,3 +365,24 @@ def test_rejects_an_empty_prompt(impl):
     assert_rejects(lambda: impl.generate.generate(ToyLM(), [], 5), "empty", what="generate from an empty prompt")
     assert_rejects(lambda: impl.generate.generate(ToyLM(), torch.tensor([], dtype=torch.long), 5), "empty",
                    what="generate from an empty tensor prompt")
+
+
+BAD_ARGUMENTS = {
+    "an empty prompt": {"prompt": []}, "max_new_tokens=-1": {"max_new_tokens": -1},
+    "temperature=-0.5": {"temperature": -0.5}, "top_k=-1": {"top_k": -1}, "top_p=0": {"top_p": 0.0},
+    "top_p=1.5": {"top_p": 1.5}, "context_length=0": {"context_length": 0},
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_ARGUMENTS))
+def test_bad_arguments_raise_at_the_call_before_any_token(impl, bad):
+    model = ToyLM()
+    arguments = {"prompt": [1, 2], "max_new_tokens": 5, **BAD_ARGUMENTS[bad]}
+
+    def call():  # returns nothing: the tokens are never asked for
+        impl.generate.generate(model, **arguments)
+
+    assert_rejects(call, what=f"generate(...) with {bad} must raise a ValueError at the call, before the first token "
+                              "is asked for (a generator function runs none of its body until then: check the "
+                              "arguments first, then return the iterator)")
+    assert model.calls == [], f"generate with {bad} must refuse before it runs the model, it ran {model.calls}"

@@ -36,20 +36,44 @@ def configs(draw, llama: bool = False):
         rope_interleaved=draw(st.booleans()), tie_embeddings=draw(st.booleans()))
 
 
+def perturbed(module: nn.Module, seed: int, dtype=torch.float64, spread: float = 0.3) -> nn.Module:
+    """`module` in `dtype`, every parameter moved away from its initial value (norm weights from 1 too)."""
+    module = module.to(dtype)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator, dtype=torch.float64).to(dtype) * spread)
+    return module
+
+
 def build(impl, kwargs: dict, seed: int, dtype=torch.float64, spread: float = 0.3):
     """The model of a config, every parameter moved away from its initial value (norm weights from 1 too)."""
     torch.manual_seed(seed)
-    model = impl.model.Transformer(impl.model.ModelConfig(**kwargs)).to(dtype)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=generator, dtype=torch.float64).to(dtype) * spread)
-    return model
+    return perturbed(impl.model.Transformer(impl.model.ModelConfig(**kwargs)), seed, dtype, spread)
+
+
+def part(impl, name: str, kwargs: dict, seed: int):
+    """impl.model.<name>(ModelConfig(**kwargs)) built directly (a TransformerBlock, a Decoder), perturbed, float64."""
+    torch.manual_seed(seed)
+    return perturbed(getattr(impl.model, name)(impl.model.ModelConfig(**kwargs)), seed)
 
 
 def token_ids(kwargs: dict, seed: int, batch: int, length: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, kwargs["vocab_size"], (batch, length), generator=generator)
+
+
+def hidden_states(kwargs: dict, seed: int, batch: int, length: int) -> torch.Tensor:
+    """A residual stream (batch, length, d_model) in float64, as a block receives it."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, length, kwargs["d_model"], generator=generator, dtype=torch.float64)
+
+
+def gapped_positions(seed: int, batch: int, length: int, limit: int = 16) -> torch.Tensor:
+    """(batch, length) positions below `limit`, increasing along each row with gaps, and different from row to row:
+    a model that ignores them, or uses one row's for all, computes something else."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(limit, generator=generator)[:length].sort().values for _ in range(batch)])
 
 
 def parameter_formula(c: dict) -> int:
@@ -135,24 +159,60 @@ def test_flops_per_token_counts_every_matmul(impl, kwargs, seed, length):
         f"got {estimate}")
 
 
+def assert_initialised(model, init_std: float, n_layers: int, when: str) -> None:
+    """Every parameter of `model` as GPT-2 starts it: norms 1 (biases 0), o_proj and down_proj normal(0,
+    init_std/√(2·n_layers)), every other matrix normal(0, init_std)."""
+    __tracebackhide__ = True
+    residual = init_std / math.sqrt(2 * n_layers)
+    for name, parameter in model.named_parameters():
+        if "norm" in name:
+            value = 0.0 if name.endswith("bias") else 1.0
+            assert (parameter == value).all(), f"{when}, {name} must be {value}"
+            continue
+        expected = residual if name.endswith(("o_proj.weight", "down_proj.weight")) else init_std
+        std, mean = parameter.std().item(), parameter.mean().item()
+        why = "init_std/√(2·n_layers): it writes into the residual stream" if expected != init_std else "init_std"
+        assert abs(std / expected - 1) < 0.1 and abs(mean) < 0.2 * expected, (
+            f"{when}, {name} must be normal(0, {expected:.4f}) ({why}), got mean {mean:.4f}, std {std:.4f}")
+
+
 @settings(max_examples=5)  # large matrices, so that a standard deviation is measured to about 2%
 @given(st.integers(1, 4), st.sampled_from(["swiglu", "gelu"]), st.sampled_from(["rmsnorm", "layernorm"]), seeds)
 def test_initialisation_scales_residual_projections(impl, n_layers, mlp, norm, seed):
     torch.manual_seed(seed)
     config = impl.model.ModelConfig(vocab_size=512, d_model=64, n_layers=n_layers, n_heads=4, d_ff=128, mlp=mlp,
                                     norm=norm, init_std=0.05)
+    assert_initialised(impl.model.Transformer(config), 0.05, n_layers, "at initialisation")
+
+
+@settings(max_examples=5)  # large matrices, so that a standard deviation is measured to about 2%
+@given(st.integers(1, 4), st.sampled_from(["swiglu", "gelu"]), st.sampled_from(["rmsnorm", "layernorm"]),
+       st.booleans(), seeds)
+def test_reset_parameters_restores_the_initial_distribution(impl, n_layers, mlp, norm, tie, seed):
+    torch.manual_seed(seed)
+    config = impl.model.ModelConfig(vocab_size=512, d_model=64, n_layers=n_layers, n_heads=4, d_ff=128, mlp=mlp,
+                                    norm=norm, init_std=0.05, tie_embeddings=tie)
     model = impl.model.Transformer(config)
-    residual = 0.05 / math.sqrt(2 * n_layers)
-    for name, parameter in model.named_parameters():
-        if "norm" in name:
-            value = 0.0 if name.endswith("bias") else 1.0
-            assert (parameter == value).all(), f"{name} must start at {value}"
-            continue
-        expected = residual if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.05
-        std, mean = parameter.std().item(), parameter.mean().item()
-        why = "init_std/√(2·n_layers): it writes into the residual stream" if expected != 0.05 else "init_std"
-        assert abs(std / expected - 1) < 0.1 and abs(mean) < 0.2 * expected, (
-            f"{name} must start normal(0, {expected:.4f}) ({why}), got mean {mean:.4f}, std {std:.4f}")
+    with torch.no_grad():  # training moved every weight, norm gains and biases included
+        for parameter in model.parameters():
+            parameter.fill_(3.0)
+    model.reset_parameters()
+    assert_initialised(model, 0.05, n_layers, "after the weights changed and reset_parameters() ran")
+    if tie:
+        assert model.lm_head.weight is model.model.embed_tokens.weight, (
+            "reset_parameters() must keep a tied lm_head the same Parameter as model.embed_tokens.weight")
+
+
+@given(st.integers(1, 4), st.integers(1, 24), st.sampled_from(["swiglu", "gelu"]))
+def test_config_fills_in_the_kv_heads_and_the_mlp_width(impl, n_heads, half_head_dim, mlp):
+    d_model = n_heads * 2 * half_head_dim
+    config = impl.model.ModelConfig(d_model=d_model, n_heads=n_heads, mlp=mlp)
+    assert config.n_kv_heads == n_heads, (
+        f"n_kv_heads=None must mean n_heads = {n_heads} (plain multi-head attention), got {config.n_kv_heads}")
+    expected = 4 * d_model if mlp == "gelu" else 8 * -(-d_model // 3)  # 8/3·d rounded up to a multiple of 8
+    rule = "4·d_model" if mlp == "gelu" else "8/3·d_model rounded up to a multiple of 8"
+    assert config.d_ff == expected, (
+        f"d_ff=None with mlp={mlp!r} and d_model={d_model} must mean {rule} = {expected}, got {config.d_ff}")
 
 
 # ---------------------------------------------------------------- architecture
@@ -172,6 +232,100 @@ def test_blocks_are_pre_norm(impl, kwargs, seed):
                  "with o_proj and down_proj zero, every block must pass the residual stream through unchanged "
                  "(pre-norm: x + f(norm(x)), never norm(x + f(x))), so logits = lm_head(norm(embed(ids)))",
                  scale=10)
+
+
+@given(st.integers(1, 8), st.integers(1, 16), st.lists(st.integers(1, 4), max_size=2), seeds,
+       st.sampled_from([torch.float32, torch.float64]))
+def test_gelu_mlp_is_down_proj_of_gelu_of_up_proj(impl, dim, hidden, lead, seed, dtype):
+    torch.manual_seed(seed)
+    mlp = perturbed(impl.model.GeluMLP(dim, hidden), seed, dtype)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, dim, generator=generator, dtype=torch.float64)
+    up, down = mlp.up_proj.weight.double(), mlp.down_proj.weight.double()
+    expected = nn.functional.gelu(x @ up.T) @ down.T  # GELU with the exact erf, as in GPT-2's paper
+    assert_close(mlp(x.to(dtype)), expected, f"GeluMLP({dim}, {hidden}) must compute down_proj(GELU(up_proj(x))) "
+                 "with the exact (erf) GELU, for input of any batch shape", dtype=dtype, scale=10)
+
+
+@given(configs(), seeds, st.integers(1, 10))
+def test_a_block_adds_attention_then_mlp_each_reading_its_own_norm(impl, kwargs, seed, length):
+    block = part(impl, "TransformerBlock", kwargs, seed)
+    x = hidden_states(kwargs, seed, 2, length)
+    positions = gapped_positions(seed, 2, length)
+    with torch.no_grad():
+        h = x + block.self_attn(block.input_layernorm(x), position_ids=positions)
+        expected = h + block.mlp(block.post_attention_layernorm(h))
+        got = block(x, position_ids=positions)
+    assert_close(got, expected, "a TransformerBlock must compute h = x + self_attn(input_layernorm(x)) at the "
+                 "position_ids it is given, then h + mlp(post_attention_layernorm(h))", scale=10)
+
+
+@given(configs(), seeds, st.integers(2, 12), st.data())
+def test_a_block_with_a_cache_continues_the_sequence_the_cache_holds(impl, kwargs, seed, length, data):
+    block = part(impl, "TransformerBlock", kwargs, seed)
+    config = impl.model.ModelConfig(**kwargs)
+    x = hidden_states(kwargs, seed, 2, length)
+    split = data.draw(st.integers(1, length - 1), label="split")
+    cache = impl.attention.KVCache(2, config.n_kv_heads, config.head_dim, config.max_seq_len, dtype=torch.float64)
+    with torch.no_grad():
+        full = block(x)
+        pieces = torch.cat([block(x[:, :split], cache=cache), block(x[:, split:], cache=cache)], dim=1)
+    assert_close(pieces, full, f"a TransformerBlock fed {split} positions and then {length - split} more through one "
+                 "KVCache must give what it gives on all of them at once: the cache goes to its attention",
+                 scale=100)
+
+
+@given(configs(), seeds, st.integers(1, 10))
+def test_the_decoder_is_the_embedding_then_every_block_then_the_final_norm(impl, kwargs, seed, length):
+    decoder = part(impl, "Decoder", kwargs, seed)
+    ids = token_ids(kwargs, seed, 2, length)
+    positions = gapped_positions(seed, 2, length)
+    with torch.no_grad():
+        stream = decoder.embed_tokens(ids)
+        for layer in decoder.layers:
+            stream = layer(stream, position_ids=positions)
+        expected = decoder.norm(stream)
+        got = decoder(ids, position_ids=positions)
+    assert_close(got, expected, f"Decoder(ids, position_ids) must be norm(block_{kwargs['n_layers']}(... "
+                 "block_1(embed_tokens(ids)))), every block at the position_ids given", scale=10)
+
+
+@given(configs(), seeds, st.integers(2, 10), st.data())
+def test_the_transformer_is_lm_head_of_the_decoders_hidden_states(impl, kwargs, seed, length, data):
+    model = build(impl, kwargs, seed)
+    decoder = impl.model.Decoder(impl.model.ModelConfig(**kwargs)).to(torch.float64)
+    decoder.load_state_dict(model.model.state_dict())
+    ids = token_ids(kwargs, seed, 2, length)
+    positions = gapped_positions(seed, 2, length)
+    split = data.draw(st.integers(1, length - 1), label="split")
+    with torch.no_grad():
+        assert_close(model(ids, position_ids=positions), model.lm_head(decoder(ids, position_ids=positions)),
+                     "Transformer(ids, position_ids) must be lm_head(Decoder(ids, position_ids)): the positions go "
+                     "down to every block", scale=10)
+        cache = model.make_cache(2)
+        hidden = torch.cat([decoder(ids[:, :split], cache=cache), decoder(ids[:, split:], cache=cache)], dim=1)
+        assert_close(model.lm_head(hidden), model(ids),
+                     f"a Decoder fed {split} tokens and then {length - split} more through make_cache's cache (one "
+                     "KVCache per block) must give the hidden states of the full sequence", scale=100)
+
+
+@given(configs(), seeds, st.integers(2, 10), st.integers(0, 6))
+def test_positions_count_only_through_their_differences_row_by_row(impl, kwargs, seed, length, shift):
+    model = build(impl, kwargs, seed)
+    ids = token_ids(kwargs, seed, 2, length)
+    positions = gapped_positions(seed, 2, length, limit=10)  # + a shift of up to 6: inside the context of 16
+    with torch.no_grad():
+        assert_close(model(ids, position_ids=torch.arange(length)), model(ids),
+                     "position_ids 0 .. T − 1 given explicitly must give what the default positions give")
+        logits = model(ids, position_ids=positions)
+        for row in range(2):
+            assert_close(model(ids[row:row + 1], position_ids=positions[row]), logits[row:row + 1],
+                         f"with (batch, T) position_ids, row {row} must be computed at its own positions "
+                         f"{positions[row].tolist()}, as when it is run alone", scale=10)
+        shifted = positions + torch.tensor([[shift], [6 - shift]])
+        assert_close(model(ids, position_ids=shifted), logits,
+                     f"adding {shift} to the positions of row 0 and {6 - shift} to those of row 1 must not change "
+                     "the logits: RoPE makes attention depend only on differences of positions", scale=100)
 
 
 class LowRankUpdate(nn.Module):
@@ -247,6 +401,33 @@ def test_cached_decoding_equals_the_full_forward(impl, kwargs, seed, length, chu
                  "the logits of one full forward pass", scale=100)
 
 
+@given(configs(), seeds, st.integers(1, 16), st.integers(1, 3), st.sampled_from([torch.float32, torch.float64]))
+def test_make_cache_holds_max_seq_len_positions_in_the_models_dtype(impl, kwargs, seed, capacity, batch, dtype):
+    model = build(impl, kwargs, seed, dtype=dtype)
+    config = model.config
+    cache = model.make_cache(batch, max_seq_len=capacity)
+    assert len(cache) == config.n_layers, f"make_cache must give one KVCache per layer ({config.n_layers}), got " \
+                                          f"{len(cache)}"
+    expected = (batch, config.n_kv_heads, capacity, config.head_dim)
+    for layer in cache:
+        assert tuple(layer.k.shape) == expected and tuple(layer.v.shape) == expected, (
+            f"make_cache({batch}, max_seq_len={capacity}) must hold (batch, n_kv_heads, max_seq_len, head_dim) = "
+            f"{expected} keys and values, got {tuple(layer.k.shape)} and {tuple(layer.v.shape)}")
+        assert layer.k.dtype == dtype and layer.v.dtype == dtype, (
+            f"the cache of a {dtype} model must be in {dtype}, got {layer.k.dtype}")
+        assert layer.length == 0, f"a new cache must be empty, it holds {layer.length} positions"
+    ids = token_ids(kwargs, seed, batch, capacity)
+    half = capacity // 2
+    with torch.no_grad():
+        full = model(ids)
+        pieces = [model(ids[:, :half], cache=cache)] if half else []
+        pieces.append(model(ids[:, half:], cache=cache))
+    assert_close(torch.cat(pieces, dim=1), full, f"decoding {capacity} tokens through make_cache(max_seq_len="
+                 f"{capacity}) must give the full forward's logits", scale=100)
+    assert_rejects(lambda: model(ids[:, :1], cache=cache), capacity,
+                   what=f"one more token into a cache made for max_seq_len={capacity} positions, all filled")
+
+
 # ---------------------------------------------------------------- the Llama format
 
 
@@ -260,19 +441,23 @@ def test_hf_config_round_trips(impl, kwargs):
 
 
 @settings(max_examples=15)  # each example writes and reads a checkpoint
-@given(configs(llama=True), seeds)
-def test_exported_weights_load_back_to_identical_logits(impl, kwargs, seed):
-    model = build(impl, kwargs, seed, dtype=torch.float32)
+@given(configs(llama=True), seeds, st.sampled_from([torch.float32, torch.bfloat16]))
+def test_exported_weights_load_back_to_identical_logits(impl, kwargs, seed, dtype):
+    model = build(impl, kwargs, seed, dtype=dtype)
     ids = token_ids(kwargs, seed, 2, 9)
     with tempfile.TemporaryDirectory() as folder:
         impl.model.save_hf(model, folder)
         loaded = impl.model.load_hf(folder)
-    with torch.no_grad():
-        before, after = model(ids), loaded(ids)
+    dtypes = {parameter.dtype for parameter in loaded.parameters()}
+    assert dtypes == {dtype}, f"load_hf must give a model in the dtype of the saved weights, {dtype}, got {dtypes}"
     if kwargs["rope_interleaved"]:  # the weights were permuted to split halves: same function, other sum order
+        with torch.no_grad():  # compared in float32, which holds bfloat16 weights exactly and sums more precisely
+            before, after = model.float()(ids), loaded.float()(ids)
         assert_close(after, before, "an interleaved-RoPE model saved and loaded back must give the same logits",
                      scale=10)
     else:
+        with torch.no_grad():
+            before, after = model(ids), loaded(ids)
         assert torch.equal(after, before), (
             f"save_hf then load_hf must give back the same model: logits differ by up to "
             f"{(after - before).abs().max().item():.3g}")
@@ -305,8 +490,8 @@ def test_transformers_llama_from_exported_files_gives_the_same_logits(impl, kwar
 
 
 @settings(max_examples=10)  # each example builds a transformers model and saves it
-@given(configs(llama=True), seeds)
-def test_loads_a_checkpoint_saved_by_transformers(impl, kwargs, seed):
+@given(configs(llama=True), seeds, st.sampled_from([None, "4KB"]))
+def test_loads_a_checkpoint_saved_by_transformers(impl, kwargs, seed, shard_size):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(seed)
     llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
@@ -320,11 +505,16 @@ def test_loads_a_checkpoint_saved_by_transformers(impl, kwargs, seed):
                 parameter.add_(torch.randn_like(parameter) * 0.3)
     ids = token_ids(kwargs, seed, 2, 11)
     with tempfile.TemporaryDirectory() as folder:
-        llama.save_pretrained(folder)
-        model = _hf_or_fail(lambda: impl.model.load_hf(folder), "load_hf on a checkpoint saved by transformers")
+        if shard_size is None:
+            llama.save_pretrained(folder)
+        else:  # several model-0000i-of-0000n.safetensors files and model.safetensors.index.json
+            llama.save_pretrained(folder, max_shard_size=shard_size)
+        sharded = "sharded into files of at most " + shard_size if shard_size else "in one file"
+        model = _hf_or_fail(lambda: impl.model.load_hf(folder),
+                            f"load_hf on a checkpoint saved by transformers, {sharded},")
     with torch.no_grad():
         assert_close(model(ids), llama(ids).logits,
-                     "load_hf on a LlamaForCausalLM checkpoint must give transformers' logits", scale=10)
+                     f"load_hf on a LlamaForCausalLM checkpoint ({sharded}) must give transformers' logits", scale=10)
 
 
 # ---------------------------------------------------------------- bad input
@@ -341,8 +531,23 @@ def test_rejects_a_sequence_longer_than_the_context(impl):
                    what="3 more tokens after 10 cached ones, context 12")
 
 
+def test_rejects_a_cache_without_one_entry_per_layer(impl):
+    model = impl.model.Transformer(impl.model.ModelConfig(vocab_size=11, d_model=8, n_layers=2, n_heads=2,
+                                                          max_seq_len=12))
+    ids = torch.zeros(1, 3, dtype=torch.long)
+    assert_rejects(lambda: model(ids, cache=model.make_cache(1)[:1]), 2, 1,
+                   what="a 2-layer model given a cache of 1 KVCache")
+    assert_rejects(lambda: model(ids, cache=model.make_cache(1) * 2), 2, 4,
+                   what="a 2-layer model given a cache of 4 KVCaches")
+
+
 def test_rejects_inconsistent_configs(impl):
     config = impl.model.ModelConfig
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
+        for bad in (0, -4):
+            assert_rejects(lambda: config(**{name: bad}), name, bad, what=f"ModelConfig({name}={bad})")
+    assert_rejects(lambda: config(d_model=64.0, n_heads=4), "d_model",
+                   what="ModelConfig(d_model=64.0): sizes are whole numbers")
     assert_rejects(lambda: config(d_model=10, n_heads=4), 10, 4, what="ModelConfig(d_model=10, n_heads=4)")
     assert_rejects(lambda: config(d_model=24, n_heads=4, n_kv_heads=3), 4, 3,
                    what="ModelConfig(n_heads=4, n_kv_heads=3)")
@@ -359,3 +564,36 @@ def test_rejects_exporting_what_llama_cannot_express(impl):
         with tempfile.TemporaryDirectory() as folder:
             assert_rejects(lambda: save_hf(model, folder), norm if norm != "rmsnorm" else mlp,
                            what=f"save_hf of a model with norm={norm!r}, mlp={mlp!r}")
+
+
+def test_rejects_llama_configs_llmkata_cannot_express(impl):
+    hf = impl.model.hf_config(impl.model.ModelConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2))
+    cases = {
+        "model_type": {"model_type": "mistral"},
+        "hidden_act": {"hidden_act": "gelu"},
+        "attention_bias": {"attention_bias": True},
+        "mlp_bias": {"mlp_bias": True},
+        "rope_type": {"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}},
+        "head_dim": {"head_dim": 8},
+    }
+    for name, change in cases.items():
+        assert_rejects(lambda: impl.model.config_from_hf({**hf, **change}), name,
+                       what=f"config_from_hf of a Llama config.json with {change}: llmkata cannot build that model")
+
+
+@pytest.mark.parametrize("change", ["missing", "unexpected"])
+def test_load_hf_rejects_weights_that_do_not_fit_the_config(impl, change, tmp_path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    model = impl.model.Transformer(impl.model.ModelConfig(vocab_size=11, d_model=8, n_layers=2, n_heads=2))
+    impl.model.save_hf(model, tmp_path)
+    path = tmp_path / "model.safetensors"
+    tensors = safetensors_torch.load_file(path)
+    name = "model.layers.1.mlp.up_proj.weight"
+    if change == "missing":
+        del tensors[name]
+    else:
+        name = "model.layers.2.mlp.up_proj.weight"
+        tensors[name] = torch.zeros(16, 8)
+    safetensors_torch.save_file(tensors, path, metadata={"format": "pt"})
+    assert_rejects(lambda: impl.model.load_hf(tmp_path), name,
+                   what=f"load_hf of a checkpoint with {name} {change}: names must match the config one to one")

@@ -8,6 +8,7 @@ run that continues with the same bits as one that never stopped.
 """
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -140,6 +141,38 @@ def test_cross_entropy_gradient_equals_autograd_of_the_definition_times_the_upst
                  f"ignore_index={ignore_index}", scale=10)
 
 
+@st.composite
+def bfloat16_logits_and_targets(draw):
+    """bfloat16 logits (N, V), up to 512 rows, and targets with some ignored (-100)."""
+    rows, vocab = draw(st.integers(1, 512)), draw(st.integers(2, 64))
+    logits = draw(tensors(shape=(rows, vocab), scale=3.0)).to(torch.bfloat16)
+    generator = torch.Generator().manual_seed(draw(seeds))
+    targets = torch.randint(vocab, (rows,), generator=generator)
+    targets[torch.rand(rows, generator=generator) < draw(st.sampled_from([0.0, 0.3]))] = -100
+    targets[0] = 0  # at least one target counts
+    return logits, targets
+
+
+@given(bfloat16_logits_and_targets())
+def test_cross_entropy_of_bfloat16_logits_is_computed_in_float32(impl, case):
+    logits, targets = case
+    loss = impl.train.cross_entropy(logits, targets)
+    assert loss.dtype in (torch.float32, torch.float64), (
+        f"cross_entropy of bfloat16 logits must be computed, and returned, in float32 at least; got {loss.dtype}")
+    assert_close(loss, nll64(logits, targets), f"bfloat16 logits are exact in float32: cross_entropy of {len(targets)} "
+                 "rows must upcast them first, and then agrees with the float64 definition to float32's precision",
+                 dtype=torch.float32, scale=10)
+
+
+@given(logits_and_targets(), st.sampled_from([-100, -1]))
+def test_cross_entropy_with_every_target_ignored_is_nan(impl, case, ignore_index):
+    logits, targets = case
+    loss = impl.train.cross_entropy(logits, torch.full_like(targets, ignore_index), ignore_index=ignore_index)
+    assert loss.dim() == 0 and torch.isnan(loss), (
+        f"with every target equal to ignore_index={ignore_index} there is nothing to average: the loss must be NaN "
+        f"(0/0, as in torch), not {loss}, which would pass for a real loss")
+
+
 # --------------------------------------------------------------------------------------------- gradient clipping
 
 
@@ -218,6 +251,54 @@ def test_clipping_reports_a_non_finite_norm(impl):
             f"a gradient holding {bad} must give a non-finite norm, reported to the caller, not {norm}")
 
 
+ITERABLES = ("a list", "a tuple", "a generator", "model.parameters()", "one tensor")
+
+
+@given(gradients(), st.floats(1e-3, 1e2), st.sampled_from(ITERABLES), st.integers(0, 2))
+def test_clipping_takes_any_iterable_of_parameters(impl, params, max_norm, kind, frozen):
+    if kind == "one tensor":  # clip_grad_norm(p, ...) for a single parameter p
+        params, frozen = params[:1], 0
+    without_grad = [nn.Parameter(torch.ones(3)) for _ in range(frozen)]  # grad None, mixed in among the others
+    everything = [p for pair in zip(params, without_grad) for p in pair] + params[frozen:]
+    holder = nn.ParameterList(everything)
+    argument = {"a list": lambda: list(everything), "a tuple": lambda: tuple(everything),
+                "a generator": lambda: (p for p in everything), "model.parameters()": holder.parameters,
+                "one tensor": lambda: params[0]}[kind]()
+    before, expected = [p.grad.clone() for p in params], global_norm(params)
+    norm = float(impl.train.clip_grad_norm(argument, max_norm))
+    assert math.isclose(norm, expected, rel_tol=1e-5), (
+        f"clip_grad_norm given {kind} must return the global norm of the gradients, {expected}, got {norm}")
+    factor = min(1.0, max_norm / expected)
+    for old, p in zip(before, params):
+        assert_close(p.grad, old * factor, f"clip_grad_norm given {kind} must scale every gradient by "
+                     f"min(1, max_norm / norm) = {factor:.4g} (a generator can be read only once: keep what it gives)",
+                     scale=10)
+    assert all(p.grad is None for p in without_grad), "a parameter without a gradient must keep grad None"
+
+
+@given(st.integers(100, 400), seeds, st.sampled_from([1e-3, 1e-2]))
+def test_gradient_norm_of_many_small_bfloat16_gradients_is_accumulated_in_float32(impl, count, seed, scale):
+    generator = torch.Generator().manual_seed(seed)
+    params = []
+    for size in torch.randint(1, 65, (count,), generator=generator).tolist():
+        p = nn.Parameter(torch.zeros(size, dtype=torch.bfloat16))
+        p.grad = (torch.randn(size, generator=generator, dtype=torch.float64) * scale).to(torch.bfloat16)
+        params.append(p)
+    expected = torch.tensor(global_norm(params), dtype=torch.float64)
+    before = [p.grad.clone() for p in params]
+    norm = impl.train.clip_grad_norm(params, float(expected) * 4)
+    assert_close(torch.as_tensor(norm), expected, f"the global norm of {count} bfloat16 gradients must be accumulated "
+                 "in float32 at least (bfloat16 keeps 3 digits: a sum of many small squares stops growing)",
+                 dtype=torch.float32, scale=10)
+    assert all(torch.equal(p.grad, old) for p, old in zip(params, before)), (
+        "a global norm below max_norm must leave bfloat16 gradients exactly as they were")
+    impl.train.clip_grad_norm(params, float(expected) / 4)
+    for old, p in zip(before, params):
+        assert p.grad.dtype == torch.bfloat16, f"clipping must keep the gradients' dtype, got {p.grad.dtype}"
+        assert_close(p.grad, old.double() / 4, "clipping bfloat16 gradients to a quarter of their global norm must "
+                     "scale each by 1/4, to bfloat16's precision")
+
+
 # ------------------------------------------------------------------------------------------------------ AdamW
 
 
@@ -282,6 +363,10 @@ def test_parameter_groups_exempt_norms_biases_and_embeddings(impl):
         assert by_decay[id(p)] == decay, (
             f"{name} must get weight_decay {decay} (decay matrices; not norms, biases or embeddings), "
             f"got {by_decay[id(p)]}")
+    groups = impl.train.parameter_groups(nn.LayerNorm(4), 0.1)  # no matrix: nothing to decay
+    assert [group["weight_decay"] for group in groups] == [0.0] and len(groups[0]["params"]) == 2, (
+        "a model without matrices must give one group, without decay, holding its 2 parameters: an empty group is "
+        f"left out; got groups with weight_decay {[group['weight_decay'] for group in groups]}")
 
 
 # ------------------------------------------------------------------------------------------------ the schedule
@@ -388,11 +473,13 @@ def assert_same_weights(model, expected, what):
         assert_close(a, b, f"{what}: {name} moved wrongly", dtype=torch.float32)
 
 
-@given(micro_batch_lists(), st.sampled_from([None, 0.05]))
-def test_accumulating_micro_batches_equals_one_step_on_their_concatenation(impl, batches, max_norm):
+@given(micro_batch_lists(), st.sampled_from([None, 0.05]), st.sampled_from(["a list of tuples", "a tuple of lists"]))
+def test_accumulating_micro_batches_equals_one_step_on_their_concatenation(impl, batches, max_norm, kind):
     model, expected = TinyLM(), TinyLM()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)  # SGD: the update is linear in the gradient
     x, y = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+    if kind == "a tuple of lists":  # any sequence of (x, y) pairs
+        batches = tuple([x, y] for x, y in batches)
     for step in range(2):  # two steps: the second must not see the first step's gradients
         loss, norm = impl.train.train_step(model, optimizer, batches, max_norm=max_norm)
         expected_loss, expected_norm = sgd_step_by_hand(expected, x, y, 0.5, max_norm)
@@ -448,6 +535,30 @@ def test_rejects_a_nan_loss_and_keeps_the_last_good_weights(impl):
         for name, value in model.state_dict().items():
             assert torch.equal(value.nan_to_num(7.0), before[name].nan_to_num(7.0)), (
                 f"a NaN loss must not step: {name} changed, so the last good weights are lost")
+
+
+@pytest.mark.parametrize("cause", ["a NaN loss", "an infinite gradient"])
+def test_a_refused_step_leaves_the_weights_and_the_optimizer_state_as_they_were(impl, cause):
+    model = TinyLM()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(11, (2, 5), generator=generator), torch.randint(11, (2, 5), generator=generator))]
+    impl.train.train_step(model, optimizer, batches)  # a good step: the optimizer now holds moments and step counts
+    weights, state = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+    if cause == "a NaN loss":
+        model.register_forward_hook(lambda module, inputs, logits: logits * math.nan)
+    else:  # a finite loss whose gradient overflows
+        model.lm_head.bias.register_hook(lambda grad: torch.full_like(grad, math.inf))
+    assert_rejects(lambda: impl.train.train_step(model, optimizer, batches), "nan" if "NaN" in cause else "inf",
+                   what=f"train_step with {cause} must stop with a FloatingPointError naming it",
+                   error=FloatingPointError)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, weights[name]), (
+            f"after train_step refused {cause}, {name} changed: check the loss and the gradient norm before "
+            "optimizer.step(), so that the weights stay those of the last good step")
+    difference = first_difference(optimizer.state_dict(), state)
+    assert difference is None, (
+        f"after train_step refused {cause}, the optimizer's state must be that of the last good step: {difference}")
 
 
 # ------------------------------------------------------------------------------------------------- checkpoints
@@ -545,6 +656,15 @@ def test_rejects_a_corrupted_checkpoint(impl, tmp_path):
         assert torch.equal(victim.state_dict()[name], value), f"a refused checkpoint must not change the model ({name})"
 
 
+@dataclasses.dataclass
+class RunConfig:
+    """A run's configuration as a dataclass (a ModelConfig is one), with a tuple, which JSON turns into a list."""
+
+    n_layers: int = 4
+    dim: int = 6
+    betas: tuple = (0.9, 0.95)
+
+
 def test_rejects_a_checkpoint_with_a_different_config(impl, tmp_path):
     model = TinyLM()
     optimizer = torch.optim.AdamW(model.parameters())
@@ -552,6 +672,80 @@ def test_rejects_a_checkpoint_with_a_different_config(impl, tmp_path):
     impl.train.save_checkpoint(path, model, optimizer, 0, config={"n_layers": 4, "dim": 6, "lr": 0.01})
     assert_rejects(lambda: impl.train.load_checkpoint(path, TinyLM(), config={"n_layers": 2, "dim": 6, "lr": 0.01}),
                    "n_layers", what="resuming a checkpoint written with n_layers=4 under n_layers=2")
+    impl.train.save_checkpoint(path, model, optimizer, 0, config=RunConfig())
+    assert_rejects(lambda: impl.train.load_checkpoint(path, TinyLM(), config=RunConfig(dim=7)), "dim",
+                   what="resuming a checkpoint written with the dataclass RunConfig(dim=6) under RunConfig(dim=7)")
+
+
+def test_a_checkpoint_gives_back_its_step_extra_and_config(impl, tmp_path):
+    model = TinyLM()
+    optimizer = torch.optim.AdamW(model.parameters())
+    path = tmp_path / "checkpoint.safetensors"
+    extra = {"tokens_seen": 123456, "best_val_loss": 2.25, "run": "tiny", "losses": [3.5, 2.75],
+             "data": {"epoch": 1, "files": ["a.txt"]}}
+    impl.train.save_checkpoint(path, model, optimizer, 7, config={"dim": 6, "betas": (0.9, 0.95)}, extra=extra)
+    info = impl.train.load_checkpoint(path, TinyLM(seed=3))
+    assert info["step"] == 7, f"load_checkpoint must return the step it was saved at (7), got {info['step']}"
+    assert info["extra"] == extra, (
+        f"load_checkpoint must return the extra dict save_checkpoint was given, {extra}, got {info['extra']}")
+    assert info["config"] == {"dim": 6, "betas": [0.9, 0.95]}, (
+        "load_checkpoint without a config must return the saved configuration as JSON holds it (tuples become lists), "
+        f"got {info['config']}")
+    impl.train.save_checkpoint(path, model, optimizer, 8, config=RunConfig())
+    info = impl.train.load_checkpoint(path, TinyLM(seed=3), config=RunConfig())
+    assert info["extra"] == {}, f"a checkpoint saved without extra must give back an empty dict, got {info['extra']}"
+    assert info["config"] == dataclasses.asdict(RunConfig()) and type(info["config"]["betas"]) is tuple, (
+        "load_checkpoint(config=a dataclass) must return that configuration as a dict, as it was given, "
+        f"{dataclasses.asdict(RunConfig())}, got {info['config']}")
+
+
+class TinyLMWithABias(TinyLM):
+    """TinyLM with one more parameter: a checkpoint of a TinyLM lacks it."""
+
+    def __init__(self, seed=0):
+        super().__init__(seed=seed)
+        self.output_bias = nn.Parameter(torch.zeros(11, dtype=torch.float64))
+
+    def forward(self, ids):
+        return super().forward(ids) + self.output_bias
+
+
+REFUSALS = ("truncated", "one bit flipped", "another config", "a weight missing", "other shapes")
+
+
+@pytest.mark.parametrize("reason", REFUSALS)
+def test_a_refused_checkpoint_changes_nothing(impl, reason, tmp_path):
+    torch.manual_seed(1)
+    model = TinyLM(seed=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    run_steps(impl, model, optimizer, torch.Generator().manual_seed(5), 2)
+    path = tmp_path / "checkpoint.safetensors"
+    impl.train.save_checkpoint(path, model, optimizer, 2, config={"dim": 6}, generator=torch.Generator().manual_seed(5))
+    data = path.read_bytes()
+    if reason == "truncated":
+        path.write_bytes(data[: len(data) - 100])
+    elif reason == "one bit flipped":
+        flipped = bytearray(data)
+        flipped[-20] ^= 0x10
+        path.write_bytes(bytes(flipped))
+    victim = {"a weight missing": TinyLMWithABias, "other shapes": lambda seed: TinyLM(vocab=12, seed=seed)}.get(
+        reason, lambda seed: TinyLM(seed=seed))(seed=4)
+    victim_optimizer = torch.optim.AdamW(victim.parameters(), lr=0.01)
+    generator = torch.Generator().manual_seed(77)
+    run_steps(impl, victim, victim_optimizer, generator, 1)  # a run in progress: moments, step counts, used RNGs
+    before = (copy.deepcopy(victim.state_dict()), copy.deepcopy(victim_optimizer.state_dict()),
+              torch.get_rng_state(), generator.get_state())
+    config = {"dim": 7} if reason == "another config" else {"dim": 6}
+    assert_rejects(lambda: impl.train.load_checkpoint(path, victim, victim_optimizer, config=config,
+                                                      generator=generator),
+                   what=f"load_checkpoint of a checkpoint with {reason}")
+    after = (victim.state_dict(), victim_optimizer.state_dict(), torch.get_rng_state(), generator.get_state())
+    for what, old, new in zip(("the model's weights", "the optimizer's state", "torch's global random state",
+                               "the generator's state"), before, after):
+        difference = first_difference(new, old, what)
+        assert difference is None, (
+            f"a checkpoint refused for {reason} must change nothing (check everything before restoring anything): "
+            f"{difference}")
 
 
 def test_saving_replaces_the_checkpoint_file_atomically(impl, tmp_path):

@@ -168,3 +168,63 @@ def load_tasks_keeping_blank_lines(path):
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         tasks.append(json.loads(line) if line.strip() else {"context": "", "choices": ["", ""], "label": 0})
     return tasks
+
+
+@mutant("evaluate.continuation_logprob", "test_continuation_logprob_crops_the_context_from_the_left",
+        why="ignores context_length: crops to the model's max_seq_len only")
+def logprob_ignoring_context_length(model, context, continuation, context_length=None):
+    return ref.continuation_logprob(model, context, continuation)
+
+
+@mutant("evaluate.continuation_logprob", "test_rejects_a_continuation_that_does_not_fit_and_an_empty_context",
+        why="crops a continuation that does not fit instead of refusing it: its first tokens are silently not scored")
+def logprob_cropping_a_long_continuation(model, context, continuation, context_length=None):
+    limit = context_length or model.config.max_seq_len
+    return ref.continuation_logprob(model, context, list(continuation)[-(limit - 1):], context_length)
+
+
+@mutant("evaluate.continuation_logprob", "test_rejects_a_continuation_that_does_not_fit_and_an_empty_context",
+        why="an empty context starts from token 0 silently")
+def logprob_of_an_empty_context_from_token_zero(model, context, continuation, context_length=None):
+    return ref.continuation_logprob(model, list(context) or [0], continuation, context_length)
+
+
+@mutant("evaluate.multiple_choice_accuracy", "test_ties_go_to_the_first_choice",
+        why="keeps the later of two equal scores (>= in the running maximum)")
+def accuracy_giving_ties_to_the_last(model, tokenizer, tasks):
+    right = right_norm = 0
+    for task in tasks:
+        scores = ref.score_choices(model, tokenizer.encode(task["context"]),
+                                   [tokenizer.encode(c) for c in task["choices"]])
+        normalised = [s / max(1, len(c.encode("utf-8"))) for s, c in zip(scores, task["choices"])]
+        for values, hits in ((scores, "right"), (normalised, "right_norm")):
+            best = 0
+            for i, value in enumerate(values):
+                if value >= values[best]:
+                    best = i
+            if hits == "right":
+                right += best == task["label"]
+            else:
+                right_norm += best == task["label"]
+    return {"accuracy": right / len(tasks), "accuracy_norm": right_norm / len(tasks), "n": len(tasks)}
+
+
+@mutant("evaluate.load_choice_tasks", "test_rejects_a_malformed_task_file",
+        why="checks the keys and the label's range, not the types: a bool label, one choice or a number as context "
+            "pass")
+def load_tasks_checking_only_keys_and_range(path):
+    tasks = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            task = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {number}: not JSON ({error})") from None
+        missing = [key for key in ("context", "choices", "label") if key not in task]
+        if missing:
+            raise ValueError(f"{path}, line {number}: missing {', '.join(missing)}")
+        if isinstance(task["label"], int) and not 0 <= task["label"] < len(task["choices"]):
+            raise ValueError(f"{path}, line {number}: label {task['label']} is not an index into the choices")
+        tasks.append(task)
+    return tasks

@@ -118,18 +118,25 @@ def top_p_trusting_the_running_sum_at_one(logits, p):
 
 
 def _loop(model, prompt, max_new_tokens, temperature, top_k, top_p, stop_tokens, generator, window, use_cache,
-          crop_prompt=True, slide=True, feed_all=False, yield_stop=False):
+          crop_prompt=True, slide=True, feed_all=False, yield_stop=False, own_window=True, stop_set=True,
+          pass_top_p=True, temper_first=False):
     """A generation loop with switches for the mistakes below."""
     ids = prompt.tolist() if isinstance(prompt, torch.Tensor) else list(prompt)
-    window = window or model.config.max_seq_len
+    window = (window if own_window else None) or model.config.max_seq_len
+    if stop_set:
+        stop_tokens = set(stop_tokens)
+    if not pass_top_p:
+        top_p = 1.0
     start = ids[-window:] if crop_prompt else ids
     cache = model.make_cache(1, window) if use_cache else None
     logits = (model(torch.tensor([start]), cache=cache) if use_cache else model(torch.tensor([start])))[:, -1]
     cached = len(start)
     with torch.no_grad():
         for produced in range(max_new_tokens):
+            if temper_first and temperature > 0:
+                logits = logits / temperature
             token = int(ref.sample_next(logits, temperature, top_k, top_p, generator)[0])
-            if token in set(stop_tokens):
+            if token in stop_tokens:
                 if yield_stop:
                     yield token
                 return
@@ -197,3 +204,78 @@ mutant("generate.generate", "test_generation_feeds_one_token_per_step_while_the_
 
 mutant("generate.generate", "test_generation_stops_at_a_stop_token_without_yielding_it",
        why="yields the stop token before stopping")(generate_yielding_the_stop_token)
+
+
+
+mutant("generate.generate", "test_generation_sees_the_last_context_length_tokens",
+       why="ignores context_length: the window is always the model's max_seq_len")(
+    _generator("generate_ignoring_context_length", own_window=False))
+
+
+mutant("generate.generate", "test_generation_stops_at_a_stop_token_without_yielding_it",
+       why="tests `token in stop_tokens` on the iterable itself: a generator of stop tokens is used up by the "
+           "first test")(_generator("generate_reading_the_stop_tokens_each_step", stop_set=False))
+
+
+mutant("generate.generate", "test_generation_samples_with_temperature_top_k_and_top_p_together",
+       why="passes temperature and top_k on to the sampler, and forgets top_p")(
+    _generator("generate_forgetting_top_p", pass_top_p=False))
+
+
+mutant("generate.generate", "test_generation_samples_with_temperature_top_k_and_top_p_together",
+       why="divides the logits by the temperature and lets sample_next divide them again")(
+    _generator("generate_tempering_twice", temper_first=True))
+
+
+@mutant("generate.generate", "test_bad_arguments_raise_at_the_call_before_any_token",
+        why="a generator function: every check waits for the first next()")
+def generate_checking_lazily(model, prompt, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, stop_tokens=(),
+                             context_length=None, generator=None, use_cache=True):
+    yield from ref.generate(model, prompt, max_new_tokens, temperature, top_k, top_p, stop_tokens, context_length,
+                            generator, use_cache)
+
+
+@mutant("generate.generate", "test_bad_arguments_raise_at_the_call_before_any_token",
+        why="leaves top_k and top_p to the filters, which check them only when the first token is sampled")
+def generate_leaving_the_filters_to_check(model, prompt, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0,
+                                          stop_tokens=(), context_length=None, generator=None, use_cache=True):
+    ref.generate(model, prompt, max_new_tokens, temperature, 0, 1.0, stop_tokens, context_length, generator,
+                 use_cache)  # checks everything else at the call
+    return _loop(model, prompt, max_new_tokens, temperature, top_k, top_p, stop_tokens, generator, context_length,
+                 use_cache)
+
+
+# ---------------------------------------------------------------------------------------------- filters together
+
+
+@mutant("generate.top_k_filter", "test_top_k_keeps_every_logit_tied_with_the_kth_largest",
+        why="keeps the k indices torch.topk returns: exactly k, ties at the k-th value broken arbitrarily")
+def top_k_by_indices(logits, k):
+    if k == 0 or k >= logits.shape[-1]:
+        return logits
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, torch.topk(logits, k, dim=-1).indices, True)
+    return logits.masked_fill(~keep, -math.inf)
+
+
+@mutant("generate.sample_next", "test_top_k_then_top_p_at_the_temperature_draw_from_the_renormalised_nucleus",
+        why="filters the raw logits and divides by the temperature after: the nucleus ignores the temperature")
+def sample_filtering_before_the_temperature(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    filtered = ref.top_p_filter(ref.top_k_filter(logits.float(), top_k), top_p)
+    return ref.sample_next(filtered / temperature, 1.0, 0, 1.0, generator)
+
+
+@mutant("generate.sample_next", "test_top_k_then_top_p_at_the_temperature_draw_from_the_renormalised_nucleus",
+        why="top-p on the whole distribution, then top-k: the nucleus is not taken among the k best")
+def sample_with_top_p_before_top_k(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    scaled = ref.top_k_filter(ref.top_p_filter(logits.float() / temperature, top_p), top_k)
+    return ref.sample_next(scaled, 1.0, 0, 1.0, generator)
+
+
+@mutant("generate.sample_next", "test_top_k_then_top_p_at_the_temperature_draw_from_the_renormalised_nucleus",
+        why="one filter only: top_k when it is given, else top_p")
+def sample_with_one_filter(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+    return ref.sample_next(logits, temperature, top_k, 1.0 if top_k else top_p, generator)

@@ -277,3 +277,212 @@ mutant("model.Transformer", "test_output_at_t_ignores_inputs_after_t", why="atte
 
 mutant("model.Transformer", "test_cached_decoding_equals_the_full_forward",
        why="each call rotates its tokens from position 0")(TransformerRestartingPositions)
+
+
+# ---------------------------------------------------------------- the parts: GeluMLP, TransformerBlock, Decoder
+
+
+@mutant("model.GeluMLP", "test_gelu_mlp_is_down_proj_of_gelu_of_up_proj",
+        why="the tanh approximation of GELU, where the definition uses erf")
+class GeluMLPWithTheTanhApproximation(ref.GeluMLP):
+    def forward(self, x):
+        return self.down_proj(layers.gelu(self.up_proj(x), approximate="tanh"))
+
+
+@mutant("model.GeluMLP", "test_gelu_mlp_is_down_proj_of_gelu_of_up_proj", why="SiLU instead of GELU")
+class GeluMLPWithSiLU(ref.GeluMLP):
+    def forward(self, x):
+        return self.down_proj(layers.silu(self.up_proj(x)))
+
+
+@mutant("model.TransformerBlock", "test_a_block_adds_attention_then_mlp_each_reading_its_own_norm",
+        why="position_ids not passed on to the attention")
+class BlockIgnoringPositions(ref.TransformerBlock):
+    def forward(self, x, position_ids=None, cache=None):
+        return super().forward(x, None, cache)
+
+
+@mutant("model.TransformerBlock", "test_a_block_adds_attention_then_mlp_each_reading_its_own_norm",
+        why="one norm for both branches: post_attention_layernorm is never used")
+class BlockWithOneNorm(ref.TransformerBlock):
+    def forward(self, x, position_ids=None, cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), position_ids=position_ids, cache=cache)
+        return x + self.mlp(self.input_layernorm(x))
+
+
+@mutant("model.TransformerBlock", "test_a_block_with_a_cache_continues_the_sequence_the_cache_holds",
+        why="the cache is not passed on to the attention: every call starts a new sequence")
+class BlockIgnoringTheCache(ref.TransformerBlock):
+    def forward(self, x, position_ids=None, cache=None):
+        return super().forward(x, position_ids, None)
+
+
+@mutant("model.Decoder", "test_the_decoder_is_the_embedding_then_every_block_then_the_final_norm",
+        why="no final norm: the hidden states are the raw residual stream")
+class DecoderWithoutTheFinalNorm(ref.Decoder):
+    def forward(self, input_ids, position_ids=None, cache=None):
+        x = self.embed_tokens(input_ids)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, position_ids=position_ids, cache=None if cache is None else cache[i])
+        return x
+
+
+@mutant("model.Decoder", "test_the_decoder_is_the_embedding_then_every_block_then_the_final_norm",
+        why="position_ids reach the first block only")
+class DecoderPositioningTheFirstBlockOnly(ref.Decoder):
+    def forward(self, input_ids, position_ids=None, cache=None):
+        x = self.embed_tokens(input_ids)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, position_ids=position_ids if i == 0 else None, cache=None if cache is None else cache[i])
+        return self.norm(x)
+
+
+@mutant("model.Decoder", "test_the_transformer_is_lm_head_of_the_decoders_hidden_states",
+        why="the cache is not passed on to the blocks")
+class DecoderIgnoringTheCache(ref.Decoder):
+    def forward(self, input_ids, position_ids=None, cache=None):
+        return super().forward(input_ids, position_ids, None)
+
+
+# ---------------------------------------------------------------- the Transformer's positions, cache and reset
+
+
+@mutant("model.Transformer", "test_the_transformer_is_lm_head_of_the_decoders_hidden_states",
+        why="position_ids not passed on to the decoder")
+class TransformerIgnoringPositions(ref.Transformer):
+    def forward(self, input_ids, position_ids=None, cache=None):
+        return super().forward(input_ids, None, cache)
+
+
+@mutant("model.Transformer", "test_positions_count_only_through_their_differences_row_by_row",
+        why="(batch, T) position_ids: the first row's positions used for every row")
+class TransformerWithTheFirstRowsPositions(ref.Transformer):
+    def forward(self, input_ids, position_ids=None, cache=None):
+        if position_ids is not None and position_ids.dim() == 2:
+            position_ids = position_ids[0]
+        return super().forward(input_ids, position_ids, cache)
+
+
+@mutant("model.Transformer", "test_make_cache_holds_max_seq_len_positions_in_the_models_dtype",
+        why="make_cache ignores max_seq_len and always holds the whole context")
+class TransformerCachingTheWholeContext(ref.Transformer):
+    def make_cache(self, batch_size, max_seq_len=None):
+        return super().make_cache(batch_size)
+
+
+@mutant("model.Transformer", "test_make_cache_holds_max_seq_len_positions_in_the_models_dtype",
+        why="make_cache in float32 whatever the model's dtype")
+class TransformerCachingInFloat32(ref.Transformer):
+    def make_cache(self, batch_size, max_seq_len=None):
+        config = self.config
+        length = config.max_seq_len if max_seq_len is None else max_seq_len
+        return [attention.KVCache(batch_size, config.n_kv_heads, config.head_dim, length)
+                for _ in range(config.n_layers)]
+
+
+@mutant("model.Transformer", "test_reset_parameters_restores_the_initial_distribution",
+        why="reset_parameters redraws the matrices and leaves norm gains and biases as training left them")
+class TransformerResettingMatricesOnly(ref.Transformer):
+    def reset_parameters(self):
+        std = self.config.init_std
+        with torch.no_grad():
+            for name, parameter in self.named_parameters():
+                if "norm" in name:
+                    continue  # at construction they are 1 and 0 already
+                residual = name.endswith(("o_proj.weight", "down_proj.weight"))
+                parameter.normal_(0.0, std / math.sqrt(2 * self.config.n_layers) if residual else std)
+
+
+@mutant("model.Transformer", "test_reset_parameters_restores_the_initial_distribution",
+        why="initialises once, in the constructor; later calls do nothing")
+class TransformerInitialisingOnce(ref.Transformer):
+    def reset_parameters(self):
+        if getattr(self, "_initialised", False):
+            return
+        super().reset_parameters()
+        self._initialised = True
+
+
+@mutant("model.Transformer", "test_rejects_a_cache_without_one_entry_per_layer",
+        why="no check that the cache has one KVCache per layer")
+class TransformerTrustingTheCacheLength(ref.Transformer):
+    def forward(self, input_ids, position_ids=None, cache=None):
+        cached = 0 if cache is None else cache[0].length
+        if cached + input_ids.shape[1] > self.config.max_seq_len:
+            raise ValueError(f"{cached + input_ids.shape[1]} positions; the context holds {self.config.max_seq_len}")
+        return self.lm_head(self.model(input_ids, position_ids=position_ids, cache=cache))
+
+
+# ---------------------------------------------------------------- the configuration
+
+
+@mutant("model.ModelConfig", "test_config_fills_in_the_kv_heads_and_the_mlp_width",
+        why="the SwiGLU width 8/3·d_model not rounded up to a multiple of 8")
+@dataclasses.dataclass
+class ConfigWithAnUnroundedSwigluWidth(ref.ModelConfig):
+    def __post_init__(self):
+        if self.d_ff is None and self.mlp == "swiglu":
+            self.d_ff = 8 * self.d_model // 3
+        super().__post_init__()
+
+
+@mutant("model.ModelConfig", "test_rejects_inconsistent_configs",
+        why="checks how the heads divide d_model, not that every size is a positive whole number")
+@dataclasses.dataclass
+class ConfigCheckingOnlyTheHeads(ref.ModelConfig):
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model if self.mlp == "gelu" else 8 * math.ceil(self.d_model / 3)
+        if self.n_heads and self.d_model % self.n_heads:
+            raise ValueError(f"d_model = {self.d_model} must split evenly into n_heads = {self.n_heads} heads")
+        if self.n_kv_heads and self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads = {self.n_heads} must split evenly over n_kv_heads = {self.n_kv_heads}")
+        if self.n_heads and (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"d_model = {self.d_model} / n_heads = {self.n_heads} gives an odd head dimension 3")
+        if self.norm not in ref.NORMS or self.mlp not in ref.MLPS:
+            raise ValueError(f"unknown norm {self.norm!r} or mlp {self.mlp!r}")
+
+
+# ---------------------------------------------------------------- the Llama format: what does not fit
+
+
+@mutant("model.config_from_hf", "test_rejects_llama_configs_llmkata_cannot_express",
+        why="reads the sizes and ignores what llmkata cannot build (biases, GELU, RoPE scaling, other models)")
+def config_from_hf_without_checks(hf):
+    return ref.ModelConfig(
+        vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
+        n_heads=hf["num_attention_heads"], n_kv_heads=hf.get("num_key_value_heads"), d_ff=hf["intermediate_size"],
+        max_seq_len=hf.get("max_position_embeddings", 2048), norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=float(hf.get("rope_theta", 10000.0)), tie_embeddings=hf.get("tie_word_embeddings", False),
+        init_std=hf.get("initializer_range", 0.02))
+
+
+@mutant("model.load_hf", "test_load_hf_rejects_weights_that_do_not_fit_the_config",
+        why="loads whatever names fit and leaves the rest at their initialisation")
+def load_hf_not_strict(folder):
+    folder = Path(folder)
+    config = ref.config_from_hf(json.loads((folder / "config.json").read_text()))
+    model = ref.Transformer(config)
+    model.load_state_dict(load_file(folder / "model.safetensors"), strict=False)
+    return model
+
+
+@mutant("model.load_hf", "test_exported_weights_load_back_to_identical_logits",
+        why="always builds a float32 model: bfloat16 weights are widened")
+def load_hf_in_float32(folder):
+    return ref.load_hf(folder).float()
+
+
+@mutant("model.load_hf", "test_loads_a_checkpoint_saved_by_transformers",
+        why="reads model.safetensors only: a sharded checkpoint (index + shards) is not found")
+def load_hf_from_one_file_only(folder):
+    folder = Path(folder)
+    config = ref.config_from_hf(json.loads((folder / "config.json").read_text()))
+    tensors = load_file(folder / "model.safetensors")
+    if config.tie_embeddings:
+        tensors.pop("lm_head.weight", None)
+    model = ref.Transformer(config).to(next(iter(tensors.values())).dtype)
+    model.load_state_dict(tensors, strict=not config.tie_embeddings)
+    return model

@@ -523,3 +523,157 @@ def save_in_place(path, model, optimizer, step, config=None, generator=None, ext
     ref.save_checkpoint(temporary, model, optimizer, step, config, generator, extra)
     shutil.copyfile(temporary, path)
     temporary.unlink()
+
+
+# ---------------------------------------------------------------------------------------------- more kinds of input
+
+
+@mutant("train.cross_entropy", "test_cross_entropy_of_bfloat16_logits_is_computed_in_float32",
+        why="computes the log-softmax in the logits' dtype: bfloat16 keeps 3 digits of the loss")
+def ce_in_the_logits_dtype(logits, targets, ignore_index=-100):
+    z, y = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    counted = y != ignore_index
+    nll = -torch.log_softmax(z, dim=-1).gather(-1, torch.where(counted, y, 0)[:, None]).squeeze(-1)
+    return nll[counted].mean()
+
+
+@mutant("train.cross_entropy", "test_cross_entropy_with_every_target_ignored_is_nan",
+        why="divides by max(count, 1): no counted target gives a loss of 0")
+def ce_dividing_by_at_least_one(logits, targets, ignore_index=-100):
+    counted = int((targets != ignore_index).sum())
+    if counted == 0:
+        return torch.zeros((), dtype=torch.float32)
+    return ref.cross_entropy(logits, targets, ignore_index)
+
+
+@mutant("train.clip_grad_norm", "test_clipping_takes_any_iterable_of_parameters",
+        why="iterates the parameters twice: a generator (model.parameters()) is empty the second time")
+def clip_iterating_twice(parameters, max_norm):
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    squares = [p.grad.double().pow(2).sum() for p in parameters if p.grad is not None]
+    norm = torch.stack(squares).sum().sqrt() if squares else torch.tensor(0.0, dtype=torch.float64)
+    if norm > max_norm:
+        for p in parameters:
+            if p.grad is not None:
+                p.grad.mul_(max_norm / (float(norm) + 1e-6))
+    return norm.float()
+
+
+@mutant("train.clip_grad_norm", "test_clipping_takes_any_iterable_of_parameters",
+        why="a single tensor is iterated like a list: its rows have no .grad, so nothing counts")
+def clip_iterating_a_tensor(parameters, max_norm):
+    return ref.clip_grad_norm(list(parameters), max_norm)
+
+
+@mutant("train.clip_grad_norm", "test_gradient_norm_of_many_small_bfloat16_gradients_is_accumulated_in_float32",
+        why="norms in the gradients' dtype: a bfloat16 norm keeps 3 digits")
+def clip_in_the_gradients_dtype(parameters, max_norm):
+    grads = _grads(parameters)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    if norm > max_norm:
+        for g in grads:
+            g.mul_(max_norm / (norm + 1e-6))
+    return norm
+
+
+@mutant("train.clip_grad_norm", "test_gradient_norm_of_many_small_bfloat16_gradients_is_accumulated_in_float32",
+        why="adds up the squares one parameter at a time in a bfloat16 total, which stops growing")
+def clip_summing_squares_in_bfloat16(parameters, max_norm):
+    grads = _grads(parameters)
+    total = torch.zeros((), dtype=grads[0].dtype)
+    for g in grads:
+        total = total + g.float().pow(2).sum().to(g.dtype)
+    norm = total.float().sqrt()
+    if norm > max_norm:
+        for g in grads:
+            g.mul_((max_norm / (norm + 1e-6)).to(g.dtype))
+    return norm
+
+
+@mutant("train.parameter_groups", "test_parameter_groups_exempt_norms_biases_and_embeddings",
+        why="keeps an empty group")
+def groups_keeping_an_empty_group(model, weight_decay):
+    groups = ref.parameter_groups(model, weight_decay)
+    if len(groups) == 1:
+        empty = {"params": [], "weight_decay": weight_decay if groups[0]["weight_decay"] == 0.0 else 0.0}
+        groups = [groups[0], empty] if groups[0]["weight_decay"] else [empty, groups[0]]
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------- refused steps
+
+
+@mutant("train.train_step", "test_a_refused_step_leaves_the_weights_and_the_optimizer_state_as_they_were",
+        why="checks the loss but not the gradient norm: an infinite gradient steps, and every moment becomes inf")
+def step_checking_only_the_loss(model, optimizer, micro_batches, max_norm=1.0, lr=None, autocast_dtype=None):
+    counts = [int((y != -100).sum()) for _, y in micro_batches]
+    optimizer.zero_grad(set_to_none=True)
+    loss = 0.0
+    for (x, y), count in zip(micro_batches, counts):
+        part = ref.cross_entropy(model(x), y) * (count / sum(counts))
+        part.backward()
+        loss += part.item()
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"the loss is {loss}")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    norm = float(ref.clip_grad_norm(params, math.inf if max_norm is None else max_norm))
+    optimizer.step()
+    return loss, norm
+
+
+@mutant("train.train_step", "test_a_refused_step_leaves_the_weights_and_the_optimizer_state_as_they_were",
+        why="steps first and checks after: the error comes, but the bad step was taken")
+def step_checking_after_stepping(model, optimizer, micro_batches, max_norm=1.0, lr=None, autocast_dtype=None):
+    counts = [int((y != -100).sum()) for _, y in micro_batches]
+    loss, norm = _step(model, optimizer, micro_batches, max_norm, lr, [c / sum(counts) for c in counts])
+    if not (math.isfinite(loss) and math.isfinite(norm)):
+        raise FloatingPointError(f"the loss is {loss} and the gradient norm {norm}: not a good step")
+    return loss, norm
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+@mutant("train.save_checkpoint", "test_a_checkpoint_gives_back_its_step_extra_and_config", why="drops `extra`")
+def save_without_extra(path, model, optimizer, step, config=None, generator=None, extra=None):
+    ref.save_checkpoint(path, model, optimizer, step, config, generator, None)
+
+
+@mutant("train.load_checkpoint", "test_a_checkpoint_gives_back_its_step_extra_and_config",
+        why="returns the config argument, None when none was given, instead of the saved one")
+def load_returning_the_config_argument(path, model, optimizer=None, config=None, generator=None):
+    info = ref.load_checkpoint(path, model, optimizer, config, generator)
+    return {**info, "config": None if config is None else info["config"]}
+
+
+@mutant("train.load_checkpoint", "test_a_refused_checkpoint_changes_nothing",
+        why="restores the random states first, then finds that the checkpoint does not fit")
+def load_restoring_the_random_states_first(path, model, optimizer=None, config=None, generator=None):
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(path)
+    except Exception as error:
+        raise ValueError(f"{path} is not a complete checkpoint: {error}") from None
+    torch.set_rng_state(tensors["rng.torch"])
+    if generator is not None and "rng.generator" in tensors:
+        generator.set_state(tensors["rng.generator"])
+    return ref.load_checkpoint(path, model, optimizer, config, generator)
+
+
+@mutant("train.load_checkpoint", "test_a_refused_checkpoint_changes_nothing",
+        why="lets model.load_state_dict find missing names: torch copies every weight that fits before it raises")
+def load_letting_torch_check_the_names(path, model, optimizer=None, config=None, generator=None):
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(path)
+    except Exception as error:
+        raise ValueError(f"{path} is not a complete checkpoint: {error}") from None
+    try:
+        model.load_state_dict({name.removeprefix("model."): value for name, value in tensors.items()
+                               if name.startswith("model.")})
+    except RuntimeError as error:
+        raise ValueError(f"{path} does not fit this model: {error}") from None
+    return ref.load_checkpoint(path, model, optimizer, config, generator)
