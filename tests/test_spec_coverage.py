@@ -3,8 +3,6 @@ every boolean flag is tried both ways, and every function that accepts half prec
 
 One run of `pytest spec` against the reference, with the recorder of spec/coverage.py on, answers both; the
 tests below it check the recorder itself: a recording implementation behaves as the one it records.
-
-To see the lists while the two coverage tests are marked xfail: pytest tests/test_spec_coverage.py --runxfail
 """
 
 import copy
@@ -54,10 +52,6 @@ HALF_PRECISION = (
     "kernels.attention", "kernels.TiledAttentionFunction.apply", "kernels.tiled_attention",
 )
 
-OPEN_GAPS = ("the spec does not exercise every contract parameter and dtype yet; the chapters' properties close "
-             "the list (see it with --runxfail)")
-
-
 # ------------------------------------------------------------------------------------------------ the spec run
 
 
@@ -87,7 +81,6 @@ def run_note(record: dict) -> str:
     return f"\n(the spec run ended: {summary} — a failing test may stop before its calls)" if "failed" in summary else ""
 
 
-@pytest.mark.xfail(strict=False, reason=OPEN_GAPS)
 def test_every_contract_parameter_is_passed_a_non_default_value(spec_record):
     gaps = [gap for gap in parameter_gaps(spec_record) if gap not in EXEMPT]
     assert not gaps, (
@@ -96,7 +89,6 @@ def test_every_contract_parameter_is_passed_a_non_default_value(spec_record):
         + "\n  ".join(gaps) + run_note(spec_record))
 
 
-@pytest.mark.xfail(strict=False, reason=OPEN_GAPS)
 def test_every_half_precision_function_is_called_with_bfloat16(spec_record):
     missing = missing_dtype(spec_record, HALF_PRECISION, torch.bfloat16)
     assert not missing, (
