@@ -25,10 +25,12 @@ def atomic_path(path) -> Iterator[Path]:
     os.close(handle)
     temporary = Path(temporary)
     try:
+        yield temporary
+        # mkstemp makes the file private (0600), and a writer may replace it with a private file of its own
+        # (safetensors writes its own temporary file and renames it over ours), so the mode is set last.
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes the file private; the result is an ordinary file
-        yield temporary
+        os.chmod(temporary, 0o666 & ~umask)  # an ordinary file, as open() would have made it
         with open(temporary, "rb+") as written:
             os.fsync(written.fileno())  # on disk before the rename makes it visible
         os.replace(temporary, path)

@@ -11,7 +11,7 @@ chapter writes the samples. With `kernels` on (the default for the reference) th
 take chapter 14's fast paths. A run folder holds everything:
 
     config.toml              the configuration, complete, kernels decided (reload it with --config)
-    data.json                documents, tokens and bytes of each split
+    data.json                documents, tokens and bytes of each split, and the fields the data was made with
     tokenizer.json           the tokenizer;  train.npy, val.npy: the packed token streams
     checkpoint.safetensors   weights + optimizer + step + random states, rewritten atomically
     metrics.jsonl            one JSON object per log line: train loss, lr, grad norm, tokens/s; val loss, bits/byte
@@ -20,7 +20,14 @@ take chapter 14's fast paths. A run folder holds everything:
     hf/                      the model in the Hugging Face Llama format (Llama-shaped configurations only)
 
 Resuming loads the checkpoint and continues bit-exactly: the same weights, after the same number of steps, as a
-run that never stopped.
+run that never stopped. Ctrl-C stops a run after the step in progress and saves a checkpoint there (a second
+Ctrl-C stops it at once, keeping the last checkpoint written). A run that fails before its first step leaves
+nothing behind that it made; prepared data made with other fields (data.json says which) is made again.
+
+Data: a folder given as data is read for its .txt, .md and .jsonl files, hidden ones left out. The split is by
+document, so a document longer than CHUNK_CHARS characters (a book in one file) is cut at paragraph breaks into
+chunks of about that size first; the default corpus is split as it is, by topic, which the shipped
+multiple-choice set relies on (its tasks come from the validation side).
 
 Left out: distributed training, and data that does not fit in memory before it is packed (the packed token
 files are memory-mapped; the documents of the split are not).
@@ -28,8 +35,14 @@ files are memory-mapped; the documents of the split are not).
 
 from __future__ import annotations
 
+import glob
 import json
+import os
+import re
+import shutil
+import signal
 import time
+import warnings
 from itertools import chain, islice
 from pathlib import Path
 
@@ -45,17 +58,64 @@ from llmkata.spec.impl import Implementation, Missing, load
 CHECKPOINT = "checkpoint.safetensors"
 # What an implementation raises for a part it has not written yet: a stub, or a name that is missing.
 NOT_YET = (NotImplementedError, Missing)
+# The files a run writes in its folder (hf/ is a folder): what a failed start removes again, if it made them.
+RUN_FILES = ("config.toml", "data.json", "tokenizer.json", "train.npy", "val.npy", CHECKPOINT, "metrics.jsonl",
+             "loss.png", "samples.txt", "summary.json", "hf")
+DATA_SUFFIXES = (".txt", ".md", ".jsonl")  # what a data folder is read for
+CHUNK_CHARS = 4000  # a longer document of --data is cut into chunks of about this many characters for the split
+
+
+class _CtrlC:
+    """Ctrl-C while training, from the moment it is made until restore(): the first sets `pressed`, and the loop
+    stops after the step in progress, checkpointed; a second raises KeyboardInterrupt at once."""
+
+    def __init__(self):
+        self.pressed = False
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._press)
+        except ValueError:  # not the main thread: Ctrl-C keeps its usual meaning
+            self.previous = False
+
+    def _press(self, signum, frame) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def restore(self) -> None:
+        if self.previous is not False:
+            signal.signal(signal.SIGINT, self.previous if self.previous is not None else signal.default_int_handler)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training after step `step`, and a checkpoint was saved there."""
+
+    def __init__(self, step: int):
+        super().__init__(step)
+        self.step = step
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
 def pick_device(name: str) -> torch.device:
-    """`name`, or for "auto" the first of cuda, mps and cpu that this machine has."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """`name`, or for "auto" the first of cuda, mps and cpu that this machine has. A device this machine lacks is
+    a ConfigError, before any work is done."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name}: this machine has no CUDA device, or this torch was built without "
+                              "CUDA (torch.cuda.is_available() is false); use device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                              f"numbered from 0")
+    if device.type == "mps" and not _mps_available():
+        raise ConfigError(f"device {name}: this machine has no Apple MPS device; use device cpu or auto")
+    return device
 
 
 def build_model(impl: Implementation, config: RunConfig, vocab_size: int):
@@ -93,6 +153,57 @@ def default_tasks_path() -> Path:
     return Path(str(files("llmkata") / "data" / "choices.jsonl"))
 
 
+def data_files(entries: list[Path]) -> list[Path]:
+    """The files to read for `entries`: a file as it is; a folder's .txt, .md and .jsonl files, all the way down,
+    in sorted order, hidden files and folders left out. A folder without any is a ConfigError."""
+    files = []
+    for entry in entries:
+        if not entry.is_dir():
+            files.append(entry)
+            continue
+        found = sorted(path for path in entry.rglob("*") if path.suffix.lower() in DATA_SUFFIXES and path.is_file()
+                       and not any(part.startswith(".") for part in path.relative_to(entry).parts))
+        if not found:
+            raise ConfigError(f"data: the folder {entry} holds no .txt, .md or .jsonl file")
+        files += found
+    return files
+
+
+def chunk_document(text: str, size: int = CHUNK_CHARS) -> list[str]:
+    """`text` cut at paragraph breaks into chunks of at least `size` characters; joined, they give `text` back.
+
+    Paragraphs are taken in order until a chunk holds `size` characters; a last piece under size // 2 joins the
+    chunk before it. A paragraph longer than `size` is cut at line ends, a line longer than `size` every `size`
+    characters. A text of at most `size` characters stays whole.
+    Example: chunk_document("one\\n\\ntwo\\n\\nthree\\n\\nfour", size=8) -> ["one\\n\\ntwo\\n\\n", "three\\n\\nfour"]
+    """
+    if len(text) <= size:
+        return [text]
+    pieces = []
+    for paragraph in re.split(r"(?<=\n\n)", text):
+        for line in re.split(r"(?<=\n)", paragraph) if len(paragraph) > size else [paragraph]:
+            pieces += [line[i: i + size] for i in range(0, len(line), size)]
+    chunks, current = [], ""
+    for piece in pieces:
+        current += piece
+        if len(current) >= size:
+            chunks.append(current)
+            current = ""
+    if current and chunks and len(current) < size // 2:
+        chunks[-1] += current
+    elif current:
+        chunks.append(current)
+    return chunks
+
+
+def _differences(recorded: dict | None, wanted: dict) -> str:
+    """Example: ({"vocab_size": 1024, "seed": 1}, {"vocab_size": 512, "seed": 1}) -> 'vocab_size: 1024 then, 512 now'"""
+    if recorded is None:
+        return "they were not recorded"
+    return ", ".join(f"{name}: {recorded.get(name)!r} then, {value!r} now" for name, value in wanted.items()
+                     if recorded.get(name) != value)
+
+
 def _looks_like_a_path(name: str) -> bool:
     """'notes/a.txt', './x', 'a.jsonl' are paths; 'roneneldan/TinyStories' or 'wikitext' are dataset names."""
     return name.startswith((".", "/", "~")) or Path(name).suffix in (".txt", ".md", ".jsonl", ".json", ".text")
@@ -116,6 +227,7 @@ class Run:
         self.info: dict | None = None  # data.json
         self.tokenizer = None
         self.model = None
+        self.step: int | None = None  # the step of the checkpoint a finished or interrupted run was opened at
 
     @classmethod
     def open(cls, folder: Path, impl: str | None = None, device: torch.device | None = None) -> Run:
@@ -126,11 +238,18 @@ class Run:
         if impl and impl != values.get("impl"):
             # The weights are the same on either path; whether to take the fast ones is the new implementation's.
             values = {**values, "impl": impl, "kernels": "auto"}
-        run = cls(folder, config_from_mapping(values, where=str(folder / "config.toml")), say=lambda message: None,
-                  device=device)
+        config = config_from_mapping(values, where=str(folder / "config.toml"))
+        if device is None:
+            try:
+                device = pick_device(config.device)
+            except ConfigError:  # trained on a device this machine lacks: the weights load anywhere
+                device = pick_device("auto")
+        run = cls(folder, config, say=lambda message: None, device=device)
         run.info = json.loads((folder / "data.json").read_text())
         run.model = build_model(run.impl, run.config, run.info["vocab_size"])
-        run.impl.train.load_checkpoint(folder / CHECKPOINT, run.model)
+        state = run.impl.train.load_checkpoint(folder / CHECKPOINT, run.model)
+        step = state.get("step") if isinstance(state, dict) else None
+        run.step = step if isinstance(step, int) else checkpoint_step(folder / CHECKPOINT)
         run.model = run.model.to(run.device)
         run.tokenizer = run.impl.tokenizer.Tokenizer.load(folder / "tokenizer.json")
         return run
@@ -150,10 +269,7 @@ class Run:
         else:
             paths = [Path(p).expanduser() for p in config.data]
             if all(p.exists() for p in paths):
-                jsonl = [p for p in paths if p.suffix == ".jsonl"]
-                rest = [p for p in paths if p.suffix != ".jsonl"]
-                docs = chain(text.load_jsonl(jsonl, field=config.data_field) if jsonl else (),
-                             text.load_text_files(rest) if rest else ())
+                docs = chain.from_iterable(self._read(path) for path in data_files(paths))
             elif len(config.data) == 1 and not _looks_like_a_path(config.data[0]):
                 docs = self._hf_documents()
             else:
@@ -162,6 +278,59 @@ class Run:
         if config.max_documents:
             docs = islice(docs, config.max_documents)
         return text.exact_dedup(d for d in map(text.clean, docs) if d.strip())
+
+    def split(self) -> tuple[list[str], list[str]]:
+        """(training, validation) documents, by the data chapter's hash split; the documents of --data are cut
+        into chunks first, so that a single long file gives both sides some text."""
+        impl, config = self.impl, self.config
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UnicodeWarning)
+            docs, cut = self.documents(), []
+            if config.data:
+                docs = (chunk for doc in docs for chunk in self._chunks(doc, cut))
+            train_docs, val_docs = impl.data.train_val_split(docs, config.val_fraction, "")
+        for warning in caught:  # errors="replace": one line per file that had bytes replaced
+            if issubclass(warning.category, UnicodeWarning):
+                self.say(f"data: {warning.message}")
+            else:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        if cut:
+            self.say(f"data: cut {len(cut)} document(s) longer than {CHUNK_CHARS:,} characters into {sum(cut):,} "
+                     f"chunks at paragraph breaks, so that the split by document gives both sides some text")
+        n = len(train_docs) + len(val_docs)
+        if not train_docs or not val_docs:
+            raise ConfigError(f"the corpus has {len(train_docs)} training and {len(val_docs)} validation documents "
+                              f"(or chunks); both need at least one: give more data"
+                              + (", or another val_fraction" if n >= 2 else ""))
+        return train_docs, val_docs
+
+    @staticmethod
+    def _chunks(doc: str, cut: list[int]) -> list[str]:
+        chunks = chunk_document(doc)
+        if len(chunks) > 1:
+            cut.append(len(chunks))
+        return chunks
+
+    def _read(self, path: Path):
+        """The documents of one file, by the implementation's loader; a file it cannot read is a ConfigError of one
+        line that names it (and the line of a JSONL file, as the loader says)."""
+        text, config = self.impl.text, self.config
+        name = glob.escape(str(path))  # loaders take glob patterns: a '[' in a file name is not one
+        if path.suffix.lower() == ".jsonl":
+            docs = text.load_jsonl([name], field=config.data_field, errors=config.errors)
+        else:
+            docs = text.load_text_files([name], errors=config.errors)
+        try:
+            yield from docs
+        except NOT_YET:
+            raise
+        except (ValueError, OSError) as error:  # UnicodeDecodeError is a ValueError
+            message = (str(error).splitlines() or [type(error).__name__])[0]
+            if str(path) not in message:
+                message = f"{path}: {message}"
+            if config.errors == "strict" and (isinstance(error, UnicodeError) or "utf-8" in message.lower()):
+                message += ". `--errors replace` reads each invalid byte sequence as U+FFFD"
+            raise ConfigError(f"data: {message}") from None
 
     def _hf_documents(self):
         """The rows of a Hugging Face dataset, streamed; a dataset that cannot be loaded is a ConfigError."""
@@ -182,18 +351,26 @@ class Run:
                                                num_workers=self.config.threads or None)
         return self.impl.tokenizer.train_bpe(documents, self.config.vocab_size, special_tokens=[EOT])
 
-    def prepare_data(self) -> dict:
-        """Split, train the tokenizer, pack both splits; skipped when the run folder already has them (resume)."""
+    def prepare_data(self, resume: bool = False) -> dict:
+        """Split, train the tokenizer, pack both splits; skipped when the run folder already has them, made with
+        the same fields (data.json records them; a run made before it did is taken as it is when resumed)."""
         info_path = self.folder / "data.json"
-        if info_path.exists() and (self.folder / "tokenizer.json").exists() and (self.folder / "train.npy").exists():
-            self.info = json.loads(info_path.read_text())
-            return self.info
+        made_with = {**self.config.data_fields(), "chunk_chars": CHUNK_CHARS}
+        if info_path.exists() and all((self.folder / name).exists() for name in ("tokenizer.json", "train.npy",
+                                                                                   "val.npy")):
+            info = json.loads(info_path.read_text())
+            recorded = info.get("made_with")
+            if recorded == made_with or (resume and recorded is None):
+                self.info = info
+                return info
+            if resume:
+                raise ConfigError(f"cannot resume: the prepared data in {self.folder} was made with other fields "
+                                  f"({_differences(recorded, made_with)})")
+            self.say(f"data: the prepared data in {self.folder} was made with other fields "
+                     f"({_differences(recorded, made_with)}); preparing it again")
         started = time.perf_counter()
         impl, config = self.impl, self.config
-        train_docs, val_docs = impl.data.train_val_split(self.documents(), config.val_fraction, "")
-        if not train_docs or not val_docs:
-            raise ConfigError(f"the corpus has {len(train_docs)} training and {len(val_docs)} validation documents; "
-                              "both need at least one (more data, or another val_fraction)")
+        train_docs, val_docs = self.split()
         self.say(f"corpus: {len(train_docs)} training and {len(val_docs)} validation documents; training a tokenizer "
                  f"of {config.vocab_size} tokens")
         tokenizer = self.train_tokenizer(train_docs)
@@ -206,7 +383,7 @@ class Run:
                 "train_tokens": len(train), "val_tokens": len(val),
                 "train_bytes": sum(len(d.encode("utf-8")) for d in train_docs),
                 "val_bytes": sum(len(d.encode("utf-8")) for d in val_docs), "eot_id": eot,
-                "seconds": round(time.perf_counter() - started, 2)}
+                "seconds": round(time.perf_counter() - started, 2), "made_with": made_with}
         if info["val_tokens"] < 2:
             raise ConfigError("the validation split has fewer than 2 tokens: nothing to evaluate")
         write_text_atomic(info_path, json.dumps(info, indent=1) + "\n")
@@ -228,32 +405,40 @@ class Run:
                 "bits_per_byte": impl.evaluate.bits_per_byte(loss, count, n_bytes), "targets": count}
 
     def train(self, resume: bool = False) -> dict:
-        """Run (or resume) training; return the summary. FloatingPointError on a NaN loss."""
+        """Run (or resume) training; return the summary. FloatingPointError on a NaN loss; Interrupted (a
+        KeyboardInterrupt) after the checkpoint that Ctrl-C asked for.
+
+        A new run that fails before its first step (bad data, a stub, Ctrl-C) removes what it made: the run
+        folder if it made it, else the run files it added to the folder.
+        """
         impl, config, device = self.impl, self.config, self.device
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_toml(config, self.folder / "config.toml")
-        info = self.prepare_data()
-        train_tokens, val_tokens = self.tokens("train"), self.tokens("val")
-        if len(train_tokens) < config.context_length + 1:
-            raise ConfigError(f"context_length ({config.context_length}) is longer than the training split "
-                              f"({len(train_tokens)} tokens)")
-
-        self.model = model = build_model(impl, config, info["vocab_size"]).to(device)
-        optimizer = impl.train.AdamW(impl.train.parameter_groups(model, config.weight_decay), lr=config.lr,
-                                     betas=(config.beta1, config.beta2))
-        generator = torch.Generator().manual_seed(config.seed)  # draws the batches: the position in the data
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ConfigError(f"{self.folder} is a file: the run folder must be a folder")
+        made, folder = [], self.folder  # the folders this run makes, the run folder first
+        while not folder.exists() and folder != folder.parent:
+            made.append(folder)
+            folder = folder.parent
+        before = None if made else set(os.listdir(self.folder))  # what was in a folder that was there
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            info = self.prepare_data(resume)
+            train_tokens, val_tokens = self.tokens("train"), self.tokens("val")
+            if len(train_tokens) < config.context_length + 1:
+                raise ConfigError(f"context_length ({config.context_length}) is longer than the training split "
+                                  f"({len(train_tokens)} tokens)")
+            self.model = model = build_model(impl, config, info["vocab_size"]).to(device)
+            optimizer = impl.train.AdamW(impl.train.parameter_groups(model, config.weight_decay), lr=config.lr,
+                                         betas=(config.beta1, config.beta2))
+            generator = torch.Generator().manual_seed(config.seed)  # draws the batches: the position in the data
+            start, elapsed_before = self._resume(model, optimizer, generator) if resume else (0, 0.0)
+            write_toml(config, self.folder / "config.toml")
+        except BaseException:
+            if not resume:
+                self._undo_start(made, before)
+            raise
         checkpoint = self.folder / CHECKPOINT
-        start, elapsed_before = 0, 0.0
-        if resume and checkpoint.exists():
-            try:
-                state = impl.train.load_checkpoint(checkpoint, model, optimizer, config=config.numerics(),
-                                                   generator=generator)
-            except ValueError as error:
-                raise ConfigError(f"cannot resume: {error}") from None
-            start, elapsed_before = state["step"], state["extra"].get("elapsed", 0.0)
-            self.say(f"resuming {self.folder} at step {start} of {config.steps}")
         parameters = impl.model.count_parameters(model)
         flops = impl.model.flops_per_token(model.config, config.context_length)
         if start == 0:
@@ -267,7 +452,14 @@ class Run:
         bar = self._progress_bar(start)
         started = time.perf_counter()
         window_start, window_tokens = started, 0
-        last_val = None
+        last_val, saved = None, start
+
+        def save(done: int) -> None:
+            impl.train.save_checkpoint(checkpoint, model, optimizer, done, config=config.numerics(),
+                                       generator=generator,
+                                       extra={"elapsed": elapsed_before + time.perf_counter() - started})
+
+        ctrl_c = _CtrlC()
         try:
             for step in range(start, config.steps):
                 lr = impl.train.lr_schedule(step, config.lr, config.warmup_steps, config.steps,
@@ -297,17 +489,64 @@ class Run:
                         self.say(f"step {done}: train loss {loss:.4f}, val loss {last_val['loss']:.4f}, "
                                  f"{last_val['bits_per_byte']:.3f} bits/byte")
                 if done % config.checkpoint_every == 0 or done == config.steps:
-                    impl.train.save_checkpoint(checkpoint, model, optimizer, done, config=config.numerics(),
-                                               generator=generator,
-                                               extra={"elapsed": elapsed_before + time.perf_counter() - started})
+                    save(done)
+                    saved = done
                 if bar is not None:
                     bar.update(1)
+                if ctrl_c.pressed:
+                    if saved != done:
+                        save(done)
+                    raise Interrupted(done)
         finally:
+            ctrl_c.restore()
             if bar is not None:
                 bar.close()
             metrics.close()
         train_seconds = elapsed_before + time.perf_counter() - started
         return self.finish(train_seconds, parameters, flops)
+
+    def _resume(self, model, optimizer, generator) -> tuple[int, float]:
+        """Load the run's checkpoint, if it has one, into the model, optimizer and batch generator; return its step
+        and the training seconds before it. A checkpoint of another configuration is a ConfigError; one of fewer
+        steps is extended (the configuration's steps grew)."""
+        checkpoint, config = self.folder / CHECKPOINT, self.config
+        if not checkpoint.exists():
+            return 0, 0.0
+        try:
+            # The configuration is compared here rather than by load_checkpoint, because `steps` may grow.
+            state = self.impl.train.load_checkpoint(checkpoint, model, optimizer, generator=generator)
+        except ValueError as error:
+            raise ConfigError(f"cannot resume: {error}") from None
+        saved = state.get("config")
+        differing = config.differences_from_checkpoint(saved) if isinstance(saved, dict) else []
+        if differing:
+            raise ConfigError(f"cannot resume: {checkpoint} was written with a different configuration: "
+                              f"{'; '.join(differing)}")
+        start = state["step"]
+        if isinstance(saved, dict) and saved.get("steps", config.steps) < config.steps:
+            self.say(f"extending {self.folder} from {saved['steps']} to {config.steps} steps, at step {start}: the "
+                     f"learning-rate schedule is now the one of a {config.steps}-step run")
+        else:
+            self.say(f"resuming {self.folder} at step {start} of {config.steps}")
+        return start, state.get("extra", {}).get("elapsed", 0.0)
+
+    def _undo_start(self, made: list[Path], before: set[str] | None) -> None:
+        """After a failed start: remove the folders in `made` (the run folder first; a folder above it only if
+        it is empty now), or, in a run folder that was there, the run files that were not (`before`)."""
+        if made:
+            shutil.rmtree(made[0], ignore_errors=True)
+            for folder in made[1:]:
+                try:
+                    folder.rmdir()
+                except OSError:  # something else is in it now
+                    break
+            return
+        for name in RUN_FILES:
+            path = self.folder / name
+            if name not in before and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif name not in before:
+                path.unlink(missing_ok=True)
 
     def _progress_bar(self, start: int):
         if not self.config.progress:
@@ -328,7 +567,10 @@ class Run:
         speeds = [r["tokens_per_s"] for r in train_records[len(train_records) // 5:]]  # skip the warm-up
         samples = self.write_samples()
         accuracy = self.multiple_choice()
-        plot_losses(self.folder)
+        try:
+            plot_losses(self.folder)
+        except ImportError:
+            self.say("loss.png was not written: it needs matplotlib (pip install matplotlib)")
         self.export_hf()
         summary = {
             "run": str(self.folder), "impl": config.impl, "kernels": config.kernels, "parameters": parameters,
@@ -374,8 +616,10 @@ class Run:
         side of the split): the context is a sentence's first half, the right choice its true ending, the three
         others the endings of other sentences of about the same length.
         """
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"no multiple-choice file {path}")
         path = path or default_tasks_path()
-        if not Path(path).exists():
+        if not Path(path).exists():  # a copy of llmkata without its data files
             return None
         evaluate = self.impl.evaluate
         tasks = evaluate.load_choice_tasks(path)

@@ -26,8 +26,14 @@ from llmkata.spec.impl import Implementation, Missing, load
 
 EOT = "<|endoftext|>"
 # Fields that may differ when a run is resumed: they change where and how fast it runs, not what it computes.
+# `steps` may also grow: the run is extended (see resumed_config).
 RESUMABLE = ("device", "threads", "progress")
+# The fields that shape a run's prepared data (tokenizer.json, train.npy, val.npy): data.json records them, and a
+# run folder whose data was made with other values has it made again.
+DATA_FIELDS = ("impl", "kernels", "data", "data_field", "data_split", "errors", "max_documents", "val_fraction",
+               "vocab_size")
 KERNELS = ("on", "off", "auto")
+ERRORS = ("strict", "replace")
 REFERENCE_PACKAGE = "llmkata.reference"
 
 
@@ -43,6 +49,7 @@ class RunConfig:
     data: list[str] = field(default_factory=list)  # files or folders (.txt, .md, .jsonl), or a HF dataset name
     data_field: str = "text"  # the text field of .jsonl lines and dataset rows
     data_split: str = "train"  # the split of a Hugging Face dataset
+    errors: str = "strict"  # bytes of a file that are not UTF-8: strict (stop, naming the file) or replace (U+FFFD)
     max_documents: int = 0  # read at most this many documents (0: all)
     val_fraction: float = 0.1
     vocab_size: int = 1024
@@ -109,6 +116,8 @@ class RunConfig:
             raise ConfigError(f"vocab_size must be at least 257 (256 bytes + {EOT}), got {self.vocab_size}")
         if self.kernels not in KERNELS:
             raise ConfigError(f"kernels must be on, off or auto, got {self.kernels!r}")
+        if self.errors not in ERRORS:
+            raise ConfigError(f"errors must be strict or replace, got {self.errors!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
@@ -147,20 +156,39 @@ class RunConfig:
         """The fields that decide what the run computes (all but RESUMABLE): a checkpoint must agree on them."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in RESUMABLE}
 
+    def data_fields(self) -> dict:
+        """The fields that shape the prepared data (DATA_FIELDS), as data.json records them."""
+        return {k: getattr(self, k) for k in DATA_FIELDS}
+
+    def differences_from_checkpoint(self, saved: dict) -> list[str]:
+        """The fields on which a checkpoint's saved configuration (numerics() as JSON) disagrees with this one.
+
+        `steps` may differ (an extended run); a field the checkpoint lacks (one added to llmkata since) agrees when
+        it has its default value; a field llmkata no longer has is ignored.
+        """
+        ours, defaults = (json.loads(json.dumps(config.numerics())) for config in (self, RunConfig()))
+        return [f"{name} (checkpoint: {saved.get(name, defaults[name])!r}, now: {value!r})"
+                for name, value in ours.items() if name != "steps" and saved.get(name, defaults[name]) != value]
+
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 HELP = {
     "impl": "implementation: reference (default), exercises, a folder or a module name",
-    "data": "text files or folders (.txt, .md, .jsonl), or a Hugging Face dataset name (default: the pydoc corpus)",
+    "data": "text files, folders (their .txt, .md and .jsonl files) or a Hugging Face dataset name (default: the "
+            "pydoc corpus); a long document, such as a book in one file, is cut at paragraph breaks for the split",
     "kernels": "the hand-written fast paths of chapter 14 (kernels): on, off, or auto: on for the reference, "
                "off for any other implementation",
-    "steps": "optimizer steps", "lr": "peak learning rate",
+    "errors": "bytes of a file that are not UTF-8: strict (stop, naming the file and byte) or replace "
+              "(each invalid sequence becomes U+FFFD)",
+    "steps": "optimizer steps; with --resume, a larger number extends the run, and the learning-rate schedule is "
+             "recomputed for the new total from the resumed step on",
+    "lr": "peak learning rate",
     "min_lr_ratio": "the final learning rate as a fraction of lr",
     "dtype": "float32, or bfloat16 (autocast)", "device": "auto, cpu, cuda, cuda:N or mps",
     "grad_clip": "clip the global gradient norm to this (0: no clipping)",
     "threads": "torch CPU threads, and processes of the kernels chapter's tokenizer trainer (0: their defaults)",
 }
-METAVAR = {"kernels": "|".join(KERNELS)}
+METAVAR = {"kernels": "|".join(KERNELS), "errors": "|".join(ERRORS)}
 
 
 def field_type(name: str) -> type:
@@ -189,17 +217,25 @@ def config_from_mapping(values: dict, base: RunConfig | None = None, where: str 
 
 
 def resumed_config(saved: RunConfig, flags: dict, where: str) -> RunConfig:
-    """The saved configuration of a run to resume, with the flags that only change where and how fast it runs.
+    """The saved configuration of a run to resume, with the flags that only change where and how fast it runs,
+    and `steps` when it grows.
 
-    A flag that changes what the run computes is a ConfigError: a resumed run must compute what the original
-    would have.
+    A larger `steps` extends the run: it continues from its checkpoint to the new total, every other field fixed.
+    The learning-rate schedule is a function of the total, so from the resumed step on it is the schedule of a run
+    of the new total (after a finished run the rate climbs from its floor back onto that cosine, then anneals
+    again). Any other flag that changes what the run computes is a ConfigError: a resumed run must compute what
+    the original would have.
     """
     changed = [f"{k} (run: {getattr(saved, k)!r}, flag: {v!r})" for k, v in flags.items()
-               if k not in RESUMABLE and getattr(saved, k) != v]
+               if k not in (*RESUMABLE, "steps") and getattr(saved, k) != v]
     if changed:
         raise ConfigError(f"{where}: the run was configured differently: {'; '.join(changed)}. "
                           "A resumed run must compute what the original would have; start a new run instead")
-    return config_from_mapping({k: v for k, v in flags.items() if k in RESUMABLE}, base=saved)
+    steps = flags.get("steps", saved.steps)
+    if isinstance(steps, int) and not isinstance(steps, bool) and steps < saved.steps:
+        raise ConfigError(f"{where}: --steps {steps} is fewer than the run's {saved.steps}: a run can be extended "
+                          "to more steps, never shortened (its checkpoint may be past that step already)")
+    return config_from_mapping({k: v for k, v in flags.items() if k in (*RESUMABLE, "steps")}, base=saved)
 
 
 def read_toml(path) -> dict:

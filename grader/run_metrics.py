@@ -57,14 +57,13 @@ def running_mean(values: list[float], window: int) -> list[float]:
 
 
 def plot_losses(run: Path) -> Path | None:
-    """loss.png: training loss (and its running mean) and validation loss against tokens seen."""
-    try:
-        import matplotlib
+    """loss.png: training loss (and its running mean) and validation loss against tokens seen; None when nothing
+    was logged. ImportError without matplotlib."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     records = read_metrics(run)
     train = [r for r in records if r.get("split") == "train"]
     val = [r for r in records if r.get("split") == "val"]

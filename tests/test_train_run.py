@@ -19,8 +19,9 @@ import torch
 from safetensors.torch import load_file
 
 import llmkata.reference
+import llmkata.reference.train
 from llmkata import cli
-from llmkata.pipeline import CHECKPOINT, Run, train
+from llmkata.pipeline import CHECKPOINT, Run, checkpoint_step, train
 from llmkata.run_config import ConfigError, RunConfig, config_from_mapping, read_toml, write_toml
 
 TINY = dict(max_documents=12, vocab_size=300, d_model=32, n_layers=2, n_heads=2, context_length=32, batch_size=4,
@@ -228,6 +229,94 @@ def test_eval_prints_the_validation_metrics(finished_run, capsys):
 def test_resume_with_a_mismatched_config_is_refused(finished_run, capsys):
     assert cli.main(["train", "--resume", str(finished_run), "--d-model", "64"]) == 2
     assert "d_model" in capsys.readouterr().err
+
+
+def test_a_finished_run_is_extended_by_a_larger_steps(finished_run, tmp_path, capsys):
+    run = tmp_path / "extended"
+    shutil.copytree(finished_run, run)
+    assert cli.main(["train", "--resume", str(run), "--steps", "10"]) == 2
+    assert "never shortened" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", str(run), "--steps", "30", "--lr", "0.1"]) == 2
+    assert "lr (run: 0.003, flag: 0.1)" in capsys.readouterr().err, "only steps may change when extending"
+
+    assert cli.main(["train", "--resume", str(run), "--steps", "30"]) == 0
+    assert "extending" in capsys.readouterr().err
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train_records] == list(range(1, 31)), "the extended run's steps must be recorded"
+    assert read_toml(run / "config.toml")["steps"] == 30
+    assert json.loads((run / "summary.json").read_text())["steps"] == 30
+    assert checkpoint_step(run / CHECKPOINT) == 30
+    schedule = llmkata.reference.train.lr_schedule
+    config = read_toml(run / "config.toml")
+    expected = [schedule(step - 1, config["lr"], config["warmup_steps"], 30, config["lr"] * config["min_lr_ratio"])
+                for step in range(25, 31)]
+    assert [r["lr"] for r in train_records[24:]] == pytest.approx(expected), (
+        "from the resumed step on, the learning rate follows the schedule of the new total")
+    original = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    assert train_records[:24] == [r for r in original if r["split"] == "train"], (
+        "the steps before the extension stay as they were")
+
+
+def test_eval_with_a_missing_tasks_file_fails_in_one_line(finished_run, capsys):
+    assert cli.main(["eval", "--run", str(finished_run), "--tasks", str(finished_run / "missing.jsonl")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "missing.jsonl" in captured.err and len(captured.err.splitlines()) == 1, captured
+
+
+def test_eval_reports_the_step_of_the_checkpoint_not_of_the_last_log_line(finished_run, tmp_path, capsys):
+    """After a kill, metrics.jsonl holds steps past the checkpoint: eval evaluates, and reports, the checkpoint."""
+    run = tmp_path / "killed"
+    shutil.copytree(finished_run, run)
+    with open(run / "metrics.jsonl", "a") as file:
+        for step in range(25, 29):
+            file.write(json.dumps({"step": step, "split": "train", "loss": 4.0, "tokens": 0}) + "\n")
+    assert cli.main(["eval", "--run", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 24
+
+
+def test_sample_checks_its_flags_before_printing_anything(finished_run, capsys):
+    for flag, value in [("--temperature", "nan"), ("--temperature", "-1"), ("--top-p", "2"), ("--top-p", "0"),
+                        ("--top-k", "-3"), ("--max-new-tokens", "-1")]:
+        assert cli.main(["sample", "--run", str(finished_run), "--prompt", "The", flag, value]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "", f"{flag} {value}: nothing may be printed before the flag is refused"
+        assert flag in captured.err and len(captured.err.splitlines()) == 1, captured.err
+
+
+def test_sample_asks_a_lazy_generate_for_its_first_token_before_printing(finished_run, capsys, monkeypatch):
+    """An implementation's generate may check its arguments only when the first token is asked for."""
+    def lazy_generate(*args, **kwargs):
+        raise ValueError("this generate refuses its arguments late")
+        yield 0
+
+    run = Run.open(finished_run)
+    run.impl = run.impl.replacing({"generate.generate": lazy_generate})
+    monkeypatch.setattr(Run, "open", classmethod(lambda cls, folder, impl=None: run))
+    assert cli.main(["sample", "--run", str(finished_run), "--prompt", "The"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "refuses its arguments late" in captured.err, captured
+
+
+def test_the_hf_weights_are_ordinary_files(finished_run):
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("hf/model.safetensors", "hf/config.json", CHECKPOINT, "config.toml"):
+        mode = (finished_run / name).stat().st_mode & 0o777
+        assert mode == 0o666 & ~umask, f"{name} has mode {oct(mode)}, not that of an ordinary file"
+
+
+def test_without_matplotlib_the_run_says_that_loss_png_was_not_written(finished_run, tmp_path, monkeypatch):
+    run = tmp_path / "no_plot"
+    shutil.copytree(finished_run, run)
+    (run / "loss.png").unlink()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    opened = Run.open(run)
+    messages = []
+    opened.say = messages.append
+    opened.finish(1.0, 0, 0)
+    assert not (run / "loss.png").exists()
+    assert any("loss.png" in m and "matplotlib" in m for m in messages), messages
 
 
 def test_resume_from_a_corrupted_checkpoint_is_refused(finished_run, tmp_path, capsys):
