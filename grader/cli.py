@@ -1,13 +1,14 @@
 """The `llmkata` command line.
 
     llmkata grade [IMPL]                        # the spec against an implementation, scored by chapter
-    llmkata exercises [--check | --out DIR]     # the stubs, written from the reference
-    llmkata bench [--impl IMPL]                 # the benchmarks
+    llmkata exercises [--check | --out DIR]     # the stubs, written from the reference (--out never overwrites)
+    llmkata bench [--impl X] [--only attention|tokenizer|train|data] [--quick] [--json FILE]   # speed ratios
     llmkata train                               # default corpus, default model, a few minutes on 2 CPU cores
     llmkata train --impl exercises              # the same, with your own components
     llmkata train --data notes/ --steps 2000    # your files (.txt, .md, .jsonl, folders), or a Hugging Face dataset
     llmkata train --config run.toml --lr 1e-3   # a TOML file, then flags on top
-    llmkata train --resume runs/20250101-120000 # continue a run where its last checkpoint left it
+    llmkata train --resume runs/20250101-120000 # continue a run where its last checkpoint left it (Ctrl-C saves one)
+    llmkata train --resume RUN --steps 1200     # extend a run to more steps (the lr schedule spans the new total)
     llmkata sample --prompt "The with statement"
     llmkata eval --run runs/20250101-120000
 
@@ -20,14 +21,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import sys
+from itertools import chain
 from pathlib import Path
 
 import llmkata.exercise_generator as generator
 from llmkata.run_config import (EOT, ConfigError, RunConfig, add_config_arguments, config_from_mapping, flags_given,
                                 read_toml, resumed_config)
-from llmkata.run_metrics import read_metrics
 
 
 def _package_dir(name: str) -> Path:
@@ -39,18 +41,22 @@ def cmd_grade(args) -> int:
     from llmkata.grade import grade
 
     try:
-        table, scores = grade(args.impl, seed=args.seed, extra=["-k", args.k] if args.k else [])
+        table, scores = grade(args.impl, seed=args.seed, extra=["-k", args.k] if args.k else [], chapter=args.chapter)
     except (RuntimeError, ValueError) as error:
         print(f"llmkata grade: {error}", file=sys.stderr)
         return 2
-    print(table)
-    failed = any(chapter.passed < chapter.total for chapter in scores.values())
+    print(table, end="")
+    failed = any(chapter.failures for chapter in scores.values())
     return 1 if args.strict and failed else 0
 
 
 def cmd_exercises(args) -> int:
     reference = _package_dir("reference")
     target = Path(args.out) if args.out else _package_dir("exercises")
+    if args.force and not args.out:
+        print("llmkata exercises: --force goes with --out (the package's own exercises are always rewritten)",
+              file=sys.stderr)
+        return 2
     try:
         if args.check:
             stale = generator.stale(reference, target)
@@ -60,20 +66,88 @@ def cmd_exercises(args) -> int:
                 return 1
             print("exercises are up to date")
             return 0
-        written = generator.generate(reference, target)
+        if args.out:  # a learner's folder: their work is never overwritten without a backup
+            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+            copy = generator.write_copy(reference, target, force=args.force, stamp=stamp)
+        else:
+            written = generator.generate(reference, target)
     except (generator.MarkerError, OSError) as error:
         print(f"llmkata exercises: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {len(written)} file(s) to {target}" + (f": {', '.join(written)}" if written else ""))
+    if not args.out:
+        print(f"wrote {len(written)} file(s) to {target}" + (f": {', '.join(written)}" if written else ""))
+        return 0
+    print(f"wrote {len(copy.written)} file(s) to {target}" + (f": {', '.join(copy.written)}" if copy.written else ""))
+    for backup in copy.backups:
+        print(f"  your previous {backup.name.split('.bak-')[0]} is saved as {backup}")
+    if copy.kept:
+        print(f"llmkata exercises: kept {len(copy.kept)} file(s) in {target} that differ from their stubs (your "
+              f"work, or stubs of an older llmkata): {', '.join(copy.kept)}. To replace them with fresh stubs, "
+              f"keeping a backup of each: llmkata exercises --out {args.out} --force", file=sys.stderr)
     return 0
+
+
+# `llmkata bench --quick`: the knobs the benchmarks read, set to a smaller run, and the slowest benchmarks left out.
+QUICK_KNOBS = {"LLMKATA_BENCH_ROUNDS": "1", "LLMKATA_BENCH_MB": "1", "LLMKATA_BENCH_TEXTBOOK_MB": "0.05",
+               "LLMKATA_BENCH_MEMORY_N": "4096"}
+QUICK_DESELECT = "not N4096 and not peak_memory"
+
+
+def _bench_topics() -> list[str]:
+    """The benchmark files by topic: bench_attention.py -> 'attention'."""
+    return sorted(path.stem.removeprefix("bench_") for path in _package_dir("benchmarks").glob("bench_*.py"))
+
+
+def bench_ratios(report: dict) -> list[tuple[str, str, float]]:
+    """(benchmark, field, value) of every ratio to a baseline in a pytest-benchmark JSON report: the fields of
+    `extra_info` named `<what>_vs_<baseline>` (throughput_vs_sdpa, ratio_vs_builtin, time_vs_hf_tokenizers, ...)."""
+    return [(bench.get("name", "?"), key, value) for bench in report.get("benchmarks", [])
+            for key, value in bench.get("extra_info", {}).items()
+            if "_vs_" in key and isinstance(value, (int, float)) and not isinstance(value, bool)]
+
+
+def render_ratios(ratios: list[tuple[str, str, float]]) -> str:
+    if not ratios:
+        return "llmkata bench: no ratio was reported (did every benchmark run?)"
+    width_name = max(len(name) for name, _, _ in ratios)
+    width_key = max(len(key) for _, key, _ in ratios)
+    rows = [("llmkata bench — ratios to baselines timed in the same run: X_vs_Y is ours (or X) over Y, so a time "
+             "or cpu ratio below 1 and a throughput, speed or plain ratio above 1 mean faster"), ""]
+    previous = None
+    for name, key, value in ratios:
+        rows.append(f"{(name if name != previous else ''):<{width_name}}  {key:<{width_key}}  {value:g}")
+        previous = name
+    return "\n".join(rows)
 
 
 def cmd_bench(args, extra: list[str]) -> int:
     import subprocess
+    import tempfile
 
-    command = [sys.executable, "-m", "pytest", str(_package_dir("benchmarks")), "--impl", args.impl,
-               "-p", "no:cacheprovider", "-o", "addopts=", *extra]
-    return subprocess.run(command).returncode
+    folder = _package_dir("benchmarks")
+    targets = [str(folder / f"bench_{args.only}.py")] if args.only else [str(folder)]
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see _quiet_threads: spinning OpenMP threads skew every timing
+    quick = []
+    if args.quick:
+        env.update({name: value for name, value in QUICK_KNOBS.items() if name not in os.environ})
+        quick = ["-k", QUICK_DESELECT]  # a -k among the extra arguments comes later, and wins
+    with tempfile.TemporaryDirectory(prefix="llmkata-bench-") as workdir:
+        report = Path(args.json) if args.json else Path(workdir) / "bench.json"
+        # The file pattern is given here: from an installed wheel there is no pyproject.toml to say `bench_*.py`.
+        command = [sys.executable, "-m", "pytest", *targets, "--impl", args.impl, "-p", "no:cacheprovider",
+                   "-o", "addopts=", "-o", "python_files=bench_*.py", f"--benchmark-json={report}", *quick, *extra]
+        code = subprocess.run(command, env=env).returncode
+        if report.exists():
+            try:
+                ratios = bench_ratios(json.loads(report.read_text(encoding="utf-8")))
+            except (OSError, ValueError) as error:
+                print(f"llmkata bench: could not read {report}: {error}", file=sys.stderr)
+            else:
+                print("\n" + render_ratios(ratios))
+                if args.json:
+                    print(f"\nthe whole report: {report}")
+    return code
 
 
 def _quiet_threads() -> None:
@@ -112,6 +186,7 @@ def cmd_train(args) -> int:
 
     try:
         config, run = _train_config(args)
+        pipeline.pick_device(config.device)  # a device this machine lacks: said before anything else
     except ConfigError as error:
         print(f"llmkata train: {error}", file=sys.stderr)
         return 2
@@ -122,6 +197,19 @@ def cmd_train(args) -> int:
     except ConfigError as error:
         print(f"llmkata train: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:
+        if isinstance(interrupt, pipeline.Interrupted):
+            where = f"stopped after step {interrupt.step} of {config.steps} and saved a checkpoint there"
+        elif (run / pipeline.CHECKPOINT).exists():
+            step = pipeline.checkpoint_step(run / pipeline.CHECKPOINT)
+            where = f"stopped; the last checkpoint is at step {'unknown' if step is None else step}"
+        elif (run / "config.toml").exists():
+            where = "stopped before the first checkpoint"
+        else:
+            print("llmkata train: stopped before training started; nothing was kept", file=sys.stderr)
+            return 130
+        print(f"llmkata train: {where}: `llmkata train --resume {run}` continues", file=sys.stderr)
+        return 130
     except pipeline.NOT_YET as error:
         print(f"llmkata train --impl {config.impl}: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
@@ -140,8 +228,25 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _sample_flags_problem(args) -> str | None:
+    """What is wrong with the sampling flags, checked before anything is loaded or printed; None if nothing."""
+    if args.max_new_tokens < 0:
+        return f"--max-new-tokens must be >= 0, got {args.max_new_tokens}"
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        return f"--temperature must be a number >= 0 (0: greedy), got {args.temperature}"
+    if args.top_k < 0:
+        return f"--top-k must be >= 0 (0: no top-k filter), got {args.top_k}"
+    if not 0 < args.top_p <= 1:
+        return f"--top-p must be in (0, 1] (1: no top-p filter), got {args.top_p}"
+    return None
+
+
 def cmd_sample(args) -> int:
     _quiet_threads()
+    problem = _sample_flags_problem(args)
+    if problem:
+        print(f"llmkata sample: {problem}", file=sys.stderr)
+        return 2
     import torch
 
     from llmkata import pipeline
@@ -156,13 +261,14 @@ def cmd_sample(args) -> int:
             prompt = [eot]  # an empty prompt starts a new document
         seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
         generator = torch.Generator().manual_seed(seed)
-        tokens = run.impl.generate.generate(run.model, prompt, args.max_new_tokens, temperature=args.temperature,
-                                            top_k=args.top_k, top_p=args.top_p, stop_tokens=[eot],
-                                            generator=generator, use_cache=not args.no_cache)
+        tokens = iter(run.impl.generate.generate(run.model, prompt, args.max_new_tokens,
+                                                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                                 stop_tokens=[eot], generator=generator, use_cache=not args.no_cache))
+        first = next(tokens, None)  # a generate that checks its arguments lazily does it here, before any output
         sys.stdout.write(args.prompt)
         sys.stdout.flush()
         produced, shown = [], ""
-        for token in tokens:
+        for token in chain([] if first is None else [first], tokens):
             produced.append(token)
             text = tokenizer.decode(produced)
             if text.endswith("\ufffd"):
@@ -184,6 +290,8 @@ def cmd_eval(args) -> int:
     from llmkata import pipeline
 
     try:
+        if args.tasks and not Path(args.tasks).is_file():
+            raise ConfigError(f"--tasks {args.tasks}: no such file")
         folder = pipeline.find_run(args.run_folder)
         run = pipeline.Run.open(folder, args.impl)
         val = run.validate(run.tokens("val"))
@@ -191,15 +299,16 @@ def cmd_eval(args) -> int:
     except (ValueError, *pipeline.NOT_YET) as error:
         print(f"llmkata eval: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
-    history = [r for r in read_metrics(folder) if r.get("split") == "train"]
-    result = {"run": str(folder), "step": history[-1]["step"] if history else None, "validation": val,
-              "multiple_choice": choice}
+    # The checkpoint's step: a run killed after it logged later steps is evaluated as its checkpoint left it.
+    result = {"run": str(folder), "step": run.step, "validation": val, "multiple_choice": choice}
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
     rows = [("run", str(folder)), ("steps trained", str(result["step"])),
             ("validation tokens", f"{val['targets']:,}"), ("validation loss", f"{val['loss']:.4f} nats/token"),
             ("perplexity", f"{val['perplexity']:.2f}"), ("bits per byte", f"{val['bits_per_byte']:.4f}")]
+    if choice is None and args.tasks:
+        rows += [(f"multiple choice ({Path(args.tasks).name})", "no task fits the context")]
     if choice:
         skipped = f", {choice['skipped']} longer than the context left out" if choice["skipped"] else ""
         rows += [(f"multiple choice ({choice['tasks']}, {choice['n']} tasks{skipped})",
@@ -219,22 +328,38 @@ def main(argv: list[str] | None = None) -> int:
                        help="exercises (default), reference, a folder or a module name")
     grade.add_argument("--seed", type=int, default=None, help="hypothesis seed (default: random, printed)")
     grade.add_argument("-k", default=None, help="only tests matching this pytest -k expression")
-    grade.add_argument("--strict", action="store_true", help="exit 1 unless every test passes")
+    grade.add_argument("--chapter", default=None, metavar="NAME",
+                       help="list the failing properties of this chapter (name or number; default: the first "
+                            "chapter not finished)")
+    grade.add_argument("--strict", action="store_true",
+                       help="exit 1 if any test fails (skipped tests are listed, and do not fail it)")
     grade.set_defaults(run=cmd_grade)
 
     ex = sub.add_parser("exercises", help="write exercise stubs from the reference")
     ex.add_argument("--check", action="store_true", help="fail if exercises/ is out of date")
-    ex.add_argument("--out", default=None, help="write a fresh copy of the stubs to this folder instead")
+    ex.add_argument("--out", default=None,
+                    help="write the stubs to this folder instead; files that differ from their stub are kept")
+    ex.add_argument("--force", action="store_true",
+                    help="with --out: replace files that differ from their stub, saving each as NAME.bak-<time>")
     ex.set_defaults(run=cmd_exercises)
 
-    bench = sub.add_parser("bench", help="run the benchmarks (extra arguments go to pytest)")
+    bench = sub.add_parser("bench", help="run the benchmarks and print each ratio to its baseline",
+                           description="Check each result, then time it against a baseline measured in the same "
+                                       "run, and print the ratios. Extra arguments go to pytest.")
     bench.add_argument("--impl", default="reference", help="reference (default), exercises, a folder or a module name")
+    bench.add_argument("--only", choices=_bench_topics(), default=None, help="one benchmark file")
+    bench.add_argument("--quick", action="store_true",
+                       help="one round, 1 MB of text, the largest sizes left out (" +
+                            ", ".join(f"{k}={v}" for k, v in QUICK_KNOBS.items()) + f", -k '{QUICK_DESELECT}')")
+    bench.add_argument("--json", default=None, metavar="FILE", help="keep pytest-benchmark's JSON report here")
     bench.set_defaults(run=cmd_bench)
 
     train = sub.add_parser("train", help="train a small model end to end (default corpus, a few CPU minutes)")
     train.add_argument("--config", default=None, help="a TOML file of fields (flags given here override it)")
     train.add_argument("--out", default=None, help="the run folder (default: runs/<date-time>)")
-    train.add_argument("--resume", default=None, metavar="RUN", help="continue the run in this folder")
+    train.add_argument("--resume", default=None, metavar="RUN",
+                       help="continue the run in this folder from its checkpoint (Ctrl-C saves one); with a larger "
+                            "--steps, extend it")
     add_config_arguments(train)
     train.set_defaults(run=cmd_train)
 

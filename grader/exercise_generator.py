@@ -30,6 +30,7 @@ import ast
 import functools
 import importlib.resources
 import re
+import shutil
 import symtable
 from dataclasses import dataclass
 from pathlib import Path
@@ -387,3 +388,42 @@ def generate(reference: Path, exercises: Path) -> list[str]:
         else:
             (exercises / name).unlink()
     return changed
+
+
+@dataclass
+class Copy:
+    """What `write_copy` did to a learner's folder."""
+    written: list[str]  # files that were missing (or replaced, with `force`)
+    kept: list[str]  # files that differ from their stub (the learner's work), left as they were
+    backups: list[Path]  # with `force`: where each replaced file was saved first
+
+
+def write_copy(reference: Path, folder: Path, force: bool = False, stamp: str = "") -> Copy:
+    """Write the stubs into a learner's `folder` without ever losing the learner's work.
+
+    A missing file is written; a file that already equals its stub is left alone; a file that differs from its stub
+    is kept as it is, unless `force`, which first saves it beside itself as `name.py.bak-<stamp>` and then writes
+    the stub. Files that are not stubs (the learner's own modules) are never touched.
+    """
+    expected = expected_tree(reference)  # raises MarkerError before anything is touched
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    done = Copy([], [], [])
+    for name, text in expected.items():
+        path = folder / name
+        if path.exists() and path.read_bytes() == text.encode("utf-8"):
+            continue
+        if path.exists() and not force:
+            done.kept.append(name)
+            continue
+        if path.exists():
+            backup = folder / f"{name}.bak-{stamp}"
+            suffix = 1
+            while backup.exists():  # two forced copies within one second: neither backup is lost
+                backup, suffix = folder / f"{name}.bak-{stamp}-{suffix}", suffix + 1
+            shutil.copy2(path, backup)  # byte for byte, whatever the encoding
+            done.backups.append(backup)
+        write_text_atomic(path, text)
+        done.written.append(name)
+    return done

@@ -1,14 +1,23 @@
 """`llmkata grade`: run the spec against an implementation in a child process and score it by chapter.
 
 The child is a fresh `python -m pytest` over the installed spec with `--impl`, so nothing the implementation does
-can change the grader's own state; it reports each test's outcome to a file the parent then reads.
+can change the grader's own state; it reports each test's outcome to a file the parent then reads
+(`llmkata.results_plugin`).
+
+The report is a table of every chapter (properties passed, skipped, failing), then every failing property of the
+chapter being worked on — the first one not finished, or the one asked for — each with its one-line message and
+hypothesis's shrunk example, and what to read next; then every skipped test with its reason and the command that
+installs what it needs. A skipped property still counts in the total, so the denominator never depends on which
+optional packages happen to be installed.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -16,9 +25,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import llmkata.spec
+from llmkata.results_plugin import describe_syntax_error
 from llmkata.spec.contract import BY_MODULE, CHAPTERS
 
 SPEC_DIR = Path(llmkata.spec.__path__[0])
+MESSAGE_WIDTH = 200  # a message is cut to this many characters, so that each stays on one line or two
+
+
+@dataclass
+class Failure:
+    name: str  # the test function, with its parameters: 'test_softmax_rows_sum_to_one', 'test_x[layers.silu]'
+    message: str = ""
+    example: str = ""  # hypothesis's shrunk example, its arguments on one line
+    line: int | None = None  # where the test is defined in its spec file
+    contract: bool = False  # a contract check (spec/test_contract.py), which does not score
+
+
+@dataclass
+class Skip:
+    name: str
+    reason: str
 
 
 @dataclass
@@ -26,9 +52,17 @@ class ChapterScore:
     number: int
     module: str
     passed: int = 0
-    total: int = 0
-    first_failure: str = ""
-    failures: list[str] = field(default_factory=list)
+    total: int = 0  # every property that was selected, skipped ones included
+    failures: list[Failure] = field(default_factory=list)  # the chapter's properties first, then contract checks
+    skipped: list[Skip] = field(default_factory=list)
+
+    @property
+    def first_failure(self) -> str:
+        return f"{self.failures[0].name}: {self.failures[0].message}" if self.failures else ""
+
+    @property
+    def finished(self) -> bool:
+        return not self.failures
 
 
 def _chapter_module(nodeid: str) -> str:
@@ -41,34 +75,47 @@ def _chapter_module(nodeid: str) -> str:
 
 def score(records: list[dict]) -> dict[str, ChapterScore]:
     scores = {c.module: ChapterScore(c.number, c.module) for c in CHAPTERS}
-    outcomes: dict[str, tuple[str, str]] = {}
+    outcomes: dict[str, dict] = {}
     for record in records:  # a failure in setup, call or teardown fails the test
         previous = outcomes.get(record["nodeid"])
-        if previous is None or previous[0] == "passed":
-            outcomes[record["nodeid"]] = (record["outcome"], record["message"])
+        if previous is None or previous["outcome"] == "passed":
+            outcomes[record["nodeid"]] = record
     # A chapter's own properties come before its contract checks: they say more about what to do first.
-    for nodeid, (outcome, message) in sorted(outcomes.items(), key=lambda item: "test_contract.py" in item[0]):
+    for nodeid, record in sorted(outcomes.items(), key=lambda item: "test_contract.py" in item[0]):
         module = _chapter_module(nodeid)
         if module not in scores:
             scores[module] = ChapterScore(BY_MODULE[module].number if module in BY_MODULE else 99, module)
         chapter = scores[module]
-        if outcome == "skipped":
-            continue
+        name = nodeid.split("::")[-1]
         # Only properties score: a stub with the right signature passes its contract check, and earns nothing.
         # A contract check that fails is still reported (a wrong signature breaks the properties that call it).
         is_property = "test_contract.py" not in nodeid
         chapter.total += is_property
-        if outcome == "passed":
+        if record["outcome"] == "skipped":
+            chapter.skipped.append(Skip(name, (record.get("message") or "").strip().split("\n")[0]))
+        elif record["outcome"] == "passed":
             chapter.passed += is_property
         else:
-            name = nodeid.split("::")[-1]
-            chapter.failures.append(name)
-            if not chapter.first_failure:
-                chapter.first_failure = f"{name}: {message}"
+            chapter.failures.append(Failure(name, record.get("message", ""), record.get("example", ""),
+                                            record.get("line"), contract=not is_property))
     return scores
 
 
+def _check_package_compiles(impl: str) -> None:
+    """A folder whose __init__.py does not compile stops every test before it starts: say so in one line.
+    (Compiling runs none of its code; a module other than __init__.py that does not compile fails its tests.)"""
+    init = Path(impl).expanduser() / "__init__.py"
+    if not init.is_file():
+        return
+    try:
+        compile(init.read_bytes(), str(init), "exec", dont_inherit=True)
+    except SyntaxError as error:
+        raise ValueError(f"{init} does not compile, so no test can import the implementation: "
+                         f"{describe_syntax_error(error)}") from None
+
+
 def run_spec(impl: str, seed: int, extra: list[str] = (), timeout: float = 1800) -> list[dict]:
+    _check_package_compiles(impl)
     with tempfile.TemporaryDirectory(prefix="llmkata-grade-") as workdir:
         results = Path(workdir) / "results.jsonl"
         results.touch()
@@ -90,23 +137,163 @@ def run_spec(impl: str, seed: int, extra: list[str] = (), timeout: float = 1800)
         return records
 
 
-def render(impl: str, seed: int, scores: dict[str, ChapterScore]) -> str:
-    rows = [f"llmkata grade — implementation: {impl} (hypothesis seed {seed})", ""]
-    rows.append(f"{'#':>3}  {'chapter':<12} {'passed':>11}   first failing property")
-    passed = total = 0
+# ------------------------------------------------------------------------------------------------- the report
+
+def find_chapter(name: str) -> str:
+    """The module of a chapter given by module, title or number: 'layers', 'Layers' or '4' -> 'layers'."""
+    wanted = name.strip().lower()
+    for chapter in CHAPTERS:
+        if wanted in (chapter.module, chapter.title.lower(), str(chapter.number)):
+            return chapter.module
+    known = ", ".join(f"{c.number} {c.module}" for c in CHAPTERS)
+    raise ValueError(f"--chapter {name}: no such chapter; the chapters are {known}")
+
+
+def _shown(path: Path) -> str:
+    """A path as a reader types it: relative to the working folder when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _impl_file(impl: str, module: str) -> str:
+    """Where the learner's module is, without importing anything of the implementation."""
+    folder = Path(impl).expanduser()
+    if folder.is_dir():
+        return _shown(folder / f"{module}.py")
+    if impl in ("reference", "exercises"):  # ours: beside the spec, in a clone and in an installed wheel alike
+        return _shown(SPEC_DIR.parent / impl / f"{module}.py")
+    return f"`{impl}.{module}`"
+
+
+def _in_clone() -> bool:
+    """Is the spec running from a clone of the repository (rather than from an installed wheel)?"""
+    return (SPEC_DIR.parent / "pyproject.toml").exists() and (SPEC_DIR.parent / "grader").is_dir()
+
+
+def _extras() -> dict[str, str]:
+    """Distribution name -> the llmkata extra that installs it: {'transformers': 'interop', ...}."""
+    try:
+        requirements = importlib.metadata.requires("llmkata") or []
+    except importlib.metadata.PackageNotFoundError:
+        requirements = []
+    extras = {}
+    for requirement in requirements:
+        found = re.match(r"\s*([A-Za-z0-9_.\-]+).*?;\s*extra\s*==\s*['\"]([^'\"]+)['\"]", requirement)
+        if found and found.group(1).lower() != "llmkata":
+            extras.setdefault(found.group(1).lower().replace("_", "-"), found.group(2))
+    return extras
+
+
+def install_hint(reason: str) -> str:
+    """The command that makes a test skipped for a missing package run:
+    "could not import 'transformers': ..." -> 'pip install "llmkata[interop]"'; '' when the reason is not that."""
+    found = re.search(r"could not import '([^']+)'", reason)
+    if not found:
+        return ""
+    package = found.group(1).split(".")[0].lower().replace("_", "-")
+    extra = _extras().get(package)
+    if extra is None:
+        return f"pip install {package}"
+    if _in_clone():
+        root = SPEC_DIR.parent
+        where = "." if root.resolve() == Path.cwd().resolve() else str(root)
+        return f'pip install -e "{where}[{extra}]"'
+    return f'pip install "llmkata[{extra}]"'
+
+
+def _cut(text: str, width: int = MESSAGE_WIDTH) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _status(chapter: ChapterScore, focus: str | None) -> str:
+    if chapter.finished:
+        return "all pass" if not chapter.skipped else "all that ran pass"
+    properties = sum(not f.contract for f in chapter.failures)
+    checks = len(chapter.failures) - properties
+    count = f"{properties} failing" + (f" + {checks} contract check(s)" if checks else "")
+    return f"{count}, first {chapter.failures[0].name}" + ("   (listed below)" if chapter.module == focus else "")
+
+
+def _details(impl: str, chapter: ChapterScore) -> list[str]:
+    title = BY_MODULE[chapter.module].title if chapter.module in BY_MODULE else chapter.module
+    spec_file = SPEC_DIR / f"test_{chapter.module}.py"
+    if not chapter.total and not chapter.failures:
+        return [f"Chapter {chapter.number} ({title}): none of its tests ran (see -k)."]
+    if chapter.finished:
+        return [f"Chapter {chapter.number} ({title}): every property that ran passes."]
+    properties = sum(not f.contract for f in chapter.failures)
+    checks = len(chapter.failures) - properties
+    rows = [f"Chapter {chapter.number} ({title}): {properties} of {chapter.total} properties fail"
+            + (f", and {checks} contract check(s)" if checks else "")]
+    for failure in chapter.failures:
+        where = SPEC_DIR / "test_contract.py" if failure.contract else spec_file
+        line = f":{failure.line}" if failure.line else ""
+        rows.append(f"  ✗ {failure.name}   ({where.name}{line})")
+        for part in _cut(failure.message or "failed, without a message").splitlines() or [""]:
+            rows.append(f"      {part}")
+        if failure.example:
+            rows.append(f"      example: {failure.example}")
+    rows.append(f"  Read: {_shown(spec_file)} (each test is named after the property it checks) and the docstrings "
+                f"in {_impl_file(impl, chapter.module)}.")
+    impl_arg = impl
+    if Path(impl).expanduser().is_dir() and impl not in ("reference", "exercises"):
+        impl_arg = _shown(Path(impl).expanduser())
+        impl_arg = impl_arg if impl_arg.startswith(("/", ".", "~")) else f"./{impl_arg}"
+    rows.append(f"  Tracebacks: pytest --pyargs llmkata.spec.test_{chapter.module} --impl {impl_arg} -x")
+    return rows
+
+
+def _skipped(scores: dict[str, ChapterScore]) -> list[str]:
+    groups: dict[str, list[str]] = {}
     for chapter in sorted(scores.values(), key=lambda c: c.number):
-        if chapter.total == 0:
+        for skip in chapter.skipped:
+            groups.setdefault(skip.reason, []).append(f"{chapter.module}: {skip.name}")
+    if not groups:
+        return []
+    count = sum(len(names) for names in groups.values())
+    rows = [f"Skipped: {count} test(s) did not run, and count as not passed:"]
+    for reason, names in groups.items():
+        hint = install_hint(reason)
+        rows.append(f"  {_cut(reason or 'no reason given')}" + (f" — to run them: {hint}" if hint else ""))
+        rows.extend(f"    {name}" for name in names)
+    return rows
+
+
+def focus_chapter(scores: dict[str, ChapterScore], chapter: str | None = None) -> str | None:
+    """The chapter whose failures are listed: the one asked for, else the first one not finished."""
+    if chapter:
+        return find_chapter(chapter)
+    unfinished = [c for c in sorted(scores.values(), key=lambda c: c.number) if c.total and not c.finished]
+    unfinished += [c for c in scores.values() if not c.total and c.failures]  # contract checks alone
+    return unfinished[0].module if unfinished else None
+
+
+def render(impl: str, seed: int, scores: dict[str, ChapterScore], chapter: str | None = None) -> str:
+    focus = focus_chapter(scores, chapter)
+    rows = [f"llmkata grade — implementation: {impl} (hypothesis seed {seed})", ""]
+    rows.append(f"{'#':>3}  {'chapter':<12} {'passed':^13}  {'skipped':>7}   status")
+    passed = total = skipped = 0
+    for score_ in sorted(scores.values(), key=lambda c: c.number):
+        if score_.total == 0 and not score_.failures:
             continue
-        passed, total = passed + chapter.passed, total + chapter.total
-        name, _, message = chapter.first_failure.partition(": ")
-        rows.append(f"{chapter.number:>3}  {chapter.module:<12} {chapter.passed:>5} / {chapter.total:<5}   {name or 'all pass'}")
-        if message:
-            rows.append(f"{'':>32}↳ {message if len(message) <= 200 else message[:197] + '...'}")
-    rows += ["", f"     {'total':<12} {passed:>5} / {total:<5}   {100.0 * passed / max(total, 1):.1f}%"]
-    return "\n".join(rows)
+        passed, total, skipped = passed + score_.passed, total + score_.total, skipped + len(score_.skipped)
+        rows.append(f"{score_.number:>3}  {score_.module:<12} {score_.passed:>5} / {score_.total:<5}  "
+                    f"{len(score_.skipped):>7}   {_status(score_, focus)}")
+    rows += [f"     {'total':<12} {passed:>5} / {total:<5}  {skipped:>7}   {100.0 * passed / max(total, 1):.1f}%", ""]
+    if focus is not None and focus in scores:
+        rows += _details(impl, scores[focus]) + [""]
+    elif focus is None:
+        rows += ["Every property that ran passes." if skipped else "Every property passes.", ""]
+    rows += _skipped(scores)
+    return "\n".join(rows).rstrip() + "\n"
 
 
-def grade(impl: str, seed: int | None = None, extra: list[str] = ()) -> tuple[str, dict[str, ChapterScore]]:
+def grade(impl: str, seed: int | None = None, extra: list[str] = (),
+          chapter: str | None = None) -> tuple[str, dict[str, ChapterScore]]:
+    if chapter:
+        find_chapter(chapter)  # a wrong name is reported before the spec runs
     seed = random.randrange(2**31) if seed is None else seed
     scores = score(run_spec(impl, seed, extra))
-    return render(impl, seed, scores), scores
+    return render(impl, seed, scores, chapter), scores
