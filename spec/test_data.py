@@ -156,6 +156,8 @@ def test_packing_writes_atomically(impl, tmp_path):
     docs = ["new document"] * 300 + ["FAIL here"]
     try:
         impl.data.tokenize_and_pack(docs, FailingTokenizer(), 256, path, vocab_size=257)
+    except NotImplementedError:
+        raise
     except RuntimeError:
         pass
     else:
