@@ -101,8 +101,8 @@ def load_jsonl(paths, field: str = "text", errors: str = "strict") -> Iterator[s
     Example line: {"text": "Hello.", "url": "https://example.com"}
     """
     raise NotImplementedError('`text.load_jsonl` is not implemented yet — chapter 1 (text): see '
-                              'test_loaders_are_lazy, test_jsonl_yields_the_field_of_each_line and '
-                              'test_rejects_a_jsonl_line_without_the_field in spec/test_text.py.')
+                              'test_loaders_are_lazy, test_jsonl_yields_the_field_of_each_line and 2 more in '
+                              'spec/test_text.py.')
 
 
 def load_hf_dataset(dataset, field: str = "text", split: str = "train", streaming: bool = False,
@@ -114,7 +114,8 @@ def load_hf_dataset(dataset, field: str = "text", split: str = "train", streamin
     IterableDataset. With streaming=True rows are read as they are asked for, nothing is downloaded in full.
     """
     raise NotImplementedError('`text.load_hf_dataset` is not implemented yet — chapter 1 (text): see '
-                              'test_hf_datasets_load_in_memory_and_streaming in spec/test_text.py.')
+                              'test_hf_datasets_load_in_memory_and_streaming and '
+                              'test_hf_dataset_loads_the_split_asked_for in spec/test_text.py.')
 
 
 # ---------------------------------------------------------------------------------------------------------- cleaning
@@ -181,8 +182,8 @@ def clean(text: str, form: str = "NFC") -> str:
     can (NFC decomposes a few characters, e.g. U+FB2C -> three code points).
     """
     raise NotImplementedError('`text.clean` is not implemented yet — chapter 1 (text): see '
-                              'test_cleaning_is_idempotent, test_cleaning_never_makes_text_longer and '
-                              'test_clean_fixes_the_usual_mess in spec/test_text.py.')
+                              'test_cleaning_is_idempotent, test_cleaning_never_makes_text_longer, '
+                              'test_clean_fixes_the_usual_mess and 1 more in spec/test_text.py.')
 
 
 # --------------------------------------------------------------------------------------------------- quality filters
@@ -265,8 +266,7 @@ def failed_rules(text: str, config: QualityConfig | None = None) -> list[str]:
     A pure function: the answer depends on `text` and `config` alone, never on documents seen before.
     """
     raise NotImplementedError('`text.failed_rules` is not implemented yet — chapter 1 (text): see '
-                              'test_each_rule_drops_what_breaks_it_and_keeps_the_rest, test_filters_are_pure and 1 '
-                              'more in spec/test_text.py.')
+                              'test_each_rule_drops_what_breaks_it_and_keeps_the_rest and 3 more in spec/test_text.py.')
 
 
 def quality_filter(docs: Iterable[str], config: QualityConfig | None = None,
@@ -274,8 +274,8 @@ def quality_filter(docs: Iterable[str], config: QualityConfig | None = None,
     """Yield the documents that break no quality rule; count each dropped one in report.dropped under the first
     rule it breaks."""
     raise NotImplementedError('`text.quality_filter` is not implemented yet — chapter 1 (text): see '
-                              'test_filters_are_pure and '
-                              'test_report_counts_each_dropped_document_under_its_first_rule in spec/test_text.py.')
+                              'test_filters_are_pure, test_report_counts_each_dropped_document_under_its_first_rule '
+                              'and 2 more in spec/test_text.py.')
 
 
 # ------------------------------------------------------------------------------------------------------ exact dedup
@@ -294,7 +294,8 @@ def exact_dedup(docs: Iterable[str], report: FilterReport | None = None) -> Iter
     """Yield each document whose dedup_key has not been seen before: the first of each group of duplicates, in
     corpus order.  Memory: 16 bytes per distinct document."""
     raise NotImplementedError('`text.exact_dedup` is not implemented yet — chapter 1 (text): see '
-                              'test_exact_dedup_keeps_the_first_of_each_duplicate_in_order in spec/test_text.py.')
+                              'test_exact_dedup_keeps_the_first_of_each_duplicate_in_order, '
+                              'test_clean_corpus_is_its_stages_in_order and 1 more in spec/test_text.py.')
 
 
 # ------------------------------------------------------------------------------------------------------- near dedup
@@ -335,7 +336,7 @@ def shingles(text: str, ngram: int = 5) -> set[tuple[str, ...]]:
     Example: shingles('a b c a b', ngram=2) -> {('a', 'b'), ('b', 'c'), ('c', 'a')}
     """
     raise NotImplementedError('`text.shingles` is not implemented yet — chapter 1 (text): see '
-                              'test_shingles_are_the_word_ngrams and 2 more in spec/test_text.py.')
+                              'test_shingles_are_the_word_ngrams and 3 more in spec/test_text.py.')
 
 
 def jaccard(a: set, b: set) -> float:
@@ -411,14 +412,14 @@ def minhash_signatures(docs: Sequence[str], num_perm: int = 128, ngram: int = 5,
     so signatures made with the same (num_perm, ngram, seed) can be compared across calls.
     """
     raise NotImplementedError('`text.minhash_signatures` is not implemented yet — chapter 1 (text): see '
-                              'test_minhash_estimate_is_within_the_hoeffding_bound_of_the_true_jaccard and 1 more in '
+                              'test_minhash_estimate_is_within_the_hoeffding_bound_of_the_true_jaccard and 2 more in '
                               'spec/test_text.py.')
 
 
 def estimate_jaccard(a: np.ndarray, b: np.ndarray) -> float:
     """The fraction of positions where two signatures agree: an unbiased estimate of the Jaccard similarity."""
     raise NotImplementedError('`text.estimate_jaccard` is not implemented yet — chapter 1 (text): see '
-                              'test_minhash_estimate_is_within_the_hoeffding_bound_of_the_true_jaccard in '
+                              'test_minhash_estimate_is_within_the_hoeffding_bound_of_the_true_jaccard and 1 more in '
                               'spec/test_text.py.')
 
 
@@ -445,7 +446,7 @@ def near_dedup(docs: Iterable[str], threshold: float = 0.8, num_perm: int = 128,
     documents are counted in report.dropped['near_duplicate']. Lazy: documents are signed in chunks as they come.
     """
     raise NotImplementedError('`text.near_dedup` is not implemented yet — chapter 1 (text): see '
-                              'test_near_dedup_catches_a_one_word_edit_of_a_long_document and 3 more in '
+                              'test_near_dedup_catches_a_one_word_edit_of_a_long_document and 8 more in '
                               'spec/test_text.py.')
 
 
@@ -459,5 +460,5 @@ def clean_corpus(docs: Iterable[str], config: QualityConfig | None = None, near_
     many were read and what dropped them: an empty corpus is an error, not an empty training run.
     """
     raise NotImplementedError('`text.clean_corpus` is not implemented yet — chapter 1 (text): see '
-                              'test_clean_corpus_cleans_filters_and_deduplicates and '
-                              'test_rejects_a_corpus_empty_after_filtering in spec/test_text.py.')
+                              'test_clean_corpus_cleans_filters_and_deduplicates, '
+                              'test_clean_corpus_is_its_stages_in_order and 2 more in spec/test_text.py.')
