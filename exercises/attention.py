@@ -29,6 +29,7 @@ padding masks inside CausalSelfAttention (batch elements are assumed to be full 
 import torch
 from torch import Tensor, nn
 
+from . import kernels as kernels_module
 from .layers import Linear
 from .rope import RotaryEmbedding
 
@@ -125,7 +126,8 @@ class CausalSelfAttention(nn.Module):
     x (B, T, d_model) -> q_proj, k_proj, v_proj -> heads -> RoPE on q and k -> causal attention per head
     -> concatenated heads -> o_proj -> (B, T, d_model). head_dim = d_model / n_heads; k_proj and v_proj make
     n_kv_heads heads, each shared by n_heads / n_kv_heads query heads. No biases, as in Llama. use_rope=False
-    leaves q and k unrotated (a model without position information, or one that adds it elsewhere).
+    leaves q and k unrotated (a model without position information, or one that adds it elsewhere). The heads attend
+    through `self.attend`: scaled_dot_product_attention, or with kernels=True chapter 14's `kernels.attention`.
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, max_seq_len: int = 2048,
@@ -137,6 +139,8 @@ class CausalSelfAttention(nn.Module):
                                   '(attention): see test_attention_without_rope_sees_no_positions and 10 more in '
                                   'spec/test_attention.py.')
         self.use_rope, self.kernels = use_rope, kernels
+        # The attention itself: the definition, or chapter 14's with a hand-written backward pass (the same numbers).
+        self.attend = kernels_module.attention if kernels else scaled_dot_product_attention
         self.q_proj = Linear(d_model, n_heads * self.head_dim, bias=False)
         self.k_proj = Linear(d_model, n_kv_heads * self.head_dim, bias=False)
         self.v_proj = Linear(d_model, n_kv_heads * self.head_dim, bias=False)

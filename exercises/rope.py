@@ -28,6 +28,8 @@ rotating only part of the head dimension.
 import torch
 from torch import Tensor, nn
 
+from . import kernels
+
 
 def rope_frequencies(head_dim: int, theta: float = 10000.0) -> Tensor:
     """The d/2 angular frequencies θ_i = θ^(−2i/d), in float64, fastest first.
@@ -95,3 +97,6 @@ class RotaryEmbedding(nn.Module):
         raise NotImplementedError('`rope.RotaryEmbedding.forward` is not implemented yet — chapter 5 (rope): see '
                                   'test_rope_in_bfloat16_gives_bfloat16_close_to_the_float64_rotation and 5 more in '
                                   'spec/test_rope.py.')
+        if self.kernels:  # chapter 14: the same rotation with a hand-written backward pass
+            return kernels.RotateFunction.apply(x, cos, sin, self.interleaved)
+        return rotate(x, cos, sin, self.interleaved)

@@ -5,6 +5,7 @@
     llmkata bench [--impl X] [--only attention|tokenizer|train|data] [--quick] [--json FILE]   # speed ratios
     llmkata train                               # default corpus, default model, a few minutes on 2 CPU cores
     llmkata train --impl exercises              # the same, with your own components
+    llmkata train --impl exercises --fallback reference   # yours where written, the reference's for the rest
     llmkata train --data notes/ --steps 2000    # your files (.txt, .md, .jsonl, folders), or a Hugging Face dataset
     llmkata train --config run.toml --lr 1e-3   # a TOML file, then flags on top
     llmkata train --resume runs/20250101-120000 # continue a run where its last checkpoint left it (Ctrl-C saves one)
@@ -211,7 +212,9 @@ def cmd_train(args) -> int:
         print(f"llmkata train: {where}: `llmkata train --resume {run}` continues", file=sys.stderr)
         return 130
     except pipeline.NOT_YET as error:
-        print(f"llmkata train --impl {config.impl}: {str(error).splitlines()[0]}", file=sys.stderr)
+        hint = "" if config.fallback else (" To train now with the reference's code for every part not written "
+                                           "yet: --fallback reference")
+        print(f"llmkata train --impl {config.impl}: {str(error).splitlines()[0]}{hint}", file=sys.stderr)
         return 2
     except FloatingPointError as error:
         checkpoint = run / pipeline.CHECKPOINT
@@ -241,6 +244,18 @@ def _sample_flags_problem(args) -> str | None:
     return None
 
 
+def _say_sources(command: str, run) -> None:
+    """For a run trained with --fallback reference: one line on stderr saying which chapters are whose."""
+    if run.mix is None:
+        return
+    how = "as the run was trained (sources.json in the run folder names each part)" if run.as_recorded else (
+        f"decided now for {run.config.impl}")
+    print(f"llmkata {command}: --fallback reference, {how}: {run.mix.line()}", file=sys.stderr)
+    if run.changed:
+        print(f"llmkata {command}: the reference's now, since yours are not written any more: "
+              f"{', '.join(run.changed)}", file=sys.stderr)
+
+
 def cmd_sample(args) -> int:
     _quiet_threads()
     problem = _sample_flags_problem(args)
@@ -254,6 +269,7 @@ def cmd_sample(args) -> int:
     try:
         folder = pipeline.find_run(args.run_folder)
         run = pipeline.Run.open(folder, args.impl)
+        _say_sources("sample", run)
         tokenizer = run.tokenizer
         eot = tokenizer.special_tokens[EOT]
         prompt = tokenizer.encode(args.prompt) if args.prompt else []
@@ -294,6 +310,7 @@ def cmd_eval(args) -> int:
             raise ConfigError(f"--tasks {args.tasks}: no such file")
         folder = pipeline.find_run(args.run_folder)
         run = pipeline.Run.open(folder, args.impl)
+        _say_sources("eval", run)
         val = run.validate(run.tokens("val"))
         choice = run.multiple_choice(args.tasks)
     except (ValueError, *pipeline.NOT_YET) as error:

@@ -17,7 +17,12 @@ take chapter 14's fast paths. A run folder holds everything:
     metrics.jsonl            one JSON object per log line: train loss, lr, grad norm, tokens/s; val loss, bits/byte
     loss.png                 the loss curves;  samples.txt: text the model wrote at the end
     summary.json             the final numbers: wall time, validation loss and bits/byte, accuracy, throughput
+    sources.json             with --fallback reference: which chapter, and which names, came from the reference
     hf/                      the model in the Hugging Face Llama format (Llama-shaped configurations only)
+
+With `fallback` set to reference, the run takes the implementation's names where they are written and the
+reference's for the rest (llmkata.fallback), prints a table of which came from where and records it in
+sources.json; resuming, sampling and evaluating that run take the same names from the reference again.
 
 Resuming loads the checkpoint and continues bit-exactly: the same weights, after the same number of steps, as a
 run that never stopped. Ctrl-C stops a run after the step in progress and saves a checkpoint there (a second
@@ -50,17 +55,19 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from llmkata import fallback
 from llmkata.atomic import write_text_atomic
 from llmkata.run_config import EOT, ConfigError, RunConfig, config_from_mapping, read_toml, write_toml
 from llmkata.run_metrics import Metrics, plot_losses, read_metrics
 from llmkata.spec.impl import Implementation, Missing, load
 
 CHECKPOINT = "checkpoint.safetensors"
+SOURCES = "sources.json"  # the table of a run with --fallback reference
 # What an implementation raises for a part it has not written yet: a stub, or a name that is missing.
 NOT_YET = (NotImplementedError, Missing)
 # The files a run writes in its folder (hf/ is a folder): what a failed start removes again, if it made them.
 RUN_FILES = ("config.toml", "data.json", "tokenizer.json", "train.npy", "val.npy", CHECKPOINT, "metrics.jsonl",
-             "loss.png", "samples.txt", "summary.json", "hf")
+             "loss.png", "samples.txt", "summary.json", "hf", SOURCES)
 DATA_SUFFIXES = (".txt", ".md", ".jsonl")  # what a data folder is read for
 CHUNK_CHARS = 4000  # a longer document of --data is cut into chunks of about this many characters for the split
 
@@ -209,18 +216,42 @@ def _looks_like_a_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).suffix in (".txt", ".md", ".jsonl", ".json", ".text")
 
 
+def read_sources(folder: Path) -> dict | None:
+    """The recorded table of a run with --fallback reference (sources.json); None if it has none."""
+    try:
+        recorded = json.loads((Path(folder) / SOURCES).read_text())
+    except (OSError, ValueError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
 def train(config: RunConfig, folder: Path, resume: bool = False, say=print) -> dict:
     """Run (or resume) training in `folder`; return the summary. FloatingPointError on a NaN loss."""
-    return Run(folder, config, say).train(resume)
+    return Run(folder, config, say, recorded=read_sources(folder) if resume else None).train(resume)
 
 
 class Run:
     """One run folder and what a run works with: the implementation, the configuration (kernels decided for that
-    implementation), the device, and, once made or loaded, the data's numbers, the tokenizer and the model."""
+    implementation), the device, and, once made or loaded, the data's numbers, the tokenizer and the model.
 
-    def __init__(self, folder: Path, config: RunConfig, say=print, device: torch.device | None = None):
+    With config.fallback set, `impl` is the mix of the implementation's written names and the reference's (`mix`
+    says which came from where); `recorded`, the sources.json of the run, takes the same names from the reference.
+    """
+
+    def __init__(self, folder: Path, config: RunConfig, say=print, device: torch.device | None = None,
+                 recorded: dict | None = None):
         self.folder = Path(folder)
         self.impl = load(config.impl)
+        self.mix: fallback.Mix | None = None
+        self.changed: list[str] = []  # names whose side differs from `recorded` (a stub now, that was written)
+        self.as_recorded = recorded is not None  # the mix follows the run's sources.json
+        if config.fallback:
+            try:
+                self.mix = fallback.compose(self.impl, load(config.fallback), recorded)
+            except fallback.FallbackError as error:
+                raise ConfigError(f"fallback: {error}") from None
+            self.impl = self.mix.impl
+            self.changed = self.mix.changed_from(recorded) if recorded else []
         self.config = config.resolved(self.impl)
         self.say = say
         self.device = device or pick_device(self.config.device)
@@ -235,7 +266,9 @@ class Run:
         (default: the run's). `impl` replaces the run's implementation."""
         folder = Path(folder)
         values = read_toml(folder / "config.toml")
+        recorded = read_sources(folder)  # the mix the run was trained with, when it is the run's implementation
         if impl and impl != values.get("impl"):
+            recorded = None
             # The weights are the same on either path; whether to take the fast ones is the new implementation's.
             values = {**values, "impl": impl, "kernels": "auto"}
         config = config_from_mapping(values, where=str(folder / "config.toml"))
@@ -244,7 +277,7 @@ class Run:
                 device = pick_device(config.device)
             except ConfigError:  # trained on a device this machine lacks: the weights load anywhere
                 device = pick_device("auto")
-        run = cls(folder, config, say=lambda message: None, device=device)
+        run = cls(folder, config, say=lambda message: None, device=device, recorded=recorded)
         run.info = json.loads((folder / "data.json").read_text())
         run.model = build_model(run.impl, run.config, run.info["vocab_size"])
         state = run.impl.train.load_checkpoint(folder / CHECKPOINT, run.model)
@@ -414,6 +447,11 @@ class Run:
         impl, config, device = self.impl, self.config, self.device
         if config.threads:
             torch.set_num_threads(config.threads)
+        if self.mix is not None:
+            if resume and self.changed:
+                raise ConfigError(f"cannot resume: these were yours when the run began and are not written now, so "
+                                  f"the run would go on with other code: {', '.join(self.changed)}")
+            self.say(self.mix.table())
         if self.folder.exists() and not self.folder.is_dir():
             raise ConfigError(f"{self.folder} is a file: the run folder must be a folder")
         made, folder = [], self.folder  # the folders this run makes, the run folder first
@@ -434,6 +472,8 @@ class Run:
             generator = torch.Generator().manual_seed(config.seed)  # draws the batches: the position in the data
             start, elapsed_before = self._resume(model, optimizer, generator) if resume else (0, 0.0)
             write_toml(config, self.folder / "config.toml")
+            if self.mix is not None:
+                write_text_atomic(self.folder / SOURCES, json.dumps(self.mix.record(), indent=1) + "\n")
         except BaseException:
             if not resume:
                 self._undo_start(made, before)
@@ -587,6 +627,8 @@ class Run:
             "multiple_choice": accuracy,
             "sample": samples[0] if samples else None,
         }
+        if self.mix is not None:  # each chapter's side; sources.json names every name
+            summary["sources"] = self.mix.chapters()
         write_text_atomic(self.folder / "summary.json", json.dumps(summary, indent=1) + "\n")
         return summary
 

@@ -30,9 +30,10 @@ EOT = "<|endoftext|>"
 RESUMABLE = ("device", "threads", "progress")
 # The fields that shape a run's prepared data (tokenizer.json, train.npy, val.npy): data.json records them, and a
 # run folder whose data was made with other values has it made again.
-DATA_FIELDS = ("impl", "kernels", "data", "data_field", "data_split", "errors", "max_documents", "val_fraction",
-               "vocab_size")
+DATA_FIELDS = ("impl", "fallback", "kernels", "data", "data_field", "data_split", "errors", "max_documents",
+               "val_fraction", "vocab_size")
 KERNELS = ("on", "off", "auto")
+FALLBACKS = ("", "reference")  # --fallback: stop at the first part not written yet, or take the reference's
 ERRORS = ("strict", "replace")
 REFERENCE_PACKAGE = "llmkata.reference"
 
@@ -46,6 +47,7 @@ class RunConfig:
     """Everything a run depends on. The defaults train a ~1M-parameter Llama-style model on the default corpus."""
 
     impl: str = "reference"  # reference, exercises, a folder or a module name
+    fallback: str = ""  # "": stop at a part of impl not written yet; reference: take the reference's for it
     data: list[str] = field(default_factory=list)  # files or folders (.txt, .md, .jsonl), or a HF dataset name
     data_field: str = "text"  # the text field of .jsonl lines and dataset rows
     data_split: str = "train"  # the split of a Hugging Face dataset
@@ -114,6 +116,8 @@ class RunConfig:
                 raise ConfigError(f"{name} must be below 1, got {getattr(self, name)}")
         if self.vocab_size < 257:
             raise ConfigError(f"vocab_size must be at least 257 (256 bytes + {EOT}), got {self.vocab_size}")
+        if self.fallback not in FALLBACKS:
+            raise ConfigError(f"fallback must be reference or empty (no fallback), got {self.fallback!r}")
         if self.kernels not in KERNELS:
             raise ConfigError(f"kernels must be on, off or auto, got {self.kernels!r}")
         if self.errors not in ERRORS:
@@ -157,8 +161,9 @@ class RunConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in RESUMABLE}
 
     def data_fields(self) -> dict:
-        """The fields that shape the prepared data (DATA_FIELDS), as data.json records them."""
-        return {k: getattr(self, k) for k in DATA_FIELDS}
+        """The fields that shape the prepared data (DATA_FIELDS), as data.json records them; `fallback` only when
+        it is set, so that data prepared before the field existed is still taken as made with the same fields."""
+        return {k: getattr(self, k) for k in DATA_FIELDS if k != "fallback" or self.fallback}
 
     def differences_from_checkpoint(self, saved: dict) -> list[str]:
         """The fields on which a checkpoint's saved configuration (numerics() as JSON) disagrees with this one.
@@ -176,6 +181,9 @@ HELP = {
     "impl": "implementation: reference (default), exercises, a folder or a module name",
     "data": "text files, folders (their .txt, .md and .jsonl files) or a Hugging Face dataset name (default: the "
             "pydoc corpus); a long document, such as a book in one file, is cut at paragraph breaks for the split",
+    "fallback": "reference: take every part of --impl that is written, and the reference's for each one that is "
+                "not (a stub or missing), printing and recording in the run folder which came from where; "
+                "none: the first part not written yet stops the run",
     "kernels": "the hand-written fast paths of chapter 14 (kernels): on, off, or auto: on for the reference, "
                "off for any other implementation",
     "errors": "bytes of a file that are not UTF-8: strict (stop, naming the file and byte) or replace "
@@ -188,7 +196,7 @@ HELP = {
     "grad_clip": "clip the global gradient norm to this (0: no clipping)",
     "threads": "torch CPU threads, and processes of the kernels chapter's tokenizer trainer (0: their defaults)",
 }
-METAVAR = {"kernels": "|".join(KERNELS), "errors": "|".join(ERRORS)}
+METAVAR = {"kernels": "|".join(KERNELS), "errors": "|".join(ERRORS), "fallback": "reference"}
 
 
 def field_type(name: str) -> type:
@@ -274,7 +282,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=name, nargs="+", default=argparse.SUPPRESS, help=text)
         else:
             parser.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS,
-                                metavar=METAVAR.get(name, name.upper()), help=f"{text} (default: {spec.default})")
+                                metavar=METAVAR.get(name, name.upper()),
+                                help=f"{text} (default: {spec.default if spec.default != '' else 'none'})")
 
 
 def flags_given(args: argparse.Namespace) -> dict:

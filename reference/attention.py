@@ -30,7 +30,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from . import kernels
+from . import kernels as kernels_module
 from .layers import Linear, softmax
 from .rope import RotaryEmbedding
 
@@ -174,7 +174,8 @@ class CausalSelfAttention(nn.Module):
     x (B, T, d_model) -> q_proj, k_proj, v_proj -> heads -> RoPE on q and k -> causal attention per head
     -> concatenated heads -> o_proj -> (B, T, d_model). head_dim = d_model / n_heads; k_proj and v_proj make
     n_kv_heads heads, each shared by n_heads / n_kv_heads query heads. No biases, as in Llama. use_rope=False
-    leaves q and k unrotated (a model without position information, or one that adds it elsewhere).
+    leaves q and k unrotated (a model without position information, or one that adds it elsewhere). The heads attend
+    through `self.attend`: scaled_dot_product_attention, or with kernels=True chapter 14's `kernels.attention`.
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, max_seq_len: int = 2048,
@@ -195,6 +196,8 @@ class CausalSelfAttention(nn.Module):
                              f"gives {self.head_dim}")
         # END SOLUTION
         self.use_rope, self.kernels = use_rope, kernels
+        # The attention itself: the definition, or chapter 14's with a hand-written backward pass (the same numbers).
+        self.attend = kernels_module.attention if kernels else scaled_dot_product_attention
         self.q_proj = Linear(d_model, n_heads * self.head_dim, bias=False)
         self.k_proj = Linear(d_model, n_kv_heads * self.head_dim, bias=False)
         self.v_proj = Linear(d_model, n_kv_heads * self.head_dim, bias=False)
@@ -226,10 +229,7 @@ class CausalSelfAttention(nn.Module):
         n_rep = self.n_heads // self.n_kv_heads
         # The T queries are the last T of the offset + T keys: is_causal aligns them to the end.
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, offset + T, hd)
-        if self.kernels:  # chapter 14: the same attention, differentiated by hand
-            out = kernels.attention(q, k, v, is_causal=True)
-        else:
-            out = scaled_dot_product_attention(q, k, v, is_causal=True)
+        out = self.attend(q, k, v, is_causal=True)  # (B, H, T, hd)
         out = out.transpose(1, 2).reshape(batch, length, self.n_heads * self.head_dim)  # (B, T, H·hd)
         return self.o_proj(out)
         # END SOLUTION
