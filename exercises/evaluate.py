@@ -57,7 +57,7 @@ def evaluate_loss(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) ->
     The sum is kept in float64, so millions of tokens add up without losing digits.
     """
     raise NotImplementedError('`evaluate.evaluate_loss` is not implemented yet — chapter 10 (evaluate): see '
-                              'test_evaluate_loss_is_the_mean_nll_over_tokens_not_batches and 1 more in '
+                              'test_evaluate_loss_is_the_mean_nll_over_tokens_not_batches and 2 more in '
                               'spec/test_evaluate.py.')
 
 
@@ -73,7 +73,7 @@ def bits_per_byte(mean_nll: float, n_tokens: int, n_bytes: int) -> float:
     Example: a uniform model over 256 single-byte tokens: bits_per_byte(math.log(256), 1000, 1000) -> 8.0
     """
     raise NotImplementedError('`evaluate.bits_per_byte` is not implemented yet — chapter 10 (evaluate): see '
-                              'test_bits_per_byte_is_the_total_nll_in_bits_over_the_bytes and 1 more in '
+                              'test_bits_per_byte_is_the_total_nll_in_bits_over_the_bytes and 2 more in '
                               'spec/test_evaluate.py.')
 
 
@@ -88,7 +88,7 @@ def continuation_logprob(model: nn.Module, context: Sequence[int], continuation:
     ValueError.
     """
     raise NotImplementedError('`evaluate.continuation_logprob` is not implemented yet — chapter 10 (evaluate): see '
-                              'test_evaluation_leaves_the_model_as_it_was and 5 more in spec/test_evaluate.py.')
+                              'test_evaluation_leaves_the_model_as_it_was and 7 more in spec/test_evaluate.py.')
 
 
 def score_choices(model: nn.Module, context: Sequence[int], choices: Sequence[Sequence[int]]) -> list[float]:
@@ -104,8 +104,8 @@ def load_choice_tasks(path) -> list[dict]:
     a missing key, a context that is not a string, fewer than two choices, a label outside 0..len(choices) − 1.
     """
     raise NotImplementedError('`evaluate.load_choice_tasks` is not implemented yet — chapter 10 (evaluate): see '
-                              'test_load_choice_tasks_reads_json_lines and test_rejects_a_malformed_task_file in '
-                              'spec/test_evaluate.py.')
+                              'test_load_choice_tasks_reads_json_lines, test_rejects_a_malformed_task_file and 1 more '
+                              'in spec/test_evaluate.py.')
 
 
 def multiple_choice_accuracy(model: nn.Module, tokenizer, tasks: Sequence[dict]) -> dict:
@@ -116,5 +116,5 @@ def multiple_choice_accuracy(model: nn.Module, tokenizer, tasks: Sequence[dict])
     needs encode(str) -> list[int].
     """
     raise NotImplementedError('`evaluate.multiple_choice_accuracy` is not implemented yet — chapter 10 (evaluate): '
-                              'see test_multiple_choice_accuracy_picks_the_likeliest_choice and 1 more in '
+                              'see test_multiple_choice_accuracy_picks_the_likeliest_choice and 2 more in '
                               'spec/test_evaluate.py.')

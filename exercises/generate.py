@@ -38,7 +38,7 @@ def top_k_filter(logits: Tensor, k: int) -> Tensor:
     """
     raise NotImplementedError('`generate.top_k_filter` is not implemented yet — chapter 9 (generate): see '
                               'test_top_k_filter_keeps_exactly_the_k_largest, test_k_zero_and_p_one_do_not_filter and '
-                              '1 more in spec/test_generate.py.')
+                              '3 more in spec/test_generate.py.')
 
 
 def top_p_filter(logits: Tensor, p: float) -> Tensor:
@@ -50,8 +50,8 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     Example: probabilities [0.5, 0.3, 0.2], p = 0.6 -> keeps the first two (0.5 < 0.6 <= 0.8)
     """
     raise NotImplementedError('`generate.top_p_filter` is not implemented yet — chapter 9 (generate): see '
-                              'test_top_p_keeps_the_smallest_set_with_mass_at_least_p and '
-                              'test_k_zero_and_p_one_do_not_filter in spec/test_generate.py.')
+                              'test_top_p_keeps_the_smallest_set_with_mass_at_least_p and 4 more in '
+                              'spec/test_generate.py.')
 
 
 def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -63,7 +63,7 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p:
     generator when None).
     """
     raise NotImplementedError('`generate.sample_next` is not implemented yet — chapter 9 (generate): see '
-                              'test_temperature_zero_is_greedy and 4 more in spec/test_generate.py.')
+                              'test_temperature_zero_is_greedy and 7 more in spec/test_generate.py.')
 
 
 def _context_length(model: nn.Module, context_length: int | None) -> int:
@@ -92,5 +92,5 @@ def generate(model: nn.Module, prompt, max_new_tokens: int, temperature: float =
     token, such as the end-of-text separator).
     """
     raise NotImplementedError('`generate.generate` is not implemented yet — chapter 9 (generate): see '
-                              'test_generation_sees_the_last_context_length_tokens and 8 more in '
+                              'test_generation_sees_the_last_context_length_tokens and 9 more in '
                               'spec/test_generate.py.')

@@ -50,10 +50,12 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> 
     about 1e-3, the spacing of float32 numbers near 1e4). Positions whose target is `ignore_index` are
     left out of both the sum and the count. Computed in float32 at least (bfloat16 logits are upcast first).
     If every target is ignored there is nothing to average and the result is NaN (0/0), as in torch.
+    Logits whose shape is not targets' plus one dimension, and a target outside 0..V−1 that is not `ignore_index`,
+    are ValueErrors that name them.
     Example: logits [[0., 0.]], targets [1] -> log 2 ≈ 0.6931
     """
     raise NotImplementedError('`train.cross_entropy` is not implemented yet — chapter 8 (train): see '
-                              'test_cross_entropy_equals_minus_log_softmax_at_the_target and 8 more in '
+                              'test_cross_entropy_equals_minus_log_softmax_at_the_target and 9 more in '
                               'spec/test_train.py.')
 
 
@@ -71,11 +73,11 @@ def clip_grad_norm(parameters, max_norm: float) -> Tensor:
 
     A non-finite norm (an inf or NaN somewhere in a gradient) is returned as it is and the gradients are left alone:
     scaling by NaN would spread the damage to every weight, and a finite-looking result would hide it. The caller
-    decides (train_step refuses to step).
+    decides (train_step refuses to step). A max_norm that is not positive is a ValueError.
     """
     raise NotImplementedError('`train.clip_grad_norm` is not implemented yet — chapter 8 (train): see '
                               'test_clipped_global_norm_is_at_most_max_norm, '
-                              'test_clipping_scales_every_gradient_by_one_factor and 6 more in spec/test_train.py.')
+                              'test_clipping_scales_every_gradient_by_one_factor and 9 more in spec/test_train.py.')
 
 
 # ------------------------------------------------------------------------------------------------------ AdamW
@@ -144,12 +146,13 @@ def lr_schedule(step: int, max_lr: float, warmup_steps: int, total_steps: int, m
 
     with w = warmup_steps and T = total_steps. Continuous everywhere: warmup reaches max_lr exactly where the cosine
     starts, and the cosine reaches min_lr exactly where the floor starts.
+    A negative step, warmup_steps outside 0..total_steps − 1, or min_lr outside 0..max_lr is a ValueError.
     Example: lr_schedule(5, 1.0, 10, 110) -> 0.5;  lr_schedule(60, 1.0, 10, 110) -> 0.5;
              lr_schedule(200, 1.0, 10, 110) -> 0.0
     """
     raise NotImplementedError('`train.lr_schedule` is not implemented yet — chapter 8 (train): see '
                               'test_warmup_rises_linearly_from_zero_to_the_peak, '
-                              'test_cosine_decays_from_the_peak_to_the_floor and 3 more in spec/test_train.py.')
+                              'test_cosine_decays_from_the_peak_to_the_floor and 4 more in spec/test_train.py.')
 
 
 # ------------------------------------------------------------------------------------------------ one step
@@ -171,10 +174,11 @@ def train_step(model: nn.Module, optimizer, micro_batches: Sequence[tuple[Tensor
     under torch.autocast in that dtype (e.g. torch.bfloat16); the loss is always computed in float32.
 
     A non-finite loss or gradient norm raises FloatingPointError *before* the optimizer steps, so the weights stay
-    those of the last good step.
+    those of the last good step. A step with no counted target (no micro-batch, or every target ignore_index) is a
+    ValueError, raised before anything changes.
     """
     raise NotImplementedError('`train.train_step` is not implemented yet — chapter 8 (train): see '
-                              'test_accumulating_micro_batches_equals_one_step_on_their_concatenation and 4 more in '
+                              'test_accumulating_micro_batches_equals_one_step_on_their_concatenation and 7 more in '
                               'spec/test_train.py.')
 
 
@@ -237,11 +241,12 @@ def save_checkpoint(path, model: nn.Module, optimizer, step: int, config=None, g
 
     Atomic: written to a temporary file in the same folder, flushed to disk, then renamed over `path`, so `path`
     is always a complete checkpoint, the old one or the new one, even if the process is killed mid-write.
-    The schedule needs no state of its own: the learning rate is a function of `step` and the config.
+    The folders of `path` are created if missing. The schedule needs no state of its own: the learning rate is a
+    function of `step` and the config.
     """
     raise NotImplementedError('`train.save_checkpoint` is not implemented yet — chapter 8 (train): see '
                               'test_resuming_from_a_checkpoint_continues_bit_exactly, '
-                              'test_rejects_a_corrupted_checkpoint and 4 more in spec/test_train.py.')
+                              'test_rejects_a_corrupted_checkpoint and 8 more in spec/test_train.py.')
 
 
 def load_checkpoint(path, model: nn.Module, optimizer=None, config=None,
@@ -254,10 +259,11 @@ def load_checkpoint(path, model: nn.Module, optimizer=None, config=None,
 
     The model's weights are always restored; the optimizer, torch's global random state and `generator` when
     given (the global state always, since the run it resumes used it). Refuses, with a ValueError that names the
-    problem, a file that is not a complete llmkata checkpoint (truncated, or any tensor byte changed: the SHA-256
-    no longer matches), a checkpoint whose config differs from `config` (each differing field is named), and
+    problem, a path that is not a complete llmkata checkpoint (no file there, another format, truncated, or any
+    tensor byte changed: the SHA-256 no longer matches), a checkpoint whose config differs from `config` (each
+    differing field is named, with both values; a field only one side has differs too), and
     weights whose names or shapes do not fit `model`. Nothing is modified when it refuses.
     """
     raise NotImplementedError('`train.load_checkpoint` is not implemented yet — chapter 8 (train): see '
                               'test_resuming_from_a_checkpoint_continues_bit_exactly, '
-                              'test_rejects_a_corrupted_checkpoint and 3 more in spec/test_train.py.')
+                              'test_rejects_a_corrupted_checkpoint and 8 more in spec/test_train.py.')

@@ -72,6 +72,8 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> 
     about 1e-3, the spacing of float32 numbers near 1e4). Positions whose target is `ignore_index` are
     left out of both the sum and the count. Computed in float32 at least (bfloat16 logits are upcast first).
     If every target is ignored there is nothing to average and the result is NaN (0/0), as in torch.
+    Logits whose shape is not targets' plus one dimension, and a target outside 0..V−1 that is not `ignore_index`,
+    are ValueErrors that name them.
     Example: logits [[0., 0.]], targets [1] -> log 2 ≈ 0.6931
     """
     # BEGIN SOLUTION
@@ -98,7 +100,7 @@ def clip_grad_norm(parameters, max_norm: float) -> Tensor:
 
     A non-finite norm (an inf or NaN somewhere in a gradient) is returned as it is and the gradients are left alone:
     scaling by NaN would spread the damage to every weight, and a finite-looking result would hide it. The caller
-    decides (train_step refuses to step).
+    decides (train_step refuses to step). A max_norm that is not positive is a ValueError.
     """
     # BEGIN SOLUTION
     if not max_norm > 0:
@@ -234,6 +236,7 @@ def lr_schedule(step: int, max_lr: float, warmup_steps: int, total_steps: int, m
 
     with w = warmup_steps and T = total_steps. Continuous everywhere: warmup reaches max_lr exactly where the cosine
     starts, and the cosine reaches min_lr exactly where the floor starts.
+    A negative step, warmup_steps outside 0..total_steps − 1, or min_lr outside 0..max_lr is a ValueError.
     Example: lr_schedule(5, 1.0, 10, 110) -> 0.5;  lr_schedule(60, 1.0, 10, 110) -> 0.5;
              lr_schedule(200, 1.0, 10, 110) -> 0.0
     """
@@ -273,19 +276,18 @@ def train_step(model: nn.Module, optimizer, micro_batches: Sequence[tuple[Tensor
     under torch.autocast in that dtype (e.g. torch.bfloat16); the loss is always computed in float32.
 
     A non-finite loss or gradient norm raises FloatingPointError *before* the optimizer steps, so the weights stay
-    those of the last good step.
+    those of the last good step. A step with no counted target (no micro-batch, or every target ignore_index) is a
+    ValueError, raised before anything changes.
     """
     # BEGIN SOLUTION
-    if not micro_batches:
-        raise ValueError("train_step needs at least one micro-batch")
+    total = sum(int((y != IGNORE_INDEX).sum()) for _, y in micro_batches)  # counted targets of the whole step
+    if total == 0:  # no micro-batch at all, or every target ignored: refuse before touching the gradients
+        raise ValueError("this step has no target to train on: no micro-batch, or every target is ignore_index")
     params = [p for group in optimizer.param_groups for p in group["params"]]
     # A model built with kernels (ModelConfig(kernels=True)) gets chapter 14's loss too: the same numbers.
     uses_kernels = getattr(getattr(model, "config", None), "kernels", False)
     loss_function = kernels.cross_entropy if uses_kernels else cross_entropy
     optimizer.zero_grad(set_to_none=True)
-    total = sum(int((y != IGNORE_INDEX).sum()) for _, y in micro_batches)
-    if total == 0:
-        raise ValueError("every target of this step is ignore_index: there is no loss to train on")
     loss_sum = None
     for x, y in micro_batches:
         counted = int((y != IGNORE_INDEX).sum())
@@ -374,7 +376,8 @@ def save_checkpoint(path, model: nn.Module, optimizer, step: int, config=None, g
 
     Atomic: written to a temporary file in the same folder, flushed to disk, then renamed over `path`, so `path`
     is always a complete checkpoint, the old one or the new one, even if the process is killed mid-write.
-    The schedule needs no state of its own: the learning rate is a function of `step` and the config.
+    The folders of `path` are created if missing. The schedule needs no state of its own: the learning rate is a
+    function of `step` and the config.
     """
     # BEGIN SOLUTION
     from safetensors.torch import save
@@ -412,8 +415,9 @@ def load_checkpoint(path, model: nn.Module, optimizer=None, config=None,
 
     The model's weights are always restored; the optimizer, torch's global random state and `generator` when
     given (the global state always, since the run it resumes used it). Refuses, with a ValueError that names the
-    problem, a file that is not a complete llmkata checkpoint (truncated, or any tensor byte changed: the SHA-256
-    no longer matches), a checkpoint whose config differs from `config` (each differing field is named), and
+    problem, a path that is not a complete llmkata checkpoint (no file there, another format, truncated, or any
+    tensor byte changed: the SHA-256 no longer matches), a checkpoint whose config differs from `config` (each
+    differing field is named, with both values; a field only one side has differs too), and
     weights whose names or shapes do not fit `model`. Nothing is modified when it refuses.
     """
     # BEGIN SOLUTION

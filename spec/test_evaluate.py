@@ -251,3 +251,83 @@ def test_rejects_a_malformed_task_file(impl, tmp_path):
         path.write_text(f"{good}\n{good}\n{bad}\n", encoding="utf-8")
         assert_rejects(lambda: impl.evaluate.load_choice_tasks(path), "line 3", word,
                        what=f"a task file whose line 3 has a bad {word}: {bad}")
+
+
+# ---------------------------------------------------------------------------------------------- edge cases
+
+
+@given(st.sampled_from(["no batches", "every target ignored"]), seeds)
+def test_evaluate_loss_rejects_batches_without_a_counted_target(impl, case, seed):
+    model = PositionalBigram(seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randint(9, (2, 8), generator=generator)
+    batches = [] if case == "no batches" else [(x, torch.full_like(x, -100)), (x[:1], torch.full_like(x[:1], -100))]
+    assert_rejects(lambda: impl.evaluate.evaluate_loss(model, iter(batches)),
+                   what=f"evaluate_loss of {case}: a mean over no targets is 0/0, not a loss")
+
+
+def test_bits_per_byte_rejects_a_byte_count_that_is_not_positive(impl):
+    for n_bytes in (0, -3):
+        assert_rejects(lambda: impl.evaluate.bits_per_byte(2.0, 100, n_bytes), n_bytes,
+                       what=f"bits_per_byte over n_bytes={n_bytes}: bits per byte needs at least one byte")
+
+
+@given(tokens, seeds)
+def test_an_empty_continuation_has_log_probability_zero(impl, context, seed):
+    model = PositionalBigram(seed=seed)
+    try:
+        got = impl.evaluate.continuation_logprob(model, context, [])
+    except NotImplementedError:
+        raise
+    except Exception as error:
+        raise AssertionError(f"an empty continuation must score 0 (it has probability 1: the empty product), not "
+                             f"raise {type(error).__name__}: {error}") from None
+    assert got == 0.0, f"log p(nothing | {context}) must be 0 (probability 1, the empty product), got {got}"
+
+
+class WithoutContextLength(nn.Module):
+    """A PositionalBigram seen through a wrapper that has no `config`, or a config without max_seq_len."""
+
+    def __init__(self, inner, config):
+        super().__init__()
+        self.inner = inner
+        if config is not None:
+            self.config = config
+
+    def forward(self, input_ids):
+        return self.inner(input_ids)
+
+
+@given(st.lists(st.integers(0, 8), min_size=1, max_size=8), st.sampled_from(["no config", "no max_seq_len"]), seeds,
+       st.data())
+def test_a_model_without_max_seq_len_is_scored_uncropped(impl, ids, case, seed, data):
+    split = data.draw(st.integers(1, max(1, len(ids) - 1)), label="split")
+    context, continuation = ids[:split], ids[split:]
+    inner = PositionalBigram(seed=seed)
+    model = WithoutContextLength(inner, None if case == "no config" else SimpleNamespace())
+    expected = sum(log_probs64(inner, ids)[split - 1 + j, token].item() for j, token in enumerate(continuation))
+    try:
+        got = impl.evaluate.continuation_logprob(model, context, continuation)
+    except NotImplementedError:
+        raise
+    except (AttributeError, TypeError) as error:
+        raise AssertionError(f"a model with {case} has no context length to crop to: continuation_logprob must score "
+                             f"the whole sequence, not raise {type(error).__name__}: {error}") from None
+    assert math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-9), (
+        f"a model with {case} (and no context_length given) must be scored on the whole sequence, uncropped: "
+        f"expected {expected}, got {got}")
+
+
+def test_rejects_a_task_line_that_is_not_an_object(impl, tmp_path):
+    good = json.dumps({"context": "a", "choices": [" b", " c"], "label": 1})
+    for number, bad in enumerate(["3", "null", json.dumps("context choices label")]):
+        path = tmp_path / f"bad_{number}.jsonl"
+        path.write_text(f"{good}\n{good}\n{bad}\n", encoding="utf-8")
+        assert_rejects(lambda: impl.evaluate.load_choice_tasks(path), "line 3",
+                       what=f"a task file whose line 3 is JSON but not an object: {bad}")
+
+
+def test_multiple_choice_accuracy_rejects_no_tasks(impl):
+    model = PositionalBigram(vocab=len(CharTokenizer.ALPHABET), max_seq_len=32)
+    assert_rejects(lambda: impl.evaluate.multiple_choice_accuracy(model, CharTokenizer(), []),
+                   what="multiple_choice_accuracy of no tasks: an accuracy over nothing is 0/0")

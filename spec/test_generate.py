@@ -205,6 +205,8 @@ class ToyLM(nn.Module):
         self.calls = []  # (tokens fed, positions already cached) per call
 
     def make_cache(self, batch_size, max_seq_len=None):
+        assert batch_size == 1, (
+            f"generate asked for a cache of batch size {batch_size}: it runs one sequence, make_cache(1, window)")
         return [ToyCache(self.config.max_seq_len if max_seq_len is None else max_seq_len)]
 
     def forward(self, input_ids, position_ids=None, cache=None):
@@ -386,3 +388,73 @@ def test_bad_arguments_raise_at_the_call_before_any_token(impl, bad):
                               "is asked for (a generator function runs none of its body until then: check the "
                               "arguments first, then return the iterator)")
     assert model.calls == [], f"generate with {bad} must refuse before it runs the model, it ran {model.calls}"
+
+
+@given(st.lists(st.integers(0, 6), min_size=1, max_size=9), st.integers(1, 12), seeds, st.booleans())
+def test_generation_runs_the_model_once_per_token(impl, prompt, steps, seed, use_cache):
+    model = ToyLM(seed=seed)
+    list(impl.generate.generate(model, prompt, steps, temperature=0.0, use_cache=use_cache))
+    assert len(model.calls) == steps, (
+        f"generating {steps} tokens (use_cache={use_cache}) must run the model {steps} times: once on the prompt, "
+        f"then once per token that will be sampled; it ran {len(model.calls)} times (no logits are needed after the "
+        "last token)")
+
+
+# ---------------------------------------------------------------------------------------------- edge cases
+
+
+def test_filters_and_the_sampler_reject_bad_arguments_naming_them(impl):
+    logits = torch.tensor([[1.0, 3.0, 2.0]])
+    gen = impl.generate
+    assert_rejects(lambda: gen.top_k_filter(logits, -1), -1, what="top_k_filter(k=-1): k counts tokens, 0 is no filter")
+    for p in (0.0, -0.25, 1.5):
+        assert_rejects(lambda: gen.top_p_filter(logits, p), p,
+                       what=f"top_p_filter(p={p}): p is a probability mass in (0, 1]")
+    assert_rejects(lambda: gen.sample_next(logits, temperature=-0.5, generator=torch.Generator().manual_seed(0)), -0.5,
+                   what="sample_next(temperature=-0.5): a temperature is >= 0 (0 is greedy)")
+
+
+@given(distinct_logits(rows=6), st.data())
+def test_filters_and_greedy_sampling_take_logits_of_any_leading_shape(impl, rows, data):
+    vocab = rows.shape[-1]
+    k = data.draw(st.integers(1, vocab), label="k")
+    p = data.draw(st.sampled_from([0.3, 0.6, 0.9]), label="p")
+    gen = impl.generate
+    operations = {f"top_k_filter(k={k})": lambda z: gen.top_k_filter(z, k),
+                  f"top_p_filter(p={p})": lambda z: gen.top_p_filter(z, p),
+                  "sample_next(temperature=0)": lambda z: gen.sample_next(z, temperature=0.0)}
+    for what, operation in operations.items():
+        by_rows = operation(rows)  # (rows, V) or (rows,)
+        for shape in ((2, 3, vocab), (vocab,)):
+            logits = rows.reshape(shape) if len(shape) == 3 else rows[0]
+            got = operation(logits)
+            expected = by_rows.reshape(*shape[:-1], *by_rows.shape[1:]) if len(shape) == 3 else by_rows[0]
+            assert got.shape == expected.shape and torch.equal(got, expected), (
+                f"{what} of logits {tuple(shape)} must act on the last dimension, row by row (..., V), as on the "
+                f"same rows given as (rows, V): expected {expected.tolist()}, got {got.tolist()}")
+
+
+@given(st.permutations(range(4)), st.sampled_from([0.5, 0.75]))
+def test_top_p_stops_at_the_token_that_brings_the_mass_to_exactly_p(impl, order, p):
+    probs = torch.tensor([0.5, 0.25, 0.125, 0.125])[list(order)]  # dyadic: every running sum is exact in float32
+    logits = probs.log()
+    kept = set(torch.isfinite(impl.generate.top_p_filter(logits[None], p)[0]).nonzero().flatten().tolist())
+    expected = nucleus(probs.double(), p)
+    assert kept == expected, (
+        f"with probabilities {probs.tolist()} the running mass reaches p={p} exactly at one token: that token is the "
+        f"last one kept (keep token i iff the mass before it is < p); expected {sorted(expected)}, kept {sorted(kept)}")
+
+
+@given(seeds)
+def test_sampling_without_a_generator_draws_from_torchs_global_random_state(impl, seed):
+    logits = torch.zeros(200, 5)  # uniform: every draw is a coin toss
+    draws = []
+    for s in (seed, seed, seed + 1):
+        torch.manual_seed(s)
+        draws.append(impl.generate.sample_next(logits))
+    assert torch.equal(draws[0], draws[1]), (
+        f"sample_next without a generator must draw from torch's global generator: after torch.manual_seed({seed}) "
+        "twice it must draw the same ids twice")
+    assert not torch.equal(draws[0], draws[2]), (
+        f"sample_next without a generator must draw from torch's global generator: seeds {seed} and {seed + 1} drew "
+        "the same 200 ids (a generator of its own, seeded the same every time?)")

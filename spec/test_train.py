@@ -9,6 +9,7 @@ run that continues with the same bits as one that never stopped.
 
 import copy
 import dataclasses
+import json
 import math
 
 import pytest
@@ -320,7 +321,7 @@ class TwoLayer(nn.Module):
 
 # Hyperparameters from short lists rather than float ranges: a failure shrinks in a few steps, not hundreds.
 @given(st.sampled_from([1e-3, 1e-2, 0.1]), st.sampled_from([0.0, 0.8, 0.9]), st.sampled_from([0.9, 0.95, 0.999]),
-       st.sampled_from([1e-8, 1e-6, 1e-3]), st.sampled_from([0.0, 0.1, 0.5]), seeds)
+       st.sampled_from([1e-8, 1e-6, 1e-3]), st.sampled_from([0.0, 0.1, 0.5, 1.0]), seeds)
 def test_adamw_matches_torch_adamw_over_many_steps(impl, lr, beta1, beta2, eps, weight_decay, seed):
     ours, theirs = TwoLayer(seed=seed), TwoLayer(seed=seed)
     groups = lambda m: [  # noqa: E731
@@ -338,17 +339,21 @@ def test_adamw_matches_torch_adamw_over_many_steps(impl, lr, beta1, beta2, eps, 
             model(ids).pow(2).mean().backward()
             if step % 4 == 3:
                 model.norm.bias.grad = None  # a parameter without a gradient this step: it must not move
+            if step == 5:  # a whole group without gradients, before one with: the next group still steps
+                model.proj.weight.grad = model.lm_head.weight.grad = None
             optimizer.step()
     for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
         assert_close(a, b, f"after 8 steps, AdamW(lr={lr}, betas=({beta1}, {beta2}), eps={eps}, "
                      f"weight_decay={weight_decay}) must equal torch.optim.AdamW on {name} (decoupled decay "
-                     "lr·λ·θ, bias-corrected moments, per-parameter step count)", scale=1e3)
+                     "lr·λ·θ, bias-corrected moments, per-parameter step count, every group that has gradients)",
+                     scale=1e3)
 
 
 def test_parameter_groups_exempt_norms_biases_and_embeddings(impl):
     model = TwoLayer()
     model.lm_head.weight = model.embed_tokens.weight  # tied: one tensor, two modules
-    frozen = nn.Linear(5, 5, bias=False).double().requires_grad_(False)
+    frozen = nn.Linear(5, 5).double()
+    frozen.weight.requires_grad_(False)  # its bias, listed after it, still trains
     model.frozen = frozen
     groups = impl.train.parameter_groups(model, 0.1)
     listed = [p for group in groups for p in group["params"]]
@@ -356,7 +361,8 @@ def test_parameter_groups_exempt_norms_biases_and_embeddings(impl):
         "each parameter must be in exactly one group, once (tied weights are one parameter)")
     assert id(frozen.weight) not in {id(p) for p in listed}, "parameters with requires_grad=False must not be listed"
     by_decay = {id(p): group["weight_decay"] for group in groups for p in group["params"]}
-    expected = {"proj.weight": 0.1, "proj.bias": 0.0, "norm.weight": 0.0, "norm.bias": 0.0, "embed_tokens.weight": 0.0}
+    expected = {"proj.weight": 0.1, "proj.bias": 0.0, "norm.weight": 0.0, "norm.bias": 0.0, "embed_tokens.weight": 0.0,
+                "frozen.bias": 0.0}
     for name, decay in expected.items():
         p = model.get_parameter(name)
         assert id(p) in by_decay, f"the trainable parameter {name} is missing from the groups"
@@ -671,7 +677,8 @@ def test_rejects_a_checkpoint_with_a_different_config(impl, tmp_path):
     path = tmp_path / "checkpoint.safetensors"
     impl.train.save_checkpoint(path, model, optimizer, 0, config={"n_layers": 4, "dim": 6, "lr": 0.01})
     assert_rejects(lambda: impl.train.load_checkpoint(path, TinyLM(), config={"n_layers": 2, "dim": 6, "lr": 0.01}),
-                   "n_layers", what="resuming a checkpoint written with n_layers=4 under n_layers=2")
+                   "n_layers", 4, 2, what="resuming a checkpoint written with n_layers=4 under n_layers=2 (name the "
+                   "field and both values)")
     impl.train.save_checkpoint(path, model, optimizer, 0, config=RunConfig())
     assert_rejects(lambda: impl.train.load_checkpoint(path, TinyLM(), config=RunConfig(dim=7)), "dim",
                    what="resuming a checkpoint written with the dataclass RunConfig(dim=6) under RunConfig(dim=7)")
@@ -763,3 +770,226 @@ def test_saving_replaces_the_checkpoint_file_atomically(impl, tmp_path):
                          "the old file in place: a reader, or a process killed mid-write, would see half a checkpoint")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.safetensors"], (
         f"saving must leave no temporary files behind, found {sorted(p.name for p in tmp_path.iterdir())}")
+
+
+# ------------------------------------------------------------------------------------- refusals and edge cases
+
+
+def test_cross_entropy_rejects_mismatched_shapes_and_targets_outside_the_vocabulary(impl):
+    logits = torch.zeros(3, 7)
+    assert_rejects(lambda: impl.train.cross_entropy(logits, torch.zeros(5, dtype=torch.long)), 3, 5,
+                   what="cross_entropy of logits (3, 7) and targets (5,): logits are targets' shape plus V")
+    assert_rejects(lambda: impl.train.cross_entropy(logits, torch.zeros(3, 7, dtype=torch.long)), 7,
+                   what="cross_entropy of logits (3, 7) and targets (3, 7): logits are targets' shape plus V")
+    for bad in (7, -1, 100):
+        targets = torch.tensor([0, bad, 6])
+        assert_rejects(lambda: impl.train.cross_entropy(logits, targets), bad,
+                       what=f"cross_entropy with a target {bad} outside the vocabulary 0..6 (ignore_index is -100)")
+
+
+@pytest.mark.parametrize("max_norm", [0.0, -1.5])
+def test_clipping_rejects_a_max_norm_that_is_not_positive_and_changes_nothing(impl, max_norm):
+    p = nn.Parameter(torch.zeros(2))
+    p.grad = torch.tensor([3.0, 4.0])
+    assert_rejects(lambda: impl.train.clip_grad_norm([p], max_norm), max_norm,
+                   what=f"clip_grad_norm(max_norm={max_norm}): a norm can only be clipped to a positive bound")
+    assert torch.equal(p.grad, torch.tensor([3.0, 4.0])), (
+        f"a refused max_norm={max_norm} must leave the gradients alone")
+
+
+def test_clipping_parameters_without_any_gradient_returns_zero(impl):
+    params = [nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2, 2), requires_grad=False)]
+    norm = impl.train.clip_grad_norm(params, 1.0)
+    assert isinstance(norm, torch.Tensor) and norm.dim() == 0 and float(norm) == 0.0, (
+        f"the global norm of no gradients is 0: clip_grad_norm must return a 0-d tensor 0, got {norm!r}")
+    assert all(p.grad is None for p in params), "clipping must not give a gradient to a parameter that has none"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_clipping_at_exactly_max_norm_changes_nothing(impl, dtype):
+    for shapes in ([(2,)], [(1,), (1,)], [(2, 1)]):
+        params = [nn.Parameter(torch.zeros(shape, dtype=dtype)) for shape in shapes]
+        values = iter([3.0, 4.0])
+        for p in params:
+            p.grad = torch.tensor([next(values) for _ in range(p.numel())], dtype=dtype).reshape(p.shape)
+        before = [p.grad.clone() for p in params]
+        norm = float(impl.train.clip_grad_norm(params, 5.0))
+        assert norm == 5.0, f"gradients 3 and 4 have the global norm 5 exactly, got {norm}"
+        for old, p in zip(before, params):
+            assert torch.equal(p.grad, old), (
+                f"a global norm equal to max_norm (5) is not above it: the {dtype} gradients must stay bit for bit as "
+                f"they were, got {p.grad.tolist()} instead of {old.tolist()}")
+
+
+def test_rejects_a_negative_step_and_a_floor_outside_zero_to_the_peak(impl):
+    assert_rejects(lambda: impl.train.lr_schedule(-1, 1.0, 10, 100), -1,
+                   what="lr_schedule at step -1: steps count from 0")
+    assert_rejects(lambda: impl.train.lr_schedule(50, 0.1, 10, 100, min_lr=0.5), 0.5, 0.1,
+                   what="lr_schedule with min_lr=0.5 above max_lr=0.1: the cosine would climb")
+    assert_rejects(lambda: impl.train.lr_schedule(50, 0.1, 10, 100, min_lr=-0.25), -0.25,
+                   what="lr_schedule with min_lr=-0.25: a negative learning rate climbs the loss")
+
+
+@pytest.mark.parametrize("case", ["no micro-batch", "every target ignored"])
+def test_train_step_without_a_counted_target_is_refused_and_changes_nothing(impl, case):
+    model = TinyLM()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(11, (2, 5), generator=generator)
+    impl.train.train_step(model, optimizer, [(x, torch.randint(11, (2, 5), generator=generator))])  # a good step
+    weights, state = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+    batches = [] if case == "no micro-batch" else [(x, torch.full_like(x, -100)), (x[:1], torch.full_like(x[:1], -100))]
+    assert_rejects(lambda: impl.train.train_step(model, optimizer, batches),
+                   what=f"train_step with {case}: there is no loss to train on")
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, weights[name]), f"a step refused for {case} must not change {name}"
+    difference = first_difference(optimizer.state_dict(), state)
+    assert difference is None, f"a step refused for {case} must leave the optimizer's state alone: {difference}"
+
+
+class TwoHeads(TinyLM):
+    """TinyLM with a second output head; `head` says which one the forward pass uses."""
+
+    def __init__(self, seed=0):
+        super().__init__(seed=seed)
+        self.other_head = nn.Linear(6, 11).double()
+        self.head = "lm_head"
+
+    def forward(self, ids):
+        return getattr(self, self.head)(torch.tanh(self.embed_tokens(ids)))
+
+
+def test_train_step_leaves_alone_a_parameter_without_gradient_this_step(impl):
+    model = TwoHeads()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+    generator = torch.Generator().manual_seed(0)
+
+    def batch():
+        return [(torch.randint(11, (2, 5), generator=generator), torch.randint(11, (2, 5), generator=generator))]
+
+    impl.train.train_step(model, optimizer, batch())  # lm_head gets a gradient, moments and a step count
+    before = copy.deepcopy(model.lm_head.state_dict())
+    model.head = "other_head"
+    impl.train.train_step(model, optimizer, batch())  # lm_head is not used: no gradient this step
+    for name, value in model.lm_head.state_dict().items():
+        assert torch.equal(value, before[name]), (
+            f"lm_head.{name} was not used in this step, yet it moved: clear the gradients to None "
+            "(zero_grad(set_to_none=True)), not to 0, or AdamW steps it with its old momentum and decays it")
+    assert model.lm_head.weight.grad is None, "a parameter the step did not use must have no gradient after it"
+
+
+def test_train_step_runs_the_forward_pass_in_the_autocast_dtype_it_is_given(impl):
+    model = TinyLM(dtype=torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(11, (4, 8), generator=generator), torch.randint(11, (4, 8), generator=generator))]
+    loss, _ = impl.train.train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), batches,
+                                    autocast_dtype=torch.float16)
+    assert model.seen_dtype == torch.float16, (
+        f"with autocast_dtype=torch.float16 the model's matmuls must run in float16 (pass the dtype to autocast: "
+        f"its default on the CPU is bfloat16), they ran in {model.seen_dtype}")
+    assert math.isfinite(loss), f"the float16 forward pass must give a finite loss, got {loss}"
+
+
+class TiedLM(TinyLM):
+    """TinyLM whose lm_head shares its weight with embed_tokens (tied embeddings): one tensor, two names."""
+
+    def __init__(self, seed=0):
+        super().__init__(seed=seed)
+        self.lm_head.weight = self.embed_tokens.weight
+
+
+def test_a_checkpoint_of_tied_weights_resumes_bit_exactly_and_tied(impl, tmp_path):
+    torch.manual_seed(1)
+    generator = torch.Generator().manual_seed(5)
+    model = TiedLM(seed=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+    run_steps(impl, model, optimizer, generator, 2)
+    path = tmp_path / "checkpoint.safetensors"
+    impl.train.save_checkpoint(path, model, optimizer, 2, generator=generator)
+    run_steps(impl, model, optimizer, generator, 3)  # the run that never stopped
+
+    resumed_generator = torch.Generator().manual_seed(123)
+    resumed = TiedLM(seed=2)
+    resumed_optimizer = torch.optim.AdamW(resumed.parameters(), lr=0.01, weight_decay=0.1)
+    impl.train.load_checkpoint(path, resumed, resumed_optimizer, generator=resumed_generator)
+    assert resumed.lm_head.weight is resumed.embed_tokens.weight, (
+        "after load_checkpoint, tied weights must still be one parameter: copy the saved values into the model's "
+        "own tensors (load_state_dict), do not put new tensors in their place")
+    run_steps(impl, resumed, resumed_optimizer, resumed_generator, 3)
+    for name, value in model.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), (
+            f"{name} differs between a tied model resumed from a checkpoint and one that never stopped")
+
+
+def test_saving_creates_the_missing_folders_of_the_path(impl, tmp_path):
+    model = TinyLM()
+    optimizer = torch.optim.AdamW(model.parameters())
+    path = tmp_path / "runs" / "tiny" / "checkpoint.safetensors"
+    try:
+        impl.train.save_checkpoint(path, model, optimizer, 1)
+    except NotImplementedError:
+        raise
+    except OSError as error:
+        raise AssertionError(f"save_checkpoint into folders that do not exist yet must create them: {error}") from None
+    assert impl.train.load_checkpoint(path, TinyLM(seed=3))["step"] == 1, "the checkpoint saved there must load back"
+
+
+def test_rejects_a_path_that_is_not_an_llmkata_checkpoint(impl, tmp_path):
+    from safetensors.torch import save_file
+
+    victim = TinyLM(seed=4)
+    untouched = copy.deepcopy(victim.state_dict())
+    missing = tmp_path / "nothing_here.safetensors"
+    assert_rejects(lambda: impl.train.load_checkpoint(missing, victim), "nothing_here.safetensors",
+                   what="load_checkpoint of a path with no file")
+    other = tmp_path / "other_tool.safetensors"
+    save_file({"model.lm_head.bias": torch.zeros(11, dtype=torch.float64)}, str(other),
+              metadata={"llmkata": json.dumps({"format": "other-tool/2", "step": 0})})
+    assert_rejects(lambda: impl.train.load_checkpoint(other, victim), "other-tool/2",
+                   what="load_checkpoint of a safetensors file in another format (name the format it found)")
+    plain = tmp_path / "plain_weights.safetensors"
+    save_file({"lm_head.bias": torch.zeros(11, dtype=torch.float64)}, str(plain))
+    assert_rejects(lambda: impl.train.load_checkpoint(plain, victim), "plain_weights.safetensors",
+                   what="load_checkpoint of a safetensors file without llmkata's metadata")
+    for name, value in untouched.items():
+        assert torch.equal(victim.state_dict()[name], value), f"a refused path must not change the model ({name})"
+
+
+def test_rejects_a_config_field_that_only_one_side_has(impl, tmp_path):
+    model = TinyLM()
+    optimizer = torch.optim.AdamW(model.parameters())
+    path = tmp_path / "checkpoint.safetensors"
+    impl.train.save_checkpoint(path, model, optimizer, 0, config={"dim": 6})
+    assert_rejects(lambda: impl.train.load_checkpoint(path, TinyLM(), config={"dim": 6, "n_kv_heads": 2}),
+                   "n_kv_heads", what="resuming a checkpoint written without n_kv_heads under n_kv_heads=2")
+    impl.train.save_checkpoint(path, model, optimizer, 0, config={"dim": 6, "n_kv_heads": 2})
+    assert_rejects(lambda: impl.train.load_checkpoint(path, TinyLM(), config={"dim": 6}), "n_kv_heads",
+                   what="resuming a checkpoint written with n_kv_heads=2 under a config without it")
+
+
+def test_the_generator_is_optional_on_either_side_of_a_checkpoint(impl, tmp_path):
+    model = TinyLM()
+    optimizer = torch.optim.AdamW(model.parameters())
+    path = tmp_path / "checkpoint.safetensors"
+    for saved_with, loaded_with in ((True, False), (False, True)):
+        generator = torch.Generator().manual_seed(5)
+        torch.manual_seed(7)
+        global_state = torch.get_rng_state()
+        impl.train.save_checkpoint(path, model, optimizer, 3, generator=generator if saved_with else None)
+        torch.rand(3)
+        other = torch.Generator().manual_seed(9)
+        other_state = other.get_state()
+        try:
+            info = impl.train.load_checkpoint(path, TinyLM(seed=2), generator=other if loaded_with else None)
+        except NotImplementedError:
+            raise
+        except Exception as error:
+            raise AssertionError(
+                f"a checkpoint saved {'with' if saved_with else 'without'} a generator must load "
+                f"{'with' if loaded_with else 'without'} one (the generator is optional): {type(error).__name__}: "
+                f"{error}") from None
+        assert info["step"] == 3, f"load_checkpoint must return the saved step 3, got {info['step']}"
+        assert torch.equal(torch.get_rng_state(), global_state), "load_checkpoint must restore torch's global state"
+        if loaded_with:
+            assert torch.equal(other.get_state(), other_state), (
+                "a checkpoint saved without a generator has no state for one: the generator given must stay as it was")

@@ -228,3 +228,62 @@ def load_tasks_checking_only_keys_and_range(path):
             raise ValueError(f"{path}, line {number}: label {task['label']} is not an index into the choices")
         tasks.append(task)
     return tasks
+
+
+# ---------------------------------------------------------------------------------------------- edge cases
+
+
+@mutant("evaluate.evaluate_loss", "test_evaluate_loss_rejects_batches_without_a_counted_target",
+        why="an average over no targets comes back as 0: an empty validation set looks perfect")
+def loss_of_nothing_is_zero(model, batches):
+    batches = list(batches)
+    if sum(int((y != -100).sum()) for _, y in batches) == 0:
+        return 0.0, 0
+    return ref.evaluate_loss(model, batches)
+
+
+@mutant("evaluate.bits_per_byte", "test_bits_per_byte_rejects_a_byte_count_that_is_not_positive",
+        why="checks n_bytes < 0 only: 0 bytes divides by zero")
+def bits_per_byte_checking_only_negative_counts(mean_nll, n_tokens, n_bytes):
+    if n_bytes < 0:
+        raise ValueError(f"n_bytes must be positive, got {n_bytes}")
+    return mean_nll * n_tokens / (n_bytes * math.log(2))
+
+
+@mutant("evaluate.continuation_logprob", "test_an_empty_continuation_has_log_probability_zero",
+        why="refuses an empty continuation like an empty context")
+def logprob_refusing_an_empty_continuation(model, context, continuation, context_length=None):
+    if not list(continuation):
+        raise ValueError("the continuation is empty")
+    return ref.continuation_logprob(model, context, continuation, context_length)
+
+
+@mutant("evaluate.continuation_logprob", "test_a_model_without_max_seq_len_is_scored_uncropped",
+        why="reads model.config.max_seq_len without asking whether the model has one")
+def logprob_requiring_a_config(model, context, continuation, context_length=None):
+    if context_length is None:
+        context_length = model.config.max_seq_len
+    return ref.continuation_logprob(model, context, continuation, context_length)
+
+
+@mutant("evaluate.load_choice_tasks", "test_rejects_a_task_line_that_is_not_an_object",
+        why="looks the keys up without checking that the line is an object")
+def load_tasks_assuming_objects(path):
+    tasks = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        task = json.loads(line)
+        missing = [key for key in ("context", "choices", "label") if key not in task]
+        if missing:
+            raise ValueError(f"{path}, line {number}: missing {', '.join(missing)}")
+        tasks.append({"context": task["context"], "choices": task["choices"], "label": task["label"]})
+    return tasks
+
+
+@mutant("evaluate.multiple_choice_accuracy", "test_multiple_choice_accuracy_rejects_no_tasks",
+        why="no tasks score an accuracy of 0")
+def accuracy_of_no_tasks_is_zero(model, tokenizer, tasks):
+    if not tasks:
+        return {"accuracy": 0.0, "accuracy_norm": 0.0, "n": 0}
+    return ref.multiple_choice_accuracy(model, tokenizer, tasks)

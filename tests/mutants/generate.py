@@ -119,7 +119,7 @@ def top_p_trusting_the_running_sum_at_one(logits, p):
 
 def _loop(model, prompt, max_new_tokens, temperature, top_k, top_p, stop_tokens, generator, window, use_cache,
           crop_prompt=True, slide=True, feed_all=False, yield_stop=False, own_window=True, stop_set=True,
-          pass_top_p=True, temper_first=False):
+          pass_top_p=True, temper_first=False, cache_batch=1):
     """A generation loop with switches for the mistakes below."""
     ids = prompt.tolist() if isinstance(prompt, torch.Tensor) else list(prompt)
     window = (window if own_window else None) or model.config.max_seq_len
@@ -128,7 +128,8 @@ def _loop(model, prompt, max_new_tokens, temperature, top_k, top_p, stop_tokens,
     if not pass_top_p:
         top_p = 1.0
     start = ids[-window:] if crop_prompt else ids
-    cache = model.make_cache(1, window) if use_cache else None
+    make_cache = (lambda: model.make_cache(cache_batch, window)) if cache_batch else (lambda: model.make_cache(window))
+    cache = make_cache() if use_cache else None
     logits = (model(torch.tensor([start]), cache=cache) if use_cache else model(torch.tensor([start])))[:, -1]
     cached = len(start)
     with torch.no_grad():
@@ -147,7 +148,7 @@ def _loop(model, prompt, max_new_tokens, temperature, top_k, top_p, stop_tokens,
                 cached += 1
             else:
                 tokens = ids[-window:] if slide else ids
-                cache = model.make_cache(1, window) if use_cache else None
+                cache = make_cache() if use_cache else None
                 logits = (model(torch.tensor([tokens]), cache=cache) if use_cache else model(torch.tensor([tokens])))
                 logits = logits[:, -1]
 
@@ -279,3 +280,79 @@ def sample_with_top_p_before_top_k(logits, temperature=1.0, top_k=0, top_p=1.0, 
         why="one filter only: top_k when it is given, else top_p")
 def sample_with_one_filter(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
     return ref.sample_next(logits, temperature, top_k, 1.0 if top_k else top_p, generator)
+
+
+# ---------------------------------------------------------------------------------------------- edge cases
+
+
+@mutant("generate.top_k_filter", "test_filters_and_the_sampler_reject_bad_arguments_naming_them",
+        why="no check of k: a negative k reaches torch.topk")
+def top_k_without_a_check(logits, k):
+    if k == 0 or k >= logits.shape[-1]:
+        return logits
+    return logits.masked_fill(logits < torch.topk(logits, k, dim=-1).values[..., -1:], -math.inf)
+
+
+@mutant("generate.top_p_filter", "test_filters_and_the_sampler_reject_bad_arguments_naming_them",
+        why="no check of p: p = 0 drops every token, p > 1 keeps them all silently")
+def top_p_without_a_check(logits, p):
+    return ref.top_p_filter(logits, 1.0) if p >= 1 else _top_p(logits, p)
+
+
+def _top_p(logits, p, dim=-1, strict=False):
+    """top_p_filter along `dim`, without checks; `strict` keeps a token while the mass before it is <= p."""
+    sorted_logits, order = torch.sort(logits, dim=dim, descending=True)
+    probs = torch.softmax(sorted_logits.float(), dim=dim)
+    mass_before = torch.cumsum(probs, dim=dim) - probs
+    drop_sorted = mass_before > p if strict else mass_before >= p
+    return logits.masked_fill(torch.zeros_like(drop_sorted).scatter(dim, order, drop_sorted), -math.inf)
+
+
+@mutant("generate.sample_next", "test_filters_and_the_sampler_reject_bad_arguments_naming_them",
+        why="no check of the temperature: a negative one makes the least likely token the most likely")
+def sample_without_a_temperature_check(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+    if temperature < 0:
+        return ref.sample_next(-logits, -temperature, top_k, top_p, generator)
+    return ref.sample_next(logits, temperature, top_k, top_p, generator)
+
+
+@mutant("generate.top_k_filter", "test_filters_and_greedy_sampling_take_logits_of_any_leading_shape",
+        why="flattens the logits to (rows, V) and never gives them their shape back")
+def top_k_returning_rows(logits, k):
+    return ref.top_k_filter(logits.reshape(-1, logits.shape[-1]), k)
+
+
+@mutant("generate.top_p_filter", "test_filters_and_greedy_sampling_take_logits_of_any_leading_shape",
+        why="sorts and sums along dim=1, the vocabulary only for (rows, V) logits")
+def top_p_along_dim_one(logits, p):
+    return logits if p == 1 else _top_p(logits, p, dim=1)
+
+
+@mutant("generate.sample_next", "test_filters_and_greedy_sampling_take_logits_of_any_leading_shape",
+        why="greedy argmax along dim=1, the vocabulary only for (rows, V) logits")
+def sample_greedy_along_dim_one(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+    if temperature == 0:
+        return logits.argmax(dim=1)
+    return ref.sample_next(logits, temperature, top_k, top_p, generator)
+
+
+@mutant("generate.top_p_filter", "test_top_p_stops_at_the_token_that_brings_the_mass_to_exactly_p",
+        why="keeps a token while the mass before it is <= p: one token too many when the mass reaches p exactly")
+def top_p_keeping_the_token_after_exactly_p(logits, p):
+    return logits if p == 1 else _top_p(logits, p, strict=True)
+
+
+@mutant("generate.sample_next", "test_sampling_without_a_generator_draws_from_torchs_global_random_state",
+        why="makes a fresh torch.Generator() when none is given: the same draws whatever torch.manual_seed says")
+def sample_with_a_fresh_generator(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+    return ref.sample_next(logits, temperature, top_k, top_p, generator or torch.Generator())
+
+
+mutant("generate.generate", "test_generation_runs_the_model_once_per_token",
+       why="computes the logits after every token, the last one too: one model call nobody uses")(
+    _generator("generate_computing_logits_after_the_last_token"))
+
+
+mutant("generate.generate", "test_generation_sees_the_last_context_length_tokens",
+       why="make_cache(window): the window passed as the batch size")(
+    _generator("generate_making_the_cache_for_a_batch_of_window", cache_batch=None))

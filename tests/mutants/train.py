@@ -1,5 +1,6 @@
 """Wrong implementations of the train chapter that a learner could plausibly write."""
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -677,3 +678,190 @@ def load_letting_torch_check_the_names(path, model, optimizer=None, config=None,
     except RuntimeError as error:
         raise ValueError(f"{path} does not fit this model: {error}") from None
     return ref.load_checkpoint(path, model, optimizer, config, generator)
+
+
+# ------------------------------------------------------------------------------------- refusals and edge cases
+
+
+@mutant("train.cross_entropy", "test_cross_entropy_rejects_mismatched_shapes_and_targets_outside_the_vocabulary",
+        why="no checks: mismatched shapes and a target outside the vocabulary reach reshape and gather")
+def ce_without_checks(logits, targets, ignore_index=-100):
+    z, counted, y = _rows(logits, targets, ignore_index)
+    y = torch.where(counted, targets.reshape(-1), 0).clamp(0, z.shape[-1] - 1)
+    nll = torch.logsumexp(z, -1) - z.gather(-1, y[:, None]).squeeze(-1)
+    return torch.where(counted, nll, 0.0).sum() / counted.sum()
+
+
+@mutant("train.clip_grad_norm", "test_clipping_rejects_a_max_norm_that_is_not_positive_and_changes_nothing",
+        why="checks max_norm >= 0: max_norm = 0 zeroes every gradient")
+def clip_accepting_a_zero_max_norm(parameters, max_norm):
+    if max_norm < 0:
+        raise ValueError(f"max_norm must be >= 0, got {max_norm}")
+    return ref.clip_grad_norm(parameters, max_norm) if max_norm > 0 else _clip_to_zero(parameters)
+
+
+def _clip_to_zero(parameters):
+    grads = _grads(parameters)
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    for g in grads:
+        g.mul_(0.0)
+    return total
+
+
+@mutant("train.clip_grad_norm", "test_clipping_parameters_without_any_gradient_returns_zero",
+        why="returns nothing when no parameter has a gradient")
+def clip_returning_none_without_gradients(parameters, max_norm):
+    parameters = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+    if not _grads(parameters):
+        return None
+    return ref.clip_grad_norm(parameters, max_norm)
+
+
+@mutant("train.clip_grad_norm", "test_clipping_at_exactly_max_norm_changes_nothing",
+        why="rescales when the norm is >= max_norm: at exactly max_norm, max_norm / (norm + 1e-6) still shrinks it")
+def clip_at_or_above_max_norm(parameters, max_norm):
+    grads = _grads(parameters)
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
+    if total >= max_norm:
+        for g in grads:
+            g.mul_((max_norm / (total + 1e-6)).to(g.dtype))
+    return total
+
+
+@mutant("train.AdamW", "test_adamw_matches_torch_adamw_over_many_steps",
+        why="stops at the first group without gradients (break instead of continue): later groups never step")
+class AdamWStoppingAtAGroupWithoutGradients(ref.AdamW):
+    @torch.no_grad()
+    def step(self):
+        groups = self.param_groups
+        for index, group in enumerate(groups):
+            if not any(p.grad is not None for p in group["params"]):
+                self.param_groups = groups[:index]
+                break
+        try:
+            super().step()
+        finally:
+            self.param_groups = groups
+
+
+@mutant("train.parameter_groups", "test_parameter_groups_exempt_norms_biases_and_embeddings",
+        why="stops at a module's first frozen or already-listed parameter (break instead of continue)")
+def groups_stopping_at_a_skipped_parameter(model, weight_decay):
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        is_embedding = type(module).__name__.endswith("Embedding")
+        for p in module.parameters(recurse=False):
+            if id(p) in seen or not p.requires_grad:
+                break
+            seen.add(id(p))
+            (decay if p.dim() >= 2 and not is_embedding else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
+
+
+@mutant("train.lr_schedule", "test_rejects_a_negative_step_and_a_floor_outside_zero_to_the_peak",
+        why="checks only the warmup: a negative step gives a negative lr, a floor above the peak a rising cosine")
+def schedule_checking_only_the_warmup(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
+    if warmup_steps < 0 or total_steps <= warmup_steps:
+        raise ValueError(f"need 0 <= warmup_steps < total_steps, got {warmup_steps}, {total_steps}")
+    if step < warmup_steps:
+        return max_lr * step / warmup_steps
+    if step > total_steps:
+        return min_lr
+    progress = (step - warmup_steps) / (total_steps - warmup_steps)
+    return min_lr + (max_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@mutant("train.train_step", "test_train_step_without_a_counted_target_is_refused_and_changes_nothing",
+        why="steps anyway with a loss of 0 when there is no counted target")
+def step_on_no_targets(model, optimizer, micro_batches, max_norm=1.0, lr=None, autocast_dtype=None):
+    if sum(int((y != -100).sum()) for _, y in micro_batches) == 0:
+        optimizer.zero_grad(set_to_none=True)
+        optimizer.step()
+        return 0.0, 0.0
+    return ref.train_step(model, optimizer, micro_batches, max_norm, lr, autocast_dtype)
+
+
+@mutant("train.train_step", "test_train_step_leaves_alone_a_parameter_without_gradient_this_step",
+        why="zero_grad(set_to_none=False): an unused parameter gets a gradient of 0, and AdamW still moves it")
+def step_zeroing_gradients_to_zero(model, optimizer, micro_batches, max_norm=1.0, lr=None, autocast_dtype=None):
+    zero_grad = optimizer.zero_grad
+    optimizer.zero_grad = lambda set_to_none=True: zero_grad(set_to_none=False)
+    try:
+        return ref.train_step(model, optimizer, micro_batches, max_norm, lr, autocast_dtype)
+    finally:
+        optimizer.zero_grad = zero_grad
+
+
+@mutant("train.train_step", "test_train_step_runs_the_forward_pass_in_the_autocast_dtype_it_is_given",
+        why="torch.autocast without the dtype: the device's default (bfloat16 on the CPU)")
+def step_autocasting_to_the_default_dtype(model, optimizer, micro_batches, max_norm=1.0, lr=None,
+                                          autocast_dtype=None):
+    default = torch.get_autocast_dtype("cpu")
+    return ref.train_step(model, optimizer, micro_batches, max_norm, lr, None if autocast_dtype is None else default)
+
+
+@mutant("train.load_checkpoint", "test_a_checkpoint_of_tied_weights_resumes_bit_exactly_and_tied",
+        why="load_state_dict(assign=True): new tensors replace the parameters, and tied weights come apart")
+def load_assigning_new_tensors(path, model, optimizer=None, config=None, generator=None):
+    info = ref.load_checkpoint(path, model, optimizer, config, generator)
+    from safetensors.torch import load_file
+
+    weights = {name.removeprefix("model."): value for name, value in load_file(path).items()
+               if name.startswith("model.")}
+    model.load_state_dict(weights, assign=True)
+    return info
+
+
+@mutant("train.save_checkpoint", "test_saving_creates_the_missing_folders_of_the_path",
+        why="writes to the path without creating its folders")
+def save_without_creating_folders(path, model, optimizer, step, config=None, generator=None, extra=None):
+    if not Path(path).parent.is_dir():
+        raise FileNotFoundError(f"no such folder: {Path(path).parent}")
+    ref.save_checkpoint(path, model, optimizer, step, config, generator, extra)
+
+
+@mutant("train.load_checkpoint", "test_rejects_a_path_that_is_not_an_llmkata_checkpoint",
+        why="lets a missing file's FileNotFoundError through")
+def load_letting_a_missing_file_through(path, model, optimizer=None, config=None, generator=None):
+    if not Path(path).exists():
+        raise FileNotFoundError(path)
+    return ref.load_checkpoint(path, model, optimizer, config, generator)
+
+
+@mutant("train.load_checkpoint", "test_rejects_a_path_that_is_not_an_llmkata_checkpoint",
+        why="trusts any safetensors file with llmkata metadata: no check of its format")
+def load_without_a_format_check(path, model, optimizer=None, config=None, generator=None):
+    from safetensors import safe_open
+
+    if Path(path).exists():
+        with safe_open(str(path), "pt") as file:
+            meta = json.loads((file.metadata() or {}).get("llmkata", "{}"))
+        if meta.get("format", "llmkata-checkpoint/1") != "llmkata-checkpoint/1":
+            return {"step": meta.get("step", 0), "config": None, "extra": {}}
+    return ref.load_checkpoint(path, model, optimizer, config, generator)
+
+
+@mutant("train.load_checkpoint", "test_rejects_a_config_field_that_only_one_side_has",
+        why="compares only the fields both configurations have")
+def load_comparing_shared_config_fields(path, model, optimizer=None, config=None, generator=None):
+    from safetensors import safe_open
+
+    if config is not None:
+        with safe_open(str(path), "pt") as file:
+            saved = json.loads(file.metadata()["llmkata"])["config"] or {}
+        ours = json.loads(json.dumps(dict(config), default=str))
+        config = {**saved, **{k: v for k, v in ours.items() if k in saved}}
+    return ref.load_checkpoint(path, model, optimizer, config, generator)
+
+
+@mutant("train.load_checkpoint", "test_the_generator_is_optional_on_either_side_of_a_checkpoint",
+        why="restores the generator whenever the checkpoint holds one, given or not")
+def load_restoring_a_generator_that_was_not_given(path, model, optimizer=None, config=None, generator=None):
+    from safetensors import safe_open
+
+    info = ref.load_checkpoint(path, model, optimizer, config, generator)
+    with safe_open(str(path), "pt") as file:
+        if "rng.generator" in file.keys():
+            generator.set_state(file.get_tensor("rng.generator"))
+    return info
