@@ -75,7 +75,11 @@ class Linear(nn.Module):
 
 
 class Embedding(nn.Module):
-    """A lookup table: row `i` of `weight` (num_embeddings, embedding_dim) is the vector of token `i`."""
+    """A lookup table: row `i` of `weight` (num_embeddings, embedding_dim) is the vector of token `i`.
+
+    The gradient of row `i` is the sum of the output gradients at every place id `i` occurs. It must be added up in
+    the same order every time, whatever the number of threads, or two identical training runs drift apart.
+    """
 
     def __init__(self, num_embeddings: int, embedding_dim: int):
         super().__init__()
@@ -84,7 +88,7 @@ class Embedding(nn.Module):
     def forward(self, ids: Tensor) -> Tensor:
         """(...) integer ids -> (..., embedding_dim)."""
         raise NotImplementedError('`layers.Embedding.forward` is not implemented yet — chapter 4 (layers): see '
-                                  'test_embedding_returns_the_row_of_each_id in spec/test_layers.py.')
+                                  'test_embedding_returns_the_row_of_each_id and 1 more in spec/test_layers.py.')
 
 
 class LayerNorm(nn.Module):

@@ -86,7 +86,11 @@ class Linear(nn.Module):
 
 
 class Embedding(nn.Module):
-    """A lookup table: row `i` of `weight` (num_embeddings, embedding_dim) is the vector of token `i`."""
+    """A lookup table: row `i` of `weight` (num_embeddings, embedding_dim) is the vector of token `i`.
+
+    The gradient of row `i` is the sum of the output gradients at every place id `i` occurs. It must be added up in
+    the same order every time, whatever the number of threads, or two identical training runs drift apart.
+    """
 
     def __init__(self, num_embeddings: int, embedding_dim: int):
         super().__init__()
@@ -95,7 +99,12 @@ class Embedding(nn.Module):
     def forward(self, ids: Tensor) -> Tensor:
         """(...) integer ids -> (..., embedding_dim)."""
         # BEGIN SOLUTION
-        return self.weight[ids]
+        # Row ids[...] of the table. Not self.weight[ids]: the same rows, but on the CPU the backward of that indexing
+        # adds the gradients of repeated ids with atomic adds from several threads, in whatever order they get there;
+        # float addition is not associative, so two identical training runs differ in the last bits after one step
+        # and everywhere after a few. Not self.weight.index_select(0, ids) either: torch documents its backward as
+        # nondeterministic on CUDA. The embedding op's backward adds them in a fixed order on both.
+        return torch.nn.functional.embedding(ids, self.weight)  # (..., embedding_dim)
         # END SOLUTION
 
 

@@ -151,6 +151,29 @@ def test_embedding_returns_the_row_of_each_id(impl, lead, vocab, dim, seed):
     assert_close(out, table.weight.detach()[ids.reshape(-1)].reshape(*lead, dim), "Embedding(ids) must be weight[ids]")
 
 
+def test_embedding_gradient_is_the_same_every_time_with_several_threads(impl):
+    # A fixed example rather than drawn ones: the failure is a race between threads, so it needs many occurrences of
+    # few ids (4,096 lookups of 4 rows) and rows long enough that torch splits the work and both threads run at once.
+    torch.manual_seed(0)
+    table = impl.layers.Embedding(4, 1024)
+    ids = torch.randint(0, 4, (4, 1024))
+    grad_output = torch.randn(4, 1024, 1024)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first = grads_of(table(ids), [table.weight], grad_output)[0]
+        for repeat in range(1, 5):
+            again = grads_of(table(ids), [table.weight], grad_output)[0]
+            assert torch.equal(first, again), (
+                f"Embedding's gradient must be the same, bit for bit, every time the same ids are looked up, or two "
+                f"identical training runs drift apart; with 2 threads, repeat {repeat} differed from the first by up "
+                f"to {(first - again).abs().max().item():.2e}. The gradient of a row sums the output gradients of "
+                f"every place its id occurs: add them in a fixed order (weight[ids] backpropagates with atomic adds "
+                f"from several threads, in whatever order they arrive; torch.nn.functional.embedding does not)")
+    finally:
+        torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------- normalisation
 
 

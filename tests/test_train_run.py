@@ -362,10 +362,10 @@ def test_a_folder_implementation_trains_with_its_own_components(tmp_path):
 
 
 def _train_process(run: Path, steps: int) -> subprocess.Popen:
+    """A run with the pipeline's default number of threads (threads=0: torch's, one per core), as a user starts it."""
     command = [sys.executable, "-m", "llmkata.cli", "train", "--out", str(run),
-               *flags(steps=steps, checkpoint_every=7, eval_every=50, log_every=1)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+               *flags(steps=steps, checkpoint_every=7, eval_every=50, log_every=1, threads=0)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _steps_logged(run: Path) -> int:
@@ -392,7 +392,7 @@ def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
     assert 20 <= reached < steps, f"killed after step {reached}"
 
     resumed = subprocess.run([sys.executable, "-m", "llmkata.cli", "train", "--resume", str(killed), "--no-progress"],
-                             capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                             capture_output=True)
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
     assert "resuming" in resumed.stderr.decode()
     uninterrupted = _train_process(whole, steps)

@@ -156,6 +156,13 @@ class EmbeddingOffByOne(ref.Embedding):
         return self.weight[(ids + 1) % self.weight.shape[0]]
 
 
+@mutant("layers.Embedding", "test_embedding_gradient_is_the_same_every_time_with_several_threads",
+        why="indexes weight[ids]: the right rows, but its backward adds repeated ids with atomic adds across threads")
+class EmbeddingByAdvancedIndexing(ref.Embedding):
+    def forward(self, ids):
+        return self.weight[ids]
+
+
 @mutant("layers.LayerNorm", "test_layernorm_output_has_zero_mean_and_unit_biased_variance",
         "test_layernorm_equals_its_definition_with_weight_bias_and_eps",
         why="divides the variance by n - 1")
