@@ -22,6 +22,7 @@ from llmkata.pipeline import CHECKPOINT, SOURCES, Run, train
 from llmkata.run_config import ConfigError, config_from_mapping, read_toml
 from llmkata.spec.contract import CHAPTERS
 from llmkata.spec.impl import load
+from runs import as_flags
 
 TINY = dict(max_documents=12, vocab_size=300, d_model=32, n_layers=2, n_heads=2, context_length=32, batch_size=4,
             steps=4, warmup_steps=1, eval_every=4, checkpoint_every=4, log_every=1, sample_tokens=8,
@@ -30,14 +31,8 @@ WRITTEN = ("text", "tokenizer", "data", "layers")  # the chapters the main learn
 
 
 def flags(**changes) -> list[str]:
-    out = []
-    for name, value in {**TINY, **changes}.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            out.append(flag if value else "--no-" + name.replace("_", "-"))
-        else:
-            out += [flag, str(value)]
-    return out
+    """The tiny configuration as command-line flags."""
+    return as_flags({**TINY, **changes})
 
 
 def learner(parent: Path, written: tuple[str, ...]) -> Path:

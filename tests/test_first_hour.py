@@ -23,6 +23,7 @@ from llmkata import cli
 from llmkata.pipeline import CHECKPOINT, Run, checkpoint_step, chunk_document, train
 from llmkata.reference.files import atomic_path
 from llmkata.run_config import config_from_mapping
+from runs import as_flags
 
 TINY = dict(max_documents=0, vocab_size=300, d_model=32, n_layers=2, n_heads=2, context_length=32, batch_size=4,
             steps=6, warmup_steps=2, eval_every=6, checkpoint_every=3, log_every=1, sample_tokens=8,
@@ -35,14 +36,8 @@ def tiny(**changes):
 
 
 def flags(**changes) -> list[str]:
-    out = []
-    for name, value in {**TINY, **changes}.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            out.append(flag if value else "--no-" + name.replace("_", "-"))
-        else:
-            out += [flag, str(value)]
-    return out
+    """The tiny configuration as command-line flags."""
+    return as_flags({**TINY, **changes})
 
 
 def prose(paragraphs: int, seed: int = 0) -> str:

@@ -23,6 +23,7 @@ import llmkata.reference.train
 from llmkata import cli
 from llmkata.pipeline import CHECKPOINT, Run, checkpoint_step, train
 from llmkata.run_config import ConfigError, RunConfig, config_from_mapping, read_toml, write_toml
+from runs import as_flags
 
 TINY = dict(max_documents=12, vocab_size=300, d_model=32, n_layers=2, n_heads=2, context_length=32, batch_size=4,
             steps=24, warmup_steps=2, eval_every=12, checkpoint_every=5, log_every=1, sample_tokens=8,
@@ -35,14 +36,7 @@ def tiny(**changes) -> RunConfig:
 
 def flags(**changes) -> list[str]:
     """The tiny configuration as command-line flags."""
-    out = []
-    for name, value in {**TINY, **changes}.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            out.append(flag if value else "--no-" + name.replace("_", "-"))
-        else:
-            out += [flag, str(value)]
-    return out
+    return as_flags({**TINY, **changes})
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
