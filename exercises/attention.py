@@ -53,7 +53,7 @@ def causal_mask(n_queries: int, n_keys: int | None = None, offset: int = 0, devi
     Example: causal_mask(2, offset=1) -> [[True, True, False], [True, True, True]]
     """
     raise NotImplementedError('`attention.causal_mask` is not implemented yet — chapter 6 (attention): see '
-                              'test_causal_mask_lets_query_i_see_keys_up_to_i_plus_offset and 1 more in '
+                              'test_causal_mask_lets_query_i_see_keys_up_to_i_plus_offset and 2 more in '
                               'spec/test_attention.py.')
 
 
@@ -69,7 +69,7 @@ def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None, is_causa
     A query that may see no key (a fully masked row) gets weights 0 everywhere: its softmax would be 0/0.
     """
     raise NotImplementedError('`attention.attention_weights` is not implemented yet — chapter 6 (attention): see '
-                              'test_attention_weights_are_rows_summing_to_one and 3 more in spec/test_attention.py.')
+                              'test_attention_weights_are_rows_summing_to_one and 5 more in spec/test_attention.py.')
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
@@ -80,7 +80,7 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor |
     """
     raise NotImplementedError('`attention.scaled_dot_product_attention` is not implemented yet — chapter 6 '
                               '(attention): see test_attention_equals_softmax_of_scaled_scores_times_v_in_float64 and '
-                              '6 more in spec/test_attention.py.')
+                              '7 more in spec/test_attention.py.')
 
 
 def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
@@ -116,7 +116,7 @@ class KVCache:
         The returned tensors are views (B, n_kv_heads, length, head_dim) of the buffers, valid until the next update.
         """
         raise NotImplementedError('`attention.KVCache.update` is not implemented yet — chapter 6 (attention): see '
-                                  'test_cached_decoding_equals_the_full_forward_at_any_split and 4 more in '
+                                  'test_cached_decoding_equals_the_full_forward_at_any_split and 5 more in '
                                   'spec/test_attention.py.')
 
 
@@ -136,7 +136,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         raise NotImplementedError('`attention.CausalSelfAttention.__init__` is not implemented yet — chapter 6 '
-                                  '(attention): see test_attention_without_rope_sees_no_positions and 10 more in '
+                                  '(attention): see test_attention_without_rope_sees_no_positions and 13 more in '
                                   'spec/test_attention.py.')
         self.use_rope, self.kernels = use_rope, kernels
         # The attention itself: the definition, or chapter 14's with a hand-written backward pass (the same numbers).
@@ -155,5 +155,5 @@ class CausalSelfAttention(nn.Module):
         attend to everything it holds, causally.
         """
         raise NotImplementedError('`attention.CausalSelfAttention.forward` is not implemented yet — chapter 6 '
-                                  '(attention): see test_attention_without_rope_sees_no_positions and 10 more in '
+                                  '(attention): see test_attention_without_rope_sees_no_positions and 13 more in '
                                   'spec/test_attention.py.')

@@ -65,7 +65,7 @@ class ModelConfig:
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model if self.mlp == "gelu" else 8 * math.ceil(8 * self.d_model / 3 / 8)
         raise NotImplementedError('`model.ModelConfig.__post_init__` is not implemented yet — chapter 7 (model): see '
-                                  'test_logits_have_shape_batch_by_length_by_vocab and 25 more in spec/test_model.py.')
+                                  'test_logits_have_shape_batch_by_length_by_vocab and 31 more in spec/test_model.py.')
 
     @property
     def head_dim(self) -> int:
@@ -145,7 +145,7 @@ class Transformer(nn.Module):
     def reset_parameters(self) -> None:
         """normal(0, init_std) for embeddings and matrices, /√(2·n_layers) for o_proj and down_proj; norms 1 and 0."""
         raise NotImplementedError('`model.Transformer.reset_parameters` is not implemented yet — chapter 7 (model): '
-                                  'see test_logits_have_shape_batch_by_length_by_vocab and 18 more in '
+                                  'see test_logits_have_shape_batch_by_length_by_vocab and 21 more in '
                                   'spec/test_model.py.')
 
     def forward(self, input_ids: Tensor, position_ids: Tensor | None = None,
@@ -155,12 +155,12 @@ class Transformer(nn.Module):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
         raise NotImplementedError('`model.Transformer.forward` is not implemented yet — chapter 7 (model): see '
-                                  'test_logits_have_shape_batch_by_length_by_vocab and 18 more in spec/test_model.py.')
+                                  'test_logits_have_shape_batch_by_length_by_vocab and 21 more in spec/test_model.py.')
 
     def make_cache(self, batch_size: int, max_seq_len: int | None = None) -> list[KVCache]:
         """One empty KVCache per layer, for max_seq_len positions (default: the context), in the model's dtype."""
         raise NotImplementedError('`model.Transformer.make_cache` is not implemented yet — chapter 7 (model): see '
-                                  'test_logits_have_shape_batch_by_length_by_vocab and 18 more in spec/test_model.py.')
+                                  'test_logits_have_shape_batch_by_length_by_vocab and 21 more in spec/test_model.py.')
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -184,7 +184,8 @@ def flops_per_token(config: ModelConfig, seq_len: int | None = None) -> int:
     in full, as a dense implementation computes them (a causal kernel can skip half).
     """
     raise NotImplementedError('`model.flops_per_token` is not implemented yet — chapter 7 (model): see '
-                              'test_flops_per_token_counts_every_matmul in spec/test_model.py.')
+                              'test_flops_per_token_counts_every_matmul and '
+                              'test_flops_per_token_defaults_to_the_context_length in spec/test_model.py.')
 
 
 # ---------------------------------------------------------------- the Hugging Face Llama format
@@ -196,14 +197,15 @@ def hf_config(config: ModelConfig) -> dict:
     RoPE is written as split halves (Llama's convention): `save_hf` permutes the weights of an interleaved model.
     """
     raise NotImplementedError('`model.hf_config` is not implemented yet — chapter 7 (model): see '
-                              'test_hf_config_round_trips and test_rejects_llama_configs_llmkata_cannot_express in '
-                              'spec/test_model.py.')
+                              'test_hf_config_round_trips, test_hf_config_states_every_field_a_llama_reader_needs and '
+                              '1 more in spec/test_model.py.')
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
     """A ModelConfig from a Llama `config.json` (as a dict); what llmkata cannot express is refused by name."""
     raise NotImplementedError('`model.config_from_hf` is not implemented yet — chapter 7 (model): see '
-                              'test_hf_config_round_trips and test_rejects_llama_configs_llmkata_cannot_express in '
+                              'test_hf_config_round_trips, '
+                              'test_config_from_hf_fills_in_llama_defaults_and_reads_older_formats and 1 more in '
                               'spec/test_model.py.')
 
 
@@ -224,7 +226,7 @@ def save_hf(model: Transformer, folder) -> None:
     q_proj and k_proj permuted to split halves, so that Llama computes the same function.
     """
     raise NotImplementedError('`model.save_hf` is not implemented yet — chapter 7 (model): see '
-                              'test_exported_weights_load_back_to_identical_logits and 3 more in spec/test_model.py.')
+                              'test_exported_weights_load_back_to_identical_logits and 5 more in spec/test_model.py.')
 
 
 def load_hf(folder) -> Transformer:
@@ -232,4 +234,4 @@ def load_hf(folder) -> Transformer:
     model.safetensors.index.json), in the dtype of its weights. Names must match one to one."""
     raise NotImplementedError('`model.load_hf` is not implemented yet — chapter 7 (model): see '
                               'test_exported_weights_load_back_to_identical_logits, '
-                              'test_loads_a_checkpoint_saved_by_transformers and 1 more in spec/test_model.py.')
+                              'test_loads_a_checkpoint_saved_by_transformers and 2 more in spec/test_model.py.')

@@ -37,8 +37,8 @@ def rope_frequencies(head_dim: int, theta: float = 10000.0) -> Tensor:
     Example: rope_frequencies(4, theta=100.0) -> tensor([1.0, 0.1])
     """
     raise NotImplementedError('`rope.rope_frequencies` is not implemented yet — chapter 5 (rope): see '
-                              'test_frequencies_are_theta_to_the_minus_2i_over_d, test_rejects_an_odd_head_dimension '
-                              'and 1 more in spec/test_rope.py.')
+                              'test_frequencies_are_theta_to_the_minus_2i_over_d, '
+                              'test_any_positive_theta_is_a_valid_base and 3 more in spec/test_rope.py.')
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
@@ -69,7 +69,7 @@ def apply_rope(x: Tensor, positions: Tensor, theta: float = 10000.0, interleaved
             f"vectors of x (shape {tuple(x.shape)})") from None
     frequencies = rope_frequencies(x.shape[-1], theta)
     raise NotImplementedError('`rope.apply_rope` is not implemented yet — chapter 5 (rope): see '
-                              'test_rope_rotates_pair_i_by_position_times_theta_i and 8 more in spec/test_rope.py.')
+                              'test_rope_rotates_pair_i_by_position_times_theta_i and 9 more in spec/test_rope.py.')
 
 
 class RotaryEmbedding(nn.Module):
@@ -95,7 +95,7 @@ class RotaryEmbedding(nn.Module):
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """x (..., T, d) rotated to `positions` (integers in [0, max_positions), broadcastable to x.shape[:-1])."""
         raise NotImplementedError('`rope.RotaryEmbedding.forward` is not implemented yet — chapter 5 (rope): see '
-                                  'test_rope_in_bfloat16_gives_bfloat16_close_to_the_float64_rotation and 5 more in '
+                                  'test_rope_in_bfloat16_gives_bfloat16_close_to_the_float64_rotation and 6 more in '
                                   'spec/test_rope.py.')
         if self.kernels:  # chapter 14: the same rotation with a hand-written backward pass
             return kernels.RotateFunction.apply(x, cos, sin, self.interleaved)

@@ -107,7 +107,7 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor |
     Masking and scale as in `attention_weights`; a query that may see no key gets the output 0.
     """
     # BEGIN SOLUTION
-    _check_same_dtype_and_device(q=q, k=k, v=v)
+    _check_same_dtype_and_device(q=q, v=v)  # and attention_weights checks k against q
     if v.dim() < 2 or v.shape[-2] != k.shape[-2]:
         raise ValueError(f"k and v must have one row per key; got shapes {tuple(k.shape)} and {tuple(v.shape)}")
     return attention_weights(q, k, mask=mask, is_causal=is_causal, scale=scale) @ v  # (..., Tq, dv)

@@ -286,9 +286,10 @@ def config_from_hf(hf: dict) -> ModelConfig:
     for flag in ("attention_bias", "mlp_bias"):
         if hf.get(flag):
             raise ValueError(f"llmkata models have no biases; this checkpoint has {flag}=True")
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise ValueError(f"RoPE scaling is not supported; this checkpoint has rope_type={rope.get('rope_type')!r}")
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}  # the older name; "type" the older key
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise ValueError(f"RoPE scaling is not supported; this checkpoint has rope_type={rope_type!r}")
     theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
     d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
     if hf.get("head_dim") not in (None, d_model // n_heads):

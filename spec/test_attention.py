@@ -143,10 +143,10 @@ def attention_modules(draw):
     batch, length = draw(st.integers(1, 3)), draw(st.integers(1, 7))
     x = draw(tensors(shape=(batch, length, d_model), dtype=torch.float64))
 
-    def build(impl, n_kv=None, use_rope=True):
+    def build(impl, n_kv=None, use_rope=True, max_seq_len=32):
         module = impl.attention.CausalSelfAttention(d_model, n_heads, n_kv_heads if n_kv is None else n_kv,
-                                                    max_seq_len=32, rope_theta=theta, rope_interleaved=interleaved,
-                                                    use_rope=use_rope)
+                                                    max_seq_len=max_seq_len, rope_theta=theta,
+                                                    rope_interleaved=interleaved, use_rope=use_rope)
         module = module.double()
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -282,6 +282,28 @@ def test_output_at_t_ignores_inputs_after_t(impl, case, data):
                  f"causal attention: outputs at positions 0..{t} must not change when inputs after {t} change")
 
 
+def test_masks_are_built_on_the_device_of_the_inputs(impl):
+    # `meta` tensors have a device and a shape but no values: on any machine they show where a tensor was made
+    mask = impl.attention.causal_mask(3, 5, offset=2, device="meta")
+    assert mask.device.type == "meta" and tuple(mask.shape) == (3, 5), (
+        f"causal_mask(3, 5, offset=2, device='meta') must be a (3, 5) mask on meta, got {tuple(mask.shape)} on "
+        f"{mask.device}")
+    q, k, v = (torch.zeros(2, length, d, device="meta") for length, d in ((3, 4), (5, 4), (5, 6)))
+    try:
+        weights = impl.attention.attention_weights(q, k, is_causal=True)
+        out = impl.attention.scaled_dot_product_attention(q, k, v, is_causal=True)
+    except NotImplementedError:
+        raise
+    except RuntimeError as error:
+        raise AssertionError("causal attention of q, k, v on a device (here meta) must build its causal mask on that "
+                             f"device, not on the default one; it failed with: {error}") from None
+    assert weights.device.type == "meta" and tuple(weights.shape) == (2, 3, 5), (
+        f"causal attention_weights of meta q (2, 3, 4) and k (2, 5, 4) must be (2, 3, 5) on meta, got "
+        f"{tuple(weights.shape)} on {weights.device}")
+    assert out.device.type == "meta" and tuple(out.shape) == (2, 3, 6), (
+        f"causal attention of meta q, k, v must give (2, 3, 6) on meta, got {tuple(out.shape)} on {out.device}")
+
+
 # ---------------------------------------------------------------- heads
 
 
@@ -414,6 +436,29 @@ def test_cached_decoding_equals_the_full_forward_at_any_split(impl, case, chunks
                  "(new queries sit at positions after the cached ones, and attend to all of them)", scale=100)
 
 
+@given(attention_modules(), st.data())
+def test_a_context_of_exactly_max_seq_len_positions_fits(impl, case, data):
+    build, x, n_heads, n_kv_heads, theta, interleaved = case
+    batch, length, d_model = x.shape
+    module = build(impl, max_seq_len=length)  # the sequence fills the context: positions 0 .. max_seq_len − 1
+    split = data.draw(st.integers(0, length), label="split")
+    cache = impl.attention.KVCache(batch, n_kv_heads, d_model // n_heads, length, dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            full = module(x)
+            pieces = [module(piece, cache=cache) for piece in (x[:, :split], x[:, split:]) if piece.shape[1]]
+    except ValueError as error:
+        raise AssertionError(f"CausalSelfAttention(max_seq_len={length}) must take a sequence of exactly {length} "
+                             f"tokens (positions 0..{length - 1}), at once and through a KVCache of {length} "
+                             f"positions filled to the last (split at {split}); it raised: {error}") from None
+    expected = self_attention64(module.state_dict(), x, n_heads, n_kv_heads, theta, interleaved)
+    assert_close(full, expected, f"CausalSelfAttention(max_seq_len={length}) over {length} tokens must rotate them "
+                                 f"to positions 0..{length - 1}, as the definition does", scale=100)
+    assert_close(torch.cat(pieces, dim=1), full,
+                 f"decoding {length} tokens split at {split} through a KVCache of exactly {length} positions must "
+                 "give the full forward's outputs", scale=100)
+
+
 @given(st.lists(st.integers(1, 4), min_size=1, max_size=4), seeds)
 def test_kv_cache_returns_everything_stored_so_far(impl, sizes, seed):
     generator = torch.Generator().manual_seed(seed)
@@ -446,6 +491,19 @@ def test_rejects_d_model_not_divisible_by_n_heads(impl):
     assert_rejects(lambda: attention(10, 4), 10, 4, what="CausalSelfAttention(d_model=10, n_heads=4)")
 
 
+def test_rejects_zero_heads_and_zero_kv_heads(impl):
+    attention = impl.attention.CausalSelfAttention
+    assert_rejects(lambda: attention(8, 0), "n_heads", 0, what="CausalSelfAttention(d_model=8, n_heads=0)")
+    assert_rejects(lambda: attention(8, 2, 0), "n_kv_heads", 0, what="CausalSelfAttention(8, n_heads=2, n_kv_heads=0)")
+
+
+def test_rejects_an_odd_head_dimension(impl):
+    attention = impl.attention.CausalSelfAttention
+    assert_rejects(lambda: attention(6, 2), 6, 2, 3,
+                   what="CausalSelfAttention(d_model=6, n_heads=2): RoPE needs an even head dimension, and the error "
+                        "must name the d_model and n_heads that give head_dim 3")
+
+
 def test_rejects_n_heads_not_divisible_by_n_kv_heads(impl):
     attention = impl.attention.CausalSelfAttention
     assert_rejects(lambda: attention(24, 4, 3), 4, 3, what="CausalSelfAttention(24, n_heads=4, n_kv_heads=3)")
@@ -470,6 +528,8 @@ def test_rejects_q_k_v_and_masks_that_do_not_fit(impl):
                    what="attention of 5 keys with 6 values")
     assert_rejects(lambda: weights(torch.zeros(3, 4), torch.zeros(5, 4), mask=torch.ones(3, 5)), "float32",
                    what="attention_weights with a float mask (a mask is boolean, True = may attend)")
+    assert_rejects(lambda: weights(torch.zeros(4), torch.zeros(5, 4)), 4, what="attention_weights of a 1-D q")
+    assert_rejects(lambda: weights(torch.zeros(3, 4), torch.zeros(4)), 4, what="attention_weights of a 1-D k")
     assert_rejects(lambda: causal_mask(-1, 3), -1, what="causal_mask(-1, 3)")
     assert_rejects(lambda: causal_mask(2, offset=-5), -3, what="causal_mask(2, offset=-5): n_keys = offset + 2 = -3")
 
@@ -483,12 +543,21 @@ def test_rejects_keys_and_values_of_another_shape_than_the_cache(impl):
 
 
 def test_rejects_mismatched_dtypes_and_devices(impl):
-    sdpa = impl.attention.scaled_dot_product_attention
+    sdpa, weights = impl.attention.scaled_dot_product_attention, impl.attention.attention_weights
     q, k = torch.zeros(3, 4), torch.zeros(3, 4, dtype=torch.float64)
     assert_rejects(lambda: sdpa(q, k, k), "float32", "float64", what="attention of float32 q and float64 k")
+    # each argument alone in another dtype
+    assert_rejects(lambda: weights(q, k), "float32", "float64", what="attention_weights of float32 q and float64 k")
+    assert_rejects(lambda: weights(k, q), "float32", "float64", what="attention_weights of float64 q and float32 k")
+    assert_rejects(lambda: sdpa(q, q, k), "float32", "float64", what="attention of float32 q and k with float64 v")
+    assert_rejects(lambda: sdpa(k, q, q), "float32", "float64", what="attention of float64 q with float32 k and v")
     meta = torch.zeros(3, 4, device="meta")
     assert_rejects(lambda: sdpa(q, meta, meta), "cpu", "meta", what="attention of q on cpu and k on meta")
     cache = impl.attention.KVCache(1, 1, 4, 8)
     assert_rejects(lambda: cache.update(torch.zeros(1, 1, 2, 4, dtype=torch.float64),
                                         torch.zeros(1, 1, 2, 4, dtype=torch.float64)),
                    "float32", "float64", what="a float32 KV cache given float64 keys")
+    for name, dtypes in (("keys", (torch.float64, torch.float32)), ("values", (torch.float32, torch.float64))):
+        k, v = (torch.zeros(1, 1, 2, 4, dtype=dtype) for dtype in dtypes)
+        assert_rejects(lambda k=k, v=v: cache.update(k, v), "float32", "float64",
+                       what=f"a float32 KV cache given float64 {name} alone")

@@ -213,7 +213,12 @@ def allowed_keys(mask, is_causal: bool, n_queries: int, n_keys: int):
     return allowed
 
 
+_MORE_KEYS_THAN_QUERIES = (*(torch.randn(2, length, d, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
+                              for i, (length, d) in enumerate(((3, 4), (5, 4), (5, 3)))), None, True)  # q, k, v
+
+
 @given(attention_inputs(), scales, seeds, st.sampled_from(["attention", "Function"]))
+@example(case=_MORE_KEYS_THAN_QUERIES, scale=None, seed=0, entry="attention")  # causal: query i sees keys ≤ 2 + i
 def test_attention_kernel_equals_the_definition_in_values_and_gradients(impl, case, scale, seed, entry):
     q, k, v, mask, is_causal = case
     check_kernel(f"kernels.{entry}(Tq={q.shape[-2]}, Tk={k.shape[-2]}, mask={mask is not None}, "

@@ -7,6 +7,7 @@ identical logits, and `transformers.LlamaForCausalLM` built from the exported fi
 """
 
 import dataclasses
+import json
 import math
 import tempfile
 
@@ -157,6 +158,15 @@ def test_flops_per_token_counts_every_matmul(impl, kwargs, seed, length):
         f"flops_per_token(seq_len={length}) must be 6·N + 12·L·T·d_attn with N the weights of every matmul "
         f"(lm_head included, embedding lookup not): 3 × the forward FLOPs torch counts per token is {measured:.0f}, "
         f"got {estimate}")
+
+
+@given(configs(), st.integers(1, 64))
+def test_flops_per_token_defaults_to_the_context_length(impl, kwargs, max_seq_len):
+    config = impl.model.ModelConfig(**{**kwargs, "max_seq_len": max_seq_len})
+    default, explicit = impl.model.flops_per_token(config), impl.model.flops_per_token(config, seq_len=max_seq_len)
+    assert default == explicit, (
+        f"flops_per_token(config) must count the attention over the whole context, seq_len = max_seq_len = "
+        f"{max_seq_len}: {explicit}, got {default}")
 
 
 def assert_initialised(model, init_std: float, n_layers: int, when: str) -> None:
@@ -431,13 +441,64 @@ def test_make_cache_holds_max_seq_len_positions_in_the_models_dtype(impl, kwargs
 # ---------------------------------------------------------------- the Llama format
 
 
-@given(configs(llama=True))
-def test_hf_config_round_trips(impl, kwargs):
-    config = impl.model.ModelConfig(**kwargs)
+@given(configs(llama=True), st.sampled_from([0.02, 0.006, 0.1]))
+def test_hf_config_round_trips(impl, kwargs, init_std):
+    config = impl.model.ModelConfig(**kwargs, init_std=init_std)
     back = impl.model.config_from_hf(impl.model.hf_config(config))
     expected = dataclasses.replace(config, rope_interleaved=False)  # exported as split halves
     assert back == expected, f"config_from_hf(hf_config(c)) must give c back (with split-halves RoPE): {expected}, " \
                              f"got {back}"
+
+
+@given(configs(llama=True), st.sampled_from([0.02, 0.006]))
+def test_hf_config_states_every_field_a_llama_reader_needs(impl, kwargs, init_std):
+    config = impl.model.ModelConfig(**kwargs, init_std=init_std)
+    hf = impl.model.hf_config(config)
+    # Each field stated, even where it equals transformers' default: other readers (older transformers, vLLM,
+    # llama.cpp's converter) have other defaults or none, and choose the model class by model_type / architectures.
+    expected = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model, "intermediate_size": config.d_ff, "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads, "num_key_value_heads": config.n_kv_heads,
+        "head_dim": config.d_model // config.n_heads, "hidden_act": "silu",
+        "max_position_embeddings": config.max_seq_len, "initializer_range": init_std,
+        "rms_norm_eps": config.norm_eps, "rope_theta": config.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "tie_word_embeddings": config.tie_embeddings, "attention_bias": False, "mlp_bias": False,
+    }
+    for key, value in expected.items():
+        assert key in hf and hf[key] == value, (
+            f"hf_config must state {key!r}: {value!r} in the Llama config.json (rope_theta both at the top level, "
+            f"which older transformers read, and in rope_parameters); got {hf.get(key, 'no such key')!r}")
+
+
+def test_config_from_hf_fills_in_llama_defaults_and_reads_older_formats(impl):
+    config_from_hf = impl.model.config_from_hf
+    sizes = {"vocab_size": 11, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+             "num_attention_heads": 2}
+    expected = impl.model.ModelConfig(vocab_size=11, d_model=8, d_ff=16, n_layers=1, n_heads=2, max_seq_len=2048,
+                                      norm_eps=1e-6, rope_theta=10000.0, tie_embeddings=False, init_std=0.02)
+    config = _hf_or_fail(lambda: config_from_hf(dict(sizes)),
+                         "config_from_hf of a Llama config.json with the sizes only")
+    assert config == expected, (
+        "a Llama config.json that leaves a field out means LlamaConfig's default (model_type llama, hidden_act silu, "
+        "n_kv_heads = n_heads, 2048 positions, rms_norm_eps 1e-6, untied, initializer_range 0.02, rope_theta "
+        f"10000): expected {expected}, got {config}")
+    older = {**sizes, "rope_theta": 500000.0, "rope_scaling": None}  # written before rope_parameters existed
+    config = _hf_or_fail(lambda: config_from_hf(older), f"config_from_hf of an older Llama config.json {older}")
+    assert config.rope_theta == 500000.0, (
+        f"config_from_hf must read a top-level rope_theta where there is no rope_parameters: 500000.0, got "
+        f"{config.rope_theta}")
+    newer = {**sizes, "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}  # no top-level rope_theta
+    config = _hf_or_fail(lambda: config_from_hf(newer), f"config_from_hf of a newer Llama config.json {newer}")
+    assert config.rope_theta == 500000.0, (
+        f"config_from_hf must read rope_parameters['rope_theta'] (newer transformers write no top-level rope_theta): "
+        f"500000.0, got {config.rope_theta}")
+    for scaling in ({"type": "linear", "factor": 2.0}, {"rope_type": "llama3", "factor": 8.0}):
+        kind = scaling.get("rope_type", scaling.get("type"))
+        assert_rejects(lambda scaling=scaling: config_from_hf({**older, "rope_scaling": scaling}), kind,
+                       what=f"config_from_hf of an older config.json with rope_scaling {scaling}: llmkata has no "
+                            "RoPE scaling")
 
 
 @settings(max_examples=15)  # each example writes and reads a checkpoint
@@ -517,6 +578,49 @@ def test_loads_a_checkpoint_saved_by_transformers(impl, kwargs, seed, shard_size
                      f"load_hf on a LlamaForCausalLM checkpoint ({sharded}) must give transformers' logits", scale=10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_save_hf_writes_the_files_llama_loaders_expect(impl, dtype, tmp_path):
+    safetensors = pytest.importorskip("safetensors")
+    model = impl.model.Transformer(impl.model.ModelConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2)).to(dtype)
+    folder = tmp_path / "runs" / "checkpoint"  # neither exists yet
+    _hf_or_fail(lambda: impl.model.save_hf(model, folder), "save_hf into a folder whose parent does not exist yet")
+    hf = json.loads((folder / "config.json").read_text())
+    name = str(dtype).removeprefix("torch.")
+    assert hf.get("dtype") == name, (
+        f"config.json must name the dtype of the weights, as transformers writes it: 'dtype': {name!r}, got "
+        f"{hf.get('dtype', 'no such key')!r}")
+    with safetensors.safe_open(str(folder / "model.safetensors"), "pt") as file:
+        metadata = file.metadata() or {}
+    assert metadata.get("format") == "pt", (
+        f"model.safetensors must carry the metadata {{'format': 'pt'}}, which older transformers require; got "
+        f"{metadata}")
+
+
+def test_load_hf_reads_a_tied_checkpoint_that_also_stores_lm_head(impl, tmp_path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    config = impl.model.ModelConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2, tie_embeddings=True)
+    model = impl.model.Transformer(config)
+    impl.model.save_hf(model, tmp_path)
+    path = tmp_path / "model.safetensors"
+    tensors = safetensors_torch.load_file(path)
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()  # some exporters write both
+    safetensors_torch.save_file(tensors, path, metadata={"format": "pt"})
+    loaded = _hf_or_fail(lambda: impl.model.load_hf(tmp_path),
+                         "load_hf of a tied checkpoint (tie_word_embeddings) that also stores lm_head.weight")
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight, (
+        "load_hf of a tied checkpoint must give a tied model: lm_head.weight is model.embed_tokens.weight")
+    assert torch.equal(loaded.model.embed_tokens.weight, model.model.embed_tokens.weight), (
+        "load_hf of a tied checkpoint must load the saved embedding")
+
+
+def test_make_cache_is_on_the_models_device(impl):
+    # a model moved to `meta` (shapes without values) shows where the cache is made, on a machine without a GPU
+    model = impl.model.Transformer(impl.model.ModelConfig(vocab_size=11, d_model=8, n_layers=2, n_heads=2)).to("meta")
+    for i, layer in enumerate(model.make_cache(1, max_seq_len=4)):
+        assert layer.k.device.type == "meta" and layer.v.device.type == "meta", (
+            f"make_cache must put the cache on the model's device (meta), got layer {i} on {layer.k.device}")
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -527,8 +631,9 @@ def test_rejects_a_sequence_longer_than_the_context(impl):
                    what="a model with a context of 12 given 13 tokens")
     cache = model.make_cache(1)
     model(torch.zeros(1, 10, dtype=torch.long), cache=cache)
-    assert_rejects(lambda: model(torch.zeros(1, 3, dtype=torch.long), cache=cache), 12,
-                   what="3 more tokens after 10 cached ones, context 12")
+    assert_rejects(lambda: model(torch.zeros(1, 3, dtype=torch.long), cache=cache), 13, 12,
+                   what="3 more tokens after 10 cached ones, context 12: the error must say that 10 + 3 = 13 "
+                        "positions are needed")
 
 
 def test_rejects_a_cache_without_one_entry_per_layer(impl):
@@ -568,17 +673,18 @@ def test_rejects_exporting_what_llama_cannot_express(impl):
 
 def test_rejects_llama_configs_llmkata_cannot_express(impl):
     hf = impl.model.hf_config(impl.model.ModelConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2))
-    cases = {
-        "model_type": {"model_type": "mistral"},
-        "hidden_act": {"hidden_act": "gelu"},
-        "attention_bias": {"attention_bias": True},
-        "mlp_bias": {"mlp_bias": True},
-        "rope_type": {"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}},
-        "head_dim": {"head_dim": 8},
-    }
-    for name, change in cases.items():
-        assert_rejects(lambda: impl.model.config_from_hf({**hf, **change}), name,
-                       what=f"config_from_hf of a Llama config.json with {change}: llmkata cannot build that model")
+    cases = [  # the field, the value found there, and the change
+        ("model_type", "mistral", {"model_type": "mistral"}),
+        ("hidden_act", "gelu", {"hidden_act": "gelu"}),
+        ("attention_bias", True, {"attention_bias": True}),
+        ("mlp_bias", True, {"mlp_bias": True}),
+        ("rope_type", "linear", {"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}}),
+        ("head_dim", 8, {"head_dim": 8}),
+    ]
+    for name, value, change in cases:
+        assert_rejects(lambda change=change: impl.model.config_from_hf({**hf, **change}), name, value,
+                       what=f"config_from_hf of a Llama config.json with {change}: llmkata cannot build that model, "
+                            "and the error names the field and the value found")
 
 
 @pytest.mark.parametrize("change", ["missing", "unexpected"])

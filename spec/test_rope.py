@@ -94,6 +94,19 @@ def test_frequencies_are_theta_to_the_minus_2i_over_d(impl, half, theta):
                  dtype=torch.float64, scale=100)
 
 
+@pytest.mark.parametrize("theta", [1.0, 0.5])
+def test_any_positive_theta_is_a_valid_base(impl, theta):
+    try:
+        frequencies = impl.rope.rope_frequencies(6, theta=theta)
+    except ValueError as error:
+        raise AssertionError(f"rope_frequencies(6, theta={theta}) must accept any positive base (θ = 1 turns every "
+                             f"pair at one radian per position, θ < 1 makes the later pairs the faster ones); it "
+                             f"raised: {error}") from None
+    expected = torch.tensor([theta ** (-2 * i / 6) for i in range(3)], dtype=torch.float64)
+    assert_close(frequencies, expected, f"rope_frequencies(6, theta={theta}) must be θ^(−2i/d) for i = 0..2",
+                 dtype=torch.float64, scale=100)
+
+
 @given(rope_cases(any_positions=True))
 def test_rope_rotates_pair_i_by_position_times_theta_i(impl, case):
     x, positions, theta, interleaved = case
@@ -210,6 +223,20 @@ def test_pairing_conventions_agree_under_the_permutation(impl, case):
                  scale=10)
 
 
+def test_apply_rope_computes_on_the_device_of_x(impl):
+    # `meta` tensors have a device and a shape but no values: on any machine they show where a tensor was made
+    x = torch.zeros(2, 3, 8, device="meta")
+    try:
+        out = impl.rope.apply_rope(x, torch.arange(3))
+    except NotImplementedError:
+        raise
+    except RuntimeError as error:
+        raise AssertionError("apply_rope of x on a device (here meta) must compute its angles on that device, the "
+                             f"frequencies and positions moved there; it failed with: {error}") from None
+    assert out.device.type == "meta" and tuple(out.shape) == (2, 3, 8), (
+        f"apply_rope of a (2, 3, 8) x on meta must give (2, 3, 8) on meta, got {tuple(out.shape)} on {out.device}")
+
+
 # ---------------------------------------------------------------- the cached tables
 
 
@@ -277,6 +304,15 @@ def test_rejects_an_odd_head_dimension(impl):
     assert_rejects(lambda: rope_frequencies(5), 5, what="rope_frequencies(5): RoPE needs pairs")
     assert_rejects(lambda: apply_rope(torch.ones(3, 7), torch.arange(3)), 7, what="apply_rope on vectors of size 7")
     assert_rejects(lambda: rotary(9, max_positions=16), 9, what="RotaryEmbedding(9)")
+
+
+def test_rejects_a_head_dimension_that_is_not_a_positive_integer(impl):
+    rope_frequencies, rotary = impl.rope.rope_frequencies, impl.rope.RotaryEmbedding
+    for head_dim in (0, -2):
+        assert_rejects(lambda head_dim=head_dim: rope_frequencies(head_dim), head_dim,
+                       what=f"rope_frequencies({head_dim}): a head needs at least one pair of coordinates")
+    assert_rejects(lambda: rope_frequencies(4.0), 4.0, what="rope_frequencies(4.0): a head dimension is a whole number")
+    assert_rejects(lambda: rotary(0, max_positions=16), 0, what="RotaryEmbedding(0)")
 
 
 def test_rejects_a_theta_that_is_not_positive(impl):

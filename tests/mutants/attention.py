@@ -415,3 +415,105 @@ class CacheGrowingByConcatenation(ref.KVCache):
         why="the scale argument is ignored: always 1/√d")
 def weights_ignoring_the_scale(q, k, mask=None, is_causal=False, scale=None):
     return ref.attention_weights(q, k, mask, is_causal)
+
+
+# ---------------------------------------------------------------- devices, every argument checked, the full context
+
+
+@mutant("attention.causal_mask", "test_masks_are_built_on_the_device_of_the_inputs",
+        why="the device argument is ignored: the mask is always built on the default device")
+def mask_on_the_default_device(n_queries, n_keys=None, offset=0, device=None):
+    return ref.causal_mask(n_queries, n_keys, offset)
+
+
+@mutant("attention.attention_weights", "test_masks_are_built_on_the_device_of_the_inputs",
+        why="the causal mask built on the default device: attention on a GPU fails as soon as is_causal is set")
+def weights_with_the_causal_mask_on_the_default_device(q, k, mask=None, is_causal=False, scale=None):
+    scores, sees = _masked_scores(q, k, mask, is_causal, scale)  # causal_mask(...) without device=q.device
+    weights = torch.softmax(scores, -1)
+    return weights if sees is None else weights * sees
+
+
+@mutant("attention.attention_weights", "test_rejects_mismatched_dtypes_and_devices",
+        why="no check that q and k agree: torch's matmul error instead of one naming both dtypes")
+def weights_without_a_dtype_check(q, k, mask=None, is_causal=False, scale=None):
+    return weights_with_the_causal_mask_on_the_default_device(q, k, mask, is_causal, scale)
+
+
+@mutant("attention.scaled_dot_product_attention", "test_rejects_mismatched_dtypes_and_devices",
+        why="checks q against k only: a v in another dtype reaches torch's matmul")
+def sdpa_checking_q_and_k_only(q, k, v, mask=None, is_causal=False, scale=None):
+    return ref.attention_weights(q, k, mask, is_causal, scale) @ v
+
+
+@mutant("attention.KVCache", "test_rejects_mismatched_dtypes_and_devices",
+        why="checks the keys' dtype only: values in another dtype are cast silently into the buffer")
+class CacheCheckingKeysOnly(ref.KVCache):
+    def update(self, k, v):
+        return super().update(k, v.to(self.v.dtype))
+
+
+@mutant("attention.attention_weights", "test_rejects_q_k_v_and_masks_that_do_not_fit",
+        why="checks that q and k share d, not that each has a row dimension: a 1-D q fails inside torch")
+def weights_without_a_rank_check(q, k, mask=None, is_causal=False, scale=None):
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must share d; got shapes {tuple(q.shape)} and {tuple(k.shape)}")
+    return weights_with_the_causal_mask_on_the_default_device(q, k, mask, is_causal, scale)
+
+
+@mutant("attention.KVCache", "test_a_context_of_exactly_max_seq_len_positions_fits",
+        why="refuses to fill the last position (end >= max_seq_len): a cache of n positions holds n − 1")
+class CacheOneShort(ref.KVCache):
+    def update(self, k, v):
+        if self.length + k.shape[2] >= self.max_seq_len:
+            raise ValueError(f"the KV cache holds {self.max_seq_len} positions: {k.shape[2]} more do not fit")
+        return super().update(k, v)
+
+
+@mutant("attention.CausalSelfAttention", "test_a_context_of_exactly_max_seq_len_positions_fits",
+        why="positions counted from 1: invisible to RoPE (only differences count) until the last position, which "
+            "falls off the table")
+class AttentionCountingPositionsFromOne(ref.CausalSelfAttention):
+    def forward(self, x, position_ids=None, cache=None):
+        if position_ids is None:
+            offset = 1 + (cache.length if cache is not None else 0)
+            position_ids = torch.arange(offset, offset + x.shape[1])
+        return super().forward(x, position_ids, cache)
+
+
+def _unchecked_init(self, d_model, n_heads, n_kv_heads, max_seq_len, rope_theta, rope_interleaved, use_rope,
+                    kernels):
+    """CausalSelfAttention.__init__ after its checks: the projections and the RoPE table."""
+    self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = d_model, n_heads, n_kv_heads, d_model // n_heads
+    self.use_rope, self.kernels, self.attend = use_rope, kernels, ref.scaled_dot_product_attention
+    self.q_proj = ref.Linear(d_model, n_heads * self.head_dim, bias=False)
+    self.k_proj = ref.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
+    self.v_proj = ref.Linear(d_model, n_kv_heads * self.head_dim, bias=False)
+    self.o_proj = ref.Linear(n_heads * self.head_dim, d_model, bias=False)
+    self.rotary = ref.RotaryEmbedding(self.head_dim, max_seq_len, rope_theta, rope_interleaved)
+
+
+@mutant("attention.CausalSelfAttention", "test_rejects_zero_heads_and_zero_kv_heads",
+        why="checks divisibility only: 0 heads divide by zero (ZeroDivisionError) instead of a ValueError")
+class AttentionCheckingDivisibilityOnly(ref.CausalSelfAttention):
+    def __init__(self, d_model, n_heads, n_kv_heads=None, max_seq_len=2048, rope_theta=10000.0,
+                 rope_interleaved=False, use_rope=True, kernels=False):
+        nn.Module.__init__(self)
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if d_model % n_heads or n_heads % n_kv_heads or (d_model // n_heads) % 2:
+            raise ValueError(f"d_model = {d_model}, n_heads = {n_heads}, n_kv_heads = {n_kv_heads} do not fit")
+        _unchecked_init(self, d_model, n_heads, n_kv_heads, max_seq_len, rope_theta, rope_interleaved, use_rope,
+                        kernels)
+
+
+@mutant("attention.CausalSelfAttention", "test_rejects_an_odd_head_dimension",
+        why="leaves an odd head dimension to RoPE, whose error names head_dim 3 but not the d_model and n_heads given")
+class AttentionLeavingTheEvenCheckToRope(ref.CausalSelfAttention):
+    def __init__(self, d_model, n_heads, n_kv_heads=None, max_seq_len=2048, rope_theta=10000.0,
+                 rope_interleaved=False, use_rope=True, kernels=False):
+        nn.Module.__init__(self)
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if n_heads <= 0 or d_model % n_heads or n_kv_heads <= 0 or n_heads % n_kv_heads:
+            raise ValueError(f"d_model = {d_model}, n_heads = {n_heads}, n_kv_heads = {n_kv_heads} do not fit")
+        _unchecked_init(self, d_model, n_heads, n_kv_heads, max_seq_len, rope_theta, rope_interleaved, use_rope,
+                        kernels)

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import llmkata.reference.attention as attention
 import llmkata.reference.layers as layers
@@ -486,3 +486,120 @@ def load_hf_from_one_file_only(folder):
     model = ref.Transformer(config).to(next(iter(tensors.values())).dtype)
     model.load_state_dict(tensors, strict=not config.tie_embeddings)
     return model
+
+
+# ---------------------------------------------------------------- defaults, older formats, the files written
+
+
+@mutant("model.flops_per_token", "test_flops_per_token_defaults_to_the_context_length",
+        why="without seq_len the attention term is left out (seq_len taken as 0)")
+def flops_with_no_attention_by_default(config, seq_len=None):
+    return ref.flops_per_token(config, 0 if seq_len is None else seq_len)
+
+
+@mutant("model.hf_config", "test_hf_config_states_every_field_a_llama_reader_needs",
+        why="writes the sizes only and leaves the rest to transformers' defaults: no model_type, architectures, "
+            "hidden_act, head_dim, bias flags, initializer_range or rope_parameters")
+def hf_config_with_the_sizes_only(config):
+    hf = ref.hf_config(config)
+    keep = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_theta", "tie_word_embeddings")
+    return {key: hf[key] for key in keep}
+
+
+@mutant("model.hf_config", "test_hf_config_states_every_field_a_llama_reader_needs",
+        why="rope_theta written in rope_parameters only: older transformers read the top-level key, and fall back "
+            "to 10000")
+def hf_config_with_rope_parameters_only(config):
+    hf = ref.hf_config(config)
+    del hf["rope_theta"]
+    return hf
+
+
+@mutant("model.config_from_hf", "test_config_from_hf_fills_in_llama_defaults_and_reads_older_formats",
+        why="reads only the newest format: a top-level rope_theta is ignored, rope_scaling is not looked at")
+def config_from_hf_reading_rope_parameters_only(hf):
+    rope = hf.get("rope_parameters") or {}
+    config = ref.config_from_hf({key: value for key, value in hf.items() if key not in ("rope_theta", "rope_scaling")})
+    return dataclasses.replace(config, rope_theta=float(rope.get("rope_theta", 10000.0)))
+
+
+@mutant("model.config_from_hf", "test_config_from_hf_fills_in_llama_defaults_and_reads_older_formats",
+        why="requires every field: a config.json that leaves max_position_embeddings or rms_norm_eps to LlamaConfig's "
+            "defaults fails with a KeyError")
+def config_from_hf_requiring_every_field(hf):
+    config = ref.config_from_hf(hf)
+    return dataclasses.replace(config, max_seq_len=hf["max_position_embeddings"], norm_eps=hf["rms_norm_eps"])
+
+
+@mutant("model.config_from_hf", "test_hf_config_round_trips",
+        why="initializer_range not read: every loaded model reinitialises with std 0.02")
+def config_from_hf_ignoring_initializer_range(hf):
+    return dataclasses.replace(ref.config_from_hf(hf), init_std=0.02)
+
+
+@mutant("model.save_hf", "test_save_hf_writes_the_files_llama_loaders_expect",
+        why="mkdir without parents: saving into runs/checkpoint fails until runs/ exists")
+def save_hf_without_parents(model, folder):
+    Path(folder).mkdir(exist_ok=True)
+    ref.save_hf(model, folder)
+
+
+@mutant("model.save_hf", "test_save_hf_writes_the_files_llama_loaders_expect",
+        why="config.json without the weights' dtype, and model.safetensors without its format metadata")
+def save_hf_without_dtype_or_metadata(model, folder):
+    ref.save_hf(model, folder)
+    folder = Path(folder)
+    hf = json.loads((folder / "config.json").read_text())
+    del hf["dtype"]
+    (folder / "config.json").write_text(json.dumps(hf))
+    tensors = load_file(folder / "model.safetensors")
+    save_file(tensors, folder / "model.safetensors")
+
+
+@mutant("model.load_hf", "test_load_hf_reads_a_tied_checkpoint_that_also_stores_lm_head",
+        why="a tied checkpoint that also stores lm_head.weight refused as having an unexpected weight")
+def load_hf_refusing_a_stored_tied_head(folder):
+    tensors = load_file(Path(folder) / "model.safetensors")
+    if "lm_head.weight" in tensors and ref.config_from_hf(
+            json.loads((Path(folder) / "config.json").read_text())).tie_embeddings:
+        raise ValueError(f"the checkpoint in {folder} does not fit the model: unexpected ['lm_head.weight']")
+    return ref.load_hf(folder)
+
+
+@mutant("model.Transformer", "test_make_cache_is_on_the_models_device",
+        why="the cache made on the default device: decoding on a GPU fails at the first cache update")
+class TransformerWithCacheOnTheDefaultDevice(ref.Transformer):
+    def make_cache(self, batch_size, max_seq_len=None):
+        config = self.config
+        length = config.max_seq_len if max_seq_len is None else max_seq_len
+        return [attention.KVCache(batch_size, config.n_kv_heads, config.head_dim, length,
+                                  dtype=self.lm_head.weight.dtype) for _ in range(config.n_layers)]
+
+
+@mutant("model.Transformer", "test_rejects_a_sequence_longer_than_the_context",
+        why="checks the new tokens alone against the context: past the cache, the cache's own error says only that "
+            "3 more do not fit, not that 13 positions are needed")
+class TransformerCheckingTheNewTokensOnly(ref.Transformer):
+    def forward(self, input_ids, position_ids=None, cache=None):
+        if input_ids.shape[1] > self.config.max_seq_len:
+            raise ValueError(f"{input_ids.shape[1]} tokens; the context holds {self.config.max_seq_len}")
+        return self.lm_head(self.model(input_ids, position_ids=position_ids, cache=cache))
+
+
+@mutant("model.config_from_hf", "test_rejects_llama_configs_llmkata_cannot_express",
+        why="refuses what it cannot build without saying what it found: 'unsupported model_type'")
+def config_from_hf_not_naming_the_value(hf):
+    try:
+        return ref.config_from_hf(hf)
+    except ValueError as error:
+        field = next(name for name in ("model_type", "hidden_act", "attention_bias", "mlp_bias", "rope_type",
+                                       "head_dim") if name in str(error))
+        raise ValueError(f"this checkpoint's {field} is not supported") from None
+
+
+@mutant("model.config_from_hf", "test_config_from_hf_fills_in_llama_defaults_and_reads_older_formats",
+        why="reads the top-level rope_theta only: a newer config.json, with the theta in rope_parameters alone, "
+            "loads with the default 10000")
+def config_from_hf_reading_the_top_level_theta_only(hf):
+    return dataclasses.replace(ref.config_from_hf(hf), rope_theta=float(hf.get("rope_theta", 10000.0)))

@@ -20,6 +20,22 @@ def frequencies_accepting_odd_dims(head_dim, theta=10000.0):
     return theta ** (-torch.arange(0, head_dim - head_dim % 2, 2, dtype=torch.float64) / head_dim)
 
 
+@mutant("rope.rope_frequencies", "test_rejects_a_head_dimension_that_is_not_a_positive_integer",
+        why="checks only that head_dim is even: 0 and -2 give no frequencies, 4.0 passes as a size")
+def frequencies_checking_only_oddness(head_dim, theta=10000.0):
+    if head_dim % 2:
+        raise ValueError(f"head_dim must be even, got {head_dim}")
+    return theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+
+
+@mutant("rope.rope_frequencies", "test_any_positive_theta_is_a_valid_base",
+        why="requires a base above 1, as if θ were a logarithm's base: θ = 1 and θ = 0.5 are refused")
+def frequencies_requiring_theta_above_one(head_dim, theta=10000.0):
+    if not theta > 1:
+        raise ValueError(f"theta must be greater than 1, got {theta}")
+    return ref.rope_frequencies(head_dim, theta)
+
+
 def _rope_with(rotation):
     def apply_rope(x, positions, theta=10000.0, interleaved=False):
         positions = torch.as_tensor(positions)
@@ -208,3 +224,10 @@ class RotaryWithoutCheckingTheSize(ref.RotaryEmbedding):
         why="the frequencies in float32, torch's default dtype")
 def frequencies_in_float32(head_dim, theta=10000.0):
     return ref.rope_frequencies(head_dim, theta).float()
+
+
+@mutant("rope.apply_rope", "test_apply_rope_computes_on_the_device_of_x",
+        why="the angles computed on the default device: RoPE of a tensor on a GPU fails")
+def rope_with_angles_on_the_default_device(x, positions, theta=10000.0, interleaved=False):
+    angles = torch.as_tensor(positions).double()[..., None] * ref.rope_frequencies(x.shape[-1], theta)
+    return ref.rotate(x, angles.cos().to(x.dtype), angles.sin().to(x.dtype), interleaved)
