@@ -37,32 +37,32 @@ _DOCS_PER_TASK = 64  # documents one worker tokenizes per task
 # --------------------------------------------------------------------------------------------------------- split
 
 def is_validation(text: str, val_fraction: float = 0.1, salt: str = "") -> bool:
-    """Whether a document belongs to the validation split: u(text) < val_fraction, where u is the 8-byte BLAKE2b
-    digest of the text keyed by the salt (a salt longer than BLAKE2b's 64-byte key is hashed to 64 bytes first),
-    read as a number in [0, 1).
+    """Whether a document belongs to the validation split: u(text) < val_fraction, where u = n / 2^64 and n is the
+    8-byte BLAKE2b digest of the UTF-8 text (lone surrogates passed through: any str has a side), keyed by the UTF-8
+    salt, read big-endian. BLAKE2b takes a key of at most 64 bytes: a longer salt is hashed to 64 bytes first.
 
     A function of the document alone: reorder or grow the corpus and no document changes side, and duplicates
     always land on the same side (no copy of a validation document leaks into training). A different `salt`
     draws a different split.
     """
     raise NotImplementedError('`data.is_validation` is not implemented yet — chapter 3 (data): see '
-                              'test_split_is_disjoint_and_covers_every_document and '
-                              'test_validation_fraction_is_within_the_hoeffding_bound in spec/test_data.py.')
+                              'test_split_is_disjoint_and_covers_every_document and 3 more in spec/test_data.py.')
 
 
 def train_val_split(docs: Iterable[str], val_fraction: float = 0.1, salt: str = "") -> tuple[list[str], list[str]]:
     """(train, validation): every document on exactly one side by is_validation, each side in corpus order."""
     raise NotImplementedError('`data.train_val_split` is not implemented yet — chapter 3 (data): see '
-                              'test_split_is_disjoint_and_covers_every_document and '
-                              'test_split_is_stable_under_reordering_and_growth in spec/test_data.py.')
+                              'test_split_is_disjoint_and_covers_every_document and 2 more in spec/test_data.py.')
 
 
 # ---------------------------------------------------------------------------------------------- tokenize and pack
 
 def token_dtype(vocab_size: int) -> np.dtype:
-    """The smallest unsigned dtype that holds every token id 0..vocab_size-1.  Example: 50257 -> uint16"""
+    """The smallest unsigned dtype that holds every token id 0..vocab_size-1, for 1 <= vocab_size <= 2**32 (else a
+    ValueError).  Example: 50257 -> uint16"""
     raise NotImplementedError('`data.token_dtype` is not implemented yet — chapter 3 (data): see '
-                              'test_token_dtype_is_the_smallest_that_fits in spec/test_data.py.')
+                              'test_token_dtype_is_the_smallest_that_fits and '
+                              'test_every_documented_rejection_names_the_bad_value in spec/test_data.py.')
 
 
 def _encode(task: tuple[int, list[str]], tokenizer, eot_id: int, vocab_size: int, dtype: np.dtype) -> np.ndarray:
@@ -133,7 +133,7 @@ def tokenize_and_pack(docs: Iterable[str], tokenizer, eot_id: int, path, vocab_s
     complete old file or the complete new one, never half written. An empty corpus is a ValueError.
     """
     raise NotImplementedError('`data.tokenize_and_pack` is not implemented yet — chapter 3 (data): see '
-                              'test_packed_stream_is_each_document_followed_by_eot and 6 more in spec/test_data.py.')
+                              'test_packed_stream_is_each_document_followed_by_eot and 8 more in spec/test_data.py.')
 
 
 def load_tokens(path) -> np.memmap:
@@ -171,7 +171,7 @@ def get_batch(tokens, batch_size: int, context_length: int, generator: torch.Gen
     """
     raise NotImplementedError('`data.get_batch` is not implemented yet — chapter 3 (data): see '
                               'test_batches_are_windows_of_the_stream_with_y_shifted_by_one, '
-                              'test_every_start_offset_is_reachable and 2 more in spec/test_data.py.')
+                              'test_every_start_offset_is_reachable and 3 more in spec/test_data.py.')
 
 
 def sequential_batches(tokens, batch_size: int, context_length: int,
@@ -183,7 +183,8 @@ def sequential_batches(tokens, batch_size: int, context_length: int,
     skips; the last batch may have fewer rows. Together the y's hold tokens[1:], each once, in order.
     """
     raise NotImplementedError('`data.sequential_batches` is not implemented yet — chapter 3 (data): see '
-                              'test_sequential_batches_cover_every_target_exactly_once in spec/test_data.py.')
+                              'test_sequential_batches_cover_every_target_exactly_once and 2 more in '
+                              'spec/test_data.py.')
 
 
 # ---------------------------------------------------------------------------------------------- document masks
@@ -195,6 +196,7 @@ def document_ids(x: torch.Tensor, eot_id: int) -> torch.Tensor:
     Example: x = [5, 7, EOT, 9, EOT, 4] -> [0, 0, 0, 1, 1, 2]
     """
     raise NotImplementedError('`data.document_ids` is not implemented yet — chapter 3 (data): see '
+                              'test_batches_are_made_on_the_device_asked_for and '
                               'test_document_ids_count_documents_from_zero in spec/test_data.py.')
 
 
@@ -202,4 +204,5 @@ def document_mask(x: torch.Tensor, eot_id: int) -> torch.Tensor:
     """Causal attention mask that stops at document boundaries: (..., T, T) bool, True where query i may attend to
     key j, i.e. j <= i and positions i and j are in the same document (document_ids)."""
     raise NotImplementedError('`data.document_mask` is not implemented yet — chapter 3 (data): see '
+                              'test_batches_are_made_on_the_device_asked_for and '
                               'test_document_mask_never_crosses_a_document_boundary in spec/test_data.py.')

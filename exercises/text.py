@@ -60,8 +60,8 @@ def decode_utf8(data: bytes, source: str = "<bytes>", errors: str = "strict") ->
     Example: decode_utf8(b"caf\\xc3\\xa9") -> 'café'
     """
     raise NotImplementedError('`text.decode_utf8` is not implemented yet — chapter 1 (text): see '
-                              'test_rejects_invalid_utf8_naming_the_file_and_byte and '
-                              'test_replacing_invalid_utf8_reports_the_count in spec/test_text.py.')
+                              'test_rejects_invalid_utf8_naming_the_file_and_byte, '
+                              'test_replacing_invalid_utf8_reports_the_count and 1 more in spec/test_text.py.')
 
 
 def _expand(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[Path]:
@@ -114,8 +114,8 @@ def load_hf_dataset(dataset, field: str = "text", split: str = "train", streamin
     IterableDataset. With streaming=True rows are read as they are asked for, nothing is downloaded in full.
     """
     raise NotImplementedError('`text.load_hf_dataset` is not implemented yet — chapter 1 (text): see '
-                              'test_hf_datasets_load_in_memory_and_streaming and '
-                              'test_hf_dataset_loads_the_split_asked_for in spec/test_text.py.')
+                              'test_hf_datasets_load_in_memory_and_streaming, '
+                              'test_hf_dataset_loads_the_split_asked_for and 2 more in spec/test_text.py.')
 
 
 # ---------------------------------------------------------------------------------------------------------- cleaning
@@ -143,7 +143,8 @@ def normalize_unicode(text: str, form: str = "NFC") -> str:
     full-width 'Ａ' -> 'A', no-break space -> space. Both are idempotent.
     """
     raise NotImplementedError('`text.normalize_unicode` is not implemented yet — chapter 1 (text): see '
-                              'test_cleaning_is_idempotent in spec/test_text.py.')
+                              'test_cleaning_is_idempotent and test_every_documented_rejection_names_the_bad_value in '
+                              'spec/test_text.py.')
 
 
 def remove_control_characters(text: str) -> str:
@@ -169,7 +170,7 @@ def normalize_whitespace(text: str) -> str:
     Example: ' a \\r\\n\\n\\n\\u00a0b\\t' -> 'a\\n\\n b'
     """
     raise NotImplementedError('`text.normalize_whitespace` is not implemented yet — chapter 1 (text): see '
-                              'test_cleaning_is_idempotent, test_cleaning_never_makes_text_longer and 1 more in '
+                              'test_cleaning_is_idempotent, test_cleaning_never_makes_text_longer and 2 more in '
                               'spec/test_text.py.')
 
 
@@ -287,15 +288,16 @@ def dedup_key(text: str) -> bytes:
     'Hello  World' and 'hello\\nworld' share a key; 'Hello, World' does not.
     """
     raise NotImplementedError('`text.dedup_key` is not implemented yet — chapter 1 (text): see '
-                              'test_dedup_key_ignores_case_whitespace_and_unicode_form_only in spec/test_text.py.')
+                              'test_dedup_key_ignores_case_whitespace_and_unicode_form_only and '
+                              'test_exact_dedup_accepts_any_python_string in spec/test_text.py.')
 
 
 def exact_dedup(docs: Iterable[str], report: FilterReport | None = None) -> Iterator[str]:
     """Yield each document whose dedup_key has not been seen before: the first of each group of duplicates, in
     corpus order.  Memory: 16 bytes per distinct document."""
     raise NotImplementedError('`text.exact_dedup` is not implemented yet — chapter 1 (text): see '
-                              'test_exact_dedup_keeps_the_first_of_each_duplicate_in_order, '
-                              'test_clean_corpus_is_its_stages_in_order and 1 more in spec/test_text.py.')
+                              'test_exact_dedup_keeps_the_first_of_each_duplicate_in_order and 3 more in '
+                              'spec/test_text.py.')
 
 
 # ------------------------------------------------------------------------------------------------------- near dedup
@@ -412,7 +414,7 @@ def minhash_signatures(docs: Sequence[str], num_perm: int = 128, ngram: int = 5,
     so signatures made with the same (num_perm, ngram, seed) can be compared across calls.
     """
     raise NotImplementedError('`text.minhash_signatures` is not implemented yet — chapter 1 (text): see '
-                              'test_minhash_estimate_is_within_the_hoeffding_bound_of_the_true_jaccard and 2 more in '
+                              'test_minhash_estimate_is_within_the_hoeffding_bound_of_the_true_jaccard and 6 more in '
                               'spec/test_text.py.')
 
 
@@ -446,8 +448,8 @@ def near_dedup(docs: Iterable[str], threshold: float = 0.8, num_perm: int = 128,
     documents are counted in report.dropped['near_duplicate']. Lazy: documents are signed in chunks as they come.
     """
     raise NotImplementedError('`text.near_dedup` is not implemented yet — chapter 1 (text): see '
-                              'test_near_dedup_catches_a_one_word_edit_of_a_long_document and 8 more in '
-                              'spec/test_text.py.')
+                              'test_near_dedup_keeps_what_its_signatures_decide, '
+                              'test_parameters_at_their_bounds_are_accepted and 9 more in spec/test_text.py.')
 
 
 # --------------------------------------------------------------------------------------------------------- pipeline

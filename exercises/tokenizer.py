@@ -201,7 +201,7 @@ def train_bpe(data, vocab_size: int, special_tokens=(), pattern: str = "gpt4") -
     same merges with work proportional to what each merge changes.
     """
     raise NotImplementedError('`tokenizer.train_bpe` is not implemented yet — chapter 2 (tokenizer): see '
-                              'test_trained_vocabulary_has_exactly_vocab_size_tokens and 10 more in '
+                              'test_trained_vocabulary_has_exactly_vocab_size_tokens and 11 more in '
                               'spec/test_tokenizer.py.')
 
 
@@ -258,7 +258,7 @@ class Tokenizer:
 
     def __init__(self, vocab: dict[int, bytes], merges, special_tokens=(), pattern: str = "gpt4"):
         raise NotImplementedError('`tokenizer.Tokenizer.__init__` is not implemented yet — chapter 2 (tokenizer): see '
-                                  'test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 19 more in '
+                                  'test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 22 more in '
                                   'spec/test_tokenizer.py.')
 
     def __repr__(self) -> str:
@@ -272,7 +272,7 @@ class Tokenizer:
         [a, b, a, b] -> [ab, a, b] -> [ab, ab] -> (300, 300).
         """
         raise NotImplementedError('`tokenizer.Tokenizer._encode_piece` is not implemented yet — chapter 2 '
-                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 19 '
+                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 22 '
                                   'more in spec/test_tokenizer.py.')
 
     def _encode_long_piece(self, data: bytes) -> tuple[int, ...]:
@@ -281,7 +281,7 @@ class Tokenizer:
         since it was pushed is skipped when it comes up. Position order is text order, so among equal ranks the
         leftmost pair still goes first."""
         raise NotImplementedError('`tokenizer.Tokenizer._encode_long_piece` is not implemented yet — chapter 2 '
-                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 19 '
+                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 22 '
                                   'more in spec/test_tokenizer.py.')
 
     def _special_re(self, allowed: frozenset):
@@ -292,14 +292,14 @@ class Tokenizer:
 
     def _encode_ordinary(self, text: str) -> list[int]:
         raise NotImplementedError('`tokenizer.Tokenizer._encode_ordinary` is not implemented yet — chapter 2 '
-                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 19 '
+                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 22 '
                                   'more in spec/test_tokenizer.py.')
 
     def encode(self, text: str, allowed_special="all") -> list[int]:
         """Token ids of `text`. allowed_special: 'all' (default), 'none', or a set of the special tokens to treat as
         special; any other occurrence of a special token's text is encoded as ordinary text, byte by byte."""
         raise NotImplementedError('`tokenizer.Tokenizer.encode` is not implemented yet — chapter 2 (tokenizer): see '
-                                  'test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 19 more in '
+                                  'test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 22 more in '
                                   'spec/test_tokenizer.py.')
 
     def _stable_prefix(self, text: str, allowed: frozenset) -> int:
@@ -310,21 +310,21 @@ class Tokenizer:
         still grow ("\\n" + spaces becomes one pre-token if a "\\n" follows the spaces).
         """
         raise NotImplementedError('`tokenizer.Tokenizer._stable_prefix` is not implemented yet — chapter 2 '
-                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 19 '
+                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 22 '
                                   'more in spec/test_tokenizer.py.')
 
     def encode_iterable(self, iterable: Iterable[str], allowed_special="all") -> Iterator[int]:
         """Ids of the concatenation of `iterable`'s strings, yielded as they become certain, in bounded memory:
         `list(encode_iterable(chunks)) == encode("".join(chunks))` however the text is cut into chunks."""
         raise NotImplementedError('`tokenizer.Tokenizer.encode_iterable` is not implemented yet — chapter 2 '
-                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 19 '
+                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 22 '
                                   'more in spec/test_tokenizer.py.')
 
     def decode(self, ids) -> str:
         """The text of `ids`. Any sequence of ids in the vocabulary decodes: bytes that are not valid UTF-8 (a
         character cut between tokens, say) become U+FFFD, the replacement character."""
         raise NotImplementedError('`tokenizer.Tokenizer.decode` is not implemented yet — chapter 2 (tokenizer): see '
-                                  'test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 19 more in '
+                                  'test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 22 more in '
                                   'spec/test_tokenizer.py.')
 
     def save(self, path) -> None:
@@ -340,14 +340,14 @@ class Tokenizer:
         as themselves and any byte string round-trips. Merges are listed in the order they were learned.
         """
         raise NotImplementedError('`tokenizer.Tokenizer.save` is not implemented yet — chapter 2 (tokenizer): see '
-                                  'test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 19 more in '
+                                  'test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 22 more in '
                                   'spec/test_tokenizer.py.')
 
     @classmethod
     def load(cls, path) -> Tokenizer:
         """Read a tokenizer written by `save`."""
         raise NotImplementedError('`tokenizer.Tokenizer.load` is not implemented yet — chapter 2 (tokenizer): see '
-                                  'test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 19 more in '
+                                  'test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 22 more in '
                                   'spec/test_tokenizer.py.')
 
 
@@ -380,7 +380,7 @@ def train_sentencepiece(data, vocab_size: int, special_tokens=()) -> SentencePie
     learned pieces, at most `vocab_size` in all.
     """
     raise NotImplementedError('`tokenizer.train_sentencepiece` is not implemented yet — chapter 2 (tokenizer): see '
-                              'test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 17 more in '
+                              'test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 20 more in '
                               'spec/test_tokenizer.py.')
 
 
@@ -395,7 +395,7 @@ class SentencePieceTokenizer:
 
     def __init__(self, model: bytes):
         raise NotImplementedError('`tokenizer.SentencePieceTokenizer.__init__` is not implemented yet — chapter 2 '
-                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 15 '
+                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 17 '
                                   'more in spec/test_tokenizer.py.')
 
     def __repr__(self) -> str:
@@ -408,7 +408,7 @@ class SentencePieceTokenizer:
 
     def _encode_ordinary(self, text: str) -> list[int]:
         raise NotImplementedError('`tokenizer.SentencePieceTokenizer._encode_ordinary` is not implemented yet — '
-                                  'chapter 2 (tokenizer): see test_decode_inverts_encode and 16 more in '
+                                  'chapter 2 (tokenizer): see test_decode_inverts_encode and 18 more in '
                                   'spec/test_tokenizer.py.')
 
     def encode_iterable(self, iterable: Iterable[str], allowed_special="all") -> Iterator[int]:
@@ -416,20 +416,20 @@ class SentencePieceTokenizer:
         a newline (it learned from lines), so text up to the last newline is final."""
         raise NotImplementedError('`tokenizer.SentencePieceTokenizer.encode_iterable` is not implemented yet — '
                                   'chapter 2 (tokenizer): see test_decode_inverts_encode, '
-                                  'test_ids_are_in_the_vocabulary and 15 more in spec/test_tokenizer.py.')
+                                  'test_ids_are_in_the_vocabulary and 17 more in spec/test_tokenizer.py.')
 
     def save(self, path) -> None:
         """Write the sentencepiece model itself (atomically): `sentencepiece.SentencePieceProcessor(model_file=path)`
         reads it too."""
         raise NotImplementedError('`tokenizer.SentencePieceTokenizer.save` is not implemented yet — chapter 2 '
-                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 15 '
+                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 17 '
                                   'more in spec/test_tokenizer.py.')
 
     @classmethod
     def load(cls, path) -> SentencePieceTokenizer:
         """Read a model written by `save` (or any sentencepiece .model file with byte fallback)."""
         raise NotImplementedError('`tokenizer.SentencePieceTokenizer.load` is not implemented yet — chapter 2 '
-                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 15 '
+                                  '(tokenizer): see test_decode_inverts_encode, test_ids_are_in_the_vocabulary and 17 '
                                   'more in spec/test_tokenizer.py.')
 
 

@@ -41,9 +41,9 @@ _DOCS_PER_TASK = 64  # documents one worker tokenizes per task
 # --------------------------------------------------------------------------------------------------------- split
 
 def is_validation(text: str, val_fraction: float = 0.1, salt: str = "") -> bool:
-    """Whether a document belongs to the validation split: u(text) < val_fraction, where u is the 8-byte BLAKE2b
-    digest of the text keyed by the salt (a salt longer than BLAKE2b's 64-byte key is hashed to 64 bytes first),
-    read as a number in [0, 1).
+    """Whether a document belongs to the validation split: u(text) < val_fraction, where u = n / 2^64 and n is the
+    8-byte BLAKE2b digest of the UTF-8 text (lone surrogates passed through: any str has a side), keyed by the UTF-8
+    salt, read big-endian. BLAKE2b takes a key of at most 64 bytes: a longer salt is hashed to 64 bytes first.
 
     A function of the document alone: reorder or grow the corpus and no document changes side, and duplicates
     always land on the same side (no copy of a validation document leaks into training). A different `salt`
@@ -75,7 +75,8 @@ def train_val_split(docs: Iterable[str], val_fraction: float = 0.1, salt: str = 
 # ---------------------------------------------------------------------------------------------- tokenize and pack
 
 def token_dtype(vocab_size: int) -> np.dtype:
-    """The smallest unsigned dtype that holds every token id 0..vocab_size-1.  Example: 50257 -> uint16"""
+    """The smallest unsigned dtype that holds every token id 0..vocab_size-1, for 1 <= vocab_size <= 2**32 (else a
+    ValueError).  Example: 50257 -> uint16"""
     # BEGIN SOLUTION
     if not 1 <= vocab_size <= 2**32:
         raise ValueError(f"vocab_size must be between 1 and 2**32, got {vocab_size}")
@@ -162,18 +163,17 @@ def tokenize_and_pack(docs: Iterable[str], tokenizer, eot_id: int, path, vocab_s
     if num_workers > 1:
         pool = multiprocessing.get_context().Pool(
             num_workers, initializer=_init_worker, initargs=(tokenizer, eot_id, vocab_size, dtype))
-    length = documents = 0
+    length = 0
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as file:
             # The .npy header holds the length, unknown until the end: write a placeholder, fill it in last.
             # A 1-D header is 128 bytes whatever the length, so the data never has to move.
             np.lib.format.write_array_header_1_0(file, {"descr": dtype.str, "fortran_order": False, "shape": (0,)})
             start = file.tell()
-            for chunk, ids in _encoded(tasks, pool, 2 * num_workers, (tokenizer, eot_id, vocab_size, dtype)):
+            for _, ids in _encoded(tasks, pool, 2 * num_workers, (tokenizer, eot_id, vocab_size, dtype)):
                 file.write(ids.tobytes())
                 length += ids.size
-                documents += len(chunk)
-            if documents == 0:
+            if length == 0:  # every document adds at least its eot_id: no tokens means no documents
                 raise ValueError("the corpus is empty: there are no documents to tokenize (did filtering drop all?)")
             file.seek(0)
             np.lib.format.write_array_header_1_0(

@@ -160,11 +160,10 @@ def load_hf_dataset(dataset, field: str = "text", split: str = "train", streamin
         except ImportError:
             raise ImportError("load_hf_dataset needs the `datasets` package: pip install datasets") from None
         dataset = datasets.load_dataset(os.fspath(dataset), split=split, streaming=streaming, **load_kwargs)
-    for number, row in enumerate(dataset):
-        value = row.get(field) if isinstance(row, dict) else None
+    for number, row in enumerate(dataset):  # a row of a Dataset or IterableDataset is a dict
+        value = row.get(field)
         if not isinstance(value, str):
-            fields = sorted(row) if isinstance(row, dict) else type(row).__name__
-            raise ValueError(f"row {number}: no string field {field!r} (the row has {fields})")
+            raise ValueError(f"row {number}: no string field {field!r} (the row has {sorted(row)})")
         yield value
     # END SOLUTION
 
@@ -518,7 +517,6 @@ def minhash_signatures(docs: Sequence[str], num_perm: int = 128, ngram: int = 5,
         raise ValueError(f"num_perm must be at least 1, got {num_perm}")
     if ngram < 1:
         raise ValueError(f"ngram must be at least 1, got {ngram}")
-    docs = docs if isinstance(docs, Sequence) else list(docs)
     a, b = _hash_functions(num_perm, seed)
     vocabulary: dict[str, int] = {}
     out = np.empty((len(docs), num_perm), dtype=np.uint32)

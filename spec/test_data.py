@@ -9,6 +9,7 @@ The tokenizer is a byte-level stand-in (`encode(str) -> list[int]`), so this cha
 Statistical tests state their bound: a correct implementation fails one with probability below 1e-6 per run.
 """
 
+import hashlib
 import os
 import random
 import tempfile
@@ -103,13 +104,52 @@ def test_validation_fraction_is_within_the_hoeffding_bound(impl, seed, fraction)
         "last one (BLAKE2b takes a key of at most 64 bytes: a longer salt cannot simply be cut to 64)")
 
 
+def keyed_blake2b_split(text: str, fraction: float, salt: str) -> bool:
+    """is_validation by its definition: n = BLAKE2b-64 of the UTF-8 text (surrogates passed through), keyed by the
+    salt (hashed to 64 bytes first when longer), read big-endian; validation when n / 2^64 < fraction."""
+    key = salt.encode("utf-8")
+    if len(key) > 64:
+        key = hashlib.blake2b(key).digest()
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=key).digest()
+    return int.from_bytes(digest, "big") < fraction * 2**64
+
+
+def test_is_validation_is_the_keyed_blake2b_of_the_document(impl):
+    docs = [f"document {i}" for i in range(200)] + ["a\ud800b", "\udfff", "ü\udc80"]  # lone surrogates too
+    salts = {"no salt": "", "a short salt": "run 2", "a salt of exactly 64 bytes": "s" * 64,
+             "a salt of 64 bytes in 32 characters": "é" * 32, "a salt of 65 bytes": "s" * 65}
+    for name, salt in salts.items():
+        expected = [keyed_blake2b_split(doc, 0.5, salt) for doc in docs]
+        try:
+            actual = [impl.data.is_validation(doc, 0.5, salt) for doc in docs]
+        except NotImplementedError:
+            raise
+        except (UnicodeError, ValueError) as error:
+            raise AssertionError(
+                f"is_validation with {name} must accept any Python str, lone surrogates included (encode with "
+                f"errors='surrogatepass'), and any salt (BLAKE2b takes a key of up to 64 bytes: hash a longer salt "
+                f"to 64 bytes first): {type(error).__name__}: {error}") from None
+        wrong = [doc for doc, a, e in zip(docs, actual, expected) if a != e]
+        assert not wrong, (
+            f"is_validation(doc, 0.5, salt) with {name} must be n / 2^64 < 0.5, n the 8-byte BLAKE2b digest of the "
+            "UTF-8 document keyed by the UTF-8 salt (hashed to 64 bytes only when it is longer than 64 bytes), read "
+            f"big-endian: {len(wrong)} of {len(docs)} documents land on the other side, e.g. {wrong[:2]}")
+
+
 # ---------------------------------------------------------------- tokenize and pack
 
 
 def test_token_dtype_is_the_smallest_that_fits(impl):
-    cases = {2: np.uint16, 257: np.uint16, 50257: np.uint16, 65536: np.uint16, 65537: np.uint32, 128256: np.uint32}
+    cases = {1: np.uint16, 2: np.uint16, 257: np.uint16, 50257: np.uint16, 65536: np.uint16, 65537: np.uint32,
+             128256: np.uint32, 2**32: np.uint32}
     for vocab_size, expected in cases.items():
-        actual = np.dtype(impl.data.token_dtype(vocab_size))
+        try:
+            actual = np.dtype(impl.data.token_dtype(vocab_size))
+        except NotImplementedError:
+            raise
+        except ValueError as error:
+            raise AssertionError(f"token_dtype({vocab_size}) must be {np.dtype(expected).name}: every vocab_size "
+                                 f"from 1 to 2**32 has ids that fit, got ValueError: {error}") from None
         assert actual == np.dtype(expected), (
             f"token_dtype({vocab_size}) must be {np.dtype(expected).name}: ids 0..{vocab_size - 1} "
             f"{'fit' if expected is np.uint16 else 'do not fit'} in 16 bits; got {actual.name}")
@@ -129,6 +169,23 @@ def test_packed_stream_is_each_document_followed_by_eot(impl, docs):
         assert loaded.dtype == np.uint16 and loaded.tolist() == packed(docs), "load_tokens must read the file back"
         assert np.load(path).tolist() == packed(docs), "the token file must be a .npy file numpy can load"
         del tokens, loaded  # release the memory maps before the folder goes
+
+
+def test_eot_id_may_be_any_id_of_the_vocabulary(impl, tmp_path):
+    docs = ["first", "", "last ü"]
+    for eot_id in (0, 256):
+        try:
+            tokens = impl.data.tokenize_and_pack(docs, ByteTokenizer(), eot_id, tmp_path / f"eot{eot_id}.npy",
+                                                 vocab_size=257)
+        except NotImplementedError:
+            raise
+        except ValueError as error:
+            raise AssertionError(f"eot_id {eot_id} is an id of a vocabulary of 257 (0..256): tokenize_and_pack must "
+                                 f"accept it, got ValueError: {error}") from None
+        assert tokens.tolist() == packed(docs, eot_id=eot_id), (
+            f"eot_id {eot_id} is an id of a vocabulary of 257 (0..256): tokenize_and_pack must accept it and end "
+            "each document with it")
+        del tokens
 
 
 def test_packing_with_workers_equals_packing_in_one_process(impl, tmp_path):
@@ -270,6 +327,9 @@ def test_sequential_batches_cover_every_target_exactly_once(impl, length, batch,
             valid = y[row] != -100
             n = int(valid.sum())
             assert valid.tolist() == [True] * n + [False] * (context - n), "padding (-100) may only end a window"
+            assert n >= 1, (
+                f"window {windows + row} has no target: {length} tokens hold {length - 1} targets, which fill "
+                f"ceil({length - 1} / {context}) = {-(-(length - 1) // context)} windows, no more")
             assert x[row, :n].tolist() == tokens[start:start + n].tolist() and \
                 y[row, :n].tolist() == tokens[start + 1:start + 1 + n].tolist(), (
                     f"window {windows + row} must be x = tokens[{start}:{start + context}], y shifted by one")
@@ -282,6 +342,34 @@ def test_sequential_batches_cover_every_target_exactly_once(impl, length, batch,
     assert targets == tokens[1:].tolist(), (
         f"together the windows must predict every token after the first exactly once, in order: {len(targets)} "
         f"targets for {length - 1} tokens")
+
+
+def test_batches_are_made_on_the_device_asked_for(impl):
+    # The `meta` device holds shapes and no data: it tells a tensor left on the CPU from one moved, on any machine.
+    tokens = stream(50, 0)
+    x, y = impl.data.get_batch(tokens, 3, 8, torch.Generator().manual_seed(0), device="meta")
+    for name, t in (("x", x), ("y", y)):
+        assert t.device.type == "meta" and tuple(t.shape) == (3, 8), (
+            f"get_batch(..., device='meta') must return {name} of shape (3, 8) on that device, got "
+            f"{tuple(t.shape)} on {t.device}")
+    batches = list(impl.data.sequential_batches(tokens, 4, 8, device="meta"))
+    assert len(batches) == 2, f"50 tokens in windows of 8 make 7 windows, 2 batches of 4, got {len(batches)}"
+    for i, (x, y) in enumerate(batches):
+        for name, t in (("x", x), ("y", y)):
+            assert t.device.type == "meta", (
+                f"sequential_batches(..., device='meta') must put {name} of batch {i} on that device, got {t.device}")
+    windows = torch.zeros(2, 6, dtype=torch.int64, device="meta")
+    try:
+        ids = impl.data.document_ids(windows, 0)
+        mask = impl.data.document_mask(windows, 0)
+    except NotImplementedError:
+        raise
+    except RuntimeError as error:
+        raise AssertionError(f"document_ids and document_mask must work on the device of x (build the causal "
+                             f"part there too): {error}") from None
+    assert ids.device.type == "meta" and mask.device.type == "meta" and tuple(mask.shape) == (2, 6, 6), (
+        f"document_ids and document_mask of windows on the meta device must be on that device, with the mask of "
+        f"shape (2, 6, 6); got {ids.device} and {mask.device} {tuple(mask.shape)}")
 
 
 def _of_any_shape(impl, name: str, x, eot):
@@ -397,3 +485,28 @@ def test_rejects_a_file_that_is_not_a_token_stream(impl, tmp_path):
         assert_rejects(lambda: impl.data.load_tokens(tmp_path / name), name,
                        what=f"load_tokens of a {array.dtype} array of shape {array.shape} (a token file is a 1-D "
                             "array of uint16 or uint32)")
+
+
+def test_every_documented_rejection_names_the_bad_value(impl, tmp_path):
+    for fraction in (1.5, -0.1):
+        assert_rejects(lambda: impl.data.is_validation("doc", fraction), fraction,
+                       what=f"is_validation with val_fraction {fraction} (a fraction is in [0, 1])")
+        assert_rejects(lambda: impl.data.train_val_split(["doc"], fraction), fraction,
+                       what=f"train_val_split with val_fraction {fraction}")
+    for vocab_size in (0, 2**32 + 1):
+        assert_rejects(lambda: impl.data.token_dtype(vocab_size), vocab_size,
+                       what=f"token_dtype({vocab_size}) (no unsigned dtype of numpy holds the ids 0..vocab_size-1 "
+                            "when vocab_size is 0 or above 2**32)")
+    path = tmp_path / "t.npy"
+    assert_rejects(lambda: impl.data.tokenize_and_pack(["a"], ByteTokenizer(), 257, path, 257), 257,
+                   what="eot_id 257 with vocab_size 257 (the ids are 0..256)")
+    assert_rejects(lambda: impl.data.tokenize_and_pack(["a"], ByteTokenizer(), -1, path, 257), -1,
+                   what="eot_id -1")
+    assert_rejects(lambda: impl.data.tokenize_and_pack(["a"], ByteTokenizer(), 256, path, 257, num_workers=0),
+                   "num_workers", what="tokenize_and_pack with num_workers=0")
+    assert not path.exists(), "a rejected packing must write no token file"
+    for length in (0, 1):
+        tokens = np.arange(length, dtype=np.uint16)
+        assert_rejects(lambda: impl.data.sequential_batches(tokens, 2, 4), length,
+                       what=f"sequential_batches of a stream of {length} token(s): no token has a successor to be "
+                            "its target")

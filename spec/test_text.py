@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import random
+import sys
 import unicodedata
 import warnings
 from collections import Counter
@@ -129,6 +130,30 @@ def test_hf_dataset_loads_the_split_asked_for(impl, tmp_path):
         f"test split, got {docs}")
 
 
+def test_rejects_a_dataset_row_without_a_string_field(impl):
+    datasets = pytest.importorskip("datasets")
+    rows = datasets.Dataset.from_list([{"text": "first", "n": 1}, {"text": None, "n": 2}])
+    assert_rejects(lambda: impl.text.load_hf_dataset(rows), "row 1", "'text'",
+                   what="load_hf_dataset over a dataset whose row 1 has no text (None)")
+    for field in ("n", "missing"):
+        assert_rejects(lambda: impl.text.load_hf_dataset(rows, field=field), "row 0", repr(field),
+                       what=f"load_hf_dataset(field={field!r}) where row 0 has no string {field!r}")
+
+
+def test_hf_loader_without_datasets_says_what_to_install(impl):
+    missing = object()
+    installed = sys.modules.get("datasets", missing)
+    sys.modules["datasets"] = None  # `import datasets` now fails, as where it is not installed
+    try:
+        assert_rejects(lambda: impl.text.load_hf_dataset("json", data_files="corpus.jsonl"), "pip install datasets",
+                       error=ImportError, what="load_hf_dataset of a dataset name without the `datasets` package")
+    finally:
+        if installed is missing:
+            del sys.modules["datasets"]
+        else:
+            sys.modules["datasets"] = installed
+
+
 # ---------------------------------------------------------------- cleaning
 
 # Characters that cleaning must handle: line breaks of every kind, exotic spaces, controls, invisible characters,
@@ -198,6 +223,15 @@ def test_whitespace_normalization_keeps_lines_and_indentation(impl):
             f"normalize_whitespace({text!r}) must be {expected!r}, got {out!r}: line breaks become '\\n', exotic "
             "spaces ' ', line ends and document ends are stripped, blank-line runs become one blank line, "
             "indentation and inner spaces stay")
+
+
+@given(messy_text.map(lambda t: f"X{t}X") | messy_text)
+@example("no\u00a0break\u3000ideographic\u2003em\u2028line")
+def test_whitespace_normalization_keeps_every_word(impl, text):
+    out = impl.text.normalize_whitespace(text)
+    assert out.split() == text.split(), (
+        f"normalize_whitespace may change only whitespace: the words of {text!r} (str.split) must stay as they are, "
+        f"got {out!r}")
 
 
 def test_clean_fixes_the_usual_mess(impl):
@@ -376,6 +410,23 @@ def test_exact_dedup_keeps_the_first_of_each_duplicate_in_order(impl, picks):
         "exact_dedup must count its drops in report.dropped['exact_duplicate']")
 
 
+def test_exact_dedup_accepts_any_python_string(impl):
+    docs = ["a\ud800b", "A\ud800B", "a\udc00b", "\udfff"]  # lone surrogates: a str, but no valid UTF-8
+    try:
+        keys = [impl.text.dedup_key(doc) for doc in docs]
+        out = list(impl.text.exact_dedup(docs))
+    except NotImplementedError:
+        raise
+    except UnicodeError as error:
+        raise AssertionError(
+            "exact_dedup and dedup_key must accept any Python str, lone surrogates included (encode the key with "
+            f"errors='surrogatepass'): {type(error).__name__}: {error}") from None
+    assert keys[0] == keys[1] and len(set(keys)) == 3, (
+        f"dedup_key of {docs} must give the first two (equal up to case) one key and the others keys of their own")
+    assert out == ["a\ud800b", "a\udc00b", "\udfff"], (
+        f"exact_dedup of {docs} must drop only the upper-case copy of the first document, got {out}")
+
+
 # ---------------------------------------------------------------- MinHash and LSH
 
 
@@ -449,6 +500,81 @@ def test_signatures_are_deterministic_and_independent_of_the_batch(impl, docs, s
         assert np.array_equal(signatures[i], signatures[twin]), "identical documents must have identical signatures"
     again = impl.text.minhash_signatures(docs[::-1], num_perm=16, ngram=2, seed=seed)
     assert np.array_equal(again[::-1], signatures), "the same seed must give the same signatures"
+
+
+# With ngram=1 the shingles of a document are its words, so its signature is the elementwise minimum of the
+# signatures of its words, each signed as a one-word document. 4096 hash functions make numpy's blocks small (about
+# a thousand shingles): a document of 3000 words is signed in several pieces, and 1202 documents take several blocks
+# and several chunks, paths that a small corpus never takes.
+@settings(max_examples=3)  # slow by nature: 1202 documents signed with 4096 hash functions, and each word alone
+@given(seeds)
+def test_signature_of_a_document_is_the_elementwise_minimum_over_its_words(impl, seed):
+    rng = random.Random(seed)
+    words = rng.sample(VOCABULARY, 1200)
+    long_docs = [" ".join(rng.choices(words, k=3000)) for _ in range(2)]  # words repeat: shingles with repeats
+    corpus = words[:512] + [long_docs[0]] + words[512:1000] + [long_docs[1]] + words[1000:]
+    signatures = impl.text.minhash_signatures(corpus, num_perm=4096, ngram=1, seed=seed)
+    assert signatures.shape == (len(corpus), 4096), (
+        f"minhash_signatures of {len(corpus)} documents with num_perm=4096 must have shape ({len(corpus)}, 4096), "
+        f"got {signatures.shape}")
+    row = {doc: i for i, doc in enumerate(corpus)}
+    for word in words:
+        alone = impl.text.minhash_signatures([word], num_perm=4096, ngram=1, seed=seed)[0]
+        assert np.array_equal(signatures[row[word]], alone), (
+            f"document {row[word]} of {len(corpus)} ({word!r}) must have the signature it has alone: sign every "
+            "document, also past the first few hundred")
+    for doc in long_docs:
+        expected = signatures[[row[word] for word in doc.split()]].min(axis=0)
+        wrong = int(np.count_nonzero(signatures[row[doc]] != expected))
+        assert wrong == 0, (
+            f"the signature of a document of 3000 words (document {row[doc]}, ngram=1) must be, for each hash "
+            f"function, the minimum over all its words; {wrong} of 4096 values differ (sign a long document's "
+            "shingles piece by piece if you must, but keep the running minimum over every piece)")
+
+
+# With bands = num_perm every band is one row: two signatures share a band exactly when they agree somewhere, which
+# any estimate >= threshold > 0 implies. near_dedup then keeps exactly what its signatures decide.
+@given(seeds, st.sampled_from([0.3, 0.5, 0.7]))
+def test_near_dedup_keeps_what_its_signatures_decide(impl, seed, threshold):
+    rng = random.Random(seed)
+    base = random_words(rng, 12)
+    docs = [" ".join(_edited(rng, base, rng.randrange(0, 6))) for _ in range(12)]
+    signatures = impl.text.minhash_signatures(docs, num_perm=16, ngram=2, seed=seed)
+    kept, expected = [], []
+    for doc, signature in zip(docs, signatures):
+        if not any(np.mean(signature == other) >= threshold for other in kept):
+            kept.append(signature)
+            expected.append(doc)
+    out = list(impl.text.near_dedup(docs, threshold=threshold, num_perm=16, bands=16, ngram=2, seed=seed))
+    assert out == expected, (
+        f"near_dedup(threshold={threshold}, num_perm=16, bands=16, ngram=2, seed={seed}) must keep each document "
+        "unless the signature minhash_signatures(docs, 16, 2, seed) gives it agrees with a kept one's in at least "
+        f"{threshold:.0%} of the positions: kept {len(out)}, the signatures keep {len(expected)} (pass the seed on)")
+
+
+def test_parameters_at_their_bounds_are_accepted(impl):
+    docs = ["the cat sat on the mat", "the cat sat on the mat", "a dog ran off"]
+    try:
+        one = impl.text.minhash_signatures(docs, num_perm=1, ngram=2)
+    except NotImplementedError:
+        raise
+    except ValueError as error:
+        raise AssertionError(f"minhash_signatures(num_perm=1) must be accepted: one hash function is a signature, "
+                             f"got ValueError: {error}") from None
+    assert one.shape == (3, 1), f"minhash_signatures(num_perm=1) of 3 documents must have shape (3, 1), got {one.shape}"
+    cases = {"threshold=1.0": {"threshold": 1.0}, "bands=1": {"bands": 1}, "bands=num_perm=128": {"bands": 128},
+             "num_perm=1, bands=1": {"num_perm": 1, "bands": 1}}
+    for name, kwargs in cases.items():
+        try:
+            out = list(impl.text.near_dedup(docs, **kwargs))
+        except NotImplementedError:
+            raise
+        except ValueError as error:
+            raise AssertionError(f"near_dedup({name}) must be accepted: a threshold lies in (0, 1] and bands between "
+                                 f"1 and num_perm, bounds included; got ValueError: {error}") from None
+        assert out == [docs[0], docs[2]], (
+            f"near_dedup({name}) must drop the exact copy (estimate 1.0 >= any threshold) and keep the unrelated "
+            f"document, got {out}")
 
 
 def _one_word_edit(rng: random.Random, words: list[str]) -> list[str]:
@@ -590,7 +716,7 @@ def test_clean_corpus_cleans_filters_and_deduplicates(impl):
         "clean_corpus must clean each document, then drop the short one, the exact and the near duplicate and "
         f"the empty one: kept {len(out)} documents")
     assert (report.read, report.kept) == (6, 2), f"the report must say 6 read, 2 kept; it says {report}"
-    for rule in ("too_few_words", "exact_duplicate", "near_duplicate"):
+    for rule in ("too_few_words", "exact_duplicate", "near_duplicate", "empty"):
         assert report.dropped[rule] == 1, f"the report must count one document dropped by {rule}: {report}"
 
 
@@ -780,3 +906,13 @@ def test_rejects_a_corpus_empty_after_filtering(impl):
                    what="clean_corpus of 3 documents that all fail the filters (the error must say how many were "
                         "read and what dropped them)")
     assert_rejects(lambda: list(impl.text.clean_corpus(iter([]))), "empty", 0, what="clean_corpus of no documents")
+
+
+def test_every_documented_rejection_names_the_bad_value(impl):
+    assert_rejects(lambda: impl.text.decode_utf8(b"text", errors="ignore"), "ignore",
+                   what="decode_utf8(errors='ignore'): errors is 'strict' or 'replace'")
+    for form in ("NFD", "nfc"):
+        assert_rejects(lambda: impl.text.normalize_unicode("text", form=form), form,
+                       what=f"normalize_unicode(form={form!r}): the form is 'NFC' or 'NFKC'")
+    assert_rejects(lambda: impl.text.minhash_signatures(["a b c"], ngram=0), "ngram", 0,
+                   what="minhash_signatures(ngram=0): no word 0-grams")

@@ -227,6 +227,7 @@ ALLOWED = ["all", "none", frozenset({"<|pad|>"})]
 @example(text="we'll", cuts=[4], allowed="all")
 @example(text="a<|endoftext|>b\n<|pad|>c", cuts=[3, 15], allowed="none")
 @example(text="a<|endoftext|>b\n<|pad|>c", cuts=[3, 15], allowed=frozenset({"<|pad|>"}))
+@example(text="abc<|endoftext|>def", cuts=[14], allowed="all")  # the chunk ends in 11 characters of a special token
 def test_encode_iterable_matches_encode_for_any_chunking(impl, kind, pattern, text, cuts, allowed):
     tokenizer = make(impl, kind, pattern)
     bounds = sorted({min(cut, len(text)) for cut in cuts} | {0, len(text)})
@@ -693,3 +694,78 @@ def test_rejects_a_file_that_is_not_a_saved_tokenizer(impl, kind, tmp_path):
         path = tmp_path / name
         path.write_bytes(content)
         assert_rejects(lambda: cls.load(path), name, what=f"load of a file that holds {content!r}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rejects_what_is_not_text_naming_its_type(impl, kind):
+    tokenizer = make(impl, kind)
+    assert_rejects(lambda: tokenizer.encode(b"bytes"), "bytes", error=TypeError,
+                   what="encode of bytes (encode takes a str: decode bytes to text first)")
+    assert_rejects(lambda: tokenizer.encode_iterable(["text, then ", b"bytes"]), "bytes", error=TypeError,
+                   what="encode_iterable over a chunk of bytes")
+    if kind == "bpe":
+        vocab, merges = textbook_vocab()
+        assert_rejects(lambda: impl.tokenizer.Tokenizer(vocab, merges, ["<|new|>"]), "<|new|>",
+                       what="Tokenizer with a special token whose bytes are no token of the vocabulary")
+    else:
+        for size in (600.0, True):
+            assert_rejects(lambda: impl.tokenizer.train_sentencepiece(corpus_text(), size, SPECIALS), repr(size),
+                           what=f"train_sentencepiece with vocab_size={size!r} (a vocabulary size is an int)")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_decode_accepts_a_tensor_or_an_array_of_ids(impl, kind):
+    import numpy as np
+    import torch
+
+    tokenizer = make(impl, kind)
+    ids = tokenizer.encode(MULTILINGUAL)
+    for name, held in (("a tensor", torch.tensor(ids)), ("a numpy array", np.array(ids, dtype=np.int64))):
+        try:
+            text = tokenizer.decode(held)
+        except NotImplementedError:
+            raise
+        except (ValueError, TypeError, KeyError) as error:
+            raise AssertionError(f"decode of {name} of ids must read the ids it holds (.tolist()), got "
+                                 f"{type(error).__name__}: {error}") from None
+        assert text == MULTILINGUAL, f"decode of {name} of ids must equal decode of the list of the same ids"
+
+
+def test_trained_tokenizer_splits_with_the_pattern_it_was_trained_with(impl):
+    # GPT-2 keeps the space before a number in its pre-token (" 2024"), GPT-4 does not (" ", "202", "4"): trained
+    # with GPT-2 on these years, the tokenizer learns " 2024" as one token, which only the GPT-2 split can use.
+    text = "In 2024 and 2024, again 2024."
+    trained = impl.tokenizer.train_bpe([text] * 20, 256 + len(SPECIALS) + 12, SPECIALS, pattern="gpt2")
+    again = impl.tokenizer.Tokenizer(trained.vocab, trained.merges, SPECIALS, "gpt2")
+    assert trained.encode(text) == again.encode(text), (
+        "train_bpe(pattern='gpt2') must return a tokenizer that splits text with the GPT-2 pattern it learned "
+        f"with: {trained.encode(text)} differs from the same vocabulary and merges under 'gpt2', {again.encode(text)}")
+
+
+def test_sentencepiece_learns_from_the_lines_between_special_tokens(impl):
+    pytest.importorskip("sentencepiece")
+    train = impl.tokenizer.train_sentencepiece
+    text = corpus_text()
+    model = train(text, 600, SPECIALS)
+    spanning = [piece for piece in model.vocab.values() if b"\n" in piece and len(piece) > 1]
+    assert not spanning, (
+        f"sentencepiece learns from lines: no piece may span a line break (encode_iterable relies on it), got "
+        f"{spanning[:3]}")
+    as_lines = regex.sub("|".join(map(regex.escape, SPECIALS)), "\n", text)
+    assert train(as_lines, 600, SPECIALS).vocab == model.vocab, (
+        "a special token in the training text must separate what is on either side, as a line break does, and be "
+        "learned from no more than that: training on the text with every special token made a line break must give "
+        "the same vocabulary")
+    assert_rejects(lambda: train(text, 300, SPECIALS), 300,
+                   what="train_sentencepiece(vocab_size=300) of a corpus with more than 300 distinct characters "
+                        "(sentencepiece refuses it: the error must be a ValueError naming the size)")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tokenizers_built_afresh():
+    """The tokenizers, models and exports built from the implementation live for one run of this module: a
+    process that runs the spec again (a forked worker of a mutation run, say) builds them anew from the code
+    it tests, instead of reusing what an earlier run built."""
+    for cached in (_bpe, _sentencepiece_model, _sentencepiece, _tiktoken_for, _export, _hand_built_tokenizer):
+        cached.cache_clear()
+    yield

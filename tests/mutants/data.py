@@ -1,5 +1,6 @@
 """Wrong implementations of the data chapter that a learner could plausibly write."""
 
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -302,3 +303,116 @@ def document_mask_for_batches_only(x, eot_id):
         why="cuts the salt to BLAKE2b's 64-byte key: salts that differ only past byte 64 draw the same split")
 def is_validation_cutting_long_salts(text, val_fraction=0.1, salt=""):
     return ref.is_validation(text, val_fraction, salt.encode("utf-8")[:64].decode("utf-8", "ignore"))
+
+
+@mutant("data.is_validation", "test_is_validation_is_the_keyed_blake2b_of_the_document",
+        why="hashes every salt of 64 bytes or more: a 64-byte salt, which BLAKE2b takes as a key as it is, is hashed")
+def is_validation_hashing_64_byte_salts(text, val_fraction=0.1, salt=""):
+    key = salt.encode("utf-8")
+    if len(key) >= 64:
+        key = hashlib.blake2b(key).digest()
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=key).digest()
+    return int.from_bytes(digest, "big") < val_fraction * 2**64
+
+
+@mutant("data.is_validation", "test_is_validation_is_the_keyed_blake2b_of_the_document",
+        why="strict UTF-8: a document with a lone surrogate raises UnicodeEncodeError")
+def is_validation_encoding_strictly(text, val_fraction=0.1, salt=""):
+    text.encode("utf-8")
+    return ref.is_validation(text, val_fraction, salt)
+
+
+@mutant("data.is_validation", "test_is_validation_is_the_keyed_blake2b_of_the_document",
+        why="reads the digest little-endian: a split other tools cannot reproduce")
+def is_validation_little_endian(text, val_fraction=0.1, salt=""):
+    key = salt.encode("utf-8")
+    if len(key) > 64:
+        key = hashlib.blake2b(key).digest()
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=key).digest()
+    return int.from_bytes(digest, "little") < val_fraction * 2**64
+
+
+@mutant("data.is_validation", "test_every_documented_rejection_names_the_bad_value",
+        why="no range check: a val_fraction of 1.5 silently puts everything in validation")
+def is_validation_unchecked(text, val_fraction=0.1, salt=""):
+    return ref.is_validation(text, min(max(val_fraction, 0.0), 1.0), salt)
+
+
+@mutant("data.token_dtype", "test_every_documented_rejection_names_the_bad_value",
+        why="no range check: vocab_size 0 or above 2**32 still gets a dtype")
+def token_dtype_unchecked(vocab_size):
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+
+@mutant("data.token_dtype", "test_token_dtype_is_the_smallest_that_fits",
+        why="rejects vocab_size 2**32, whose largest id 2**32 - 1 still fits uint32")
+def token_dtype_rejecting_2_to_the_32(vocab_size):
+    if not 1 <= vocab_size < 2**32:
+        raise ValueError(f"vocab_size must be between 1 and 2**32 - 1, got {vocab_size}")
+    return ref.token_dtype(vocab_size)
+
+
+@mutant("data.tokenize_and_pack", "test_eot_id_may_be_any_id_of_the_vocabulary",
+        why="takes id 0 for padding and rejects it as eot_id")
+def tokenize_and_pack_rejecting_eot_zero(docs, tokenizer, eot_id, path, vocab_size, num_workers=1):
+    if eot_id == 0:
+        raise ValueError("eot_id must be a positive id, got 0")
+    return ref.tokenize_and_pack(docs, tokenizer, eot_id, path, vocab_size, num_workers)
+
+
+@mutant("data.tokenize_and_pack", "test_every_documented_rejection_names_the_bad_value",
+        why="eot_id <= vocab_size: eot_id == vocab_size is one past the vocabulary")
+def tokenize_and_pack_accepting_eot_of_vocab_size(docs, tokenizer, eot_id, path, vocab_size, num_workers=1):
+    if eot_id == vocab_size:
+        return ref.tokenize_and_pack(docs, tokenizer, eot_id, path, vocab_size + 1, num_workers)
+    return ref.tokenize_and_pack(docs, tokenizer, eot_id, path, vocab_size, num_workers)
+
+
+@mutant("data.tokenize_and_pack", "test_every_documented_rejection_names_the_bad_value",
+        why="num_workers=0 silently runs in one process")
+def tokenize_and_pack_accepting_zero_workers(docs, tokenizer, eot_id, path, vocab_size, num_workers=1):
+    return ref.tokenize_and_pack(docs, tokenizer, eot_id, path, vocab_size, max(num_workers, 1))
+
+
+@mutant("data.sequential_batches", "test_every_documented_rejection_names_the_bad_value",
+        why="a stream of fewer than 2 tokens yields no batch instead of an error")
+def sequential_batches_silent_on_a_short_stream(tokens, batch_size, context_length, device=None):
+    if len(tokens) < 2:
+        return
+    yield from ref.sequential_batches(tokens, batch_size, context_length, device)
+
+
+@mutant("data.sequential_batches", "test_sequential_batches_cover_every_target_exactly_once",
+        why="ceil(N / T) windows, counting tokens instead of targets: one window of padding only when T divides N - 1")
+def sequential_batches_one_window_too_many(tokens, batch_size, context_length, device=None):
+    n = len(tokens)
+    windows = -(-n // context_length)
+    for first in range(0, windows, batch_size):
+        xs, ys = [], []
+        for k in range(first, min(first + batch_size, windows)):
+            s = k * context_length
+            x = np.asarray(tokens[s:s + context_length]).astype(np.int64).tolist()
+            y = np.asarray(tokens[s + 1:s + context_length + 1]).astype(np.int64).tolist()
+            xs.append(x + [0] * (context_length - len(x)))
+            ys.append(y + [ref.IGNORE_INDEX] * (context_length - len(y)))
+        yield torch.tensor(xs), torch.tensor(ys)
+
+
+@mutant("data.get_batch", "test_batches_are_made_on_the_device_asked_for", why="ignores `device`: batches stay on the CPU")
+def get_batch_ignoring_the_device(tokens, batch_size, context_length, generator, device=None):
+    return ref.get_batch(tokens, batch_size, context_length, generator)
+
+
+@mutant("data.sequential_batches", "test_batches_are_made_on_the_device_asked_for",
+        why="moves x to the device and forgets y")
+def sequential_batches_moving_x_only(tokens, batch_size, context_length, device=None):
+    for x, y in ref.sequential_batches(tokens, batch_size, context_length):
+        yield (x if device is None else x.to(device)), y
+
+
+@mutant("data.document_mask", "test_batches_are_made_on_the_device_asked_for",
+        why="builds the causal triangle on the CPU whatever the device of x")
+def document_mask_with_a_cpu_triangle(x, eot_id):
+    ids = ref.document_ids(x, eot_id)
+    causal = torch.ones(x.shape[-1], x.shape[-1], dtype=torch.bool).tril()
+    return causal & (ids[..., :, None] == ids[..., None, :])

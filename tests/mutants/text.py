@@ -2,6 +2,7 @@
 
 import dataclasses
 import glob
+import hashlib
 import json
 import re
 import time
@@ -633,3 +634,105 @@ def clean_corpus_cleaning_everything_first(docs, config=None, near_threshold=0.8
     report = report if report is not None else ref.FilterReport()
     docs = list(docs)
     return ref.clean_corpus(docs, config, near_threshold, form, report)
+
+
+# ---------------------------------------------------------------- boundaries, rejections and odd input
+
+
+@mutant("text.load_hf_dataset", "test_rejects_a_dataset_row_without_a_string_field",
+        why="skips rows whose field is missing or not a string, silently")
+def load_hf_dataset_skipping_bad_rows(dataset, field="text", split="train", streaming=False, **load_kwargs):
+    for row in dataset:
+        if isinstance(row.get(field), str):
+            yield row[field]
+
+
+@mutant("text.load_hf_dataset", "test_hf_loader_without_datasets_says_what_to_install",
+        why="imports datasets unguarded: the ImportError does not say what to install")
+def load_hf_dataset_importing_unguarded(dataset, field="text", split="train", streaming=False, **load_kwargs):
+    if isinstance(dataset, str):
+        import datasets
+
+        dataset = datasets.load_dataset(dataset, split=split, streaming=streaming, **load_kwargs)
+    yield from ref.load_hf_dataset(dataset, field)
+
+
+@mutant("text.normalize_whitespace", "test_whitespace_normalization_keeps_every_word",
+        why="deletes exotic spaces (no-break, ideographic ...) instead of making them ' ': words run together")
+def normalize_whitespace_deleting_exotic_spaces(text):
+    exotic = {i: None for i, replacement in ref._SPACES.items() if replacement == " "}
+    return ref.normalize_whitespace(text.translate(exotic))
+
+
+@mutant("text.dedup_key", "test_exact_dedup_accepts_any_python_string",
+        why="encodes strictly: a lone surrogate raises UnicodeEncodeError")
+def dedup_key_encoding_strictly(text):
+    normalized = " ".join(ref.clean(text).casefold().split())
+    return hashlib.blake2b(normalized.encode("utf-8"), digest_size=16).digest()
+
+
+@mutant("text.minhash_signatures", "test_signature_of_a_document_is_the_elementwise_minimum_over_its_words",
+        why="signs only the first 1024 shingles of a long document, to bound memory")
+def minhash_signatures_of_the_first_shingles(docs, num_perm=128, ngram=5, seed=0):
+    return ref.minhash_signatures([" ".join(doc.split()[:1024]) for doc in docs], num_perm, ngram, seed)
+
+
+@mutant("text.minhash_signatures", "test_signature_of_a_document_is_the_elementwise_minimum_over_its_words",
+        why="signs the first chunk of 512 documents and leaves the rest of the output as allocated")
+def minhash_signatures_of_the_first_chunk(docs, num_perm=128, ngram=5, seed=0):
+    out = np.zeros((len(docs), num_perm), dtype=np.uint32)
+    out[:512] = ref.minhash_signatures(docs[:512], num_perm, ngram, seed)
+    return out
+
+
+@mutant("text.near_dedup", "test_near_dedup_keeps_what_its_signatures_decide",
+        why="signs with the default seed: near_dedup(seed=s) ignores s")
+def near_dedup_ignoring_the_seed(docs, threshold=0.8, num_perm=128, bands=None, ngram=5, seed=0, report=None):
+    return ref.near_dedup(docs, threshold, num_perm, bands, ngram, 0, report)
+
+
+@mutant("text.near_dedup", "test_parameters_at_their_bounds_are_accepted",
+        why="a near duplicate must be strictly more similar than the threshold: at 1.0 nothing is ever dropped")
+def near_dedup_strictly_above_the_threshold(docs, threshold=0.8, num_perm=128, bands=None, ngram=5, seed=0,
+                                            report=None):
+    if threshold >= 1.0:  # `estimate > threshold`: no estimate is above 1.0, so nothing is dropped
+        yield from docs
+        return
+    yield from ref.near_dedup(docs, threshold, num_perm, bands, ngram, seed, report)
+
+
+@mutant("text.near_dedup", "test_parameters_at_their_bounds_are_accepted",
+        why="bands must be fewer than num_perm: bands = num_perm (one row each) is rejected")
+def near_dedup_rejecting_one_row_bands(docs, threshold=0.8, num_perm=128, bands=None, ngram=5, seed=0, report=None):
+    if bands is not None and bands >= num_perm:
+        raise ValueError(f"bands must be below num_perm={num_perm}, got {bands}")
+    return ref.near_dedup(docs, threshold, num_perm, bands, ngram, seed, report)
+
+
+@mutant("text.clean_corpus", "test_clean_corpus_cleans_filters_and_deduplicates",
+        why="drops documents that clean to '' without counting them in the report")
+def clean_corpus_not_counting_empty_documents(docs, config=None, near_threshold=0.8, form="NFC", report=None):
+    report = report if report is not None else ref.FilterReport()
+    out = ref.clean_corpus(docs, config, near_threshold, form, report)
+    try:
+        yield from out
+    finally:
+        report.dropped.pop("empty", None)
+
+
+@mutant("text.normalize_unicode", "test_every_documented_rejection_names_the_bad_value",
+        why="passes any form on to unicodedata: NFD is accepted")
+def normalize_unicode_any_form(text, form="NFC"):
+    return unicodedata.normalize(form.upper(), text)
+
+
+@mutant("text.decode_utf8", "test_every_documented_rejection_names_the_bad_value",
+        why="anything but 'strict' replaces")
+def decode_utf8_replacing_unless_strict(data, source="<bytes>", errors="strict"):
+    return ref.decode_utf8(data, source, "strict" if errors == "strict" else "replace")
+
+
+@mutant("text.minhash_signatures", "test_every_documented_rejection_names_the_bad_value",
+        why="ngram=0 is taken as 1 instead of rejected")
+def minhash_signatures_taking_ngram_0_as_1(docs, num_perm=128, ngram=5, seed=0):
+    return ref.minhash_signatures(docs, num_perm, max(ngram, 1), seed)

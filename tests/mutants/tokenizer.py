@@ -644,3 +644,83 @@ class TokenizerRepairingItsVocabulary(ref.Tokenizer):
                 vocab[max(vocab) + 1] = bytes([byte])
         merges = [(a, b) for a, b in merges if {bytes(a), bytes(b), bytes(a) + bytes(b)} <= known]
         super().__init__(vocab, merges, special_tokens, pattern)
+
+
+# ---------------------------------------------------------------- input that is not text, odd containers
+
+
+@mutant("tokenizer.Tokenizer", "test_rejects_what_is_not_text_naming_its_type",
+        why="encode takes bytes too, decoding them as UTF-8")
+class TokenizerEncodingBytes(ref.Tokenizer):
+    def encode(self, text, allowed_special="all"):
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        return super().encode(text, allowed_special)
+
+
+@mutant("tokenizer.Tokenizer", "test_rejects_what_is_not_text_naming_its_type",
+        why="a special token that is not in the vocabulary is dropped silently")
+class TokenizerDroppingUnknownSpecialTokens(ref.Tokenizer):
+    def __init__(self, vocab, merges, special_tokens=(), pattern="gpt4"):
+        known = {bytes(token) for token in vocab.values()}
+        super().__init__(vocab, merges, [t for t in special_tokens if t.encode("utf-8") in known], pattern)
+
+
+@mutant("tokenizer.train_sentencepiece", "test_rejects_what_is_not_text_naming_its_type",
+        why="a vocab_size of 600.0 or True is taken as an int")
+def train_sentencepiece_rounding_vocab_size(data, vocab_size, special_tokens=()):
+    return ref.train_sentencepiece(data, int(vocab_size), special_tokens)
+
+
+@mutant("tokenizer.Tokenizer", "test_decode_accepts_a_tensor_or_an_array_of_ids",
+        why="iterates a tensor as it is: its items are 0-d tensors, no vocabulary key")
+class TokenizerDecodingListsOnly(ref.Tokenizer):
+    def decode(self, ids):
+        data = b"".join(self.vocab[i] for i in ids)
+        return data.decode("utf-8", errors="replace")
+
+
+@mutant("tokenizer.train_bpe", "test_trained_tokenizer_splits_with_the_pattern_it_was_trained_with",
+        why="returns a tokenizer with the default pattern, not the one it trained with")
+def train_bpe_forgetting_the_pattern(data, vocab_size, special_tokens=(), pattern="gpt4"):
+    trained = ref.train_bpe(data, vocab_size, special_tokens, pattern)
+    return ref.Tokenizer(trained.vocab, trained.merges, special_tokens)
+
+
+@mutant("tokenizer.Tokenizer", "test_encode_iterable_matches_encode_for_any_chunking",
+        why="streams without holding back the end of a chunk that could begin a special token")
+class TokenizerStreamingThroughSpecialPrefixes(ref.Tokenizer):
+    def _stable_prefix(self, text, allowed):
+        return super()._stable_prefix(text, frozenset())
+
+
+def _sentencepiece_on(sentences, vocab_size, special_tokens):
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+        byte_fallback=True, normalization_rule_name="identity", add_dummy_prefix=False,
+        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, split_digits=False,
+        character_coverage=1.0, hard_vocab_limit=False, control_symbols=list(special_tokens),
+        unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, minloglevel=2)
+    return ref.SentencePieceTokenizer(model.getvalue())
+
+
+@mutant("tokenizer.train_sentencepiece", "test_sentencepiece_learns_from_the_lines_between_special_tokens",
+        why="learns from whole documents: pieces span line breaks")
+def train_sentencepiece_across_line_breaks(data, vocab_size, special_tokens=()):
+    pattern = "|".join(map(re.escape, special_tokens))
+    parts = [part for doc in _documents(data) for part in re.split(pattern, doc) if part]
+    try:
+        return _sentencepiece_on(parts, vocab_size, special_tokens)
+    except RuntimeError as error:
+        raise ValueError(f"sentencepiece could not train with vocab_size={vocab_size}: {error}") from None
+
+
+@mutant("tokenizer.train_sentencepiece", "test_sentencepiece_learns_from_the_lines_between_special_tokens",
+        why="sentencepiece's own RuntimeError reaches the caller instead of a ValueError naming vocab_size")
+def train_sentencepiece_letting_errors_through(data, vocab_size, special_tokens=()):
+    sentences = [line for doc in _documents(data) for part in re.split("|".join(map(re.escape, special_tokens)), doc)
+                 for line in part.split("\n") if line]
+    return _sentencepiece_on(sentences, vocab_size, special_tokens)
