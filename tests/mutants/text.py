@@ -711,7 +711,7 @@ def near_dedup_rejecting_one_row_bands(docs, threshold=0.8, num_perm=128, bands=
 
 @mutant("text.clean_corpus", "test_clean_corpus_cleans_filters_and_deduplicates",
         why="drops documents that clean to '' without counting them in the report")
-def clean_corpus_not_counting_empty_documents(docs, config=None, near_threshold=0.8, form="NFC", report=None):
+def clean_corpus_without_the_empty_count(docs, config=None, near_threshold=0.8, form="NFC", report=None):
     report = report if report is not None else ref.FilterReport()
     out = ref.clean_corpus(docs, config, near_threshold, form, report)
     try:
