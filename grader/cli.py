@@ -1,6 +1,7 @@
 """The `llmkata` command line.
 
     llmkata grade [IMPL]                        # the spec against an implementation, scored by chapter
+    llmkata grade IMPL --gradescope results.json --junit report.xml   # reports for graders and CI
     llmkata exercises [--check | --out DIR]     # the stubs, written from the reference (--out never overwrites)
     llmkata bench [--impl X] [--only attention|tokenizer|train|data] [--quick] [--json FILE]   # speed ratios
     llmkata train                               # default corpus, default model, a few minutes on 2 CPU cores
@@ -40,15 +41,31 @@ def _package_dir(name: str) -> Path:
 
 def cmd_grade(args) -> int:
     from llmkata.grade import grade
+    from llmkata.reports import Rubric, grade_tests, to_json, write_reports
 
+    reports = {"json": args.json, "gradescope": args.gradescope, "prairielearn": args.prairielearn,
+               "junit": args.junit}
     try:
-        table, scores = grade(args.impl, seed=args.seed, extra=["-k", args.k] if args.k else [], chapter=args.chapter)
-    except (RuntimeError, ValueError) as error:
+        rubric = Rubric.load(args.rubric)
+        for path in filter(None, reports.values()):
+            if not Path(path).parent.is_dir():
+                raise ValueError(f"cannot write the report {path}: its folder does not exist")
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+        table, scores, run, seed = grade(args.impl, seed=args.seed, extra=["-k", args.k] if args.k else [],
+                                         chapter=args.chapter, jobs=args.jobs)
+    except (RuntimeError, ValueError, OSError) as error:
         print(f"llmkata grade: {error}", file=sys.stderr)
         return 2
+    graded = grade_tests(scores, rubric)
+    report = to_json(args.impl, seed, graded, run)
     print(table, end="")
+    print(f"score: {report['score']:g} / {report['max_score']:g} points ({100 * report['fraction']:.1f}%)")
+    for path in write_reports(reports, report, graded):
+        print(f"wrote {path}")
     failed = any(chapter.failures for chapter in scores.values())
-    return 1 if args.strict and failed else 0
+    below = args.min_score is not None and report["fraction"] < args.min_score
+    return 1 if (args.strict and failed) or below else 0
 
 
 def cmd_exercises(args) -> int:
@@ -350,6 +367,16 @@ def main(argv: list[str] | None = None) -> int:
                             "chapter not finished)")
     grade.add_argument("--strict", action="store_true",
                        help="exit 1 if any test fails (skipped tests are listed, and do not fail it)")
+    grade.add_argument("--min-score", type=float, default=None, metavar="X",
+                       help="exit 1 if the score's fraction of the points is below X (0 to 1)")
+    grade.add_argument("--jobs", type=int, default=2, help="spec files graded at once, each in its own sandbox")
+    grade.add_argument("--rubric", default=None, metavar="FILE", help="points per chapter and property (TOML; "
+                       "default: the shipped rubric.toml)")
+    grade.add_argument("--json", default=None, metavar="FILE", help="write llmkata's JSON report here")
+    grade.add_argument("--gradescope", default=None, metavar="FILE", help="write Gradescope's results.json here")
+    grade.add_argument("--prairielearn", default=None, metavar="FILE",
+                       help="write PrairieLearn's results.json here")
+    grade.add_argument("--junit", default=None, metavar="FILE", help="write a JUnit XML report here")
     grade.set_defaults(run=cmd_grade)
 
     ex = sub.add_parser("exercises", help="write exercise stubs from the reference")

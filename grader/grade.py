@@ -20,12 +20,15 @@ import random
 import re
 import subprocess
 import sys
+import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import llmkata.spec
 from llmkata.results_plugin import describe_syntax_error
+from llmkata.sandbox import Limits, Sandbox
 from llmkata.spec.contract import BY_MODULE, CHAPTERS
 
 SPEC_DIR = Path(llmkata.spec.__path__[0])
@@ -55,6 +58,7 @@ class ChapterScore:
     total: int = 0  # every property that was selected, skipped ones included
     failures: list[Failure] = field(default_factory=list)  # the chapter's properties first, then contract checks
     skipped: list[Skip] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # every property, in the order of the spec's ids
 
     @property
     def first_failure(self) -> str:
@@ -73,13 +77,33 @@ def _chapter_module(nodeid: str) -> str:
     return module
 
 
-def score(records: list[dict]) -> dict[str, ChapterScore]:
+NO_RESULT = ("no result came back for this test: the spec's run was stopped (time, memory or processes) or "
+             "something interfered with its reporting")
+
+
+def score(records: list[dict], expected: list[str] | None = None) -> dict[str, ChapterScore]:
+    """Scores by chapter. With `expected` (the ids the grader collected itself), a test without a result, or with
+    more than one result of one phase, fails; a record about any other test counts for nothing."""
     scores = {c.module: ChapterScore(c.number, c.module) for c in CHAPTERS}
     outcomes: dict[str, dict] = {}
+    phases: dict[tuple[str, str], int] = {}
+    wanted = None if expected is None else set(expected)
     for record in records:  # a failure in setup, call or teardown fails the test
+        if wanted is not None and record["nodeid"] not in wanted:
+            continue
+        key = (record["nodeid"], record.get("when", "call"))
+        phases[key] = phases.get(key, 0) + 1
         previous = outcomes.get(record["nodeid"])
         if previous is None or previous["outcome"] == "passed":
             outcomes[record["nodeid"]] = record
+    for (nodeid, when), count in phases.items():
+        if count > 1:
+            outcomes[nodeid] = {"nodeid": nodeid, "outcome": "failed",
+                                "message": f"the test's {when} reported {count} results; one was expected"}
+    for nodeid in expected or ():
+        if nodeid not in outcomes or (outcomes[nodeid]["outcome"] == "passed"
+                                      and (nodeid, "call") not in phases):
+            outcomes[nodeid] = {"nodeid": nodeid, "outcome": "failed", "message": NO_RESULT}
     # A chapter's own properties come before its contract checks: they say more about what to do first.
     for nodeid, record in sorted(outcomes.items(), key=lambda item: "test_contract.py" in item[0]):
         module = _chapter_module(nodeid)
@@ -91,6 +115,8 @@ def score(records: list[dict]) -> dict[str, ChapterScore]:
         # A contract check that fails is still reported (a wrong signature breaks the properties that call it).
         is_property = "test_contract.py" not in nodeid
         chapter.total += is_property
+        if is_property:
+            chapter.names.append(name)
         if record["outcome"] == "skipped":
             chapter.skipped.append(Skip(name, (record.get("message") or "").strip().split("\n")[0]))
         elif record["outcome"] == "passed":
@@ -114,27 +140,154 @@ def _check_package_compiles(impl: str) -> None:
                          f"{describe_syntax_error(error)}") from None
 
 
-def run_spec(impl: str, seed: int, extra: list[str] = (), timeout: float = 1800) -> list[dict]:
-    _check_package_compiles(impl)
-    with tempfile.TemporaryDirectory(prefix="llmkata-grade-") as workdir:
-        results = Path(workdir) / "results.jsonl"
-        results.touch()
-        env = {**os.environ, "LLMKATA_RESULTS": str(results), "LLMKATA_HYPOTHESIS_PROFILE": "grade"}
-        impl_path = Path(impl).expanduser()
-        impl_arg = str(impl_path.resolve()) if impl_path.is_dir() else impl
-        command = [
-            sys.executable, "-m", "pytest", str(SPEC_DIR), "--impl", impl_arg, "-q", "--no-header", "-rN",
-            "-p", "llmkata.results_plugin", "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", str(SPEC_DIR),
-            f"--hypothesis-seed={seed}", *extra,
-        ]
+PLUGINS = ("llmkata.spec.plugin", "_hypothesis_pytestplugin", "llmkata.results_plugin")  # and no others
+PYTEST_OPTIONS = ["-q", "--no-header", "-rN", "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", str(SPEC_DIR),
+                  "--confcutdir", str(SPEC_DIR)]
+
+
+@dataclass
+class SpecRun:
+    """What the spec's runs gave: each test's record, what went wrong around them, and how they were run."""
+
+    records: list[dict]
+    expected: list[str]
+    problems: list[str] = field(default_factory=list)  # malformed lines, children killed at their time limit, ...
+    layers: list[str] = field(default_factory=list)
+    warning: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def expected_ids(extra: list[str] = ()) -> list[str]:
+    """The spec's test ids, decided by the grader alone: collected in a child that loads no submitted code."""
+    command = [sys.executable, "-m", "pytest", str(SPEC_DIR), "--collect-only", "--impl", "exercises",
+               *PYTEST_OPTIONS, *extra]
+    child = subprocess.run(command, capture_output=True, text=True, cwd=SPEC_DIR, timeout=600,
+                           env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+                                "PYTEST_ADDOPTS": " ".join(f"-p {p}" for p in PLUGINS[:2])})
+    ids = [line.strip() for line in child.stdout.splitlines() if "::" in line and not line.startswith(" ")]
+    if child.returncode not in (0, 5):
+        raise RuntimeError(f"the spec could not be collected (exit {child.returncode}):\n{child.stdout[-3000:]}")
+    return ids
+
+
+def _hidden_folders() -> tuple[Path, ...]:
+    """What a submission must not read: the reference (in the package and in a clone), and in a clone the git
+    history and build folders that hold copies of it, and llmkata's own tests."""
+    import importlib.util
+    hidden = []
+    found = importlib.util.find_spec("llmkata.reference")
+    if found is not None and found.submodule_search_locations:
+        hidden += [Path(p) for p in found.submodule_search_locations]
+    root = SPEC_DIR.parent
+    if (root / "pyproject.toml").exists():
+        hidden += [root / name for name in ("reference", ".git", "build", "tests")]
+    return tuple(hidden)
+
+
+def _child_env(scratch: Path, results: Path, threads: int) -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(scratch), "LANG": "C.UTF-8",
+            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "LLMKATA_RESULTS": str(results),
+            "LLMKATA_HYPOTHESIS_PROFILE": "grade", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def _read_records(results: Path, allowed: set[str], problems: list[str], label: str) -> list[dict]:
+    """The records of one child, kept only when well formed and about a test the grader expects there."""
+    records = []
+    try:
+        lines = results.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        lines = []
+    for number, line in enumerate(lines, 1):
         try:
-            child = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(f"the spec did not finish within {timeout:.0f} s; is something stuck in a loop?") from None
-        records = [json.loads(line) for line in results.read_text(encoding="utf-8").splitlines() if line]
-        if child.returncode not in (0, 1) or not records:
-            raise RuntimeError(f"the spec did not run (exit {child.returncode}):\n{child.stdout[-3000:]}{child.stderr[-3000:]}")
-        return records
+            record = json.loads(line)
+            valid = (isinstance(record, dict) and record.get("nodeid") in allowed
+                     and record.get("outcome") in ("passed", "failed", "skipped")
+                     and record.get("when") in ("setup", "call", "teardown"))
+        except ValueError:
+            valid = False
+        if not valid:
+            problems.append(f"{label}: result line {number} is malformed or names no expected test; ignored")
+            continue
+        records.append({key: record.get(key) for key in ("nodeid", "when", "outcome", "message", "example", "line")})
+    return records
+
+
+def _run_file(sandbox: Sandbox, spec_file: str, ids: list[str], impl: str, seed: int, extra: list[str],
+              limits: Limits, threads: int) -> tuple[list[dict], list[str], float]:
+    """One spec file against the implementation, in a fresh sandboxed child with its own scratch folder."""
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="llmkata-grade-") as workdir:
+        scratch = Path(workdir)
+        impl_arg = impl
+        folder = Path(impl).expanduser()
+        if folder.is_dir():  # the submission works on a copy: its own files stay as they were
+            impl_arg = str(scratch / folder.resolve().name)
+            shutil.copytree(folder, impl_arg, ignore=shutil.ignore_patterns("__pycache__", ".git"))
+        results = scratch / "results.jsonl"
+        results.touch()
+        command = [sys.executable, "-I", "-m", "pytest", str(SPEC_DIR / spec_file), "--impl", impl_arg,
+                   *PYTEST_OPTIONS, *(f"-p{plugin}" for plugin in PLUGINS), f"--hypothesis-seed={seed}", *extra]
+        finished = sandbox.run(command, scratch, _child_env(scratch, results, threads), limits)
+        if finished.timed_out:
+            problems.append(f"{spec_file}: stopped at its time limit of {limits.wall_seconds:.0f} s")
+        elif finished.returncode not in (0, 1):
+            tail = (finished.stdout[-1500:] + finished.stderr[-1500:]).strip()
+            problems.append(f"{spec_file}: the spec's run ended with exit code {finished.returncode}"
+                            + (f":\n{tail}" if tail else ""))
+        records = _read_records(results, set(ids), problems, spec_file)
+        if impl_arg != impl:  # messages name the learner's folder, not the copy
+            for record in records:
+                for key in ("message", "example"):
+                    if isinstance(record.get(key), str):
+                        record[key] = record[key].replace(impl_arg, str(folder))
+        return records, problems, finished.seconds
+
+
+def _check_exists(impl: str) -> None:
+    """A folder that is not there, or a module name that nothing provides: one clear error, and no code of the
+    submission run in the grader's own process (a module is looked up, never imported)."""
+    import importlib.util
+
+    from llmkata.spec.impl import ALIASES
+    folder = Path(impl).expanduser()
+    if impl in ALIASES:
+        return
+    if folder.is_dir():
+        if not folder.resolve().name.isidentifier():
+            raise ValueError(f"cannot import the folder {folder} as a package: {folder.resolve().name!r} is not a "
+                             "valid Python name")
+    elif os.sep in impl or impl.startswith("."):
+        raise ValueError(f"no implementation at {impl!r}: there is no such folder")
+    elif importlib.util.find_spec(impl.split(".")[0]) is None:
+        raise ValueError(f"no implementation {impl!r}: it is neither 'reference', 'exercises', a folder, nor an "
+                         "importable module")
+
+
+def run_spec(impl: str, seed: int, extra: list[str] = (), jobs: int = 2, limits: Limits | None = None,
+             sandbox: Sandbox | None = None, expected: list[str] | None = None) -> SpecRun:
+    """Every spec file in its own sandboxed child, `jobs` at a time; the ids to expect decided beforehand (by
+    `expected_ids(extra)`, unless given)."""
+    _check_package_compiles(impl)
+    _check_exists(impl)
+    expected = expected_ids(list(extra)) if expected is None else expected
+    by_file: dict[str, list[str]] = {}
+    for nodeid in expected:
+        by_file.setdefault(Path(nodeid.split("::")[0]).name, []).append(nodeid)
+    sandbox = sandbox or Sandbox.detect(hidden=() if impl == "reference" else _hidden_folders())
+    limits = limits or Limits()
+    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    run = SpecRun([], expected, layers=sandbox.layers, warning=sandbox.warning())
+    # Slowest first, so that the pool stays busy to the end.
+    order = sorted(by_file, key=lambda name: -len(by_file[name]))
+    with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
+        futures = {name: pool.submit(_run_file, sandbox, name, by_file[name], impl, seed, list(extra), limits,
+                                     threads) for name in order}
+        for name, future in futures.items():
+            records, problems, seconds = future.result()
+            run.records += records
+            run.problems += problems
+            run.seconds[name] = round(seconds, 1)
+    return run
 
 
 # ------------------------------------------------------------------------------------------------- the report
@@ -270,9 +423,15 @@ def focus_chapter(scores: dict[str, ChapterScore], chapter: str | None = None) -
     return unfinished[0].module if unfinished else None
 
 
-def render(impl: str, seed: int, scores: dict[str, ChapterScore], chapter: str | None = None) -> str:
+def render(impl: str, seed: int, scores: dict[str, ChapterScore], chapter: str | None = None,
+           run: SpecRun | None = None) -> str:
     focus = focus_chapter(scores, chapter)
-    rows = [f"llmkata grade — implementation: {impl} (hypothesis seed {seed})", ""]
+    rows = [f"llmkata grade — implementation: {impl} (hypothesis seed {seed})"]
+    if run is not None:
+        rows.append(f"sandbox: {', '.join(run.layers)}")
+        rows += [run.warning] if run.warning else []
+        rows += [f"problem: {_cut(problem, 400)}" for problem in run.problems]
+    rows.append("")
     rows.append(f"{'#':>3}  {'chapter':<12} {'passed':^13}  {'skipped':>7}   status")
     passed = total = skipped = 0
     for score_ in sorted(scores.values(), key=lambda c: c.number):
@@ -290,10 +449,12 @@ def render(impl: str, seed: int, scores: dict[str, ChapterScore], chapter: str |
     return "\n".join(rows).rstrip() + "\n"
 
 
-def grade(impl: str, seed: int | None = None, extra: list[str] = (),
-          chapter: str | None = None) -> tuple[str, dict[str, ChapterScore]]:
+def grade(impl: str, seed: int | None = None, extra: list[str] = (), chapter: str | None = None,
+          jobs: int = 2) -> tuple[str, dict[str, ChapterScore], SpecRun, int]:
+    """Run and score; returns the printed report, the scores by chapter, the run, and the seed used."""
     if chapter:
         find_chapter(chapter)  # a wrong name is reported before the spec runs
     seed = random.randrange(2**31) if seed is None else seed
-    scores = score(run_spec(impl, seed, extra))
-    return render(impl, seed, scores, chapter), scores
+    run = run_spec(impl, seed, extra, jobs=jobs)
+    scores = score(run.records, run.expected)
+    return render(impl, seed, scores, chapter, run), scores, run, seed

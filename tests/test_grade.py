@@ -72,7 +72,7 @@ SELECTED = ("(test_layers.py and softmax_rows) or (test_layers.py and softmax_eq
 @pytest.fixture(scope="module")
 def broken(tmp_path_factory):
     """A copy of the reference with a wrong softmax (normalised along the last axis whatever `dim` is), a rope.py
-    that does not compile, and tiktoken hidden from it; graded once, its records are rendered by the tests."""
+    that does not compile, and tiktoken made unimportable; graded once, its records are rendered by the tests."""
     folder = tmp_path_factory.mktemp("graded") / "broken_impl"
     shutil.copytree(ROOT / "reference", folder, ignore=shutil.ignore_patterns("__pycache__"))
     layers = (folder / "layers.py").read_text()
@@ -82,11 +82,10 @@ def broken(tmp_path_factory):
     rope = (folder / "rope.py").read_text().splitlines()
     rope.append("def broken(:")
     (folder / "rope.py").write_text("\n".join(rope) + "\n")
-    hidden = tmp_path_factory.mktemp("hidden")
-    (hidden / "tiktoken.py").write_text("raise ModuleNotFoundError(\"No module named 'tiktoken'\", name='tiktoken')\n")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYTHONPATH", str(hidden))
-        records = run_spec(str(folder), seed=1, extra=["-k", SELECTED])
+    # The grading child ignores PYTHONPATH and the like (python -I, a clean environment): the implementation itself
+    # makes tiktoken unimportable.
+    (folder / "__init__.py").write_text("import sys\n\nsys.modules['tiktoken'] = None\n")
+    records = run_spec(str(folder), seed=1, extra=["-k", SELECTED]).records
     return folder, records, len(rope)
 
 
