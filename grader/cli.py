@@ -53,7 +53,7 @@ def cmd_grade(args) -> int:
         if args.jobs < 1:
             raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
         table, scores, run, seed = grade(args.impl, seed=args.seed, extra=["-k", args.k] if args.k else [],
-                                         chapter=args.chapter, jobs=args.jobs)
+                                         chapter=args.chapter, jobs=args.jobs, forbidden=rubric.forbidden)
     except (RuntimeError, ValueError, OSError) as error:
         print(f"llmkata grade: {error}", file=sys.stderr)
         return 2

@@ -449,12 +449,33 @@ def render(impl: str, seed: int, scores: dict[str, ChapterScore], chapter: str |
     return "\n".join(rows).rstrip() + "\n"
 
 
+def apply_shortcuts(scores: dict[str, ChapterScore], impl: str, forbidden: dict[str, list[str]]) -> None:
+    """A chapter whose module uses a forbidden shortcut earns nothing: each property it passed fails, saying where."""
+    folder = Path(impl).expanduser()
+    if not folder.is_dir() or not forbidden:
+        return
+    from llmkata.shortcuts import scan
+    for module, uses in scan(folder, forbidden).items():
+        chapter = scores.get(module)
+        if chapter is None:
+            continue
+        message = uses[0].message(_shown(folder / f"{module}.py")) + (
+            f" (and {len(uses) - 1} more use(s))" if len(uses) > 1 else "")
+        failed = {f.name for f in chapter.failures}
+        for name in chapter.names:
+            if name not in failed:
+                chapter.failures.insert(0, Failure(name, message))
+        chapter.passed = 0
+
+
 def grade(impl: str, seed: int | None = None, extra: list[str] = (), chapter: str | None = None,
-          jobs: int = 2) -> tuple[str, dict[str, ChapterScore], SpecRun, int]:
+          jobs: int = 2, forbidden: dict[str, list[str]] | None = None
+          ) -> tuple[str, dict[str, ChapterScore], SpecRun, int]:
     """Run and score; returns the printed report, the scores by chapter, the run, and the seed used."""
     if chapter:
         find_chapter(chapter)  # a wrong name is reported before the spec runs
     seed = random.randrange(2**31) if seed is None else seed
     run = run_spec(impl, seed, extra, jobs=jobs)
     scores = score(run.records, run.expected)
+    apply_shortcuts(scores, impl, forbidden or {})
     return render(impl, seed, scores, chapter, run), scores, run, seed

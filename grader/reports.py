@@ -32,6 +32,7 @@ class Rubric:
     chapters: dict[str, float]  # module -> points
     weights: dict[str, float] = field(default_factory=dict)  # test name (without parameters) -> weight
     default_points: float = 10.0
+    forbidden: dict[str, list[str]] = field(default_factory=dict)  # module -> torch names it may not use
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Rubric:
@@ -46,8 +47,11 @@ class Rubric:
             bad = {k: v for k, v in values.items() if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0}
             if bad:
                 raise ValueError(f"the rubric's [{table}] must give numbers ≥ 0, got {bad}")
+        forbidden = data.get("forbidden", {})
+        if not all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in forbidden.values()):
+            raise ValueError("the rubric's [forbidden] must give each module a list of names")
         return cls({k: float(v) for k, v in chapters.items()}, {k: float(v) for k, v in weights.items()},
-                   float(data.get("default_points", 10.0)))
+                   float(data.get("default_points", 10.0)), forbidden)
 
     def weight(self, test: str) -> float:
         return self.weights.get(test.split("[")[0], 1.0)
