@@ -2,6 +2,8 @@
 
     llmkata grade [IMPL]                        # the spec against an implementation, scored by chapter
     llmkata grade IMPL --gradescope results.json --junit report.xml   # reports for graders and CI
+    llmkata grade-many submissions/*.zip --out grades --jobs 2          # a class, into grades/summary.csv
+    llmkata autograder gradescope|prairielearn|github --out DIR         # a ready autograder for a platform
     llmkata exercises [--check | --out DIR]     # the stubs, written from the reference (--out never overwrites)
     llmkata bench [--impl X] [--only attention|tokenizer|train|data] [--quick] [--json FILE]   # speed ratios
     llmkata train                               # default corpus, default model, a few minutes on 2 CPU cores
@@ -66,6 +68,47 @@ def cmd_grade(args) -> int:
     failed = any(chapter.failures for chapter in scores.values())
     below = args.min_score is not None and report["fraction"] < args.min_score
     return 1 if (args.strict and failed) or below else 0
+
+
+def cmd_grade_many(args) -> int:
+    from llmkata.grade_many import grade_many
+    from llmkata.reports import Rubric
+
+    try:
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+        reports = grade_many(args.submissions, Path(args.out), jobs=args.jobs, seed=args.seed,
+                             extra=["-k", args.k] if args.k else [], rubric=Rubric.load(args.rubric))
+    except (RuntimeError, ValueError, OSError) as error:
+        print(f"llmkata grade-many: {error}", file=sys.stderr)
+        return 2
+    print(f"{len(reports)} submission(s); summary in {Path(args.out) / 'summary.csv'}")
+    return 0
+
+
+AUTOGRADERS = ("gradescope", "prairielearn", "github")
+
+
+def cmd_autograder(args) -> int:
+    """Write a ready autograder for a platform into --out; a file already there is never replaced."""
+    from importlib import resources
+
+    source = resources.files("llmkata").joinpath("data", "autograders", args.platform)
+    out = Path(args.out or f"{args.platform}-autograder")
+    files = sorted((entry.name, entry) for entry in source.iterdir() if entry.is_file())
+    there = [name for name, _ in files if (out / name).exists()]
+    if there:
+        print(f"llmkata autograder: {out} already has {', '.join(there)}; nothing was written (choose another "
+              "--out, or remove them)", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    from llmkata.atomic import write_text_atomic
+    for name, entry in files:
+        write_text_atomic(out / name, entry.read_text(encoding="utf-8"))
+        if not name.endswith((".yml", "Dockerfile")):
+            (out / name).chmod(0o755)
+    print(f"wrote {', '.join(name for name, _ in files)} to {out}")
+    return 0
 
 
 def cmd_exercises(args) -> int:
@@ -378,6 +421,20 @@ def main(argv: list[str] | None = None) -> int:
                        help="write PrairieLearn's results.json here")
     grade.add_argument("--junit", default=None, metavar="FILE", help="write a JUnit XML report here")
     grade.set_defaults(run=cmd_grade)
+
+    many = sub.add_parser("grade-many", help="grade a class (folders or zip files) into one summary, resumable")
+    many.add_argument("submissions", nargs="+", help="submission folders or .zip files")
+    many.add_argument("--out", default="grades", help="reports and summary.csv go here (default: ./grades)")
+    many.add_argument("--jobs", type=int, default=2, help="submissions graded at once")
+    many.add_argument("--seed", type=int, default=0, help="hypothesis seed, the same for every submission")
+    many.add_argument("-k", default=None, help="only tests matching this pytest -k expression")
+    many.add_argument("--rubric", default=None, metavar="FILE", help="points per chapter and property (TOML)")
+    many.set_defaults(run=cmd_grade_many)
+
+    autograder = sub.add_parser("autograder", help="write a ready autograder for Gradescope, PrairieLearn or GitHub")
+    autograder.add_argument("platform", choices=AUTOGRADERS)
+    autograder.add_argument("--out", default=None, help="folder to write (default: PLATFORM-autograder)")
+    autograder.set_defaults(run=cmd_autograder)
 
     ex = sub.add_parser("exercises", help="write exercise stubs from the reference")
     ex.add_argument("--check", action="store_true", help="fail if exercises/ is out of date")

@@ -127,3 +127,52 @@ def test_grade_writes_every_report_and_min_score_sets_the_exit_code(tmp_path):
     assert json.loads(paths["prairielearn"].read_text())["score"] == report["fraction"]
     assert ElementTree.parse(paths["junit"]).getroot().tag == "testsuites"
     assert "score:" in run.stdout and "sandbox:" in run.stdout, run.stdout
+
+
+# ------------------------------------------------------------------------------------------------ grade-many
+
+def test_grade_many_grades_folders_and_zips_into_a_summary_and_resumes(tmp_path):
+    import csv
+    import zipfile
+
+    good = tmp_path / "alice"
+    shutil.copytree(ROOT / "reference", good, ignore=shutil.ignore_patterns("__pycache__"))
+    stubs = tmp_path / "bob.zip"
+    with zipfile.ZipFile(stubs, "w") as zipped:
+        for path in (ROOT / "exercises").glob("*.py"):
+            zipped.write(path, f"bob_impl/{path.name}")
+    evil = tmp_path / "mallory.zip"
+    with zipfile.ZipFile(evil, "w") as zipped:
+        zipped.writestr("../escaped.py", "x = 1\n")
+    command = [sys.executable, "-m", "llmkata.cli", "grade-many", str(good), str(stubs), str(evil),
+               "--out", str(tmp_path / "grades"), "-k", "softmax_rows"]
+    first = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    rows = {row["submission"]: row for row in csv.DictReader(open(tmp_path / "grades" / "summary.csv"))}
+    assert float(rows["alice"]["fraction"]) == 1.0 and float(rows["bob"]["fraction"]) == 0.0, rows
+    assert "points outside the archive" in rows["mallory"]["error"], rows["mallory"]
+    assert not (tmp_path / "escaped.py").exists()
+    second = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert second.returncode == 0 and second.stdout.count("(already graded)") == 2, second.stdout
+
+
+# ----------------------------------------------------------------------------------------------- autograders
+
+@pytest.mark.parametrize("platform, files", [("gradescope", {"setup.sh", "run_autograder"}),
+                                             ("prairielearn", {"Dockerfile", "run.sh"}),
+                                             ("github", {"classroom.yml"})])
+def test_autograder_writes_a_platform_bundle_and_never_replaces_a_file(tmp_path, platform, files):
+    from llmkata.cli import main
+
+    out = tmp_path / platform
+    assert main(["autograder", platform, "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == files
+    text = "\n".join(p.read_text() for p in out.iterdir())
+    assert "llmkata grade" in text and "bubblewrap" in text, text
+    for flag in ("--gradescope", "--prairielearn", "--junit"):
+        if flag in text:
+            assert flag in subprocess.run([sys.executable, "-m", "llmkata.cli", "grade", "--help"],
+                                          capture_output=True, text=True).stdout
+    (out / sorted(files)[0]).write_text("mine")
+    assert main(["autograder", platform, "--out", str(out)]) == 2
+    assert (out / sorted(files)[0]).read_text() == "mine", "a file already there is never replaced"
