@@ -6,6 +6,11 @@ test (float32 keeps about 7 significant digits, bfloat16 about 3).
 
 import torch
 
+# Bound when the spec is imported, before any implementation is: an implementation that replaces
+# torch.testing.assert_close afterwards does not change what the spec compares with.
+_torch_assert_close = torch.testing.assert_close
+PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # results are exactly these: a subclass could redefine comparisons
+
 # dtype -> (rtol, atol)
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-10, 1e-12),
@@ -20,18 +25,25 @@ def tolerance(dtype: torch.dtype) -> tuple[float, float]:
     return TOLERANCES[dtype]
 
 
+def _assert_plain_tensor(actual, what: str) -> None:
+    __tracebackhide__ = True
+    assert isinstance(actual, torch.Tensor), f"{what}: expected a tensor, got {type(actual).__name__}"
+    assert type(actual) in PLAIN_TENSORS, (
+        f"{what}: expected a plain torch.Tensor, got the subclass {type(actual).__qualname__}")
+
+
 def assert_close(actual, expected, what: str, dtype: torch.dtype | None = None, scale: float = 1.0) -> None:
     """Assert `actual` equals `expected` within the tolerance of `dtype` (default: actual's), times `scale`.
 
     `what` is the rule, in words, that a mismatch breaks; it leads the failure message.
     """
     __tracebackhide__ = True
-    assert isinstance(actual, torch.Tensor), f"{what}: expected a tensor, got {type(actual).__name__}"
+    _assert_plain_tensor(actual, what)
     rtol, atol = tolerance(dtype or actual.dtype)
     expected = torch.as_tensor(expected)
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
     try:
-        torch.testing.assert_close(
+        _torch_assert_close(
             actual.detach().to(torch.float64), expected.detach().to(torch.float64),
             rtol=rtol * scale, atol=atol * scale, msg=lambda detail: f"{what}\n{detail}",
         )
@@ -48,7 +60,7 @@ def assert_close_to_the_terms(actual, expected, terms, what: str) -> None:
     its value, which may cancel to 0. Half precision is held to its tolerance of the terms, not of the result.
     """
     __tracebackhide__ = True
-    assert isinstance(actual, torch.Tensor), f"{what}: expected a tensor, got {type(actual).__name__}"
+    _assert_plain_tensor(actual, what)
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
     rtol, atol = tolerance(actual.dtype)
     error = (actual.detach().double() - expected.detach().double()).abs()

@@ -78,6 +78,28 @@ def test_assert_close_names_the_rule_for_a_wrong_shape_or_type():
         assert_close([0.0], torch.zeros(1), "the rule")
 
 
+class AlwaysEqual(torch.Tensor):
+    """A result that claims to equal anything: every torch function applied to it returns the expected value."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        return torch.zeros(()) if func is torch.Tensor.__sub__ else super().__torch_function__(func, types, args,
+                                                                                              kwargs or {})
+
+
+def test_a_tensor_subclass_is_refused_whatever_its_comparisons_say(monkeypatch):
+    forged = torch.zeros(3).as_subclass(AlwaysEqual)
+    for check in (lambda: assert_close(forged, torch.ones(3), "the rule"),
+                  lambda: assert_close_to_the_terms(forged, torch.ones(3), torch.ones(3), "the rule")):
+        with pytest.raises(AssertionError, match="^the rule: expected a plain torch.Tensor, got the subclass"):
+            check()
+    assert_close(torch.nn.Parameter(torch.ones(3)), torch.ones(3), "a parameter is a plain tensor here")
+    # A comparator replaced after the spec was imported changes nothing.
+    monkeypatch.setattr(torch.testing, "assert_close", lambda *args, **kwargs: None)
+    with pytest.raises(AssertionError, match="the rule"):
+        assert_close(torch.zeros(3), torch.ones(3), "the rule")
+
+
 # ---------------------------------------------------------------------------------------------- assert_rejects
 
 
