@@ -13,15 +13,18 @@ optional packages happen to be installed.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import os
 import random
 import re
+import shutil
+import signal
 import subprocess
 import sys
-import shutil
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +158,7 @@ class SpecRun:
     layers: list[str] = field(default_factory=list)
     warning: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
+    trusted: list[str] = field(default_factory=list)  # chapters whose verdicts the submission took no part in
 
 
 def expected_ids(extra: list[str] = ()) -> list[str]:
@@ -212,22 +216,60 @@ def _read_records(results: Path, allowed: set[str], problems: list[str], label: 
     return records
 
 
+# Spec files whose assertions run in the grader's own process while the submission runs in a sandboxed worker that
+# returns plain data (llmkata.remote): the submission takes no part in deciding their verdicts. The others run whole
+# in a sandboxed child, where code of the submission shares the process that reports the results.
+TRUSTED_FILES = ("test_layers.py", "test_rope.py")
+
+
+def _trusted_run(command: list[str], env: dict[str, str], wall_seconds: float):
+    """Our own child (the spec, no submitted code), stopped at its time limit; its worker dies with it."""
+    from llmkata.sandbox import Finished, _Tail
+
+    started = time.monotonic()
+    child = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, start_new_session=True, cwd=SPEC_DIR)
+    out, err = _Tail(child.stdout, 200_000), _Tail(child.stderr, 200_000)
+    timed_out = False
+    try:
+        child.wait(timeout=wall_seconds)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        os.killpg(child.pid, signal.SIGTERM)  # the spec's cleanup stops the worker and removes its cgroup
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    return Finished(None if timed_out else child.returncode, out.text(), err.text(), timed_out,
+                    time.monotonic() - started)
+
+
 def _run_file(sandbox: Sandbox, spec_file: str, ids: list[str], impl: str, seed: int, extra: list[str],
-              limits: Limits, threads: int) -> tuple[list[dict], list[str], float]:
-    """One spec file against the implementation, in a fresh sandboxed child with its own scratch folder."""
+              limits: Limits, threads: int, trusted: bool = False) -> tuple[list[dict], list[str], float]:
+    """One spec file against the implementation, on a copy of it in a fresh scratch folder: whole in a sandboxed
+    child, or (`trusted`) in a child of ours with the implementation in a sandboxed worker."""
     problems: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="llmkata-grade-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="llmkata-grade-") as workdir, \
+            tempfile.TemporaryDirectory(prefix="llmkata-verdict-") as private:
         scratch = Path(workdir)
         impl_arg = impl
         folder = Path(impl).expanduser()
         if folder.is_dir():  # the submission works on a copy: its own files stay as they were
             impl_arg = str(scratch / folder.resolve().name)
             shutil.copytree(folder, impl_arg, ignore=shutil.ignore_patterns("__pycache__", ".git"))
-        results = scratch / "results.jsonl"
+        results = (Path(private) if trusted else scratch) / "results.jsonl"
         results.touch()
         command = [sys.executable, "-I", "-m", "pytest", str(SPEC_DIR / spec_file), "--impl", impl_arg,
                    *PYTEST_OPTIONS, *(f"-p{plugin}" for plugin in PLUGINS), f"--hypothesis-seed={seed}", *extra]
-        finished = sandbox.run(command, scratch, _child_env(scratch, results, threads), limits)
+        if trusted:
+            config = {"scratch": str(scratch), "hidden": [str(p) for p in sandbox.hidden],
+                      "limits": {**dataclasses.asdict(limits), "wall_seconds": limits.wall_seconds}}
+            env = {**_child_env(scratch, results, threads), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                   "LLMKATA_REMOTE": json.dumps(config), "LLMKATA_CALL_SECONDS": str(limits.wall_seconds)}
+            finished = _trusted_run(command + ["--basetemp", str(scratch / "pytest")], env, limits.wall_seconds)
+        else:
+            finished = sandbox.run(command, scratch, _child_env(scratch, results, threads), limits)
         if finished.timed_out:
             problems.append(f"{spec_file}: stopped at its time limit of {limits.wall_seconds:.0f} s")
         elif finished.returncode not in (0, 1):
@@ -277,11 +319,14 @@ def run_spec(impl: str, seed: int, extra: list[str] = (), jobs: int = 2, limits:
     limits = limits or Limits()
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
     run = SpecRun([], expected, layers=sandbox.layers, warning=sandbox.warning())
+    # The worker needs the namespaces to be a boundary at all: without bubblewrap every file runs whole in its child.
+    trusted = {name for name in by_file if name in TRUSTED_FILES and sandbox.bwrap and impl != "reference"}
+    run.trusted = sorted(_chapter_module(name) for name in trusted)
     # Slowest first, so that the pool stays busy to the end.
     order = sorted(by_file, key=lambda name: -len(by_file[name]))
     with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
         futures = {name: pool.submit(_run_file, sandbox, name, by_file[name], impl, seed, list(extra), limits,
-                                     threads) for name in order}
+                                     threads, name in trusted) for name in order}
         for name, future in futures.items():
             records, problems, seconds = future.result()
             run.records += records
@@ -429,6 +474,8 @@ def render(impl: str, seed: int, scores: dict[str, ChapterScore], chapter: str |
     rows = [f"llmkata grade — implementation: {impl} (hypothesis seed {seed})"]
     if run is not None:
         rows.append(f"sandbox: {', '.join(run.layers)}")
+        if run.trusted:
+            rows.append(f"verdicts decided outside the submission's process: {', '.join(run.trusted)}")
         rows += [run.warning] if run.warning else []
         rows += [f"problem: {_cut(problem, 400)}" for problem in run.problems]
     rows.append("")

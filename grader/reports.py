@@ -7,7 +7,8 @@ and stays in the total; a contract check scores nothing.
 llmkata's JSON (`--json FILE`), schema version 1:
 
     {"schema": 1, "implementation": str, "seed": int, "score": float, "max_score": float, "fraction": float,
-     "sandbox": {"layers": [str], "warning": str}, "problems": [str], "seconds": {spec_file: float},
+     "sandbox": {"layers": [str], "warning": str}, "trusted_chapters": [module], "problems": [str],
+     "seconds": {spec_file: float},
      "chapters": [{"number": int, "module": str, "score": float, "max_score": float, "passed": int, "total": int,
                    "tests": [{"name": str, "outcome": "passed" | "failed" | "skipped", "score": float,
                               "max_score": float, "message": str, "example": str}]}]}
@@ -112,7 +113,8 @@ def to_json(impl: str, seed: int, graded: list[Graded], run) -> dict:
         entry["score"], entry["max_score"] = round(entry["score"], 6), round(entry["max_score"], 6)
     return {"schema": SCHEMA, "implementation": impl, "seed": seed, "score": round(score, 6),
             "max_score": round(maximum, 6), "fraction": round(score / maximum, 6) if maximum else 0.0,
-            "sandbox": {"layers": list(run.layers), "warning": run.warning}, "problems": list(run.problems),
+            "sandbox": {"layers": list(run.layers), "warning": run.warning},
+            "trusted_chapters": list(getattr(run, "trusted", [])), "problems": list(run.problems),
             "seconds": dict(run.seconds), "chapters": list(chapters.values())}
 
 

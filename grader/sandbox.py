@@ -200,8 +200,9 @@ class Sandbox:
             wrapped += ["--setenv", key, value]
         return wrapped + ["--", *argv]
 
-    def run(self, argv: list[str], scratch: Path, env: dict[str, str], limits: Limits = Limits()) -> Finished:
-        """Run `argv` in `scratch` (the only folder it may write) with exactly the variables `env`."""
+    def start(self, argv: list[str], scratch: Path, env: dict[str, str], limits: Limits = Limits(),
+              pass_fds: tuple[int, ...] = (), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE) -> Started:
+        """Start `argv` in `scratch` (the only folder it may write) with exactly the variables `env`."""
         scratch.chmod(0o777)  # the child's identity is not ours
         cgroup = _Cgroup(limits) if self.cgroups else None
 
@@ -214,31 +215,49 @@ class Sandbox:
                                  (resource.RLIMIT_NPROC, limits.processes)):
                 resource.setrlimit(which, (value, value))
 
-        started = time.monotonic()
-        child = subprocess.Popen(self.command(argv, scratch, env), cwd=scratch, env=env, stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=limit_child,
-                                 start_new_session=True)
-        out, err = _Tail(child.stdout, limits.output_bytes), _Tail(child.stderr, limits.output_bytes)
+        child = subprocess.Popen(self.command(argv, scratch, env), cwd=scratch, env=env, stdin=stdin, stdout=stdout,
+                                 stderr=subprocess.PIPE, preexec_fn=limit_child, start_new_session=True,
+                                 pass_fds=pass_fds)
+        out = _Tail(child.stdout, limits.output_bytes) if stdout == subprocess.PIPE else None
+        return Started(child, cgroup, out, _Tail(child.stderr, limits.output_bytes), time.monotonic())
+
+    def run(self, argv: list[str], scratch: Path, env: dict[str, str], limits: Limits = Limits()) -> Finished:
+        """Run `argv` to its end (or its wall-clock limit), then kill whatever it left."""
+        started = self.start(argv, scratch, env, limits)
         timed_out = False
         try:
-            child.wait(timeout=limits.wall_seconds)
+            started.process.wait(timeout=limits.wall_seconds)
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:
-            self._kill_tree(child, cgroup)
-        finished = Finished(None if timed_out else child.returncode, out.text(), err.text(), timed_out,
-                            time.monotonic() - started, out.cut or err.cut)
-        child.stdout.close()
-        child.stderr.close()
-        return finished
+            started.stop()
+        return Finished(None if timed_out else started.process.returncode, started.out.text(), started.err.text(),
+                        timed_out, time.monotonic() - started.at, started.out.cut or started.err.cut)
 
-    @staticmethod
-    def _kill_tree(child: subprocess.Popen, cgroup: _Cgroup | None) -> None:
+
+@dataclass
+class Started:
+    """A sandboxed child that is running: `stop()` kills it and every descendant, and closes its pipes."""
+
+    process: subprocess.Popen
+    cgroup: _Cgroup | None
+    out: _Tail | None
+    err: _Tail
+    at: float
+
+    def stop(self) -> None:
         try:
-            os.killpg(child.pid, signal.SIGKILL)
+            os.killpg(self.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        if cgroup is not None:
-            cgroup.kill()
-            cgroup.remove()
-        child.wait()
+        if self.cgroup is not None:
+            self.cgroup.kill()
+            self.cgroup.remove()
+            self.cgroup = None
+        self.process.wait()
+        for pipe in (self.process.stdout, self.process.stderr, self.process.stdin):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass

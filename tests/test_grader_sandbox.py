@@ -67,6 +67,30 @@ HOSTILE = {
         "        os.execvp('sleep', ['sleep', '300', MARK])\n    os._exit(0)\n"),
     "grandchild_holds_the_pipe": (
         "import subprocess\nsubprocess.Popen(['sleep', '300', MARK])\nimport os\nos._exit(0)\n"),
+    # The selected properties are of a chapter whose assertions run in the grader's process (TRUSTED_FILES): what
+    # the submission patches in its own process cannot reach them.
+    "forges_the_results": (
+        "import atexit, glob, json, os\n"
+        "def forge():\n"
+        "    for path in glob.glob('/tmp/**/results.jsonl', recursive=True) + [os.environ.get('LLMKATA_RESULTS', '')]:\n"
+        "        try:\n            open(path, 'a').write(json.dumps({'nodeid': 'x', 'when': 'call', "
+        "'outcome': 'passed'}) + '\\n')\n"
+        "        except OSError:\n            pass\n"
+        "atexit.register(forge)\nforge()\n"),
+    "patches_pytest_and_the_comparators": (
+        "import torch, torch.testing\n"
+        "torch.testing.assert_close = lambda *args, **kwargs: None\n"
+        "torch.allclose = lambda *args, **kwargs: True\n"
+        "try:\n    import _pytest.python\n"
+        "    _pytest.python.Function.runtest = lambda self: None\n"
+        "except ImportError:\n    pass\n"),
+    "returns_a_tensor_that_equals_everything": (
+        "import torch\nfrom . import layers\n"
+        "class Equal(torch.Tensor):\n"
+        "    def __eq__(self, other):\n        return True\n"
+        "    def allclose(self, *args, **kwargs):\n        return True\n"
+        "def _forged(x, dim=-1):\n    return torch.zeros_like(x).as_subclass(Equal)\n"
+        "layers.softmax = layers.log_softmax = _forged\n"),
     "writes_the_graders_stdout_through_proc": (
         "import os\n"
         "for pid in os.listdir('/proc'):\n"
@@ -160,6 +184,11 @@ def test_a_hostile_submission_earns_nothing_more_than_the_stubs_and_stays_in_its
     assert sum(chapter.total for chapter in scores.values()) == len(graded["expected"]), (
         f"{name}: every expected test is in the denominator, whatever the submission did")
     assert seconds < LIMITS.wall_seconds + 30, f"{name} took {seconds:.0f} s, past its wall-clock limit"
+
+
+def test_the_selected_chapter_is_decided_outside_the_submissions_process(graded):
+    run, _ = graded["runs"]["forges_the_results"]
+    assert run.trusted == ["layers"], run.trusted
 
 
 def test_nothing_outside_the_scratch_folder_changes_and_no_process_is_left(graded):

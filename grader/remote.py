@@ -1,0 +1,569 @@
+"""Remote grading: the spec runs in the grader's own process, the submission in a sandboxed worker.
+
+`RemoteImplementation` stands where the spec expects an `Implementation`: `impl.layers.softmax(x)` sends the call
+to the worker (llmkata.worker) and gets plain data back (llmkata.wire): tensors as bytes, numbers, strings, and
+handles to the objects that stay in the worker (`RemoteObject`: a module, a tokenizer, a function). Every assertion
+of the spec then runs here, on tensors this process built from those bytes: the submission never runs in the
+process that decides the verdict, and nothing it sends is unpickled.
+
+What crosses, and how:
+- a tensor the spec passes is mirrored in the worker, and one the worker returns is mirrored here; each request and
+  each answer carries the mirrors that changed since (in-place updates, an optimizer's step, a gradient);
+- a result with an autograd graph comes back as the output of `RemoteCall`, whose backward sends the gradient to the
+  worker, which runs its own graph and returns the gradients of the spec's tensors (and keeps its parameters'
+  gradients, which reach their mirrors here);
+- torch's global random state travels with every request and answer, and so do the states of generators passed in;
+- an error in the submission is raised here as the nearest built-in exception (its message kept); a worker that dies
+  or does not answer within `CALL_SECONDS` fails the test in progress, and the next call starts a fresh worker.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import itertools
+import json
+import os
+import pickle
+import select
+import sys
+import time
+import weakref
+import zlib
+from pathlib import Path
+
+import torch
+
+from llmkata import wire
+from llmkata.worker import tensor_bytes
+from llmkata.spec.impl import Implementation, Missing
+
+START_SECONDS = 120.0  # importing torch and the submission, on a busy machine
+CALL_SECONDS = float(os.environ.get("LLMKATA_CALL_SECONDS", 300))
+ENV_CONFIG = "LLMKATA_REMOTE"  # JSON: {"hidden": [...], "scratch": "...", "limits": {...}}
+
+
+class WorkerError(RuntimeError):
+    """The worker died, stopped answering, or broke the message format."""
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise wire.WireError(f"unknown dtype {name!r}")
+    return dtype
+
+
+def _tensor(description: dict, buffers: list[bytes]) -> torch.Tensor:
+    dtype, shape = _dtype(description["dtype"]), [int(n) for n in description["shape"]]
+    if description.get("device") == "meta":
+        return torch.empty(shape, dtype=dtype, device="meta")
+    data = buffers[description["data"]]
+    carrier = torch.bool if dtype == torch.bool else dtype
+    count = 1
+    for n in shape:
+        count *= n
+    if count == 0:
+        return torch.empty(shape, dtype=dtype)
+    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    tensor = raw.view(torch.uint8 if carrier == torch.bool else carrier)
+    if tensor.numel() != count:
+        raise wire.WireError(f"a tensor of shape {shape} came with {len(data)} bytes")
+    tensor = tensor.reshape(shape)
+    return tensor.to(torch.bool) if dtype == torch.bool else tensor
+
+
+def _state(tensor: torch.Tensor) -> tuple:
+    meta = tensor.device.type == "meta"
+    digest = None
+    if not meta and tensor.numel():
+        data = tensor.detach()
+        data = data if data.is_contiguous() else data.contiguous()
+        digest = zlib.crc32(data.reshape(-1).view(torch.uint8).numpy() if data.dtype != torch.bool else
+                            data.reshape(-1).to(torch.uint8).numpy())
+    return (tensor._version, 0 if meta else tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), digest)
+
+
+def _fingerprint(tensor: torch.Tensor, with_grad: bool) -> tuple:
+    """What identifies a tensor's state: its version, storage, dtype and shape, and a digest of its bytes (a write
+    through `.data` bumps no version), with its gradient's, when that side keeps the gradient."""
+    grad = tensor.grad if with_grad and tensor.is_leaf else None
+    return (_state(tensor), tensor.requires_grad, None if grad is None else (id(grad), _state(grad)))
+
+
+def _raw(tensor: torch.Tensor) -> tuple:
+    """A tensor as (dtype, shape, device, bytes): quicker to send than a pickled tensor."""
+    return (str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), tensor.device.type, tensor_bytes(tensor))
+
+
+def _exception(names: list[str], message: str) -> BaseException:
+    """The error to raise here for one the worker raised: `names` is its class's MRO, by name."""
+    if names[0] == "Missing":
+        return Missing(message)
+    for name in names:
+        found = getattr(builtins, name, None)
+        if isinstance(found, type) and issubclass(found, Exception) and name not in ("BaseException",):
+            return found(message) if name != "StopIteration" else StopIteration()
+    return RuntimeError(f"{names[0]}: {message}")
+
+
+class RemoteCall(torch.autograd.Function):
+    """Results of one remote call that carry the worker's graph: backward asks the worker for the gradients."""
+
+    @staticmethod
+    def forward(ctx, session, call, outputs, anchor, *inputs):
+        ctx.session, ctx.call, ctx.n_inputs = session, call, len(inputs)
+        return tuple(outputs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        grads_in = ctx.session.backward(ctx.call, [None if g is None else g.detach() for g in grads])
+        return (None, None, None, None, *grads_in)
+
+
+class RemoteObject:
+    """An object that stays in the worker; attribute access, calls and the usual protocols go there."""
+
+    __slots__ = ("_session", "_rid", "_generation", "_type", "_flags", "__weakref__")
+
+    def __init__(self, session, rid: int, generation: int, type_name: str, flags: dict):
+        for name, value in (("_session", session), ("_rid", rid), ("_generation", generation),
+                            ("_type", type_name), ("_flags", flags)):
+            object.__setattr__(self, name, value)
+
+    def _ask(self, op: str, *args, **kwargs):
+        return self._session.request(op, self, args, kwargs)
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return self._ask("getattr", name)
+
+    def __setattr__(self, name: str, value) -> None:
+        self._ask("setattr", name, value)
+
+    def __call__(self, *args, **kwargs):
+        return self._session.request("call", self, args, kwargs)
+
+    def __iter__(self):
+        return self if self._flags.get("iterator") else self._ask("method", "iter")
+
+    def __next__(self):
+        return self._ask("method", "next")
+
+    def __len__(self) -> int:
+        return self._ask("method", "len")
+
+    def __getitem__(self, key):
+        return self._ask("method", "getitem", key)
+
+    def __setitem__(self, key, value) -> None:
+        self._ask("method", "setitem", key, value)
+
+    def __contains__(self, item) -> bool:
+        return self._ask("method", "contains", item)
+
+    def __eq__(self, other):
+        return self is other or self._ask("method", "eq", other)
+
+    def __hash__(self) -> int:
+        return hash((self._generation, self._rid))
+
+    def __bool__(self) -> bool:
+        return self._ask("method", "bool")
+
+    def __repr__(self) -> str:
+        try:
+            return self._ask("method", "repr")
+        except Exception:  # noqa: BLE001 - a repr must not fail
+            return f"<remote {self._type}>"
+
+    def __str__(self) -> str:
+        return self._ask("method", "str")
+
+    def __enter__(self):
+        return self._ask("method", "enter")
+
+    def __exit__(self, *exc_info):
+        return self._ask("method", "exit", None, None, None)
+
+    def __instancecheck__(self, instance) -> bool:
+        return self._ask("method", "instancecheck", instance)
+
+    def __deepcopy__(self, memo):
+        return self._ask("method", "deepcopy")
+
+    def __copy__(self):
+        return self._ask("method", "deepcopy")
+
+
+class _Answers:
+    """The worker's answer pipe, read with a deadline."""
+
+    def __init__(self, fd: int):
+        self.fd, self.deadline = fd, None
+
+    def read(self, size: int) -> bytes:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0 or not select.select([self.fd], [], [], remaining)[0]:
+            raise TimeoutError
+        return os.read(self.fd, min(size, 1 << 22))
+
+
+class Session:
+    """One worker and the mirrors and handles that belong to it; a dead worker is replaced at the next call."""
+
+    def __init__(self, choice: str, config: dict):
+        self.choice, self.config = choice, config
+        self.generation = 0
+        self.started = None
+        self.next_id = itertools.count(-1, -1)  # ours are negative, the worker's positive
+        self.calls = itertools.count(1)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.tensors: dict[int, weakref.ref] = {}  # id -> mirror
+        self.rid_of: dict[int, int] = {}  # id(tensor) -> id
+        self.seen: dict[int, tuple] = {}
+        self.theirs: set[int] = set()  # mirrors of the worker's tensors (their gradients come from there)
+        self.proxies: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self.generators: dict[int, weakref.ref] = {}
+        self.release: list[int] = []
+        self.dead: list[int] = []  # mirrors collected since the last request: released with the next one
+        # Tensors of the last answer, kept alive until the next request has carried their changes: the spec's
+        # `model.weight.copy_(w)` writes to a mirror nothing else holds.
+        self.recent: list[torch.Tensor] = []
+        # Gradients that the grader's autograd accumulated into mirrors of the worker's tensors (parameters),
+        # by id: they reach the worker with the next request, also when the mirror is gone by then.
+        self.grads: dict[int, torch.Tensor] = {}
+
+    # ---------------------------------------------------------------------------------------- the process
+    def _start(self) -> None:
+        from llmkata.sandbox import Limits, Sandbox
+        self.generation += 1
+        self._reset()
+        read_fd, write_fd = os.pipe()
+        sandbox = Sandbox.detect(hidden=tuple(Path(p) for p in self.config.get("hidden", ())))
+        scratch = Path(self.config["scratch"])
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(scratch), "LANG": "C.UTF-8",
+               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        limits = Limits(**self.config.get("limits", {}))
+        self.started = sandbox.start([sys.executable, "-I", "-m", "llmkata.worker", str(write_fd)], scratch, env,
+                                     limits, pass_fds=(write_fd,), stdin=__import__("subprocess").PIPE,
+                                     stdout=__import__("subprocess").DEVNULL)
+        os.close(write_fd)
+        self.answers = _Answers(read_fd)
+        self.answer_fd = read_fd
+        self._exchange(self.choice, timeout=max(CALL_SECONDS, START_SECONDS))
+
+    def _stop(self) -> None:
+        if self.started is not None:
+            self.started.stop()
+            os.close(self.answer_fd)
+            self.started = None
+
+    def _died(self, why: str) -> WorkerError:
+        output = self.started.err.text()[-2000:].strip() if self.started else ""
+        code = self.started.process.poll() if self.started else None
+        self._stop()
+        return WorkerError(f"the implementation's worker {why}" + (f" (exit code {code})" if code is not None else "")
+                           + (f"; its last output:\n{output}" if output else ""))
+
+    def _exchange(self, request, timeout: float) -> tuple[dict, list[bytes]]:
+        try:
+            wire.write_frame(self.started.process.stdin, pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL))
+            self.answers.deadline = time.monotonic() + timeout
+            header, buffers = wire.read_data(self.answers)
+        except TimeoutError:
+            raise self._died(f"did not answer within {timeout:.0f} s") from None
+        except (EOFError, BrokenPipeError, OSError):
+            raise self._died("ended") from None
+        except wire.WireError as error:
+            raise self._died(f"sent a malformed answer ({error})") from None
+        if "raise" in header and request is self.choice:
+            names, message = header["raise"]
+            error = _exception([str(n) for n in names], str(message))
+            self._stop()
+            raise error
+        return header, buffers
+
+    def close(self) -> None:
+        self._stop()
+
+    # ---------------------------------------------------------------------------------------- requests
+    def module(self, name: str):
+        return self.request("module", name)
+
+    def location(self) -> str:
+        return self.request("location", None)
+
+    def _pickle(self, value, grad_inputs: list[int]) -> bytes:
+        session = self
+
+        class Pickler(pickle.Pickler):
+            def persistent_id(self, obj):
+                if isinstance(obj, RemoteObject):
+                    if obj._session is not session or obj._generation != session.generation:
+                        raise WorkerError("an object of a worker that has ended was used again")
+                    return ("ref", obj._rid)
+                if isinstance(obj, torch.Tensor):
+                    return session._tensor_pid(obj, grad_inputs)
+                if isinstance(obj, torch.Generator):
+                    rid = session.rid_of.get(id(obj))
+                    if rid is None:
+                        rid = next(session.next_id)
+                        session.rid_of[id(obj)] = rid
+                        session.generators[rid] = weakref.ref(obj)
+                    return ("generator", rid, obj.get_state().numpy().tobytes())
+                return None
+
+        out = io.BytesIO()
+        Pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+        return out.getvalue()
+
+    def _tensor_pid(self, tensor: torch.Tensor, grad_inputs: list[int]):
+        rid = self.rid_of.get(id(tensor))
+        if rid is not None and self.tensors.get(rid, lambda: None)() is tensor:
+            if rid not in self.theirs and tensor.requires_grad and rid not in grad_inputs:
+                grad_inputs.append(rid)
+            return ("ref", rid)
+        rid = next(self.next_id)
+        self._remember(rid, tensor, theirs=False)
+        if tensor.requires_grad:
+            grad_inputs.append(rid)
+        # Plain values only: the pickler would call persistent_id again for a tensor inside this tuple.
+        return ("tensor", rid, *_raw(tensor), tensor.requires_grad, isinstance(tensor, torch.nn.Parameter))
+
+    def _remember(self, rid: int, tensor: torch.Tensor, theirs: bool) -> None:
+        self.tensors[rid] = weakref.ref(tensor)
+        self.rid_of[id(tensor)] = rid
+        self.seen[rid] = _fingerprint(tensor, theirs)
+        if theirs:
+            self.theirs.add(rid)
+        dead, generation = self.dead, self.generation
+
+        def forget(rid=rid):  # may run inside any allocation (the cycle collector): it only takes note
+            if self.generation == generation:
+                dead.append(rid)
+
+        weakref.finalize(tensor, forget)
+
+    def _bury(self) -> None:
+        while self.dead:
+            rid = self.dead.pop()
+            if self.tensors.get(rid, lambda: None)() is None:
+                self.tensors.pop(rid, None)
+                self.seen.pop(rid, None)
+                self.theirs.discard(rid)
+                self.release.append(rid)
+
+    def _changed(self) -> list:
+        changed = []
+        for rid, grad in list(self.grads.items()):  # gradients of mirrors that may be gone since
+            alive = self.tensors.get(rid, lambda: None)()
+            if alive is None and grad is not None:
+                changed.append((rid, None, _raw(grad)))
+        self.grads.clear()  # in place: the hooks hold this very dict
+        for rid, ref in list(self.tensors.items()):
+            tensor = ref()
+            if tensor is None:
+                continue
+            theirs = rid in self.theirs
+            now = _fingerprint(tensor, theirs)
+            if now != self.seen.get(rid):
+                self.seen[rid] = now
+                grad = _raw(tensor.grad) if theirs and tensor.is_leaf and tensor.grad is not None else None
+                changed.append((rid, _raw(tensor), grad))  # a worker's tensor whose gradient is None sends None
+        return changed
+
+    def ensure_started(self) -> None:
+        if self.started is None or self.started.process.poll() is not None:
+            if self.started is not None:
+                self._stop()
+            self._start()
+
+    def request(self, op: str, target, args=(), kwargs=None):
+        self.ensure_started()
+        if isinstance(target, RemoteObject):
+            if target._session is not self or target._generation != self.generation:
+                raise WorkerError("an object of a worker that has ended was used again (the worker was restarted "
+                                  "after an earlier failure)")
+            target = target._rid
+        grad_inputs: list[int] = []
+        call = next(self.calls)
+        if op == "backward":
+            payload_args = pickle.dumps([None if g is None else _raw(g) for g in args],
+                                        protocol=pickle.HIGHEST_PROTOCOL)
+            payload_kwargs = pickle.dumps({}, protocol=pickle.HIGHEST_PROTOCOL)
+        else:
+            payload_args = self._pickle(tuple(args), grad_inputs)
+            payload_kwargs = self._pickle(dict(kwargs or {}), grad_inputs)
+        changed = self._changed()
+        self.recent = []
+        self._bury()
+        release, self.release[:] = list(self.release), []
+        context = {"rng": torch.get_rng_state().numpy().tobytes(), "grad": torch.is_grad_enabled(), "sync": changed,
+                   "release": release, "grad_inputs": grad_inputs, "call": call}
+        header, buffers = self._exchange((op, target, payload_args, payload_kwargs, context), CALL_SECONDS)
+        return self._answer(header, buffers, call, grad_inputs, op)
+
+    def backward(self, call: int, grads: list) -> list:
+        return self.request("backward", call, grads)
+
+    # ---------------------------------------------------------------------------------------- answers
+    def _answer(self, header: dict, buffers: list[bytes], call: int, grad_inputs: list[int], op: str):
+        try:
+            torch.set_rng_state(torch.frombuffer(bytearray(buffers[header["rng"]]), dtype=torch.uint8))
+            for rid, data, grad in header.get("changed", []):
+                self._update(int(rid), _tensor(data, buffers), None if grad is None else _tensor(grad, buffers))
+            for rid, state in header.get("generators", []):
+                generator = self.generators.get(int(rid), lambda: None)()
+                if generator is not None:
+                    generator.set_state(torch.frombuffer(bytearray(buffers[state["b"]]), dtype=torch.uint8))
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
+            raise self._died(f"sent a malformed answer ({error})") from None
+        if "raise" in header:
+            names, message = header["raise"]
+            raise _exception([str(n) for n in names], str(message))
+        try:
+            leaves = [self._decode(node, buffers, []) for node in header.get("leaves", [])]
+            outputs = self._graph_outputs(header.get("ok"), buffers, call, grad_inputs, leaves)
+            return self._decode(header.get("ok"), buffers, outputs)
+        except (KeyError, TypeError, ValueError, IndexError, wire.WireError) as error:
+            raise self._died(f"sent a malformed answer ({error})") from None
+
+    def _update(self, rid: int, data: torch.Tensor, grad: torch.Tensor | None) -> None:
+        tensor = self.tensors.get(rid, lambda: None)()
+        if tensor is None:
+            return
+        with torch.no_grad():  # through .data: the other side's write is not a new version of a graph's input
+            if tensor.shape == data.shape and tensor.dtype == data.dtype:
+                tensor.data.copy_(data)
+            else:
+                tensor.data = data
+        if rid in self.theirs:
+            tensor.grad = grad
+        self.seen[rid] = _fingerprint(tensor, rid in self.theirs)
+
+    def _graph_outputs(self, value, buffers, call, grad_inputs, leaves) -> list[torch.Tensor]:
+        found: list[tuple[int, torch.Tensor]] = []
+
+        def walk(node):
+            if isinstance(node, dict):
+                if node.get("out") is not None and "tensor" in node:
+                    found.append((int(node["out"]), _tensor(node, buffers)))
+                for child in node.values():
+                    walk(child)
+            elif isinstance(node, list):
+                for child in node:
+                    walk(child)
+
+        walk(value)
+        if not found:
+            return []
+        found.sort(key=lambda pair: pair[0])
+        anchor = torch.zeros((), requires_grad=True)
+        inputs = [self.tensors[rid]() for rid in grad_inputs] + leaves
+        return list(RemoteCall.apply(self, call, [t for _, t in found], anchor, *inputs))
+
+    def _decode(self, node, buffers, outputs):
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        if isinstance(node, list):
+            raise wire.WireError("a bare list where a tagged value belongs")
+        if "b" in node:
+            return buffers[node["b"]]
+        if "l" in node:
+            return [self._decode(v, buffers, outputs) for v in node["l"]]
+        if "t" in node:
+            return tuple(self._decode(v, buffers, outputs) for v in node["t"])
+        if "s" in node:
+            return {self._decode(v, buffers, outputs) for v in node["s"]}
+        if "d" in node:
+            return {self._decode(k, buffers, outputs): self._decode(v, buffers, outputs) for k, v in node["d"]}
+        if "dtype" in node and len(node) == 1:
+            return _dtype(node["dtype"])
+        if "device" in node and len(node) == 1:
+            return torch.device(node["device"])
+        if "size" in node:
+            return torch.Size(int(n) for n in node["size"])
+        if "path" in node:
+            return Path(node["path"])
+        if "ndarray" in node:
+            import numpy
+            return numpy.frombuffer(buffers[node["ndarray"]], dtype=numpy.dtype(node["dtype"])).reshape(
+                node["shape"]).copy()
+        if "plain" in node:
+            return _tensor(node["plain"], buffers).clone()
+        if "ref" in node:
+            rid = int(node["ref"])
+            found = self.tensors.get(rid, lambda: None)()
+            if found is not None:
+                return found
+            # Collected here while the worker answered: the same id again, from the data that came with it.
+            found = _tensor(node, buffers).clone()
+            if node.get("param"):
+                found = torch.nn.Parameter(found, requires_grad=bool(node.get("rg")))
+            elif node.get("rg") and found.is_floating_point():
+                found.requires_grad_(True)
+            theirs = rid in self.theirs or rid > 0
+            self._remember(rid, found, theirs=theirs)
+            self.recent.append(found)
+            return found
+        if "tensor" in node:
+            if node.get("out") is not None:
+                return outputs[int(node["out"])]
+            rid = int(node["tensor"])
+            tensor = _tensor(node, buffers).clone()
+            if node.get("param"):
+                tensor = torch.nn.Parameter(tensor, requires_grad=bool(node.get("rg")))
+            elif node.get("rg") and tensor.is_floating_point():
+                tensor.requires_grad_(True)
+            if node.get("grad") is not None:
+                tensor.grad = _tensor(node["grad"], buffers).clone()
+            if tensor.requires_grad and tensor.is_leaf:
+                grads = self.grads
+
+                def accumulated(leaf, rid=rid):  # holds the id, not the mirror
+                    grads[rid] = leaf.grad
+
+                tensor.register_post_accumulate_grad_hook(accumulated)
+            self._remember(rid, tensor, theirs=True)
+            self.recent.append(tensor)
+            return tensor
+        if "obj" in node:
+            rid = int(node["obj"])
+            proxy = self.proxies.get(rid)
+            if proxy is None:
+                flags = {k: bool(node.get(k)) for k in ("callable", "iterator", "module", "class")}
+                proxy = RemoteObject(self, rid, self.generation, str(node.get("type", "?")), flags)
+                self.proxies[rid] = proxy
+            return proxy
+        raise wire.WireError(f"an unknown value {sorted(node)}")
+
+
+class RemoteImplementation(Implementation):
+    """The implementation under test, living in a sandboxed worker (see the module's docstring)."""
+
+    def __init__(self, choice: str, config: dict):
+        super().__init__(choice, choice)
+        self.session = Session(choice, config)
+        self.modules: dict[str, RemoteObject] = {}
+
+    @classmethod
+    def from_environment(cls, choice: str) -> RemoteImplementation:
+        return cls(choice, json.loads(os.environ[ENV_CONFIG]))
+
+    @property
+    def location(self) -> str:
+        return f"{self.name} (in a sandboxed worker)"
+
+    def module(self, module: str):
+        self.session.ensure_started()
+        if module not in self.modules or self.modules[module]._generation != self.session.generation:
+            self.modules[module] = self.session.module(module)
+        return self.modules[module]
+
+    def replacing(self, overrides):
+        raise NotImplementedError("a remote implementation is not patched: run mutants in process")

@@ -1,0 +1,372 @@
+"""The sandboxed worker of remote grading: it imports the submission, keeps the objects it makes, runs the calls the
+trusted spec sends, and answers with plain data (llmkata.wire). It decides nothing: the spec's assertions run in
+the grader's own process, on the numbers that come back.
+
+    python -I -m llmkata.worker IMPL        # stdin: the grader's requests; fd 3: the answers
+
+Tensors cross as mirrors: each side keeps its own copy under one id, and every message carries the copies that
+changed since the last one (data, and for the worker's own tensors their gradient), so that
+`model.weight.copy_(w)` in the spec and `optimizer.step()` in the worker both reach the other side. A call whose
+results carry an autograd graph keeps it here, and `backward` runs it when the spec's own graph reaches that call.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import sys
+import zlib
+from collections import OrderedDict
+from pathlib import PurePath
+
+import torch
+
+from llmkata import wire
+
+MAX_GRAPHS = 1024
+
+
+def _state(tensor: torch.Tensor) -> tuple:
+    meta = tensor.device.type == "meta"
+    digest = None
+    if not meta and tensor.numel():
+        data = tensor.detach()
+        data = data if data.is_contiguous() else data.contiguous()
+        digest = zlib.crc32(data.reshape(-1).view(torch.uint8).numpy() if data.dtype != torch.bool else
+                            data.reshape(-1).to(torch.uint8).numpy())
+    return (tensor._version, 0 if meta else tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), digest)
+
+
+def fingerprint(tensor: torch.Tensor, with_grad: bool) -> tuple:
+    """What identifies a tensor's state: its version, storage, dtype and shape, and a digest of its bytes (a write
+    through `.data` bumps no version), with its gradient's, when that side keeps the gradient."""
+    grad = tensor.grad if with_grad and tensor.is_leaf else None
+    return (_state(tensor), tensor.requires_grad, None if grad is None else (id(grad), _state(grad)))
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    if tensor.device.type == "meta":
+        return b""
+    data = tensor.detach().cpu().contiguous()
+    if data.dtype == torch.bool:
+        data = data.to(torch.uint8)
+    return data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b""
+
+
+def from_bytes(dtype: str, shape, device: str, raw: bytes) -> torch.Tensor:
+    dtype = getattr(torch, dtype)
+    if device == "meta":
+        return torch.empty(shape, dtype=dtype, device="meta")
+    if not raw:
+        return torch.zeros(shape, dtype=dtype)
+    carrier = torch.uint8 if dtype == torch.bool else dtype
+    data = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(carrier).reshape(shape).clone()
+    return data.to(torch.bool) if dtype == torch.bool else data
+
+
+class Worker:
+    def __init__(self, choice: str):
+        from llmkata.spec.impl import load
+        self.impl = load(choice)
+        location = self.impl.location
+        self.folder = location if os.path.isdir(location) else None
+        self.objects: dict[int, object] = {}  # id -> object (tensors included)
+        self.id_of: dict[int, int] = {}  # id(object) -> id
+        self.mirrors: dict[int, tuple[torch.Tensor, tuple, bool]] = {}  # id -> (tensor, fingerprint, ours)
+        self.graphs: OrderedDict[int, tuple[list, list]] = OrderedDict()  # call -> (outputs, parent leaves)
+        self.next_id = 1
+
+    # ------------------------------------------------------------------------------------------ what comes in
+    def _unpickle(self, payload: bytes):
+        worker = self
+
+        class Unpickler(pickle.Unpickler):
+            def persistent_load(self, pid):
+                kind = pid[0]
+                if kind == "ref":
+                    return worker.objects[pid[1]]
+                if kind == "tensor":
+                    _, rid, dtype, shape, device, raw, requires_grad, is_param = pid
+                    data = from_bytes(dtype, shape, device, raw)
+                    requires_grad = requires_grad and (data.is_floating_point() or data.is_complex())
+                    tensor = torch.nn.Parameter(data, requires_grad) if is_param else data.requires_grad_(
+                        requires_grad)
+                    worker._register(rid, tensor, ours=False)
+                    return tensor
+                if kind == "generator":
+                    _, rid, state = pid
+                    generator = worker.objects.get(rid)
+                    if generator is None:
+                        generator = torch.Generator()
+                        worker._register(rid, generator, ours=False)
+                    generator.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+                    return generator
+                raise pickle.UnpicklingError(f"unknown reference {kind}")
+
+        return Unpickler(io.BytesIO(payload)).load()
+
+    def _register(self, rid: int, obj, ours: bool) -> None:
+        self.objects[rid] = obj
+        self.id_of[id(obj)] = rid
+        if isinstance(obj, torch.Tensor):
+            self.mirrors[rid] = (obj, fingerprint(obj, ours), ours)
+
+    def _apply_sync(self, sync) -> None:
+        for rid, raw, raw_grad in sync:
+            grad = None if raw_grad is None else from_bytes(*raw_grad)
+            tensor = self.objects.get(rid)
+            if tensor is None:
+                continue
+            _, _, ours = self.mirrors[rid]
+            if raw is None:  # only the gradient: the grader's mirror is gone
+                tensor.grad = grad
+                self.mirrors[rid] = (tensor, fingerprint(tensor, ours), ours)
+                continue
+            data = from_bytes(*raw)
+            with torch.no_grad():  # through .data: the other side's write is not a new version of a graph's input
+                if tensor.shape == data.shape and tensor.dtype == data.dtype:
+                    tensor.data.copy_(data)
+                else:
+                    tensor.data = data
+            _, _, ours = self.mirrors[rid]
+            if ours:
+                tensor.grad = grad
+            self.mirrors[rid] = (tensor, fingerprint(tensor, ours), ours)
+
+    # ----------------------------------------------------------------------------------------- what goes out
+    def _new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id
+
+    def encode(self, value, buffers: list, outputs: list | None = None):
+        if isinstance(value, _Plain):
+            return {"l": [None if g is None else {"plain": self._encode_tensor_plain(g, buffers)} for g in value.grads]}
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            buffers.append(bytes(value))
+            return {"b": len(buffers) - 1}
+        if isinstance(value, torch.Tensor):
+            return self._encode_tensor(value, buffers, outputs)
+        if isinstance(value, torch.dtype):
+            return {"dtype": str(value).removeprefix("torch.")}
+        if isinstance(value, torch.device):
+            return {"device": str(value)}
+        if isinstance(value, torch.Size):
+            return {"size": list(value)}
+        if isinstance(value, list):
+            return {"l": [self.encode(v, buffers, outputs) for v in value]}
+        if isinstance(value, tuple) and not hasattr(value, "_fields"):
+            return {"t": [self.encode(v, buffers, outputs) for v in value]}
+        if isinstance(value, (set, frozenset)):
+            return {"s": [self.encode(v, buffers, outputs) for v in value]}
+        if type(value) in (dict, OrderedDict):
+            return {"d": [[self.encode(k, buffers), self.encode(v, buffers, outputs)] for k, v in value.items()]}
+        if isinstance(value, PurePath):
+            return {"path": str(value)}
+        if type(value).__module__ == "numpy" and type(value).__name__ == "ndarray" and value.dtype.kind in "biufc":
+            buffers.append(value.tobytes(order="C"))
+            return {"ndarray": len(buffers) - 1, "dtype": value.dtype.str, "shape": list(value.shape)}
+        if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "shape", None) == ():
+            return value.item()
+        return self._handle(value)
+
+    def _handle(self, value) -> dict:
+        rid = self.id_of.get(id(value))
+        if rid is None or self.objects.get(rid) is not value:
+            rid = self._new_id()
+            self._register(rid, value, ours=True)
+        return {"obj": rid, "type": type(value).__qualname__, "callable": callable(value),
+                "iterator": hasattr(value, "__next__"), "module": isinstance(value, torch.nn.Module),
+                "class": isinstance(value, type)}
+
+    def _encode_tensor(self, tensor: torch.Tensor, buffers: list, outputs: list | None) -> dict:
+        if tensor.layout != torch.strided:
+            tensor = tensor.detach().to_dense()
+        rid = self.id_of.get(id(tensor))
+        buffers.append(tensor_bytes(tensor))
+        description = {"dtype": str(tensor.dtype).removeprefix("torch."), "shape": list(tensor.shape),
+                       "data": len(buffers) - 1, "device": tensor.device.type, "rg": tensor.requires_grad,
+                       "param": isinstance(tensor, torch.nn.Parameter)}
+        if rid is not None and self.objects.get(rid) is tensor:  # with its data, in case the mirror was collected
+            return {"ref": rid, **description}
+        if tensor.grad_fn is not None and outputs is not None:  # a result with a graph: backward comes back here
+            outputs.append(tensor)
+            return {"tensor": None, "out": len(outputs) - 1, **description}
+        rid = self._new_id()
+        self._register(rid, tensor, ours=True)
+        grad = self._encode_tensor_plain(tensor.grad, buffers) if tensor.is_leaf and tensor.grad is not None else None
+        return {"tensor": rid, "grad": grad, **description}
+
+    def _changed(self, buffers: list) -> list:
+        changed = []
+        for rid, (tensor, seen, ours) in list(self.mirrors.items()):
+            now = fingerprint(tensor, ours)
+            if now == seen:
+                continue
+            self.mirrors[rid] = (tensor, now, ours)
+            grad = None
+            if ours and tensor.is_leaf and tensor.grad is not None:
+                grad = self._encode_tensor_plain(tensor.grad, buffers)
+            changed.append([rid, self._encode_tensor_plain(tensor, buffers), grad])
+        return changed
+
+    @staticmethod
+    def _encode_tensor_plain(tensor: torch.Tensor, buffers: list) -> dict:
+        buffers.append(tensor_bytes(tensor))
+        return {"dtype": str(tensor.dtype).removeprefix("torch."), "shape": list(tensor.shape),
+                "data": len(buffers) - 1, "device": tensor.device.type, "rg": tensor.requires_grad}
+
+    # -------------------------------------------------------------------------------------------- requests
+    def handle(self, request) -> tuple[dict, list]:
+        op, target, args, kwargs, context = request
+        self._apply_sync(context.get("sync", ()))  # first: a mirror's last change can come with its release
+        for rid in context.get("release", ()):
+            obj = self.objects.pop(rid, None)
+            self.mirrors.pop(rid, None)
+            if obj is not None and self.id_of.get(id(obj)) == rid:
+                del self.id_of[id(obj)]
+        if context.get("rng") is not None:
+            torch.set_rng_state(torch.frombuffer(bytearray(context["rng"]), dtype=torch.uint8))
+        buffers: list[bytes] = []
+        outputs: list[torch.Tensor] = []
+        try:
+            with torch.set_grad_enabled(context.get("grad", True)):
+                result = self._run(op, target, args, kwargs)
+            header = {"ok": self.encode(result, buffers, outputs)}
+            if outputs:  # the leaves the graph reaches: the spec's tensors, in the order the grader listed them,
+                # then this side's own (parameters), whose mirrors the grader adds to its graph
+                theirs = [self.objects[rid] for rid in context.get("grad_inputs", ())]
+                known = {id(t) for t in theirs}
+                ours = [t for t in graph_leaves(outputs) if id(t) not in known]
+                header["leaves"] = [self.encode(t, buffers) for t in ours]
+                self.graphs[context["call"]] = (outputs, theirs + ours)
+                while len(self.graphs) > MAX_GRAPHS:
+                    self.graphs.popitem(last=False)
+        except BaseException as error:  # noqa: BLE001 - every error of the submission goes back as data
+            header = {"raise": describe(error, self.folder)}
+        rng = torch.get_rng_state().numpy().tobytes()
+        buffers.append(rng)
+        header["rng"] = len(buffers) - 1
+        header["changed"] = self._changed(buffers)
+        header["generators"] = [[rid, self.encode(obj.get_state().numpy().tobytes(), buffers)]
+                                for rid, obj in self.objects.items() if isinstance(obj, torch.Generator)]
+        return header, buffers
+
+    def _run(self, op: str, target, args, kwargs):
+        if op == "module":
+            return self.impl.module(target)
+        if op == "location":
+            return self.impl.location
+        if op == "backward":
+            grads = self._backward(target, [None if g is None else from_bytes(*g) for g in self._unpickle(args)])
+            return _Plain(grads)
+        obj = self.objects[target]
+        args, kwargs = self._unpickle(args), self._unpickle(kwargs)
+        if op == "call":
+            return obj(*args, **kwargs)
+        if op == "getattr":
+            return getattr(obj, args[0])
+        if op == "setattr":
+            setattr(obj, args[0], args[1])
+            return None
+        if op == "method":  # a dunder the proxy forwards: len, iter, next, getitem, setitem, contains, eq, repr...
+            name = args[0]
+            if name == "next":
+                return next(obj)
+            if name == "iter":
+                return iter(obj)
+            if name == "len":
+                return len(obj)
+            if name in ("repr", "str"):
+                return repr(obj) if name == "repr" else str(obj)
+            if name == "bool":
+                return bool(obj)
+            if name == "hash":
+                return hash(obj)
+            if name == "instancecheck":
+                return isinstance(args[1], obj)
+            if name == "eq":
+                return obj == args[1]
+            if name == "deepcopy":
+                import copy
+                return copy.deepcopy(obj)
+            return getattr(obj, f"__{name}__")(*args[1:])
+        raise ValueError(f"unknown request {op!r}")
+
+    def _backward(self, call: int, grads: list):
+        """The gradients of a kept graph's leaves (None where it does not reach), accumulated nowhere here: the
+        grader's own autograd accumulates them, into its mirrors."""
+        if call not in self.graphs:
+            raise RuntimeError("the graph of this result was released (too many results kept alive at once)")
+        outputs, leaves = self.graphs[call]
+        pairs = [(out, grad) for out, grad in zip(outputs, grads) if grad is not None]
+        if not pairs or not leaves:
+            return [None] * len(leaves)
+        found = torch.autograd.grad([out for out, _ in pairs], leaves, [grad for _, grad in pairs],
+                                    retain_graph=True, allow_unused=True)
+        return [None if g is None else g.detach() for g in found]
+
+
+def graph_leaves(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Every leaf tensor that requires a gradient and that the outputs' graph reaches, in a stable order."""
+    leaves, seen, stack = [], set(), [out.grad_fn for out in reversed(outputs)]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.Tensor):
+            leaves.append(variable)
+        stack.extend(child for child, _ in reversed(node.next_functions))
+    return leaves
+
+
+class _Plain:
+    """Gradients sent back as plain tensors, not as mirrors."""
+
+    def __init__(self, grads):
+        self.grads = grads
+
+
+def describe(error: BaseException, folder: str | None = None) -> list:
+    """An error as plain data: the names of its class and its bases, and its message, with the line of the
+    implementation that raised it (as the grader's reports show it for an error raised in process)."""
+    message = str(error)[:4000]
+    if folder and error.__traceback__ is not None and type(error).__name__ not in ("NotImplementedError", "Missing"):
+        import traceback
+        frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename.startswith(folder)]
+        if frames:
+            line = f": {frames[-1].line.strip()}" if frames[-1].line else ""
+            message += f" — at {frames[-1].filename}, line {frames[-1].lineno}{line}"
+    return [[cls.__name__ for cls in type(error).__mro__], message]
+
+
+def main() -> None:
+    requests = sys.stdin.buffer
+    answers = os.fdopen(int(sys.argv[1]), "wb")
+    sys.stdout = sys.stderr  # what the submission prints goes to the captured, capped stderr
+    os.dup2(2, 1)
+    torch.set_num_threads(1)
+    worker = None
+    while True:
+        try:
+            request = pickle.loads(wire.read_frame(requests))
+        except EOFError:
+            return
+        if worker is None:  # the first request names the implementation: importing it runs its code
+            try:
+                worker = Worker(request)
+                wire.write_data(answers, {"ok": None}, [])
+            except BaseException as error:  # noqa: BLE001
+                wire.write_data(answers, {"raise": describe(error)}, [])
+                return
+            continue
+        header, buffers = worker.handle(request)
+        wire.write_data(answers, header, buffers)
+
+
+if __name__ == "__main__":
+    main()
