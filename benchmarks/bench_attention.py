@@ -18,8 +18,19 @@
 
     pytest benchmarks/bench_attention.py --benchmark-columns=min,mean,rounds
 
+- The throughput sweep (test_attention_throughput): forward, and forward + backward, of every path at once: the
+  definition, `kernels.attention`, `kernels.tiled_attention`, `kernels.flash_attention` (Triton, on a GPU), and
+  torch SDPA with its default choice and with each backend that runs here (math, flash, efficient, cuDNN). Each
+  case is checked against the float64 definition (batch 0, head 0, values and gradients) before it is timed.
+  Reported per row: FLOP/s by the flash-attention convention, the ratio to default SDPA on the same case, the
+  share of one large matmul's FLOP/s in the same dtype (measured in the same run), and peak memory (GPU). On a GPU
+  the standard sweep: 16k tokens per batch (B = 16384 / N), N from 512 to 16k, head dims 64 and 128 (H·D = 2048),
+  causal and not, bfloat16 and float16, timed by triton.testing.do_bench (CUDA events without triton). On a CPU,
+  float32, B=2 H=8 D=64, N from 256 to 2048 (LLMKATA_BENCH_SWEEP=quick: N 256 and 512, backward at 256 only).
+
 Knobs: LLMKATA_BENCH_ROUNDS (default 3), LLMKATA_BENCH_THREADS (torch threads; default torch's choice),
-LLMKATA_BENCH_MEMORY_N (default 16384).
+LLMKATA_BENCH_MEMORY_N (default 16384), LLMKATA_BENCH_DEVICE (cpu or cuda; default cuda when there is one),
+LLMKATA_BENCH_SWEEP (full or quick).
 """
 
 import json
@@ -33,7 +44,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from .common import seconds
+from .common import (attention_flops, device_seconds, matmul_ceiling, peak_memory_mb, seconds,
+                     synchronize)
 
 ROUNDS = int(os.environ.get("LLMKATA_BENCH_ROUNDS", "3"))
 if os.environ.get("LLMKATA_BENCH_THREADS"):
@@ -260,4 +272,174 @@ def test_kv_cache_decoding_vs_recomputing(benchmark, impl):
         "recompute_tokens_per_s": round(1 / recompute_per_token, 2),
         "prefill_s": round(prefill_seconds, 3),
         "tokens_per_s_vs_recompute": round(recompute_per_token / cached_per_token, 1),  # target >= 5
+    })
+
+
+# ---------------------------------------------------------------------------------------- the throughput sweep
+
+
+def sweep_device() -> str:
+    device = os.environ.get("LLMKATA_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"LLMKATA_BENCH_DEVICE must be cpu or cuda, got {device!r}")
+    return device
+
+
+SDPA_BACKENDS = {"sdpa-math": "MATH", "sdpa-flash": "FLASH_ATTENTION", "sdpa-efficient": "EFFICIENT_ATTENTION",
+                 "sdpa-cudnn": "CUDNN_ATTENTION"}
+IMPL_PATHS = ("definition", "kernels.attention", "kernels.tiled_attention")  # the implementation under test
+
+
+def sweep_cases(device: str, quick: bool) -> list[tuple]:
+    """(pass, path, dtype name, head dim, causal, n, batch, heads) of every row of the sweep."""
+    if device == "cuda":
+        sizes = [1024, 4096, 16384] if quick else [512, 1024, 2048, 4096, 8192, 16384]
+        dtypes, head_dims = ["bfloat16"] if quick else ["bfloat16", "float16"], [64, 128]
+        shape = lambda n, d: (16384 // n, 2048 // d)  # noqa: E731 (16k tokens per batch, H·D = 2048)
+        paths = ["sdpa", "kernels.flash_attention", *SDPA_BACKENDS, *IMPL_PATHS]
+        # the definition and kernels.attention hold B·H·N² scores, and tiled attention is a loop of small ops
+        small_only = {"sdpa-math": 2048, "definition": 1024, "kernels.attention": 1024,
+                      "kernels.tiled_attention": 2048}
+    else:
+        sizes = [256, 512] if quick else [256, 512, 1024, 2048]
+        dtypes, head_dims = ["float32"], [64]
+        shape = lambda n, d: (2, 8)  # noqa: E731
+        paths = ["sdpa", "sdpa-math", "sdpa-flash", *IMPL_PATHS]  # the SDPA backends a CPU has
+        small_only = {}
+    largest_backward = 256 if quick and device != "cuda" else sizes[-1]  # --quick on a CPU: backward at N=256
+    # the headline cases first (the largest head dim, causal), so that a run stopped by a time limit has them
+    return [(which, path, dtype, d, causal, n, *shape(n, d))
+            for dtype in dtypes for d in reversed(head_dims) for causal in (True, False)
+            for which in ("forward", "forward+backward") for n in sizes for path in paths
+            if n <= small_only.get(path, n) and (which == "forward" or n <= largest_backward)]
+
+
+def sweep_id(case) -> str:
+    which, path, dtype, d, causal, n = case[:6]
+    return f"{which}-{path}-{dtype}-d{d}-{'causal' if causal else 'full'}-N{n}"
+
+
+SWEEP_DEVICE = sweep_device()
+SWEEP = sweep_cases(SWEEP_DEVICE, os.environ.get("LLMKATA_BENCH_SWEEP", "full") == "quick")
+_baselines: dict = {}  # (pass, dtype, d, causal, n) -> seconds of default SDPA, measured in this run
+_ceilings: dict = {}  # dtype -> FLOP/s of a large matmul, measured in this run
+
+
+def attention_path(impl, path: str):
+    """f(q, k, v, is_causal) -> out for a path of the sweep; None when it cannot run here."""
+    if path == "sdpa":
+        return lambda q, k, v, is_causal: F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    if path in SDPA_BACKENDS:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backend = getattr(SDPBackend, SDPA_BACKENDS[path], None)
+        if backend is None:
+            return None
+
+        def sdpa_backend(q, k, v, is_causal):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+
+        return sdpa_backend
+    if path == "definition":
+        return lambda q, k, v, is_causal: impl.attention.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    if path == "kernels.attention":
+        return lambda q, k, v, is_causal: impl.kernels.attention(q, k, v, is_causal=is_causal)
+    if path == "kernels.tiled_attention":
+        return lambda q, k, v, is_causal: impl.kernels.tiled_attention(q, k, v, is_causal=is_causal)[0]
+    assert path == "kernels.flash_attention"
+    return lambda q, k, v, is_causal: impl.kernels.flash_attention(q, k, v, is_causal=is_causal)[0]
+
+
+def runner(attention, q, k, v, causal: bool, backward: bool, grad_out, device: str):
+    """A call of the path, forward only or forward + backward (gradients of q, k, v), that waits for the device."""
+    if not backward:
+        def run():
+            out = attention(q, k, v, causal)
+            synchronize(device)
+            return out
+        return run
+
+    def run():
+        out = attention(q, k, v, causal)
+        grads = torch.autograd.grad(out, (q, k, v), grad_out)
+        synchronize(device)
+        return grads
+    return run
+
+
+def check_against_float64(result, q, k, v, causal: bool, backward: bool, grad_out, dtype, what: str) -> None:
+    """Batch 0, head 0 of the path's output (or gradients) against the float64 definition, relative to the largest
+    element; and never all zeros."""
+    q0, k0, v0 = (t[0, 0].detach().double().requires_grad_() for t in (q, k, v))
+    scores = q0 @ k0.T / math.sqrt(q.shape[-1])
+    if causal:
+        n_queries, n_keys = q.shape[-2], k.shape[-2]
+        allowed = torch.ones(n_queries, n_keys, dtype=torch.bool, device=q.device).tril(n_keys - n_queries)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    expected = torch.softmax(scores, -1) @ v0
+    if backward:
+        expected = torch.autograd.grad(expected, (q0, k0, v0), grad_out[0, 0].double())
+        got = [g[0, 0] for g in result]
+    else:
+        expected, got = [expected], [result[0, 0]]
+    bound = {torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 5e-2}[dtype]
+    for name, g, e in zip(("q", "k", "v") if backward else ("out",), got, expected):
+        size = e.abs().max().item()
+        error = (g.double() - e).abs().max().item()
+        assert size > 0 and g.abs().max().item() > 0, f"{what}: {name} is all zeros"
+        assert error <= bound * size, (
+            f"{what}: {name} differs from the float64 definition by {error:.3g}, more than {bound} of its largest "
+            f"element {size:.3g}")
+
+
+@pytest.mark.parametrize("case", SWEEP, ids=[sweep_id(case) for case in SWEEP])
+def test_attention_throughput(benchmark, impl, case):
+    which, path, dtype_name, d, causal, n, batch, heads = case
+    device, dtype, backward = SWEEP_DEVICE, getattr(torch, dtype_name), which == "forward+backward"
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.fail("LLMKATA_BENCH_DEVICE=cuda, but torch sees no CUDA device")
+    attention = attention_path(impl, path)
+    if path == "kernels.flash_attention" and device != "cuda":
+        pytest.skip("the Triton kernel is timed on a GPU only")
+    if path == "kernels.flash_attention":
+        pytest.importorskip("triton")
+    generator = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(batch, heads, n, d, generator=generator, device=device, dtype=torch.float32).to(dtype)
+               .requires_grad_(backward) for _ in range(3))
+    grad_out = torch.randn(batch, heads, n, d, generator=generator, device=device, dtype=torch.float32).to(dtype)
+    what = f"{sweep_id(case)} (B={batch}, H={heads})"
+    if attention is None:
+        pytest.skip(f"{path} is not in this torch")
+    run = runner(attention, q, k, v, causal, backward, grad_out, device)
+    try:
+        result = run()
+    except RuntimeError as error:  # an SDPA backend that does not take this dtype, size or device
+        if path.startswith("sdpa-"):
+            pytest.skip(f"{path} does not run this case here: {str(error).splitlines()[0][:200]}")
+        raise
+    check_against_float64(result, q, k, v, causal, backward, grad_out, dtype, what)  # correctness first
+    del result
+
+    if dtype_name not in _ceilings:
+        _ceilings[dtype_name] = matmul_ceiling(device, dtype)
+    peak = peak_memory_mb(run, device)
+    baseline = runner(attention_path(impl, "sdpa"), q, k, v, causal, backward, grad_out, device)
+    if device == "cuda":  # a GPU of its own: default SDPA timed once per case
+        key = (which, dtype_name, d, causal, n)
+        if key not in _baselines:
+            _baselines[key] = device_seconds(baseline, device)
+        sdpa_s = _baselines[key]
+        ours = sdpa_s if path == "sdpa" else device_seconds(run, device)
+    else:  # a shared CPU: SDPA and the path in turn, round by round, so that both see the same load
+        times = [(seconds(baseline), seconds(run)) for _ in range(max(ROUNDS, 2))]
+        sdpa_s, ours = min(t for t, _ in times), min(t for _, t in times)
+        ours = sdpa_s if path == "sdpa" else ours
+    benchmark.pedantic(run, rounds=1, iterations=1)  # one more call, for pytest-benchmark's report
+    flop_per_s = attention_flops(batch, heads, n, d, causal, backward) / ours
+    benchmark.extra_info.update({
+        "pass": which, "path": path, "dtype": dtype_name, "head_dim": d, "causal": causal, "n": n, "batch": batch,
+        "heads": heads, "device": device, "threads": torch.get_num_threads(), "seconds": ours,
+        "flop_per_s": flop_per_s, "throughput_vs_sdpa": round(sdpa_s / ours, 3),
+        "ceiling_flops": _ceilings[dtype_name], "of_ceiling": flop_per_s / _ceilings[dtype_name], "peak_mb": peak,
     })

@@ -5,7 +5,8 @@
     llmkata grade-many submissions/*.zip --out grades --jobs 2          # a class, into grades/summary.csv
     llmkata autograder gradescope|prairielearn|github --out DIR         # a ready autograder for a platform
     llmkata exercises [--check | --out DIR]     # the stubs, written from the reference (--out never overwrites)
-    llmkata bench [--impl X] [--only attention|tokenizer|train|data] [--quick] [--json FILE]   # speed ratios
+    llmkata bench [--impl X] [--device cpu|cuda] [--only attention|tokenizer|train|data] [--quick] [--json FILE]
+                  [--plot FILE]   # speed ratios, attention throughput
     llmkata train                               # default corpus, default model, a few minutes on 2 CPU cores
     llmkata train --impl exercises              # the same, with your own components
     llmkata train --impl exercises --fallback reference   # yours where written, the reference's for the rest
@@ -13,6 +14,9 @@
     llmkata train --config run.toml --lr 1e-3   # a TOML file, then flags on top
     llmkata train --resume runs/20250101-120000 # continue a run where its last checkpoint left it (Ctrl-C saves one)
     llmkata train --resume RUN --steps 1200     # extend a run to more steps (the lr schedule spans the new total)
+    torchrun --nproc_per_node 2 -m llmkata.cli train --device cpu   # data parallel (--parallel ddp|fsdp)
+    llmkata train --corpus tasks --out runs/base                 # pre-train on llmkata's synthetic tasks
+    llmkata train --stage sft --from runs/base --out runs/sft    # then: sft [--lora 8], reward, ppo, dpo, grpo
     llmkata sample --prompt "The with statement"
     llmkata eval --run runs/20250101-120000
 
@@ -34,6 +38,7 @@ from pathlib import Path
 import llmkata.exercise_generator as generator
 from llmkata.run_config import (EOT, ConfigError, RunConfig, add_config_arguments, config_from_mapping, flags_given,
                                 read_toml, resumed_config)
+from llmkata.stage_config import add_stage_arguments, stage_flags_given
 
 
 def _package_dir(name: str) -> Path:
@@ -150,7 +155,7 @@ def cmd_exercises(args) -> int:
 
 # `llmkata bench --quick`: the knobs the benchmarks read, set to a smaller run, and the slowest benchmarks left out.
 QUICK_KNOBS = {"LLMKATA_BENCH_ROUNDS": "1", "LLMKATA_BENCH_MB": "1", "LLMKATA_BENCH_TEXTBOOK_MB": "0.05",
-               "LLMKATA_BENCH_MEMORY_N": "4096"}
+               "LLMKATA_BENCH_MEMORY_N": "4096", "LLMKATA_BENCH_SWEEP": "quick"}
 QUICK_DESELECT = "not N4096 and not peak_memory"
 
 
@@ -189,6 +194,16 @@ def cmd_bench(args, extra: list[str]) -> int:
     targets = [str(folder / f"bench_{args.only}.py")] if args.only else [str(folder)]
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see _quiet_threads: spinning OpenMP threads skew every timing
+    env.setdefault("LLMKATA_BENCH_PROGRESS", "1")  # benchmarks/conftest.py: a progress bar on stderr
+    if args.device:
+        if args.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                print("llmkata bench --device cuda: torch sees no CUDA device (install a CUDA build of torch, or "
+                      "run on a machine with a GPU)", file=sys.stderr)
+                return 2
+        env["LLMKATA_BENCH_DEVICE"] = args.device
     quick = []
     if args.quick:
         env.update({name: value for name, value in QUICK_KNOBS.items() if name not in os.environ})
@@ -200,12 +215,23 @@ def cmd_bench(args, extra: list[str]) -> int:
                    "-o", "addopts=", "-o", "python_files=bench_*.py", f"--benchmark-json={report}", *quick, *extra]
         code = subprocess.run(command, env=env).returncode
         if report.exists():
+            from llmkata.benchmarks.common import SWEEP_TEST, plot_sweep, render_sweep, sweep_rows
+
             try:
-                ratios = bench_ratios(json.loads(report.read_text(encoding="utf-8")))
+                data = json.loads(report.read_text(encoding="utf-8"))
             except (OSError, ValueError) as error:
                 print(f"llmkata bench: could not read {report}: {error}", file=sys.stderr)
             else:
-                print("\n" + render_ratios(ratios))
+                rows = sweep_rows(data)  # the attention sweep has a table of its own
+                print("\n" + render_ratios([r for r in bench_ratios(data) if not r[0].startswith(SWEEP_TEST)]))
+                if rows:
+                    print("\n" + render_sweep(rows))
+                if args.plot:
+                    if rows:
+                        plot_sweep(rows, args.plot)
+                        print(f"\nthroughput against N: {args.plot}")
+                    else:
+                        print("llmkata bench --plot: no attention sweep ran, nothing to plot", file=sys.stderr)
                 if args.json:
                     print(f"\nthe whole report: {report}")
     return code
@@ -227,6 +253,8 @@ def _train_config(args) -> tuple[RunConfig, Path]:
         run = Path(args.resume)
         if not (run / "config.toml").exists():
             raise ConfigError(f"--resume {run}: there is no run there (config.toml is missing)")
+        if (run / "stage.toml").exists():
+            raise ConfigError(f"--resume {run}: a --stage run is not resumed; run the stage again")
         if args.config:
             raise ConfigError("--resume takes its configuration from the run folder: drop --config")
         saved = config_from_mapping(read_toml(run / "config.toml"), where=str(run / "config.toml"))
@@ -243,6 +271,11 @@ def _train_config(args) -> tuple[RunConfig, Path]:
 
 def cmd_train(args) -> int:
     _quiet_threads()
+    stage = stage_flags_given(args)
+    if stage:  # --stage, --from and the stages' own flags: llmkata.stages
+        from llmkata.stages import command
+
+        return command(args, stage)
     from llmkata import pipeline
 
     try:
@@ -252,6 +285,8 @@ def cmd_train(args) -> int:
         print(f"llmkata train: {error}", file=sys.stderr)
         return 2
     say = (lambda message: print(message, file=sys.stderr, flush=True))
+    if os.environ.get("RANK", "0") != "0":  # another process of a torchrun / accelerate world: rank 0 reports
+        say = (lambda message: None)
     say(f"llmkata train: run folder {run}, implementation {config.impl}")
     try:
         summary = pipeline.train(config, run, resume=bool(args.resume), say=say)
@@ -285,6 +320,8 @@ def cmd_train(args) -> int:
         print(f"llmkata train: the loss stopped being a number at {error}. Training stopped; {last}. "
               "Try a lower --lr or a longer --warmup-steps in a new run.", file=sys.stderr)
         return 1
+    if not summary:  # not rank 0 of a world
+        return 0
     print(json.dumps(summary, indent=1))
     say(f"done in {summary['train_seconds']:.0f} s of training: validation loss {summary['val_loss']:.3f}, "
         f"{summary['val_bits_per_byte']:.3f} bits/byte. Next: llmkata sample --run {run} --prompt \"...\"")
@@ -453,6 +490,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="one round, 1 MB of text, the largest sizes left out (" +
                             ", ".join(f"{k}={v}" for k, v in QUICK_KNOBS.items()) + f", -k '{QUICK_DESELECT}')")
     bench.add_argument("--json", default=None, metavar="FILE", help="keep pytest-benchmark's JSON report here")
+    bench.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                       help="where the attention sweep runs (default: cuda when there is one)")
+    bench.add_argument("--plot", default=None, metavar="FILE",
+                       help="write the attention sweep's FLOP/s against N as a PNG")
     bench.set_defaults(run=cmd_bench)
 
     train = sub.add_parser("train", help="train a small model end to end (default corpus, a few CPU minutes)")
@@ -462,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="continue the run in this folder from its checkpoint (Ctrl-C saves one); with a larger "
                             "--steps, extend it")
     add_config_arguments(train)
+    add_stage_arguments(train)
     train.set_defaults(run=cmd_train)
 
     sample = sub.add_parser("sample", help="continue a prompt with a trained run, streaming the text")

@@ -34,8 +34,10 @@ document, so a document longer than CHUNK_CHARS characters (a book in one file) 
 chunks of about that size first; the default corpus is split as it is, by topic, which the shipped
 multiple-choice set relies on (its tasks come from the validation side).
 
-Left out: distributed training, and data that does not fit in memory before it is packed (the packed token
-files are memory-mapped; the documents of the split are not).
+Under torchrun or accelerate launch the run is data parallel (llmkata.distributed): rank 0 alone writes the folder.
+
+Left out: tensor and pipeline parallel training, and data that does not fit in memory before it is packed (the
+packed token files are memory-mapped; the documents of the split are not).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from safetensors import safe_open
 
 from llmkata import fallback
 from llmkata.atomic import write_text_atomic
+from llmkata.distributed import NoMetrics, TrainingWorld
 from llmkata.run_config import EOT, ConfigError, RunConfig, config_from_mapping, read_toml, write_toml
 from llmkata.run_metrics import Metrics, plot_losses, read_metrics
 from llmkata.spec.impl import Implementation, Missing, load
@@ -297,7 +300,11 @@ class Run:
         """The corpus as documents: the default one, files, or a Hugging Face dataset; cleaned, exact duplicates
         out."""
         text, config = self.impl.text, self.config
-        if not config.data:
+        if config.corpus == "tasks":
+            from llmkata.tasks import corpus_documents
+
+            docs = iter(corpus_documents())
+        elif not config.data:
             docs = text.default_corpus()
         else:
             paths = [Path(p).expanduser() for p in config.data]
@@ -378,11 +385,13 @@ class Run:
                               f"(split {config.data_split!r}, field {config.data_field!r}): {error}") from None
 
     def train_tokenizer(self, documents: list[str]):
-        """A byte-level BPE of config.vocab_size tokens with EOT, by chapter 14's trainer when kernels are on."""
+        """A byte-level BPE of config.vocab_size tokens with EOT (and the chat tokens, with chat_tokens), by
+        chapter 14's trainer when kernels are on."""
+        special = self.config.special_tokens()
         if self.config.kernels == "on":
-            return self.impl.kernels.train_bpe(documents, self.config.vocab_size, special_tokens=[EOT],
+            return self.impl.kernels.train_bpe(documents, self.config.vocab_size, special_tokens=special,
                                                num_workers=self.config.threads or None)
-        return self.impl.tokenizer.train_bpe(documents, self.config.vocab_size, special_tokens=[EOT])
+        return self.impl.tokenizer.train_bpe(documents, self.config.vocab_size, special_tokens=special)
 
     def prepare_data(self, resume: bool = False) -> dict:
         """Split, train the tokenizer, pack both splits; skipped when the run folder already has them, made with
@@ -445,6 +454,11 @@ class Run:
         folder if it made it, else the run files it added to the folder.
         """
         impl, config, device = self.impl, self.config, self.device
+        # Under torchrun or accelerate launch: this process's rank of the world (llmkata.distributed).
+        world = TrainingWorld.start(config.parallel, device, config.batch_size, resume)
+        device = self.device = world.device(device)
+        if not world.main:
+            self.say = lambda message: None  # rank 0 alone speaks, and writes the run folder
         if config.threads:
             torch.set_num_threads(config.threads)
         if self.mix is not None:
@@ -460,22 +474,28 @@ class Run:
             folder = folder.parent
         before = None if made else set(os.listdir(self.folder))  # what was in a folder that was there
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            info = self.prepare_data(resume)
+            if world.main:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                info = self.prepare_data(resume)
+            world.barrier()
+            if not world.main:
+                info = self.prepare_data(resume=True)  # what rank 0 prepared
             train_tokens, val_tokens = self.tokens("train"), self.tokens("val")
             if len(train_tokens) < config.context_length + 1:
                 raise ConfigError(f"context_length ({config.context_length}) is longer than the training split "
                                   f"({len(train_tokens)} tokens)")
             self.model = model = build_model(impl, config, info["vocab_size"]).to(device)
+            training = world.wrap(impl, model)  # DataParallel(model), or model with its blocks sharded (fsdp)
             optimizer = impl.train.AdamW(impl.train.parameter_groups(model, config.weight_decay), lr=config.lr,
                                          betas=(config.beta1, config.beta2))
             generator = torch.Generator().manual_seed(config.seed)  # draws the batches: the position in the data
             start, elapsed_before = self._resume(model, optimizer, generator) if resume else (0, 0.0)
-            write_toml(config, self.folder / "config.toml")
-            if self.mix is not None:
+            if world.main:
+                write_toml(config, self.folder / "config.toml")
+            if self.mix is not None and world.main:
                 write_text_atomic(self.folder / SOURCES, json.dumps(self.mix.record(), indent=1) + "\n")
         except BaseException:
-            if not resume:
+            if not resume and world.main:
                 self._undo_start(made, before)
             raise
         checkpoint = self.folder / CHECKPOINT
@@ -486,16 +506,20 @@ class Run:
                      f"context {config.context_length}, kernels {config.kernels}; {info['train_tokens']:,} training "
                      f"tokens; device {device}")
 
-        metrics = Metrics(self.folder / "metrics.jsonl", start)
+        metrics = Metrics(self.folder / "metrics.jsonl", start) if world.main else NoMetrics()
         autocast = torch.bfloat16 if config.dtype == "bfloat16" else None
         tokens_per_step = config.batch_size * config.grad_accum * config.context_length
-        bar = self._progress_bar(start)
+        bar = self._progress_bar(start) if world.main else None
         started = time.perf_counter()
         window_start, window_tokens = started, 0
         last_val, saved = None, start
 
         def save(done: int) -> None:
-            impl.train.save_checkpoint(checkpoint, model, optimizer, done, config=config.numerics(),
+            whole, whole_optimizer = world.whole(lambda: build_model(impl, config, info["vocab_size"]), impl, model,
+                                                 optimizer, config.weight_decay)  # fsdp: gathered on rank 0
+            if not world.main:
+                return
+            impl.train.save_checkpoint(checkpoint, whole, whole_optimizer, done, config=config.numerics(),
                                        generator=generator,
                                        extra={"elapsed": elapsed_before + time.perf_counter() - started})
 
@@ -504,12 +528,14 @@ class Run:
             for step in range(start, config.steps):
                 lr = impl.train.lr_schedule(step, config.lr, config.warmup_steps, config.steps,
                                             config.lr * config.min_lr_ratio)
-                micro = [impl.data.get_batch(train_tokens, config.batch_size, config.context_length, generator,
-                                             device=device) for _ in range(config.grad_accum)]
+                micro = [world.rows(impl.data.get_batch(train_tokens, config.batch_size, config.context_length,
+                                                        generator, device=device)) for _ in range(config.grad_accum)]
                 try:
-                    loss, norm = impl.train.train_step(model, optimizer, micro, config.grad_clip or None, lr, autocast)
+                    loss, norm = impl.train.train_step(training, optimizer, micro, config.grad_clip or None, lr,
+                                                       autocast)
                 except FloatingPointError as error:
                     raise FloatingPointError(f"step {step + 1}: {error}") from None
+                loss = world.mean(loss)  # this rank's rows -> the whole batch
                 done = step + 1
                 window_tokens += tokens_per_step
                 if done % config.log_every == 0 or done == config.steps:
@@ -543,6 +569,10 @@ class Run:
                 bar.close()
             metrics.close()
         train_seconds = elapsed_before + time.perf_counter() - started
+        self.model = world.whole(lambda: build_model(impl, config, info["vocab_size"]), impl, model, optimizer,
+                                 config.weight_decay)[0]
+        if not world.main:
+            return {}  # rank 0 reports
         return self.finish(train_seconds, parameters, flops)
 
     def _resume(self, model, optimizer, generator) -> tuple[int, float]:
@@ -606,7 +636,7 @@ class Run:
         train_records = [r for r in records if r.get("split") == "train"]
         speeds = [r["tokens_per_s"] for r in train_records[len(train_records) // 5:]]  # skip the warm-up
         samples = self.write_samples()
-        accuracy = self.multiple_choice()
+        accuracy = self.multiple_choice() if config.corpus == "text" else None  # the shipped set is English
         try:
             plot_losses(self.folder)
         except ImportError:

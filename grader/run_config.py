@@ -27,14 +27,20 @@ from llmkata.spec.impl import Implementation, Missing, load
 EOT = "<|endoftext|>"
 # Fields that may differ when a run is resumed: they change where and how fast it runs, not what it computes.
 # `steps` may also grow: the run is extended (see resumed_config).
-RESUMABLE = ("device", "threads", "progress")
+RESUMABLE = ("device", "threads", "progress", "parallel")
 # The fields that shape a run's prepared data (tokenizer.json, train.npy, val.npy): data.json records them, and a
 # run folder whose data was made with other values has it made again.
 DATA_FIELDS = ("impl", "fallback", "kernels", "data", "data_field", "data_split", "errors", "max_documents",
-               "val_fraction", "vocab_size")
+               "val_fraction", "vocab_size", "corpus", "chat_tokens")
+# Data fields recorded in data.json only when they differ from their defaults, so that data prepared before they
+# existed is still taken as made with the same fields.
+RECORDED_IF_SET = {"fallback": "", "corpus": "text", "chat_tokens": False}
 KERNELS = ("on", "off", "auto")
 FALLBACKS = ("", "reference")  # --fallback: stop at the first part not written yet, or take the reference's
 ERRORS = ("strict", "replace")
+CORPORA = ("text", "tasks")  # --corpus: the text of --data (or the default corpus), or llmkata's synthetic tasks
+# The chat tokens of the fine-tuning chapter, which a run with chat_tokens adds to its tokenizer after EOT.
+CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 REFERENCE_PACKAGE = "llmkata.reference"
 
 
@@ -51,6 +57,8 @@ class RunConfig:
     data: list[str] = field(default_factory=list)  # files or folders (.txt, .md, .jsonl), or a HF dataset name
     data_field: str = "text"  # the text field of .jsonl lines and dataset rows
     data_split: str = "train"  # the split of a Hugging Face dataset
+    corpus: str = "text"  # text: data (or the default corpus); tasks: llmkata.tasks as plain text, chat tokens on
+    chat_tokens: bool = False  # the tokenizer also gets CHAT_TOKENS, so that the run can be fine-tuned on chats
     errors: str = "strict"  # bytes of a file that are not UTF-8: strict (stop, naming the file) or replace (U+FFFD)
     max_documents: int = 0  # read at most this many documents (0: all)
     val_fraction: float = 0.1
@@ -80,6 +88,7 @@ class RunConfig:
     log_every: int = 10
     sample_tokens: int = 120
     device: str = "auto"  # auto, cpu, cuda, mps
+    parallel: str = "ddp"  # under torchrun or accelerate launch: ddp (chapter 13's DataParallel) or fsdp
     threads: int = 0  # torch CPU threads, and processes of the fast tokenizer trainer (0: their defaults)
     progress: bool = True
 
@@ -120,8 +129,17 @@ class RunConfig:
             raise ConfigError(f"fallback must be reference or empty (no fallback), got {self.fallback!r}")
         if self.kernels not in KERNELS:
             raise ConfigError(f"kernels must be on, off or auto, got {self.kernels!r}")
+        if self.corpus not in CORPORA:
+            raise ConfigError(f"corpus must be text or tasks, got {self.corpus!r}")
+        if self.corpus == "tasks" and self.data:
+            raise ConfigError("corpus tasks is llmkata's synthetic task text: drop data, or use corpus text")
+        if len(self.special_tokens()) > 1 and self.vocab_size < 256 + len(self.special_tokens()):
+            raise ConfigError(f"vocab_size must be at least {256 + len(self.special_tokens())} (256 bytes + "
+                              f"{', '.join(self.special_tokens())}), got {self.vocab_size}")
         if self.errors not in ERRORS:
             raise ConfigError(f"errors must be strict or replace, got {self.errors!r}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ConfigError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
@@ -137,6 +155,10 @@ class RunConfig:
             raise ConfigError(f"the model's shape cannot work: {error}") from None
         except (NotImplementedError, Missing):
             pass
+
+    def special_tokens(self) -> list[str]:
+        """The tokenizer's special tokens: EOT, then the chat tokens with chat_tokens or the tasks corpus."""
+        return [EOT, *CHAT_TOKENS] if self.chat_tokens or self.corpus == "tasks" else [EOT]
 
     def uses_kernels(self, impl: Implementation) -> bool:
         """Whether the run takes chapter 14's fast paths: `kernels`, with auto meaning "only for the reference" (a
@@ -161,9 +183,11 @@ class RunConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in RESUMABLE}
 
     def data_fields(self) -> dict:
-        """The fields that shape the prepared data (DATA_FIELDS), as data.json records them; `fallback` only when
-        it is set, so that data prepared before the field existed is still taken as made with the same fields."""
-        return {k: getattr(self, k) for k in DATA_FIELDS if k != "fallback" or self.fallback}
+        """The fields that shape the prepared data (DATA_FIELDS), as data.json records them; those of
+        RECORDED_IF_SET only when they are set, so that data prepared before they existed is still taken as made
+        with the same fields."""
+        return {k: getattr(self, k) for k in DATA_FIELDS
+                if k not in RECORDED_IF_SET or getattr(self, k) != RECORDED_IF_SET[k]}
 
     def differences_from_checkpoint(self, saved: dict) -> list[str]:
         """The fields on which a checkpoint's saved configuration (numerics() as JSON) disagrees with this one.
@@ -186,6 +210,11 @@ HELP = {
                 "none: the first part not written yet stops the run",
     "kernels": "the hand-written fast paths of chapter 14 (kernels): on, off, or auto: on for the reference, "
                "off for any other implementation",
+    "corpus": "text: the text of --data, or the default corpus; tasks: llmkata's synthetic tasks (sums, reversed "
+              "and sorted words) as plain text, held-out tasks left out, with the chat tokens in the tokenizer: "
+              "the start of `--stage sft`",
+    "chat_tokens": "add the chat tokens <|system|> <|user|> <|assistant|> <|end|> to the tokenizer, so that the run "
+                   "can be fine-tuned (--stage sft)",
     "errors": "bytes of a file that are not UTF-8: strict (stop, naming the file and byte) or replace "
               "(each invalid sequence becomes U+FFFD)",
     "steps": "optimizer steps; with --resume, a larger number extends the run, and the learning-rate schedule is "
@@ -194,9 +223,12 @@ HELP = {
     "min_lr_ratio": "the final learning rate as a fraction of lr",
     "dtype": "float32, or bfloat16 (autocast)", "device": "auto, cpu, cuda, cuda:N or mps",
     "grad_clip": "clip the global gradient norm to this (0: no clipping)",
+    "parallel": "in a world of processes (torchrun, accelerate launch): ddp, the parallel chapter's "
+                "DataParallel, or fsdp, torch's fully_shard; batch_size is then the global batch",
     "threads": "torch CPU threads, and processes of the kernels chapter's tokenizer trainer (0: their defaults)",
 }
-METAVAR = {"kernels": "|".join(KERNELS), "errors": "|".join(ERRORS), "fallback": "reference"}
+METAVAR = {"parallel": "ddp|fsdp",
+           "kernels": "|".join(KERNELS), "errors": "|".join(ERRORS), "fallback": "reference", "corpus": "text|tasks"}
 
 
 def field_type(name: str) -> type:
