@@ -219,7 +219,7 @@ def _read_records(results: Path, allowed: set[str], problems: list[str], label: 
 # Spec files whose assertions run in the grader's own process while the submission runs in a sandboxed worker that
 # returns plain data (llmkata.remote): the submission takes no part in deciding their verdicts. The others run whole
 # in a sandboxed child, where code of the submission shares the process that reports the results.
-TRUSTED_FILES = ("test_layers.py", "test_rope.py")
+TRUSTED_FILES = ("test_layers.py", "test_rope.py", "test_evaluate.py")
 
 
 def _trusted_run(command: list[str], env: dict[str, str], wall_seconds: float):
