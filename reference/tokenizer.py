@@ -327,7 +327,8 @@ class Tokenizer:
     """A byte-level BPE tokenizer: `vocab` (id -> bytes), `merges` (in order), special tokens and a split pattern.
 
     vocab must hold the 256 single bytes and every merge's parts and result. A special token's id is the largest
-    id whose bytes spell it; every other id is an ordinary token, and an ordinary token's rank is its id.
+    id whose bytes spell it; every other id is an ordinary token, and an ordinary token's rank is its id. When two
+    ordinary ids spell the same bytes, those bytes encode as the smaller id (the larger one only decodes).
     """
 
     def __init__(self, vocab: dict[int, bytes], merges, special_tokens=(), pattern: str = "gpt4"):
@@ -478,7 +479,8 @@ class Tokenizer:
             position = match.start()
             if position > end - _LOOKAHEAD:
                 break
-            if position > start and not (text[position - 1].isspace() or _WHITESPACE.match(text, position - 1)):
+            # str.isspace() holds every character the patterns' \s matches (and \x1c-\x1f besides)
+            if position > start and not text[position - 1].isspace():
                 cut = position
         return cut
         # END SOLUTION
@@ -561,9 +563,6 @@ class Tokenizer:
         # END SOLUTION
 
 
-_WHITESPACE = regex.compile(r"\s")
-
-
 def _in(key, mapping) -> bool:
     try:
         return key in mapping
@@ -587,7 +586,13 @@ def train_sentencepiece(data, vocab_size: int, special_tokens=()) -> SentencePie
     the identity normalisation (no NFKC), no dummy prefix (no space added in front), whitespace kept as it is
     (no trimming, no collapsing of runs). sentencepiece learns from lines: the documents are split at special
     tokens and newlines. The vocabulary: <unk>, the special tokens (control symbols), 256 byte pieces, then the
-    learned pieces, at most `vocab_size` in all.
+    learned pieces: one for each character of the corpus but line ends (however rare), then merged pieces, which
+    may be runs of whitespace alone (indentation) or of digits. No <s>, </s> or <pad> piece: a special token is
+    asked for by name.
+
+    vocab_size bounds the vocabulary: at most that many tokens, fewer when the corpus has no more pieces to learn.
+    It must leave room for <unk>, the special tokens, the 256 bytes and each distinct character of the corpus
+    (sentencepiece's own rule): the smallest is 258 + len(special_tokens), for a corpus of one character.
     """
     # BEGIN SOLUTION
     import sentencepiece
@@ -595,9 +600,9 @@ def train_sentencepiece(data, vocab_size: int, special_tokens=()) -> SentencePie
     special_tokens = _check_special_tokens(special_tokens)
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
         raise ValueError(f"vocab_size must be an int, got {vocab_size!r}")
-    if vocab_size < 257 + len(special_tokens):
+    if vocab_size < 258 + len(special_tokens):
         raise ValueError(f"vocab_size={vocab_size} is too small: <unk> + 256 bytes + {len(special_tokens)} special "
-                         f"tokens need at least {257 + len(special_tokens)}")
+                         f"tokens + a character need at least {258 + len(special_tokens)}")
     special_re = _special_regex(special_tokens)
     sentences = []
     for text in _documents(data):
@@ -683,7 +688,7 @@ class SentencePieceTokenizer:
 
     def encode_iterable(self, iterable: Iterable[str], allowed_special="all") -> Iterator[int]:
         """Ids of the concatenation of `iterable`'s strings, one line at a time: sentencepiece never merges across
-        a newline (it learned from lines), so text up to the last newline is final."""
+        a newline (it learned from lines), so text up to the last newline (or special token) is final."""
         # BEGIN SOLUTION
         allowed = _allowed_set(allowed_special, self.special_tokens)
         buffer = ""
@@ -692,11 +697,12 @@ class SentencePieceTokenizer:
                 raise TypeError(f"encode_iterable takes strings, got {type(chunk).__name__}")
             buffer += chunk
             end = len(buffer) - _last_special_prefix(buffer, allowed)
-            cut = buffer.rfind("\n", 0, end) + 1
+            cut = 0
             special_re = self._special_re(allowed)
             if special_re is not None:
-                for match in special_re.finditer(buffer, cut, end):
+                for match in special_re.finditer(buffer, 0, end):
                     cut = match.end()
+            cut = max(cut, buffer.rfind("\n", cut, end) + 1)  # a line break inside a special token is no cut
             if cut:
                 yield from self.encode(buffer[:cut], allowed)
                 buffer = buffer[cut:]
@@ -761,16 +767,23 @@ def _bytes_to_unicode() -> dict[int, str]:
 def to_hf_tokenizer(tokenizer: Tokenizer):
     """A Hugging Face `tokenizers.Tokenizer` that encodes like `tokenizer`: the same split regex, ByteLevel
     bytes-as-characters, a BPE model with our vocabulary and merges, `ignore_merges` (a pre-token that is a
-    token is taken whole, as tiktoken does) and the special tokens as added tokens with their own ids."""
+    token is taken whole, as tiktoken does) and the special tokens as added tokens with their own ids.
+
+    Hugging Face applies the merges in the order they are listed; ours go by rank, the id of the token a merge
+    makes. So the merges are listed by that rank, which is the order learned for a trained vocabulary and not
+    always the given order for one built by hand. (Hugging Face merges only listed pairs: the export encodes like
+    `tokenizer` when every two ordinary tokens that make an ordinary token are one of its merges.)"""
     # BEGIN SOLUTION
     import tokenizers
 
     table = _bytes_to_unicode()
     spell = lambda token: "".join(table[byte] for byte in token)  # noqa: E731
-    vocab = {spell(token): i for token, i in _ordinary_ranks(tokenizer).items()}
+    ranks = _ordinary_ranks(tokenizer)
+    vocab = {spell(token): i for token, i in ranks.items()}
     for token, i in tokenizer.special_tokens.items():
         # the model must know the id too, or the added token is given a new one past the end of the vocabulary
         vocab.setdefault(spell(token.encode("utf-8")), i)
+    merges = sorted(tokenizer.merges, key=lambda pair: ranks[pair[0] + pair[1]])  # by the rank of what each makes
     document = {
         "version": "1.0",
         "truncation": None,
@@ -789,7 +802,7 @@ def to_hf_tokenizer(tokenizer: Tokenizer):
         "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
-                  "vocab": vocab, "merges": [[spell(a), spell(b)] for a, b in tokenizer.merges]},
+                  "vocab": vocab, "merges": [[spell(a), spell(b)] for a, b in merges]},
     }
     return tokenizers.Tokenizer.from_str(json.dumps(document))
     # END SOLUTION

@@ -228,6 +228,8 @@ ALLOWED = ["all", "none", frozenset({"<|pad|>"})]
 @example(text="a<|endoftext|>b\n<|pad|>c", cuts=[3, 15], allowed="none")
 @example(text="a<|endoftext|>b\n<|pad|>c", cuts=[3, 15], allowed=frozenset({"<|pad|>"}))
 @example(text="abc<|endoftext|>def", cuts=[14], allowed="all")  # the chunk ends in 11 characters of a special token
+@example(text="<|pad|>'ll thel ", cuts=[1], allowed="all")  # pre-tokens begin after the last special token
+@example(text="  12ab the", cuts=[1], allowed="all")  # a pre-token after whitespace may still change
 def test_encode_iterable_matches_encode_for_any_chunking(impl, kind, pattern, text, cuts, allowed):
     tokenizer = make(impl, kind, pattern)
     bounds = sorted({min(cut, len(text)) for cut in cuts} | {0, len(text)})
@@ -252,6 +254,56 @@ def test_encode_iterable_yields_before_reading_everything(impl, kind):
     first = list(itertools.islice(tokenizer.encode_iterable(lines()), 10))
     assert len(first) == 10 and read <= 10, (
         f"encode_iterable must yield the ids of the first lines while the rest is unread (it read {read} lines)")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_encode_iterable_holds_back_no_more_than_the_last_chunk(impl, kind):
+    tokenizer = make(impl, kind)
+    streams = {"lines": "The quick brown fox jumps over the lazy dog.\n" * 3,
+               "special tokens, no line break": "The quick brown fox jumps over the lazy dog.<|endoftext|>"}
+    if kind == "bpe":  # sentencepiece learned from lines: it waits for a line break or a special token
+        streams |= {"words, no line break": "The quick brown fox jumps over the lazy dog. ",
+                    "runs of spaces": "x = 1  # one  two  "}
+
+    def chunks(name, chunk, ids):
+        for count in range(1, 41):
+            covered = len(tokenizer.decode(ids))
+            assert covered >= (count - 2) * len(chunk), (
+                f"encode_iterable over chunks of {name} ({chunk!r}) must keep up with its input: when it asks for "
+                f"chunk {count}, the ids of the first {count - 2} must have been yielded, but they cover "
+                f"{covered} characters, not {(count - 2) * len(chunk)}")
+            yield chunk
+
+    for name, chunk in streams.items():
+        ids = []
+        ids.extend(tokenizer.encode_iterable(chunks(name, chunk, ids)))
+        assert tokenizer.decode(ids) == chunk * 40, f"encode_iterable over chunks of {name} must round-trip"
+
+
+NESTED = ["<|a|>", "<|a|>b", "<|x\ny|>"]  # one special token begins another; one holds a line break
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_encode_iterable_waits_while_a_longer_special_token_may_follow(impl, kind):
+    if kind == "bpe":
+        vocab, merges = textbook_vocab()
+        vocab = {**vocab, **{len(vocab) + k: token.encode() for k, token in enumerate(NESTED)}}
+        tokenizer = impl.tokenizer.Tokenizer(vocab, merges, NESTED)
+    else:
+        pytest.importorskip("sentencepiece")
+        model = impl.tokenizer.train_sentencepiece(corpus_text(), 600, NESTED).model
+        tokenizer = impl.tokenizer.SentencePieceTokenizer(model)
+    for text, allowed in itertools.product(["x<|a|>b y<|a|><|a|>b\n<|a|>", "a\n<|x\ny|>z<|x"],
+                                           ["all", frozenset({"<|a|>"})]):
+        expected = tokenizer.encode(text, allowed_special=allowed)
+        for cut in range(len(text) + 1):
+            chunks = [text[:cut], text[cut:]]
+            streamed = list(tokenizer.encode_iterable(iter(chunks), allowed_special=allowed))
+            assert streamed == expected, (
+                f"with the special tokens {NESTED}, encode_iterable over {chunks} with allowed_special={allowed!r} "
+                f"must give the ids of encode: a chunk that ends in '<|a|>' may go on with 'b' (the longer token "
+                f"wins), one that ends in '<|x\\n' with 'y|>', and what is left at the end still holds special "
+                f"tokens")
 
 
 # ---------------------------------------------------------------- decoding any ids
@@ -361,6 +413,20 @@ def test_encode_equals_tiktoken_with_the_same_ranks_and_pattern(impl, pattern, t
     assert tokenizer.encode(text) == expected, (
         f"encode({text!r}) must give tiktoken's ids for the same ranks and {pattern} pattern (merge the pair of "
         "lowest rank first, leftmost among equals; a pre-token that is a token is one id)")
+
+
+SYLLABLES = ["the", "ron", "tion", "er", "in", "an", "ed", "es", "or", "at", "e", "s", "x", "q"]
+
+
+@given(piece=st.lists(st.sampled_from(SYLLABLES), min_size=257, max_size=300).map("".join))
+@example(piece="e" * 300 + "ron")  # the last pair merges first
+@example(piece="the" * 90 + "tion")
+def test_a_long_pre_token_merges_like_a_short_one(impl, piece):
+    vocab, _ = textbook_vocab()
+    tokenizer = make(impl, "bpe")
+    assert tokenizer.encode(piece) == encode_by_definition(piece, vocab, SPECIALS, "all"), (
+        f"a pre-token of {len(piece)} bytes, {piece[:20]!r}...{piece[-20:]!r}, must merge like any other (the pair "
+        "of lowest rank first, leftmost among equals), however long pre-tokens are merged for speed")
 
 
 @given(text=texts)
@@ -479,6 +545,42 @@ def test_tiktoken_export_of_a_vocabulary_built_by_hand(impl):
             f"to_tiktoken(t).encode_ordinary({text[:40]!r}) must equal t.encode(..., allowed_special='none')")
 
 
+def test_bytes_spelt_by_two_ordinary_ids_encode_as_the_smaller_id(impl):
+    vocab = {i: bytes([i]) for i in range(256)}
+    vocab.update({700: b"ab", 300: b"ab", 500: b"<|endoftext|>", 256: b"<|pad|>"})  # 700 listed first
+    tokenizer = impl.tokenizer.Tokenizer(vocab, [(b"a", b"b")], SPECIALS)
+    for text, expected in [("ab", [300]), ("xab", [ord("x"), 300]), ("abab<|pad|>", [300, 300, 256])]:
+        assert tokenizer.encode(text) == expected, (
+            f"the ordinary ids 300 and 700 both spell b'ab': encode({text!r}) must use the smaller, {expected}, "
+            f"got {tokenizer.encode(text)}")
+    assert tokenizer.decode([700, 300]) == "abab", "the larger id of two that spell the same bytes still decodes"
+
+
+def small_vocabulary_built_by_hand():
+    """(vocab, merges): the bytes, the special tokens and a few words under ids with gaps, and merges listed out of
+    rank order: b'bc' (300) ranks before b'ab' (500), so 'abc' is [a, bc]; b' world' is made by no merge (a
+    pre-token that is a token is taken whole)."""
+    vocab = {i: bytes([i]) for i in range(256)}
+    vocab.update({900: b"<|endoftext|>", 301: b"<|pad|>", 500: b"ab", 300: b"bc", 400: b"he", 350: b"ll",
+                  380: b"hell", 270: b"hello", 600: b" world"})
+    merges = [(b"a", b"b"), (b"hell", b"o"), (b"h", b"e"), (b"b", b"c"), (b"he", b"ll"), (b"l", b"l")]
+    return vocab, merges
+
+
+def test_hf_export_of_a_vocabulary_built_by_hand(impl):
+    pytest.importorskip("tokenizers")
+    vocab, merges = small_vocabulary_built_by_hand()
+    tokenizer = impl.tokenizer.Tokenizer(vocab, merges, SPECIALS, "gpt4")
+    exported = impl.tokenizer.to_hf_tokenizer(tokenizer)
+    for text in ["abc hello world", "hellos abcabc helloworld", "<|pad|> hello <|endoftext|>\n world",
+                 " world<|pad|>  abc<|endoftext|> x", "hell abcd <|pad|>"]:
+        ids = tokenizer.encode(text)
+        assert exported.encode(text).ids == ids, (
+            f"to_hf_tokenizer(t) of a vocabulary built by hand (merges listed out of rank order, a token no merge "
+            f"makes, special tokens next to spaces) must encode {text!r} like t: {ids}, got {exported.encode(text).ids}")
+        assert exported.decode(ids, skip_special_tokens=False) == text, f"the export must decode {text!r} back"
+
+
 # ---------------------------------------------------------------- training
 
 def _train(impl, data, vocab_size, special_tokens=SPECIALS, pattern="gpt4", **kwargs):
@@ -577,7 +679,8 @@ def test_training_does_not_depend_on_how_the_corpus_is_given(impl, tmp_path):
 
 
 def test_sentencepiece_vocabulary_is_unk_special_tokens_bytes_then_pieces(impl):
-    tokenizer = make(impl, "sentencepiece")  # trained with vocab_size=600
+    pytest.importorskip("sentencepiece")
+    tokenizer = impl.tokenizer.train_sentencepiece(corpus_text(), 600, SPECIALS)  # trained here, not cached
     vocab, size = tokenizer.vocab, len(tokenizer.vocab)
     assert size <= 600, f"train_sentencepiece(..., vocab_size=600) must make at most 600 tokens in all, got {size}"
     assert sorted(vocab) == list(range(size)), "the ids must be 0..len(vocab)-1"
@@ -586,6 +689,68 @@ def test_sentencepiece_vocabulary_is_unk_special_tokens_bytes_then_pieces(impl):
     first = 1 + len(SPECIALS)
     assert [vocab[first + byte] for byte in range(256)] == [bytes([byte]) for byte in range(256)], (
         f"the 256 byte pieces must come next, ids {first}..{first + 255}, byte b at id {first} + b")
+    extra = sorted({b"<s>", b"</s>", b"<pad>"} & set(vocab.values()))
+    assert not extra, f"sentencepiece's <s>, </s> and <pad> must not be in the vocabulary, found {extra}"
+
+
+YEARS_AND_CODE = "In 2024 we sold 2024 units; 2025 will beat 2024, and 2026 beats 2025.\n" * 8 + (
+    "def area(r):\n    if r < 0:\n        return 0\n    return 3.14159 * r ** 2\n" * 8)
+
+
+def _learned_pieces(tokenizer) -> set[bytes]:
+    """The pieces after <unk>, the special tokens and the 256 bytes."""
+    return {tokenizer.vocab[i] for i in range(1 + len(tokenizer.special_tokens) + 256, len(tokenizer.vocab))}
+
+
+def test_sentencepiece_learns_every_character_and_runs_of_spaces_or_digits(impl):
+    pytest.importorskip("sentencepiece")
+    corpus = corpus_text() + "<|endoftext|>" + YEARS_AND_CODE
+    pieces = _learned_pieces(impl.tokenizer.train_sentencepiece(corpus, 1000, SPECIALS))
+    characters = set(regex.sub("|".join(map(regex.escape, SPECIALS)) + "|\r?\n", "", corpus))  # but line ends
+    unlearned = sorted(c for c in characters if c.encode("utf-8") not in pieces)
+    assert not unlearned, (
+        f"every character of the corpus, however rare, must be a piece of its own (character coverage 1.0); "
+        f"missing: {unlearned[:5]}")
+    assert any(len(piece) > 1 and not piece.strip(b" ") for piece in pieces), (
+        "runs of spaces (indentation) must be learned as pieces of their own: whitespace-only pieces are allowed")
+    assert any(len(piece) > 1 and piece.isdigit() for piece in pieces), (
+        "digits must merge into pieces as other characters do (years repeat in the corpus): digits are not split")
+
+
+def test_sentencepiece_pieces_are_merges_of_earlier_pieces(impl):
+    pytest.importorskip("sentencepiece")
+    tokenizer = impl.tokenizer.train_sentencepiece(corpus_text(), 600, SPECIALS)
+    first = 1 + len(SPECIALS) + 256
+    ids = {tokenizer.vocab[i].decode("utf-8"): i for i in range(first, len(tokenizer.vocab))}
+    for piece, i in ids.items():
+        splits = [(piece[:k], piece[k:]) for k in range(1, len(piece))]
+        assert len(piece) == 1 or any(all(len(part) == 1 or ids.get(part, i) < i for part in split)
+                                      for split in splits), (
+            f"train_sentencepiece trains a BPE model: each learned piece is two earlier pieces (or characters) "
+            f"joined, but {piece!r} (id {i}) is not")
+
+
+def test_sentencepiece_vocab_size_bounds_the_vocabulary_from_above(impl):
+    pytest.importorskip("sentencepiece")
+    train = impl.tokenizer.train_sentencepiece
+    for corpus, vocab_size, specials in [("abab abba\nbaab", 1000, SPECIALS), ("aaaa", 258 + len(SPECIALS), SPECIALS),
+                                         ("aaaa", 258, [])]:
+        try:
+            tokenizer = train(corpus, vocab_size, specials)
+        except ValueError as error:
+            raise AssertionError(
+                f"train_sentencepiece({corpus!r}, {vocab_size}, {specials}) must train: vocab_size is an upper bound "
+                f"(a corpus with fewer pieces gives fewer), and 258 + len(special_tokens) leaves room for <unk>, the "
+                f"special tokens, the bytes and one character; it raised: {error}") from None
+        size = len(tokenizer.vocab)
+        assert size <= vocab_size, f"train_sentencepiece(vocab_size={vocab_size}) made {size} tokens"
+        characters = set(corpus) - {"\n"}
+        assert {character.encode() for character in characters} <= _learned_pieces(tokenizer), (
+            f"every character of {corpus!r} must be a piece of its own")
+        if corpus == "aaaa":
+            assert size == vocab_size, (
+                f"the corpus 'aaaa' with vocab_size={vocab_size} must give <unk>, {specials}, the bytes and 'a': "
+                f"{vocab_size} tokens, got {size}")
 
 
 def test_special_tokens_are_never_merged_into(impl):
@@ -689,11 +854,38 @@ def test_rejects_a_sentencepiece_model_without_byte_fallback(impl, tmp_path):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_rejects_a_file_that_is_not_a_saved_tokenizer(impl, kind, tmp_path):
-    cls = type(make(impl, kind))
+    tokenizer = make(impl, kind)
+    cls = type(tokenizer)
     for name, content in [("empty", b""), ("garbage", b"\x00\xff not a tokenizer"), ("json", b'{"a": 1}')]:
         path = tmp_path / name
         path.write_bytes(content)
         assert_rejects(lambda: cls.load(path), name, what=f"load of a file that holds {content!r}")
+    if kind == "bpe":  # a complete tokenizer file, but of another format (a later version, say)
+        tokenizer.save(tmp_path / "saved.json")
+        document = json.loads((tmp_path / "saved.json").read_text(encoding="utf-8"))
+        path = tmp_path / "version2.json"
+        path.write_text(json.dumps({**document, "format": "llmkata-bpe/2"}), encoding="utf-8")
+        assert_rejects(lambda: cls.load(path), "version2", what="load of a file whose format is 'llmkata-bpe/2'")
+
+
+def test_load_rejects_special_token_ids_that_disagree_with_the_vocabulary(impl, tmp_path):
+    tokenizer = make(impl, "bpe")
+    saved = special_ids(tokenizer)
+    tokenizer.save(tmp_path / "tokenizer.json")
+    document = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))
+    eot, pad = saved["<|endoftext|>"], saved["<|pad|>"]
+    for name, edited in [("swapped", {"<|endoftext|>": pad, "<|pad|>": eot}),
+                         ("ordinary", {"<|endoftext|>": 300, "<|pad|>": pad})]:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({**document, "special_tokens": edited}), encoding="utf-8")
+        content = path.read_bytes()
+        assert_rejects(lambda: type(tokenizer).load(path), name,
+                       what=f"load of a file whose special token ids {edited} are not the ids of their bytes in its "
+                            f"vocabulary {saved}")
+        assert path.read_bytes() == content, "a rejected load must leave the file as it was"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ordinary.json", "swapped.json", "tokenizer.json"], (
+        "load must write no file")
+    assert special_ids(tokenizer) == saved, "a rejected load must change no tokenizer already built"
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -724,3 +724,267 @@ def train_sentencepiece_letting_errors_through(data, vocab_size, special_tokens=
     sentences = [line for doc in _documents(data) for part in re.split("|".join(map(re.escape, special_tokens)), doc)
                  for line in part.split("\n") if line]
     return _sentencepiece_on(sentences, vocab_size, special_tokens)
+
+
+# ---------------------------------------------------------------- the sentencepiece trainer's options
+
+
+def _sentencepiece_trained(data, vocab_size, special_tokens, **changes):
+    """train_sentencepiece as the reference configures it, with some of sentencepiece's options changed."""
+    import sentencepiece
+
+    special_tokens = list(special_tokens)
+    cut = re.compile("|".join(map(re.escape, special_tokens))) if special_tokens else None
+    lines = [line for d in _documents(data) for s in (cut.split(d) if cut else [d]) for line in s.split("\n") if line]
+    options = {
+        "model_type": "bpe", "byte_fallback": True, "normalization_rule_name": "identity", "add_dummy_prefix": False,
+        "remove_extra_whitespaces": False, "allow_whitespace_only_pieces": True, "split_digits": False,
+        "character_coverage": 1.0, "hard_vocab_limit": False, "control_symbols": special_tokens,
+        "unk_id": 0, "bos_id": -1, "eos_id": -1, "pad_id": -1, "minloglevel": 2,
+    }
+    options.update(changes)  # None: the option is left to sentencepiece's default
+    options = {name: value for name, value in options.items() if value is not None}
+    model = io.BytesIO()
+    try:
+        sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model,
+                                                 vocab_size=vocab_size, **options)
+    except RuntimeError as error:
+        raise ValueError(f"sentencepiece could not train with vocab_size={vocab_size}: {error}") from None
+    return ref.SentencePieceTokenizer(model.getvalue())
+
+
+@mutant("tokenizer.train_sentencepiece", "test_sentencepiece_vocabulary_is_unk_special_tokens_bytes_then_pieces",
+        why="keeps sentencepiece's default <s> and </s> pieces (ids 1 and 2): the special tokens come after them")
+def train_sentencepiece_with_bos_and_eos(data, vocab_size, special_tokens=()):
+    return _sentencepiece_trained(data, vocab_size, special_tokens, bos_id=1, eos_id=2)
+
+
+@mutant("tokenizer.train_sentencepiece", "test_sentencepiece_learns_every_character_and_runs_of_spaces_or_digits",
+        why="sentencepiece's default character coverage (0.9995): the rarest characters get no piece")
+def train_sentencepiece_with_default_coverage(data, vocab_size, special_tokens=()):
+    return _sentencepiece_trained(data, vocab_size, special_tokens, character_coverage=None)
+
+
+@mutant("tokenizer.train_sentencepiece", "test_sentencepiece_learns_every_character_and_runs_of_spaces_or_digits",
+        why="sentencepiece's default: no piece made only of whitespace, so indentation is never one piece")
+def train_sentencepiece_without_whitespace_pieces(data, vocab_size, special_tokens=()):
+    return _sentencepiece_trained(data, vocab_size, special_tokens, allow_whitespace_only_pieces=None)
+
+
+@mutant("tokenizer.train_sentencepiece", "test_sentencepiece_learns_every_character_and_runs_of_spaces_or_digits",
+        why="split_digits=True, as in Llama's tokenizer: digits never merge")
+def train_sentencepiece_splitting_digits(data, vocab_size, special_tokens=()):
+    return _sentencepiece_trained(data, vocab_size, special_tokens, split_digits=True)
+
+
+@mutant("tokenizer.train_sentencepiece", "test_sentencepiece_vocab_size_bounds_the_vocabulary_from_above",
+        why="sentencepiece's default hard vocabulary limit: a corpus with fewer pieces than vocab_size is refused")
+def train_sentencepiece_with_a_hard_vocab_limit(data, vocab_size, special_tokens=()):
+    return _sentencepiece_trained(data, vocab_size, special_tokens, hard_vocab_limit=None)
+
+
+@mutant("tokenizer.train_sentencepiece", "test_sentencepiece_vocab_size_bounds_the_vocabulary_from_above",
+        why="asks for one token more than the minimum: <unk>, the special tokens and the bytes, plus two")
+def train_sentencepiece_refusing_the_smallest_size(data, vocab_size, special_tokens=()):
+    if vocab_size <= 258 + len(list(special_tokens)):
+        raise ValueError(f"vocab_size={vocab_size} is too small")
+    return ref.train_sentencepiece(data, vocab_size, special_tokens)
+
+
+# ---------------------------------------------------------------- long pre-tokens, duplicate ids, loading
+
+
+@mutant("tokenizer.Tokenizer", "test_a_long_pre_token_merges_like_a_short_one",
+        why="the heap of a long pre-token starts without its last pair")
+class TokenizerSkippingTheLastPairOfLongPieces(ref.Tokenizer):
+    def _encode_long_piece(self, data):
+        import heapq
+
+        parts = [bytes([byte]) for byte in data]
+        nxt = list(range(1, len(parts))) + [-1]
+        prev = list(range(-1, len(parts) - 1))
+        heap = [(self._ranks[parts[i] + parts[i + 1]], i) for i in range(len(parts) - 2)
+                if parts[i] + parts[i + 1] in self._ranks]
+        heapq.heapify(heap)
+        while heap:
+            rank, i = heapq.heappop(heap)
+            j = nxt[i]
+            if parts[i] is None or j < 0 or self._ranks.get(parts[i] + parts[j]) != rank:
+                continue
+            parts[i], parts[j] = parts[i] + parts[j], None
+            nxt[i] = nxt[j]
+            if nxt[j] >= 0:
+                prev[nxt[j]] = i
+            for left, right in ((prev[i], i), (i, nxt[i])):
+                if left >= 0 and right >= 0 and parts[left] + parts[right] in self._ranks:
+                    heapq.heappush(heap, (self._ranks[parts[left] + parts[right]], left))
+        return tuple(self._ranks[part] for part in parts if part is not None)
+
+
+@mutant("tokenizer.Tokenizer", "test_bytes_spelt_by_two_ordinary_ids_encode_as_the_smaller_id",
+        why="ranks built from the vocabulary in id order, a later id overwriting an earlier one: the largest wins")
+class TokenizerRankingDuplicatesByTheirLargestId(ref.Tokenizer):
+    def __init__(self, vocab, merges, special_tokens=(), pattern="gpt4"):
+        super().__init__(vocab, merges, special_tokens, pattern)
+        special = set(self.special_tokens.values())
+        self._ranks = {token: i for i, token in sorted(self.vocab.items()) if i not in special}
+        self._cache.clear()
+
+
+@mutant("tokenizer.Tokenizer", "test_load_rejects_special_token_ids_that_disagree_with_the_vocabulary",
+        why="load takes the special token ids from the vocabulary and never compares them with the file's")
+class TokenizerLoadingWithoutCheckingSpecialIds(ref.Tokenizer):
+    @classmethod
+    def load(cls, path):
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        vocab = {int(i): token.encode("latin-1") for i, token in document["vocab"].items()}
+        merges = [(a.encode("latin-1"), b.encode("latin-1")) for a, b in document["merges"]]
+        return cls(vocab, merges, list(document["special_tokens"]), document["pattern"])
+
+
+@mutant("tokenizer.Tokenizer", "test_load_rejects_special_token_ids_that_disagree_with_the_vocabulary",
+        why="load repairs a file whose special token ids disagree, writing the ids of the vocabulary back")
+class TokenizerRepairingTheFileItLoads(ref.Tokenizer):
+    @classmethod
+    def load(cls, path):
+        try:
+            return super().load(path)
+        except ValueError:
+            document = json.loads(Path(path).read_text(encoding="utf-8"))
+            vocab = {int(i): token.encode("latin-1") for i, token in document["vocab"].items()}
+            merges = [(a.encode("latin-1"), b.encode("latin-1")) for a, b in document["merges"]]
+            repaired = cls(vocab, merges, list(document["special_tokens"]), document["pattern"])
+            repaired.save(path)
+            raise
+
+
+# ---------------------------------------------------------------- export of a vocabulary built by hand
+
+
+@mutant("tokenizer.to_hf_tokenizer", "test_hf_export_of_a_vocabulary_built_by_hand",
+        why="lists the merges in the given order: Hugging Face applies them in that order, not by rank")
+def to_hf_tokenizer_in_the_given_merge_order(tokenizer):
+    table = ref._bytes_to_unicode()
+
+    def edit(document):
+        document["model"]["merges"] = [["".join(table[x] for x in a), "".join(table[x] for x in b)]
+                                       for a, b in tokenizer.merges]
+
+    return _edit_hf(tokenizer, edit)
+
+
+@mutant("tokenizer.to_hf_tokenizer", "test_hf_export_of_a_vocabulary_built_by_hand",
+        why="ignore_merges left at its default (False): a pre-token that is a token but that no merge makes is split")
+def to_hf_tokenizer_merging_every_pre_token(tokenizer):
+    def edit(document):
+        document["model"]["ignore_merges"] = False
+
+    return _edit_hf(tokenizer, edit)
+
+
+@mutant("tokenizer.to_hf_tokenizer", "test_hf_export_of_a_vocabulary_built_by_hand",
+        why="special tokens exported with rstrip: the spaces after one are swallowed")
+def to_hf_tokenizer_stripping_after_special_tokens(tokenizer):
+    def edit(document):
+        for token in document["added_tokens"]:
+            token["rstrip"] = True
+
+    return _edit_hf(tokenizer, edit)
+
+
+# ---------------------------------------------------------------- streaming: how much is held back
+
+
+@mutant("tokenizer.Tokenizer", "test_encode_iterable_holds_back_no_more_than_the_last_chunk",
+        why="streams only at special tokens: text without one is held back whole")
+class TokenizerCuttingOnlyAfterSpecialTokens(ref.Tokenizer):
+    def _stable_prefix(self, text, allowed):
+        special_re = self._special_re(allowed)
+        end = len(text) - ref._last_special_prefix(text, allowed)
+        ends = [match.end() for match in special_re.finditer(text, 0, end)] if special_re else []
+        return ends[-1] if ends else 0
+
+
+@mutant("tokenizer.SentencePieceTokenizer", "test_encode_iterable_holds_back_no_more_than_the_last_chunk",
+        why="cuts at the first line break of the buffer, not the last: the buffer grows by every chunk's lines")
+class SentencePieceCuttingAtTheFirstLineBreak(ref.SentencePieceTokenizer):
+    def encode_iterable(self, iterable, allowed_special="all"):
+        allowed = ref._allowed_set(allowed_special, self.special_tokens)
+        buffer = ""
+        for chunk in iterable:
+            buffer += chunk
+            cut = buffer.find("\n") + 1
+            if cut:
+                yield from self.encode(buffer[:cut], allowed)
+                buffer = buffer[cut:]
+        yield from self.encode(buffer, allowed)
+
+
+@mutant("tokenizer.Tokenizer", "test_encode_iterable_waits_while_a_longer_special_token_may_follow",
+        why="a special token at the very end of a chunk is taken as final, though a longer one may begin with it")
+class TokenizerTakingTheFirstSpecialTokenThatFits(ref.Tokenizer):
+    def _stable_prefix(self, text, allowed):
+        special_re = self._special_re(allowed)
+        ends = [match.end() for match in special_re.finditer(text)] if special_re else []
+        if ends and ends[-1] == len(text):
+            return len(text)
+        return super()._stable_prefix(text, allowed)
+
+
+@mutant("tokenizer.SentencePieceTokenizer", "test_encode_iterable_waits_while_a_longer_special_token_may_follow",
+        why="the text left at the end is taken for the beginning of a special token and encoded as ordinary text")
+class SentencePieceEndingWithOrdinaryText(ref.SentencePieceTokenizer):
+    def encode_iterable(self, iterable, allowed_special="all"):
+        allowed = ref._allowed_set(allowed_special, self.special_tokens)
+        special_re = self._special_re(allowed)
+        buffer = ""
+        for chunk in iterable:
+            buffer += chunk
+            end = len(buffer) - ref._last_special_prefix(buffer, allowed)
+            cut = max([0, *(match.end() for match in special_re.finditer(buffer, 0, end))] if special_re else [0])
+            cut = max(cut, buffer.rfind("\n", cut, end) + 1)
+            if cut:
+                yield from self.encode(buffer[:cut], allowed)
+                buffer = buffer[cut:]
+        yield from self.encode(buffer, "none")
+
+
+@mutant("tokenizer.train_sentencepiece", "test_sentencepiece_pieces_are_merges_of_earlier_pieces",
+        why="model_type left at sentencepiece's default, the unigram model, whose pieces are not merges")
+def train_sentencepiece_with_the_unigram_model(data, vocab_size, special_tokens=()):
+    return _sentencepiece_trained(data, vocab_size, special_tokens, model_type=None)
+
+
+@mutant("tokenizer.SentencePieceTokenizer", "test_encode_iterable_waits_while_a_longer_special_token_may_follow",
+        why="cuts at the last line break even when it lies in the beginning of a special token that may go on")
+class SentencePieceCuttingAtAnyLineBreak(ref.SentencePieceTokenizer):
+    def encode_iterable(self, iterable, allowed_special="all"):
+        allowed = ref._allowed_set(allowed_special, self.special_tokens)
+        special_re = self._special_re(allowed)
+        buffer = ""
+        for chunk in iterable:
+            buffer += chunk
+            end = len(buffer) - ref._last_special_prefix(buffer, allowed)
+            cut = buffer.rfind("\n") + 1
+            for match in special_re.finditer(buffer, cut, end) if special_re else ():
+                cut = match.end()
+            if cut:
+                yield from self.encode(buffer[:cut], allowed)
+                buffer = buffer[cut:]
+        yield from self.encode(buffer, allowed)
+
+
+@mutant("tokenizer.Tokenizer", "test_rejects_a_file_that_is_not_a_saved_tokenizer",
+        why="load reads any JSON document with the right keys, whatever its 'format' says")
+class TokenizerLoadingAnyFormat(ref.Tokenizer):
+    @classmethod
+    def load(cls, path):
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        if isinstance(document, dict) and "format" in document:
+            document["format"] = "llmkata-bpe/1"
+        fixed = Path(path).with_name(Path(path).name + ".read")
+        fixed.write_text(json.dumps(document), encoding="utf-8")
+        try:
+            return super().load(fixed)
+        finally:
+            fixed.unlink()
