@@ -10,14 +10,16 @@ computes; what changes is how much memory it touches and how often:
   written out saves fewer and makes fewer passes;
 - tiled (flash) attention: never builds the Tq × Tk score matrix, so its extra memory grows as O(T), not O(T²);
 - the incremental BPE trainer (chapter 2): pre-token counts in worker processes, and a heap of pair counts updated
-  only where a merge changes something, instead of recounting every pair after every merge.
+  only where a merge changes something, instead of recounting every pair after every merge;
+- flash attention in Triton for GPUs (`flash_attention`, with the optional `triton` package): tiled attention's
+  algorithm as GPU kernels, forward and backward; on a CPU the spec runs it in Triton's interpreter.
 
 The model reaches these through one switch, `ModelConfig(kernels=True)` (and the `kernels=` argument of RMSNorm,
 SwiGLU, RotaryEmbedding and CausalSelfAttention); the trainer uses `cross_entropy` below for such a model, and
 `llmkata train` uses `train_bpe` below. The spec checks each kernel against its definition in float64: values and
 gradients, for shapes that are not multiples of any block, Tq ≠ Tk and fully masked rows.
 
-Left out: GPU kernels (Triton), fused optimizers, and kernels for inference only (paged KV caches).
+Left out: fused optimizers, and kernels for inference only (paged KV caches).
 """
 
 import torch
@@ -42,14 +44,14 @@ class RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
         raise NotImplementedError('`kernels.RMSNormFunction.forward` is not implemented yet — chapter 14 (kernels): '
-                                  'see test_rmsnorm_function_equals_the_definition_in_values_and_gradients and 1 more '
+                                  'see test_rmsnorm_function_equals_the_definition_in_values_and_gradients and 2 more '
                                   'in spec/test_kernels.py.')
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
         raise NotImplementedError('`kernels.RMSNormFunction.backward` is not implemented yet — chapter 14 (kernels): '
-                                  'see test_rmsnorm_function_equals_the_definition_in_values_and_gradients and 1 more '
+                                  'see test_rmsnorm_function_equals_the_definition_in_values_and_gradients and 2 more '
                                   'in spec/test_kernels.py.')
 
 
@@ -70,14 +72,14 @@ class SwiGLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gate: Tensor, up: Tensor) -> Tensor:
         raise NotImplementedError('`kernels.SwiGLUFunction.forward` is not implemented yet — chapter 14 (kernels): '
-                                  'see test_swiglu_function_equals_the_definition_in_values_and_gradients and 1 more '
+                                  'see test_swiglu_function_equals_the_definition_in_values_and_gradients and 3 more '
                                   'in spec/test_kernels.py.')
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError('`kernels.SwiGLUFunction.backward` is not implemented yet — chapter 14 (kernels): '
-                                  'see test_swiglu_function_equals_the_definition_in_values_and_gradients and 1 more '
+                                  'see test_swiglu_function_equals_the_definition_in_values_and_gradients and 3 more '
                                   'in spec/test_kernels.py.')
 
 
@@ -97,15 +99,13 @@ class RotateFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> Tensor:
         raise NotImplementedError('`kernels.RotateFunction.forward` is not implemented yet — chapter 14 (kernels): '
-                                  'see test_rotate_function_equals_the_definition_in_values_and_gradients in '
-                                  'spec/test_kernels.py.')
+                                  'see test_half_precision_kernels_round_once and 2 more in spec/test_kernels.py.')
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
         raise NotImplementedError('`kernels.RotateFunction.backward` is not implemented yet — chapter 14 (kernels): '
-                                  'see test_rotate_function_equals_the_definition_in_values_and_gradients in '
-                                  'spec/test_kernels.py.')
+                                  'see test_half_precision_kernels_round_once and 2 more in spec/test_kernels.py.')
 
 
 # ------------------------------------------------------------------------------------------------ cross-entropy
@@ -129,7 +129,7 @@ class CrossEntropyFunction(torch.autograd.Function):
     def forward(ctx, logits: Tensor, targets: Tensor, ignore_index: int) -> Tensor:
         raise NotImplementedError('`kernels.CrossEntropyFunction.forward` is not implemented yet — chapter 14 '
                                   '(kernels): see '
-                                  'test_cross_entropy_kernel_equals_the_definition_in_values_and_gradients and 1 more '
+                                  'test_cross_entropy_kernel_equals_the_definition_in_values_and_gradients and 2 more '
                                   'in spec/test_kernels.py.')
 
     @staticmethod
@@ -137,7 +137,7 @@ class CrossEntropyFunction(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         raise NotImplementedError('`kernels.CrossEntropyFunction.backward` is not implemented yet — chapter 14 '
                                   '(kernels): see '
-                                  'test_cross_entropy_kernel_equals_the_definition_in_values_and_gradients and 1 more '
+                                  'test_cross_entropy_kernel_equals_the_definition_in_values_and_gradients and 2 more '
                                   'in spec/test_kernels.py.')
 
 
@@ -147,7 +147,7 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> 
     logits (..., V), targets (...); computed in float32 at least (half-precision logits are upcast first).
     """
     raise NotImplementedError('`kernels.cross_entropy` is not implemented yet — chapter 14 (kernels): see '
-                              'test_cross_entropy_kernel_equals_the_definition_in_values_and_gradients and 2 more in '
+                              'test_cross_entropy_kernel_equals_the_definition_in_values_and_gradients and 3 more in '
                               'spec/test_kernels.py.')
 
 
@@ -192,7 +192,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, is_ca
     to (..., Tq, Tk), True = may attend; is_causal aligns the queries to the last Tq positions.
     """
     raise NotImplementedError('`kernels.attention` is not implemented yet — chapter 14 (kernels): see '
-                              'test_attention_kernel_equals_the_definition_in_values_and_gradients and 2 more in '
+                              'test_attention_kernel_equals_the_definition_in_values_and_gradients and 4 more in '
                               'spec/test_kernels.py.')
 
 
@@ -244,7 +244,7 @@ def tiled_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = False, bl
     float32 tile of scores is a few MB, large enough that each tensor operation amortises its dispatch cost.
     """
     raise NotImplementedError('`kernels.tiled_attention` is not implemented yet — chapter 14 (kernels): see '
-                              'test_tiled_attention_equals_naive_values_and_log_sum_exp and 4 more in '
+                              'test_tiled_attention_equals_naive_values_and_log_sum_exp and 7 more in '
                               'spec/test_kernels.py.')
 
 
@@ -277,4 +277,58 @@ def train_bpe(data, vocab_size: int, special_tokens=(), pattern: str = "gpt4", n
       now, or dropped when the pair is gone).
     """
     raise NotImplementedError('`kernels.train_bpe` is not implemented yet — chapter 14 (kernels): see '
-                              'test_bpe_kernel_learns_the_textbook_merges and 4 more in spec/test_kernels.py.')
+                              'test_bpe_kernel_learns_the_textbook_merges and 6 more in spec/test_kernels.py.')
+
+
+# ---------------------------------------------------------------------- flash attention in Triton (GPU)
+
+
+class FlashAttentionFunction(torch.autograd.Function):
+    """Flash attention in Triton (FlashAttention-2): forward returns (out, lse); backward recomputes P from lse.
+
+    apply(q (B, H, Tq, d), k (B, Hkv, Tk, d), v (B, Hkv, Tk, dv), is_causal, scale) -> (out (B, H, Tq, dv) in q's
+    dtype, lse (B, H, Tq) in float32), with H a multiple of Hkv: query head h reads kv head h // (H / Hkv) (grouped-
+    query attention, no copy of k and v). The same mathematics as TiledAttentionFunction, one GPU program per tile:
+
+    - forward, one program per (BLOCK_M queries, batch, head): q stays in registers, key blocks stream past; the
+      online softmax keeps the running max m, sum ℓ and output o in float32, rescaled by 2^(m − m') when the max
+      grows. Causal, a program stops at its last query's position, and masks only the blocks that cross the
+      diagonal (and the last, partial one);
+    - backward, three kernels: D_i = dout_i · out_i − dlse_i per query; then one program per (key block, kv head)
+      accumulates dk and dv over every query head of its group and every query block that sees it; then one
+      program per (query block, head) accumulates dq. P_ij = 2^(s_ij·log₂e − lse_i·log₂e) is recomputed from the
+      saved lse; ds_ij = P_ij (dP_ij − D_i). No atomics: every gradient is written once, by one program.
+
+    Matmuls take the inputs' dtype (bfloat16, float16, or float32 at full precision, not TF32) and accumulate in
+    float32. Runs on a CUDA GPU, or on CPU tensors in Triton's interpreter (TRITON_INTERPRET=1), slowly.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, is_causal, scale):
+        raise NotImplementedError('`kernels.FlashAttentionFunction.forward` is not implemented yet — chapter 14 '
+                                  '(kernels): see '
+                                  'test_flash_attention_equals_the_definition_in_values_and_log_sum_exp and 2 more in '
+                                  'spec/test_kernels.py.')
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out, grad_lse):
+        raise NotImplementedError('`kernels.FlashAttentionFunction.backward` is not implemented yet — chapter 14 '
+                                  '(kernels): see '
+                                  'test_flash_attention_equals_the_definition_in_values_and_log_sum_exp and 2 more in '
+                                  'spec/test_kernels.py.')
+
+
+def flash_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = False,
+                    scale: float | None = None) -> tuple[Tensor, Tensor]:
+    """tiled_attention on the GPU, through FlashAttentionFunction: (out (B, H, Tq, dv), lse (B, H, Tq)).
+
+    q (B, H, Tq, d), k (B, Hkv, Tk, d), v (B, Hkv, Tk, dv) with H a multiple of Hkv (grouped-query attention);
+    float16, bfloat16 or float32, on a CUDA device (or on the CPU with TRITON_INTERPRET=1). is_causal aligns the
+    queries to the last Tq positions (query i sees keys j ≤ Tk − Tq + i; one that sees none gets out 0 and
+    lse −inf); scale defaults to 1/√d. Gradients flow to q, k and v from both outputs. Needs Triton
+    (pip install 'llmkata[triton]').
+    """
+    raise NotImplementedError('`kernels.flash_attention` is not implemented yet — chapter 14 (kernels): see '
+                              'test_flash_attention_equals_the_definition_in_values_and_log_sum_exp and 5 more in '
+                              'spec/test_kernels.py.')

@@ -9,14 +9,16 @@ computes; what changes is how much memory it touches and how often:
   written out saves fewer and makes fewer passes;
 - tiled (flash) attention: never builds the Tq × Tk score matrix, so its extra memory grows as O(T), not O(T²);
 - the incremental BPE trainer (chapter 2): pre-token counts in worker processes, and a heap of pair counts updated
-  only where a merge changes something, instead of recounting every pair after every merge.
+  only where a merge changes something, instead of recounting every pair after every merge;
+- flash attention in Triton for GPUs (`flash_attention`, with the optional `triton` package): tiled attention's
+  algorithm as GPU kernels, forward and backward; on a CPU the spec runs it in Triton's interpreter.
 
 The model reaches these through one switch, `ModelConfig(kernels=True)` (and the `kernels=` argument of RMSNorm,
 SwiGLU, RotaryEmbedding and CausalSelfAttention); the trainer uses `cross_entropy` below for such a model, and
 `llmkata train` uses `train_bpe` below. The spec checks each kernel against its definition in float64: values and
 gradients, for shapes that are not multiples of any block, Tq ≠ Tk and fully masked rows.
 
-Left out: GPU kernels (Triton), fused optimizers, and kernels for inference only (paged KV caches).
+Left out: fused optimizers, and kernels for inference only (paged KV caches).
 """
 
 import heapq
@@ -84,7 +86,7 @@ class RMSNormFunction(torch.autograd.Function):
         correction = (p @ w).mul_(r * r / -n)  # −r² mean(g · x), per row
         # dx = r · (g − x · r² mean(g · x)), with g = dy · w
         grad_x = torch.mul(x32, correction.view(rms_inv.shape)).addcmul_(grad, w).mul_(rms_inv)
-        return grad_x.to(x.dtype), grad_weight.to(weight.dtype), None
+        return grad_x, grad_weight, None  # autograd casts each gradient to its input's dtype
         # END SOLUTION
 
 
@@ -121,7 +123,7 @@ class SwiGLUFunction(torch.autograd.Function):
         grad_up = grad * silu_gate
         # SiLU'(gate) = s + SiLU · (1 − s) = lerp(s, 1, SiLU), written over silu_gate, no longer needed
         derivative = torch.lerp(s, s.new_ones(()), silu_gate, out=silu_gate)
-        return derivative.mul_(grad).mul_(up).to(gate.dtype), grad_up.to(up.dtype)
+        return derivative.mul_(grad).mul_(up), grad_up  # autograd rounds them to the inputs' dtypes
         # END SOLUTION
 
 
@@ -161,7 +163,7 @@ class RotateFunction(torch.autograd.Function):
         shape = (*torch.broadcast_shapes(x.shape[:-1], cos.shape[:-1], sin.shape[:-1]), x.shape[-1])
         cos, sin = cos.to(wide), sin.to(wide)
         ctx.save_for_backward(cos, sin)
-        ctx.interleaved, ctx.x_shape, ctx.x_dtype = interleaved, x.shape, x.dtype
+        ctx.interleaved, ctx.x_shape = interleaved, x.shape
         out = torch.empty(shape, dtype=wide, device=x.device)
         return _rotate_into(out, x.to(wide), cos, sin, 1.0, interleaved).to(dtype)
         # END SOLUTION
@@ -174,7 +176,7 @@ class RotateFunction(torch.autograd.Function):
         grad = grad.to(cos.dtype)
         grad_x = _rotate_into(torch.empty_like(grad), grad, cos, sin, -1.0, ctx.interleaved)
         # summed over the leading dimensions that x was broadcast along, if any
-        return grad_x.sum_to_size(ctx.x_shape).to(ctx.x_dtype), None, None, None
+        return grad_x.sum_to_size(ctx.x_shape), None, None, None  # rounded to x's dtype by autograd
         # END SOLUTION
 
 
@@ -198,7 +200,6 @@ class CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, ignore_index: int) -> Tensor:
         # BEGIN SOLUTION
-        ctx.logits_dtype = logits.dtype
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half precision: computed in float32
         counted = targets != ignore_index  # (N,)
         targets = torch.where(counted, targets, 0)  # any valid id: the row is dropped from the sum
@@ -221,7 +222,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         row_grad = torch.where(counted, grad / counted.sum(), 0.0)  # (N,): g/n on counted rows, 0 on ignored ones
         grad_logits = exps.mul_((row_grad / sums)[:, None])  # (g/n)·p, in place: p = e / Σ e
         grad_logits.scatter_add_(-1, targets[:, None], -row_grad[:, None])  # − (g/n)·onehot(y)
-        return grad_logits.to(ctx.logits_dtype), None, None
+        return grad_logits, None, None  # autograd rounds it to the logits' dtype
         # END SOLUTION
 
 
@@ -260,7 +261,7 @@ class AttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float) -> Tensor:
         # BEGIN SOLUTION
-        ctx.dtype = q.dtype
+        dtype = q.dtype
         wide = torch.promote_types(q.dtype, torch.float32)  # half precision: scores and sums in float32
         q, k, v = q.to(wide), k.to(wide), v.to(wide)
         bias = None if bias is None else bias.to(wide)
@@ -277,7 +278,7 @@ class AttentionFunction(torch.autograd.Function):
         out = torch.bmm(probabilities, v)  # (N, Tq, dv)
         ctx.save_for_backward(q, k, v, probabilities, out)
         ctx.scale = scale
-        return out.to(ctx.dtype)
+        return out.to(dtype)
         # END SOLUTION
 
     @staticmethod
@@ -291,7 +292,7 @@ class AttentionFunction(torch.autograd.Function):
         grad_s = torch.bmm(grad_out, v.transpose(1, 2)).sub_(row_term).mul_(probabilities)  # in place over dP
         grad_q = torch.bmm(grad_s, k).mul_(ctx.scale)
         grad_k = torch.bmm(grad_s.transpose(1, 2), q).mul_(ctx.scale)
-        return grad_q.to(ctx.dtype), grad_k.to(ctx.dtype), grad_v.to(ctx.dtype), None, None
+        return grad_q, grad_k, grad_v, None, None  # autograd rounds them to the inputs' dtype
         # END SOLUTION
 
 
@@ -439,8 +440,7 @@ class TiledAttentionFunction(torch.autograd.Function):
                 grad_q[:, i0:i1].baddbmm_(grad_s, k_block, alpha=scale)
                 grad_k[:, j0:j1].baddbmm_(grad_s.transpose(1, 2), q_block, alpha=scale)
 
-        dtype = ctx.saved_tensors[0].dtype
-        return grad_q.to(dtype), grad_k.to(dtype), grad_v.to(dtype), None, None, None, None
+        return grad_q, grad_k, grad_v, None, None, None, None  # autograd rounds them to the inputs' dtype
         # END SOLUTION
 
 
@@ -717,4 +717,450 @@ def train_bpe(data, vocab_size: int, special_tokens=(), pattern: str = "gpt4", n
         warnings.warn(f"the corpus ran out of pairs to merge after {len(merges)} merges: the vocabulary has "
                       f"{len(vocab)} tokens, not vocab_size={vocab_size}", stacklevel=2)
     return Tokenizer(vocab, merges, special_tokens, pattern)
+    # END SOLUTION
+
+
+# ---------------------------------------------------------------------- flash attention in Triton (GPU)
+
+
+# BEGIN SOLUTION
+# The Triton kernels are plain functions here, compiled by _triton_kernels() on first use: importing this module
+# needs no triton, and TRITON_INTERPRET (Triton's CPU interpreter) is read when the kernels are built, not when
+# the module is imported. Their constexpr parameters are annotated with the string "tl.constexpr", which Triton
+# reads as the annotation itself. All scores are in base 2: qk_scale = scale · log₂e.
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for readers and linters: the kernels' `tl`, bound by _triton_kernels() when it builds them
+    import triton.language as tl
+
+
+def _flash_forward_kernel(Q, K, V, Out, Lse,
+                          stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+                          stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot,
+                          n_heads, group, n_queries, n_keys, qk_scale,
+                          IS_CAUSAL: "tl.constexpr", HEAD_DIM: "tl.constexpr", VALUE_DIM: "tl.constexpr",
+                          BLOCK_M: "tl.constexpr", BLOCK_N: "tl.constexpr", BLOCK_D: "tl.constexpr",
+                          BLOCK_DV: "tl.constexpr", PRECISION: "tl.constexpr"):
+    """One program: BLOCK_M queries of one (batch, head) against every key block they may see; online softmax."""
+    block, batch_head = tl.program_id(0), tl.program_id(1)
+    if IS_CAUSAL:  # the last query blocks see the most keys: start them first, so that no long one starts last
+        block = tl.num_programs(0) - 1 - block
+    batch, head = batch_head // n_heads, batch_head % n_heads
+    kv_head = head // group  # query heads h·group … h·group + group − 1 share kv head h
+    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+    cols = tl.arange(0, BLOCK_N)
+    dims, vdims = tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_DV)  # padded to powers of 2, masked to HEAD_DIM
+    offset = n_keys - n_queries  # query i sits at position offset + i
+    q = tl.load(Q + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qt + dims[None, :],
+                mask=(rows[:, None] < n_queries) & (dims[None, :] < HEAD_DIM), other=0.0)  # (BLOCK_M, BLOCK_D)
+    k_start = K + batch * stride_kb + kv_head * stride_kh
+    v_start = V + batch * stride_vb + kv_head * stride_vh
+    row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    row_sum = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+
+    # Key blocks before full_end need no mask: every key exists and every query of the block sees it. Causal:
+    # the block's first query (position p) sees keys ≤ p, so full blocks end at p + 1, and no query of the block
+    # sees a key past its last query's position.
+    key_end = n_keys
+    full_end = n_keys // BLOCK_N * BLOCK_N
+    if IS_CAUSAL:
+        key_end = tl.maximum(tl.minimum(n_keys, (block + 1) * BLOCK_M + offset), 0)
+        full_end = tl.minimum(full_end, tl.maximum(block * BLOCK_M + offset + 1, 0) // BLOCK_N * BLOCK_N)
+    for start in range(0, full_end, BLOCK_N):
+        keys = start + cols
+        k = tl.load(k_start + keys[None, :] * stride_kt + dims[:, None], mask=dims[:, None] < HEAD_DIM,
+                    other=0.0)  # (BLOCK_D, BLOCK_N)
+        scores = tl.dot(q, k, input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), base 2
+        new_max = tl.maximum(row_max, tl.max(scores, 1))
+        correction = tl.math.exp2(row_max - new_max)  # rescales what was summed under the old max
+        p = tl.math.exp2(scores - new_max[:, None])
+        row_sum = row_sum * correction + tl.sum(p, 1)
+        v = tl.load(v_start + keys[:, None] * stride_vt + vdims[None, :], mask=vdims[None, :] < VALUE_DIM,
+                    other=0.0)  # (BLOCK_N, BLOCK_DV)
+        acc = tl.dot(p.to(v.dtype), v, acc * correction[:, None], input_precision=PRECISION)
+        row_max = new_max
+    for start in range(full_end, key_end, BLOCK_N):  # the diagonal and the last, partial block: masked
+        keys = start + cols
+        k = tl.load(k_start + keys[None, :] * stride_kt + dims[:, None],
+                    mask=(dims[:, None] < HEAD_DIM) & (keys[None, :] < n_keys), other=0.0)
+        scores = tl.dot(q, k, input_precision=PRECISION) * qk_scale
+        keep = keys[None, :] < n_keys
+        if IS_CAUSAL:
+            keep = keep & (keys[None, :] <= rows[:, None] + offset)
+        scores = tl.where(keep, scores, float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(scores, 1))
+        # a row that has seen no key yet keeps max −inf: subtract 0 instead, so that 2^(−inf − (−inf)) is not NaN
+        safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
+        correction = tl.math.exp2(row_max - safe_max)
+        p = tl.math.exp2(scores - safe_max[:, None])
+        row_sum = row_sum * correction + tl.sum(p, 1)
+        v = tl.load(v_start + keys[:, None] * stride_vt + vdims[None, :],
+                    mask=(vdims[None, :] < VALUE_DIM) & (keys[:, None] < n_keys), other=0.0)
+        acc = tl.dot(p.to(v.dtype), v, acc * correction[:, None], input_precision=PRECISION)
+        row_max = new_max
+
+    seen = row_sum > 0  # a query that saw no key: out 0, lse −inf
+    out = acc / tl.where(seen, row_sum, 1.0)[:, None]
+    log2_sum = tl.math.log2(tl.where(seen, row_sum, 1.0))
+    lse = tl.where(seen, (row_max + log2_sum) * 0.6931471805599453, float("-inf"))  # base 2 -> e: · ln 2
+    tl.store(Out + batch * stride_ob + head * stride_oh + rows[:, None] * stride_ot + vdims[None, :],
+             out.to(Out.dtype.element_ty), mask=(rows[:, None] < n_queries) & (vdims[None, :] < VALUE_DIM))
+    tl.store(Lse + batch_head * n_queries + rows, lse, mask=rows < n_queries)
+
+
+def _flash_delta_kernel(Out, GradOut, GradLse, Delta,
+                        stride_ob, stride_oh, stride_ot, stride_gb, stride_gh, stride_gt, n_heads, n_queries,
+                        VALUE_DIM: "tl.constexpr", BLOCK_M: "tl.constexpr", BLOCK_DV: "tl.constexpr"):
+    """D_i = dout_i · out_i − dlse_i: the term every ds_ij of row i subtracts."""
+    block, batch_head = tl.program_id(0), tl.program_id(1)
+    batch, head = batch_head // n_heads, batch_head % n_heads
+    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    vdims = tl.arange(0, BLOCK_DV)
+    mask = (rows[:, None] < n_queries) & (vdims[None, :] < VALUE_DIM)
+    out = tl.load(Out + batch * stride_ob + head * stride_oh + rows[:, None] * stride_ot + vdims[None, :],
+                  mask=mask, other=0.0).to(tl.float32)
+    grad_out = tl.load(GradOut + batch * stride_gb + head * stride_gh + rows[:, None] * stride_gt + vdims[None, :],
+                       mask=mask, other=0.0).to(tl.float32)
+    grad_lse = tl.load(GradLse + batch_head * n_queries + rows, mask=rows < n_queries, other=0.0)
+    tl.store(Delta + batch_head * n_queries + rows, tl.sum(out * grad_out, 1) - grad_lse, mask=rows < n_queries)
+
+
+def _flash_dkdv_kernel(Q, K, V, GradOut, Lse, Delta, GradK, GradV,
+                       stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+                       stride_vb, stride_vh, stride_vt, stride_gb, stride_gh, stride_gt,
+                       n_heads, n_kv_heads, group, n_queries, n_keys, scale, qk_scale,
+                       IS_CAUSAL: "tl.constexpr", HEAD_DIM: "tl.constexpr", VALUE_DIM: "tl.constexpr",
+                       BLOCK_M: "tl.constexpr", BLOCK_N: "tl.constexpr", BLOCK_D: "tl.constexpr",
+                       BLOCK_DV: "tl.constexpr", PRECISION: "tl.constexpr"):
+    """One program: dk and dv of BLOCK_N keys of one kv head, summed over its query heads and their queries.
+
+    Transposed tiles (keys × queries): pᵀ = 2^(sᵀ − lse), dv += pᵀ dout, dsᵀ = pᵀ ⊙ (v doutᵀ − D), dk += dsᵀ q.
+    Padded query rows load q = dout = 0 and D = 0, so they add nothing; padded key rows are never stored.
+    """
+    block, batch_kv = tl.program_id(0), tl.program_id(1)
+    batch, kv_head = batch_kv // n_kv_heads, batch_kv % n_kv_heads
+    keys = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    dims, vdims = tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_DV)
+    offset = n_keys - n_queries
+    k = tl.load(K + batch * stride_kb + kv_head * stride_kh + keys[:, None] * stride_kt + dims[None, :],
+                mask=(keys[:, None] < n_keys) & (dims[None, :] < HEAD_DIM), other=0.0)  # (BLOCK_N, BLOCK_D)
+    v = tl.load(V + batch * stride_vb + kv_head * stride_vh + keys[:, None] * stride_vt + vdims[None, :],
+                mask=(keys[:, None] < n_keys) & (vdims[None, :] < VALUE_DIM), other=0.0)  # (BLOCK_N, BLOCK_DV)
+    grad_k = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    grad_v = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+
+    # Causal: query i sees key j when i + offset ≥ j. Query blocks before row_start see no key of this block; from
+    # full_start on, every query sees every key of it (no mask); in between, the diagonal, masked. The last key
+    # block, when partial, is masked throughout: a padded key (k = 0) would get P = 2^(0 − lse), which may overflow.
+    row_start = 0
+    full_start = 0
+    if IS_CAUSAL:
+        row_start = tl.maximum(block * BLOCK_N - offset, 0) // BLOCK_M * BLOCK_M
+        full_start = tl.cdiv(tl.maximum(block * BLOCK_N + BLOCK_N - 1 - offset, 0), BLOCK_M) * BLOCK_M
+    full_start = tl.where((block + 1) * BLOCK_N > n_keys, n_queries, full_start)
+    masked_end = tl.minimum(full_start, n_queries)
+    for g in range(0, group):
+        head = kv_head * group + g
+        q_start = Q + batch * stride_qb + head * stride_qh
+        g_start = GradOut + batch * stride_gb + head * stride_gh
+        lse_start = Lse + (batch * n_heads + head) * n_queries
+        delta_start = Delta + (batch * n_heads + head) * n_queries
+        for first in range(row_start, masked_end, BLOCK_M):
+            rows = first + tl.arange(0, BLOCK_M)
+            q = tl.load(q_start + rows[:, None] * stride_qt + dims[None, :],
+                        mask=(rows[:, None] < n_queries) & (dims[None, :] < HEAD_DIM), other=0.0)
+            grad_out = tl.load(g_start + rows[:, None] * stride_gt + vdims[None, :],
+                               mask=(rows[:, None] < n_queries) & (vdims[None, :] < VALUE_DIM), other=0.0)
+            lse = tl.load(lse_start + rows, mask=rows < n_queries, other=0.0) * 1.4426950408889634  # base 2
+            lse = tl.where(lse == float("-inf"), 0.0, lse)  # a row that sees no key: every p below is masked
+            delta = tl.load(delta_start + rows, mask=rows < n_queries, other=0.0)
+            p = tl.math.exp2(tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale - lse[None, :])
+            keep = keys[:, None] < n_keys
+            if IS_CAUSAL:
+                keep = keep & (keys[:, None] <= rows[None, :] + offset)
+            p = tl.where(keep, p, 0.0)  # (BLOCK_N, BLOCK_M)
+            grad_v = tl.dot(p.to(grad_out.dtype), grad_out, grad_v, input_precision=PRECISION)
+            grad_p = tl.dot(v, tl.trans(grad_out), input_precision=PRECISION)
+            grad_s = p * (grad_p - delta[None, :])
+            grad_k = tl.dot(grad_s.to(q.dtype), q, grad_k, input_precision=PRECISION)
+        for first in range(full_start, n_queries, BLOCK_M):
+            rows = first + tl.arange(0, BLOCK_M)
+            q = tl.load(q_start + rows[:, None] * stride_qt + dims[None, :],
+                        mask=(rows[:, None] < n_queries) & (dims[None, :] < HEAD_DIM), other=0.0)
+            grad_out = tl.load(g_start + rows[:, None] * stride_gt + vdims[None, :],
+                               mask=(rows[:, None] < n_queries) & (vdims[None, :] < VALUE_DIM), other=0.0)
+            lse = tl.load(lse_start + rows, mask=rows < n_queries, other=0.0) * 1.4426950408889634
+            delta = tl.load(delta_start + rows, mask=rows < n_queries, other=0.0)
+            p = tl.math.exp2(tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale - lse[None, :])
+            grad_v = tl.dot(p.to(grad_out.dtype), grad_out, grad_v, input_precision=PRECISION)
+            grad_p = tl.dot(v, tl.trans(grad_out), input_precision=PRECISION)
+            grad_s = p * (grad_p - delta[None, :])
+            grad_k = tl.dot(grad_s.to(q.dtype), q, grad_k, input_precision=PRECISION)
+
+    grad_k = grad_k * scale  # s = scale · q kᵀ
+    tl.store(GradK + batch_kv * n_keys * HEAD_DIM + keys[:, None] * HEAD_DIM + dims[None, :],
+             grad_k.to(GradK.dtype.element_ty), mask=(keys[:, None] < n_keys) & (dims[None, :] < HEAD_DIM))
+    tl.store(GradV + batch_kv * n_keys * VALUE_DIM + keys[:, None] * VALUE_DIM + vdims[None, :],
+             grad_v.to(GradV.dtype.element_ty), mask=(keys[:, None] < n_keys) & (vdims[None, :] < VALUE_DIM))
+
+
+def _flash_dq_kernel(Q, K, V, GradOut, Lse, Delta, GradQ,
+                     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+                     stride_vb, stride_vh, stride_vt, stride_gb, stride_gh, stride_gt,
+                     n_heads, group, n_queries, n_keys, scale, qk_scale,
+                     IS_CAUSAL: "tl.constexpr", HEAD_DIM: "tl.constexpr", VALUE_DIM: "tl.constexpr",
+                     BLOCK_M: "tl.constexpr", BLOCK_N: "tl.constexpr", BLOCK_D: "tl.constexpr",
+                     BLOCK_DV: "tl.constexpr", PRECISION: "tl.constexpr"):
+    """One program: dq of BLOCK_M queries of one (batch, head): dq = scale · Σ_j ds_ij k_j over the keys they see."""
+    block, batch_head = tl.program_id(0), tl.program_id(1)
+    if IS_CAUSAL:
+        block = tl.num_programs(0) - 1 - block
+    batch, head = batch_head // n_heads, batch_head % n_heads
+    kv_head = head // group
+    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    dims, vdims = tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_DV)
+    offset = n_keys - n_queries
+    q = tl.load(Q + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qt + dims[None, :],
+                mask=(rows[:, None] < n_queries) & (dims[None, :] < HEAD_DIM), other=0.0)
+    grad_out = tl.load(GradOut + batch * stride_gb + head * stride_gh + rows[:, None] * stride_gt + vdims[None, :],
+                       mask=(rows[:, None] < n_queries) & (vdims[None, :] < VALUE_DIM), other=0.0)
+    lse = tl.load(Lse + batch_head * n_queries + rows, mask=rows < n_queries, other=0.0) * 1.4426950408889634
+    lse = tl.where(lse == float("-inf"), 0.0, lse)
+    delta = tl.load(Delta + batch_head * n_queries + rows, mask=rows < n_queries, other=0.0)
+    k_start = K + batch * stride_kb + kv_head * stride_kh
+    v_start = V + batch * stride_vb + kv_head * stride_vh
+    grad_q = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+    key_end = n_keys  # the blocks of the forward pass
+    full_end = n_keys // BLOCK_N * BLOCK_N
+    if IS_CAUSAL:
+        key_end = tl.maximum(tl.minimum(n_keys, (block + 1) * BLOCK_M + offset), 0)
+        full_end = tl.minimum(full_end, tl.maximum(block * BLOCK_M + offset + 1, 0) // BLOCK_N * BLOCK_N)
+    for start in range(0, full_end, BLOCK_N):
+        keys = start + cols
+        k = tl.load(k_start + keys[:, None] * stride_kt + dims[None, :], mask=dims[None, :] < HEAD_DIM, other=0.0)
+        v = tl.load(v_start + keys[:, None] * stride_vt + vdims[None, :], mask=vdims[None, :] < VALUE_DIM,
+                    other=0.0)
+        p = tl.math.exp2(tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale - lse[:, None])
+        grad_p = tl.dot(grad_out, tl.trans(v), input_precision=PRECISION)
+        grad_s = p * (grad_p - delta[:, None])
+        grad_q = tl.dot(grad_s.to(k.dtype), k, grad_q, input_precision=PRECISION)
+    for start in range(full_end, key_end, BLOCK_N):
+        keys = start + cols
+        k = tl.load(k_start + keys[:, None] * stride_kt + dims[None, :],
+                    mask=(keys[:, None] < n_keys) & (dims[None, :] < HEAD_DIM), other=0.0)
+        v = tl.load(v_start + keys[:, None] * stride_vt + vdims[None, :],
+                    mask=(keys[:, None] < n_keys) & (vdims[None, :] < VALUE_DIM), other=0.0)
+        p = tl.math.exp2(tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale - lse[:, None])
+        keep = keys[None, :] < n_keys
+        if IS_CAUSAL:
+            keep = keep & (keys[None, :] <= rows[:, None] + offset)
+        p = tl.where(keep, p, 0.0)
+        grad_p = tl.dot(grad_out, tl.trans(v), input_precision=PRECISION)
+        grad_s = p * (grad_p - delta[:, None])
+        grad_q = tl.dot(grad_s.to(k.dtype), k, grad_q, input_precision=PRECISION)
+
+    grad_q = grad_q * scale
+    tl.store(GradQ + batch_head * n_queries * HEAD_DIM + rows[:, None] * HEAD_DIM + dims[None, :],
+             grad_q.to(GradQ.dtype.element_ty), mask=(rows[:, None] < n_queries) & (dims[None, :] < HEAD_DIM))
+
+
+_FLASH_KERNELS = ("_flash_forward_kernel", "_flash_delta_kernel", "_flash_dkdv_kernel", "_flash_dq_kernel")
+_triton_builds: dict = {}
+
+
+def _triton_interpreting() -> bool:
+    """Whether Triton runs its kernels on the CPU, in its interpreter (TRITON_INTERPRET=1), read now."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _triton_kernels(functions: dict | None = None) -> dict:
+    """{name: Triton kernel} compiled from the plain functions above (or from `functions`, name -> function).
+
+    Each function is rebound to a namespace that holds triton.language as `tl`, then given to triton.jit; the
+    namespace is kept per interpreter setting, so the kernels are built once for the GPU and once for the CPU.
+    """
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:
+        raise ImportError("flash_attention needs Triton: pip install 'llmkata[triton]' (or pip install triton)") \
+            from None
+    key = (_triton_interpreting(), None if functions is None else tuple(functions.values()))
+    if key[0] and type(tl.max).__name__ != "InterpretedFunction":
+        raise RuntimeError("TRITON_INTERPRET=1 was set after triton was imported (torch._dynamo imports it, for one): "
+                           "Triton's own library functions (tl.max, tl.sum) were built for the GPU, and the "
+                           "interpreter cannot call them. Set TRITON_INTERPRET=1 before anything imports triton.")
+    if key not in _triton_builds:
+        import types
+
+        namespace = {"tl": tl, "triton": triton, "__name__": __name__}
+        for name, function in (functions or {name: globals()[name] for name in _FLASH_KERNELS}).items():
+            rebound = types.FunctionType(function.__code__, namespace, name, function.__defaults__)
+            rebound.__module__, rebound.__annotations__ = function.__module__, dict(function.__annotations__)
+            kernel = namespace[name] = triton.jit(rebound)
+            if hasattr(kernel, "rewrite"):  # the interpreter compiles the source again, where the annotation is a
+                kernel.rewrite().__annotations__ = dict(function.__annotations__)  # literal: give it the string
+
+        _triton_builds[key] = namespace
+    return _triton_builds[key]
+# END SOLUTION
+
+
+# BEGIN SOLUTION
+def _flash_blocks(head_dim: int, dtype: torch.dtype, device: torch.device, backward: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages): tiles that fit a GPU's shared memory, or small ones for the
+    interpreter (so that the spec's small shapes still span several blocks)."""
+    if device.type != "cuda":
+        return 16, 16, 4, 1
+    wide = dtype == torch.float32 or head_dim > 128
+    if backward:
+        return (32, 32, 4, 1) if wide else (64, 64, 4 if head_dim <= 64 else 8, 2)
+    if wide:
+        return 64, 32, 4, 2
+    return (128, 64, 4, 3) if head_dim <= 64 else (128, 64, 8, 3)
+
+
+def _launch(kernel, grid, args, constants, config):
+    """Run a kernel; when its tiles do not fit the GPU's shared memory, again with both tiles halved (to 16)."""
+    block_m, block_n, warps, stages = config
+    while True:
+        try:
+            return kernel[grid(block_m, block_n)](*args, **constants, BLOCK_M=block_m, BLOCK_N=block_n,
+                                                  num_warps=warps, num_stages=stages)
+        except Exception as error:  # triton.runtime.errors.OutOfResources, by name: no import of triton here
+            if type(error).__name__ != "OutOfResources" or (block_m <= 16 and block_n <= 16):
+                raise
+            block_m, block_n, stages = max(block_m // 2, 16), max(block_n // 2, 16), max(stages - 1, 1)
+
+
+def _flash_constants(q: Tensor, v: Tensor, is_causal: bool) -> dict:
+    import triton
+
+    head_dim, value_dim = q.shape[-1], v.shape[-1]
+    return dict(IS_CAUSAL=bool(is_causal), HEAD_DIM=head_dim, VALUE_DIM=value_dim,
+                BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_DV=max(16, triton.next_power_of_2(value_dim)),
+                PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+
+
+def _flash_forward(kernels: dict, q: Tensor, k: Tensor, v: Tensor, is_causal: bool, scale: float):
+    """out (B, H, Tq, dv) in q's dtype and lse (B, H, Tq) in float32, by the forward kernel."""
+    import triton
+
+    batch, n_heads, n_queries, head_dim = q.shape
+    n_kv_heads, n_keys = k.shape[1], k.shape[2]
+    out = torch.empty(batch, n_heads, n_queries, v.shape[-1], dtype=q.dtype, device=q.device)
+    lse = torch.empty(batch, n_heads, n_queries, dtype=torch.float32, device=q.device)
+    _launch(kernels["_flash_forward_kernel"], lambda block_m, _: (triton.cdiv(n_queries, block_m), batch * n_heads),
+            (q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+             n_heads, n_heads // n_kv_heads, n_queries, n_keys, scale * _LOG2_E),
+            _flash_constants(q, v, is_causal), _flash_blocks(head_dim, q.dtype, q.device, backward=False))
+    return out, lse
+
+
+def _flash_backward(kernels: dict, q, k, v, out, lse, grad_out, grad_lse, is_causal: bool, scale: float):
+    """(dq, dk, dv): D = rowsum(dout · out) − dlse first, then dk and dv per kv head, then dq per query head."""
+    import triton
+
+    batch, n_heads, n_queries, head_dim = q.shape
+    n_kv_heads, n_keys = k.shape[1], k.shape[2]
+    group = n_heads // n_kv_heads
+    grad_out = grad_out.to(q.dtype)
+    if grad_out.stride(-1) != 1:
+        grad_out = grad_out.contiguous()
+    grad_lse = torch.zeros_like(lse) if grad_lse is None else grad_lse.to(torch.float32).contiguous()
+    constants = _flash_constants(q, v, is_causal)
+    config = _flash_blocks(head_dim, q.dtype, q.device, backward=True)
+    delta = torch.empty_like(lse)
+    block = 64 if q.device.type == "cuda" else 16
+    kernels["_flash_delta_kernel"][(triton.cdiv(n_queries, block), batch * n_heads)](
+        out, grad_out, grad_lse, delta, *out.stride()[:3], *grad_out.stride()[:3], n_heads, n_queries,
+        VALUE_DIM=constants["VALUE_DIM"], BLOCK_M=block, BLOCK_DV=constants["BLOCK_DV"])
+    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad_out.stride()[:3])
+    grad_q = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    grad_k = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    grad_v = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    _launch(kernels["_flash_dkdv_kernel"], lambda _, block_n: (triton.cdiv(n_keys, block_n), batch * n_kv_heads),
+            (q, k, v, grad_out, lse, delta, grad_k, grad_v, *strides, n_heads, n_kv_heads, group, n_queries,
+             n_keys, scale, scale * _LOG2_E), constants, config)
+    _launch(kernels["_flash_dq_kernel"], lambda block_m, _: (triton.cdiv(n_queries, block_m), batch * n_heads),
+            (q, k, v, grad_out, lse, delta, grad_q, *strides, n_heads, group, n_queries, n_keys, scale,
+             scale * _LOG2_E), constants, config)
+    return grad_q, grad_k, grad_v
+# END SOLUTION
+
+
+class FlashAttentionFunction(torch.autograd.Function):
+    """Flash attention in Triton (FlashAttention-2): forward returns (out, lse); backward recomputes P from lse.
+
+    apply(q (B, H, Tq, d), k (B, Hkv, Tk, d), v (B, Hkv, Tk, dv), is_causal, scale) -> (out (B, H, Tq, dv) in q's
+    dtype, lse (B, H, Tq) in float32), with H a multiple of Hkv: query head h reads kv head h // (H / Hkv) (grouped-
+    query attention, no copy of k and v). The same mathematics as TiledAttentionFunction, one GPU program per tile:
+
+    - forward, one program per (BLOCK_M queries, batch, head): q stays in registers, key blocks stream past; the
+      online softmax keeps the running max m, sum ℓ and output o in float32, rescaled by 2^(m − m') when the max
+      grows. Causal, a program stops at its last query's position, and masks only the blocks that cross the
+      diagonal (and the last, partial one);
+    - backward, three kernels: D_i = dout_i · out_i − dlse_i per query; then one program per (key block, kv head)
+      accumulates dk and dv over every query head of its group and every query block that sees it; then one
+      program per (query block, head) accumulates dq. P_ij = 2^(s_ij·log₂e − lse_i·log₂e) is recomputed from the
+      saved lse; ds_ij = P_ij (dP_ij − D_i). No atomics: every gradient is written once, by one program.
+
+    Matmuls take the inputs' dtype (bfloat16, float16, or float32 at full precision, not TF32) and accumulate in
+    float32. Runs on a CUDA GPU, or on CPU tensors in Triton's interpreter (TRITON_INTERPRET=1), slowly.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, is_causal, scale):
+        # BEGIN SOLUTION
+        kernels = _triton_kernels()
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))  # rows of d numbers in memory
+        out, lse = _flash_forward(kernels, q, k, v, is_causal, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.settings = (is_causal, scale)
+        return out, lse
+        # END SOLUTION
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out, grad_lse):
+        # BEGIN SOLUTION
+        q, k, v, out, lse = ctx.saved_tensors
+        is_causal, scale = ctx.settings
+        grad_q, grad_k, grad_v = _flash_backward(_triton_kernels(), q, k, v, out, lse, grad_out, grad_lse,
+                                                 is_causal, scale)
+        return grad_q, grad_k, grad_v, None, None
+        # END SOLUTION
+
+
+def flash_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = False,
+                    scale: float | None = None) -> tuple[Tensor, Tensor]:
+    """tiled_attention on the GPU, through FlashAttentionFunction: (out (B, H, Tq, dv), lse (B, H, Tq)).
+
+    q (B, H, Tq, d), k (B, Hkv, Tk, d), v (B, Hkv, Tk, dv) with H a multiple of Hkv (grouped-query attention);
+    float16, bfloat16 or float32, on a CUDA device (or on the CPU with TRITON_INTERPRET=1). is_causal aligns the
+    queries to the last Tq positions (query i sees keys j ≤ Tk − Tq + i; one that sees none gets out 0 and
+    lse −inf); scale defaults to 1/√d. Gradients flow to q, k and v from both outputs. Needs Triton
+    (pip install 'llmkata[triton]').
+    """
+    # BEGIN SOLUTION
+    from .attention import _check_same_dtype_and_device  # here, not at the top: attention imports this module
+
+    _check_same_dtype_and_device(q=q, k=k, v=v)
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or k.shape[:3] != v.shape[:3] or q.shape[0] != k.shape[0] \
+            or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"flash_attention needs q (B, H, Tq, d), k (B, Hkv, Tk, d), v (B, Hkv, Tk, dv); got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if k.shape[1] == 0 or q.shape[1] % k.shape[1]:
+        raise ValueError(f"flash_attention needs the {q.shape[1]} query heads to be a multiple of the {k.shape[1]} "
+                         "kv heads (each kv head serves a group of query heads)")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"flash_attention computes in float16, bfloat16 or float32, got {q.dtype}")
+    if q.device.type != "cuda" and not _triton_interpreting():
+        raise ValueError(f"flash_attention runs on a CUDA device, got tensors on {q.device} (on the CPU, set "
+                         "TRITON_INTERPRET=1 before the first call to run the kernels in Triton's interpreter)")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return FlashAttentionFunction.apply(q, k, v, is_causal, scale)
     # END SOLUTION

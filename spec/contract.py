@@ -186,6 +186,77 @@ CHAPTERS: list[Chapter] = [
         "load_choice_tasks": Function("(path)"),
         "multiple_choice_accuracy": Function("(model, tokenizer, tasks)"),
     }),
+    Chapter(11, "finetune", "finetune", {
+        # A chat tokenizer has the special tokens <|system|>, <|user|>, <|assistant|>, <|end|> (finetune.CHAT_TOKENS).
+        # A conversation is a list of {"role": "system" | "user" | "assistant", "content": str}. pack returns
+        # (ids, targets, loss_mask, document_ids), each (rows, context_length). LoRALinear wraps a linear layer; its
+        # state-dict keys are base_layer.weight (base_layer.bias), lora_A.weight, lora_B.weight (as PEFT's).
+        "render": Function("(conversation, tokenizer)"),
+        "render_prompt": Function("(conversation, tokenizer)"),
+        "chat": Function("(model, conversation, tokenizer, max_new_tokens, temperature=0.0, generator=None)"),
+        "sft_loss": Function("(logits, targets, mask, num_loss_tokens=None)"),
+        "pack": Function("(examples, context_length, pad_id)"),
+        "packed_forward": Function("(model, ids, document_ids)"),
+        "LoRALinear": Class("(base, rank, alpha, dropout=0.0)", {"forward": "(x)", "merge": "()", "unmerge": "()"}),
+        "apply_lora": Function("(model, targets=('q_proj', 'v_proj'), rank=8, alpha=16.0, dropout=0.0)"),
+        "merge_lora": Function("(model)"),
+        "lora_state_dict": Function("(model)"),
+        "load_lora": Function("(model, state_dict)"),
+    }),
+    Chapter(12, "align", "align", {
+        # Per-token tensors are (B, T) with a mask (B, T), True (or 1) on the tokens that count. RewardModel(config)
+        # keeps `config` and has `model` (the chapter-7 Decoder) and `score` (Linear(d_model, 1, bias=False)): the
+        # keys of Hugging Face's LlamaForSequenceClassification (model.layers.0.self_attn.q_proj.weight, ...,
+        # score.weight).
+        "token_logprobs": Function("(logits, targets)"),
+        "sequence_logprob": Function("(logits, targets, mask)"),
+        "masked_mean": Function("(values, mask)"),
+        "RewardModel": Class("(config)", {"forward": "(input_ids, lengths=None)"}),
+        "bradley_terry_loss": Function("(chosen, rejected)"),
+        "preference_accuracy": Function("(chosen, rejected)"),
+        "preference_pairs": Function("(records)"),
+        "kl_penalty": Function("(logp, ref_logp, estimator='k1')"),
+        "ppo_rewards": Function("(score, logp, ref_logp, mask, kl_coef=0.1, estimator='k1')"),
+        "gae": Function("(rewards, values, mask, gamma=1.0, lam=0.95)"),
+        "ppo_policy_loss": Function("(logp, old_logp, advantages, mask, clip=0.2)"),
+        "ppo_value_loss": Function("(values, old_values, returns, mask, clip=0.2)"),
+        "entropy": Function("(logits, mask)"),
+        "dpo_loss": Function("(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1)"),
+        "grpo_advantages": Function("(rewards, group_size, eps=1e-06)"),
+        "grpo_loss": Function("(logp, old_logp, advantages, mask, clip=0.2, ref_logp=None, kl_coef=0.0, "
+                              "aggregation='token')"),
+    }),
+    Chapter(13, "parallel", "parallel", {
+        # Every layer takes its rank and world size from the default process group (a world of one outside it);
+        # a shard's layout (which rows or columns a rank holds) is part of each class's docstring.
+        "run_world": Function("(fn, world_size, *args, timeout=60.0)"),
+        "broadcast_parameters": Function("(module, src=0)"),
+        "DataParallel": Class("(module, bucket_cap_mb=25.0)", {"forward": "(*args, **kwargs)", "no_sync": "()"}),
+        "clip_grad_norm_global": Function("(parameters, max_norm)"),
+        "copy_to_parallel": Function("(x)"),
+        "reduce_from_parallel": Function("(x)"),
+        "scatter_to_parallel": Function("(x)"),
+        "gather_from_parallel": Function("(x)"),
+        "ColumnParallelLinear": Class("(in_features, out_features, bias=True, gather_output=False)",
+                                      {"forward": "(x)", "from_dense": "(linear, gather_output=False)"},
+                                      example={"in_features": 3, "out_features": 2}, state_dict=("weight", "bias")),
+        "RowParallelLinear": Class("(in_features, out_features, bias=True, input_is_parallel=True)",
+                                   {"forward": "(x)", "from_dense": "(linear, input_is_parallel=True)"},
+                                   example={"in_features": 3, "out_features": 2}, state_dict=("weight", "bias")),
+        "ParallelSwiGLU": Class("(dim, hidden_dim)", {"forward": "(x)", "from_dense": "(mlp)"},
+                                example={"dim": 4, "hidden_dim": 6},
+                                state_dict=("gate_proj.weight", "up_proj.weight", "down_proj.weight")),
+        "ParallelAttention": Class("(d_model, n_heads, n_kv_heads=None, max_seq_len=2048, rope_theta=10000.0)",
+                                   {"forward": "(x, position_ids=None)", "from_dense": "(attention)"},
+                                   example={"d_model": 8, "n_heads": 2, "n_kv_heads": 1},
+                                   state_dict=("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")),
+        "VocabParallelEmbedding": Class("(num_embeddings, embedding_dim)",
+                                        {"forward": "(ids)", "from_dense": "(embedding)"},
+                                        example={"num_embeddings": 5, "embedding_dim": 3}, state_dict=("weight",)),
+        "vocab_parallel_cross_entropy": Function("(logits, targets, vocab_size, ignore_index=-100)"),
+        # A torch.optim.Optimizer: `state[p]` holds exp_avg and exp_avg_sq of this rank's slice of p only.
+        "ShardedAdamW": Class("(params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01)", {"step": "()"}),
+    }),
     Chapter(14, "kernels", "kernels", {
         # The fast paths of chapters 2, 4, 5, 6 and 8, each equal to its chapter's definition. The autograd Functions
         # are called as `Function.apply(...)` with the arguments of their `forward`, minus ctx.
@@ -204,6 +275,10 @@ CHAPTERS: list[Chapter] = [
             "backward": "(ctx, grad_out, grad_lse)"}),
         "tiled_attention": Function("(q, k, v, is_causal=False, block_size_q=128, block_size_k=256, scale=None)"),
         "train_bpe": Function("(data, vocab_size, special_tokens=(), pattern='gpt4', num_workers=None)"),
+        # Triton (the `triton` extra): a CUDA GPU, or the CPU through Triton's interpreter (TRITON_INTERPRET=1).
+        "FlashAttentionFunction": Class("(*args, **kwargs)", {"forward": "(ctx, q, k, v, is_causal, scale)",
+                                                              "backward": "(ctx, grad_out, grad_lse)"}),
+        "flash_attention": Function("(q, k, v, is_causal=False, scale=None)"),
     }),
 ]
 

@@ -154,6 +154,19 @@ class SwiGLUInBFloat16ForAnyHalfDtype(ref.SwiGLUFunction):
         return (gate * s * up).to(dtype)
 
 
+@mutant("kernels.SwiGLUFunction", "test_half_precision_kernels_round_once",
+        why="computes σ(gate) and both products in the inputs' half precision, rounding each step")
+class SwiGLUFunctionRoundingEveryStep(ref.SwiGLUFunction):
+    """σ(gate), gate · σ and the product with up each rounded to bfloat16 or float16: within the dtype's tolerance,
+    but not the value rounded once."""
+
+    @staticmethod
+    def forward(ctx, gate, up):
+        s = torch.sigmoid(gate)
+        ctx.save_for_backward(gate, up, s.float())
+        return gate * s * up
+
+
 # ---------------------------------------------------------------- the RoPE rotation
 
 
@@ -197,7 +210,7 @@ class RotateClockwise(ref.RotateFunction):
     @staticmethod
     def forward(ctx, x, cos, sin, interleaved):
         ctx.save_for_backward(cos, -sin)  # the reference's backward turns by (cos, −(−sin)): +θ, consistent
-        ctx.interleaved, ctx.x_shape, ctx.x_dtype = interleaved, x.shape, x.dtype
+        ctx.interleaved, ctx.x_shape = interleaved, x.shape
         return _turn(x, cos, -sin, interleaved)
 
 
@@ -275,6 +288,21 @@ class CrossEntropyWithoutTheMaxShift(ref.CrossEntropyFunction):
         return nll.sum() / counted.sum()
 
 
+class CrossEntropyWithOneMaximumForAllRows(ref.CrossEntropyFunction):
+    """Shifts every row by the largest logit of the whole batch: rows far below it underflow to e^(z − m) = 0."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index):
+        counted = targets != ignore_index
+        targets = torch.where(counted, targets, 0)
+        shifted = logits - logits.amax()
+        exps = torch.exp(shifted)  # (N, V)
+        sums = exps.sum(-1)
+        nll = torch.where(counted, sums.log() - shifted.gather(-1, targets[:, None]).squeeze(-1), 0.0)
+        ctx.save_for_backward(exps, sums, targets, counted)
+        return nll.sum() / counted.sum()
+
+
 def _flatten(logits, targets, upcast=True):
     if upcast and logits.dtype in HALF:
         logits = logits.float()
@@ -316,6 +344,10 @@ mutant("kernels.cross_entropy", "test_cross_entropy_kernel_equals_the_definition
 mutant("kernels.cross_entropy", "test_cross_entropy_kernel_in_half_precision_and_at_large_logits",
        why="exponentiates the logits without subtracting the row max")(
     _cross_entropy_through(CrossEntropyWithoutTheMaxShift))
+
+
+mutant("kernels.cross_entropy", "test_kernels_shift_each_row_by_its_own_maximum",
+       why=CrossEntropyWithOneMaximumForAllRows.__doc__)(_cross_entropy_through(CrossEntropyWithOneMaximumForAllRows))
 
 
 @mutant("kernels.cross_entropy", "test_cross_entropy_kernel_in_half_precision_and_at_large_logits",
@@ -370,7 +402,6 @@ class AttentionNaNOnFullyMaskedRows(ref.AttentionFunction):
 
     @staticmethod
     def forward(ctx, q, k, v, bias, scale):
-        ctx.dtype = q.dtype
         scores = q @ k.transpose(1, 2) * scale
         if bias is not None:
             scores = scores + bias
@@ -431,6 +462,39 @@ def attention_taking_any_mask_as_booleans(q, k, v, mask=None, is_causal=False, s
     return ref.attention(q, k, v, mask=None if mask is None else mask.bool(), is_causal=is_causal, scale=scale)
 
 
+@mutant("kernels.attention", "test_attention_kernel_rejects_mismatched_inputs",
+        why="checks q against k only: v in another dtype is cast silently")
+def attention_checking_q_against_k_only(q, k, v, mask=None, is_causal=False, scale=None):
+    attention_ref._check_same_dtype_and_device(q=q, k=k)
+    return ref.attention(q, k, v.to(q.dtype), mask=mask, is_causal=is_causal, scale=scale)
+
+
+@mutant("kernels.attention", "test_attention_kernel_rejects_mismatched_inputs",
+        why="flattens q, k and v to (N, T, d) batches without checking that their shapes fit")
+def attention_without_the_shape_check(q, k, v, mask=None, is_causal=False, scale=None):
+    """Trusts the caller: leading dimensions that differ, or keys and values of different lengths, meet an error
+    inside a matmul (or none) instead of one that names the shapes."""
+    attention_ref._check_same_dtype_and_device(q=q, k=k, v=v)
+    return _attention_through(ref.AttentionFunction)(q, k, v, mask=mask, is_causal=is_causal, scale=scale)
+
+
+@mutant("kernels.attention", "test_kernels_run_on_the_device_of_their_inputs_without_reading_numbers_back",
+        why="builds the causal bias on the default device, not on q's")
+def attention_with_the_causal_bias_on_the_default_device(q, k, v, mask=None, is_causal=False, scale=None):
+    lead, n_queries, n_keys = q.shape[:-2], q.shape[-2], k.shape[-2]
+    bias = None
+    if mask is not None:
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
+        bias = bias.expand(*lead, n_queries, n_keys).reshape(-1, n_queries, n_keys)
+    if is_causal:
+        causal = torch.full((n_queries, n_keys), float("-inf"), dtype=q.dtype).triu_(n_keys - n_queries + 1)  # CPU
+        bias = causal if bias is None else bias + causal
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    out = ref.AttentionFunction.apply(q.reshape(-1, n_queries, q.shape[-1]), k.reshape(-1, n_keys, k.shape[-1]),
+                                      v.reshape(-1, n_keys, v.shape[-1]), bias, scale)
+    return out.reshape(*lead, n_queries, v.shape[-1])
+
+
 # ---------------------------------------------------------------- tiled (flash) attention
 
 
@@ -445,9 +509,10 @@ def _tiled_with(function, name):
     return _named(name, tiled_attention)
 
 
-def _plain_tiles(rescale=True, last_partial_block=True, top_left=False, ignore_scale=False):
+def _plain_tiles(rescale=True, last_partial_block=True, top_left=False, ignore_scale=False, shared_max=False):
     """Tiled forward through ordinary autograd, accumulating in the inputs' dtype: right values in float32 and
-    float64 (unless told otherwise), and O(T²) saved for the backward pass."""
+    float64 (unless told otherwise), and O(T²) saved for the backward pass. shared_max: one running maximum for
+    every row of the batch, where each row needs its own."""
     def forward(q, k, v, is_causal, block_q, block_k, scale):
         n, n_queries, _ = q.shape
         n_keys = k.shape[1]
@@ -466,7 +531,7 @@ def _plain_tiles(rescale=True, last_partial_block=True, top_left=False, ignore_s
                 if is_causal:
                     future = torch.arange(j0, j1)[None, :] > torch.arange(i0, i1)[:, None] + offset
                     scores = scores.masked_fill(future, float("-inf"))
-                new_max = torch.maximum(row_max, scores.amax(-1))
+                new_max = torch.maximum(row_max, scores.amax() if shared_max else scores.amax(-1))
                 correction = torch.exp(row_max - new_max) if rescale else torch.ones_like(new_max)
                 p = torch.exp(scores - new_max[..., None])
                 row_sum = row_sum * correction + p.sum(-1)
@@ -503,6 +568,26 @@ mutant("kernels.tiled_attention", "test_tiled_attention_accumulates_half_precisi
        "test_tiled_attention_saves_linear_memory_for_backward",
        why="running max, sum and output kept in the inputs' dtype (bfloat16), and autograd keeps every tile's "
            "probabilities for the backward pass")(_tiled_with(_plain_tiles(), "tiled_accumulating_in_the_input_dtype"))
+
+
+mutant("kernels.tiled_attention", "test_tiled_attention_multiplies_only_the_tiles_it_needs",
+       why="causal attention visits every key block and masks the tiles above the diagonal instead of skipping them")(
+    _tiled_with(_plain_tiles(), "tiled_visiting_every_key_block"))
+
+
+mutant("kernels.tiled_attention", "test_kernels_shift_each_row_by_its_own_maximum",
+       why="the running maximum is one number for the whole tile of scores, not one per query")(
+    _tiled_with(_plain_tiles(shared_max=True), "tiled_with_one_maximum_for_every_row"))
+
+
+@mutant("kernels.tiled_attention", "test_tiled_attention_rejects_bad_blocks_and_mismatched_inputs",
+        why="flattens q, k and v to (N, T, d) batches without checking that their shapes fit")
+def tiled_without_the_shape_check(q, k, v, is_causal=False, block_size_q=128, block_size_k=256, scale=None):
+    attention_ref._check_same_dtype_and_device(q=q, k=k, v=v)
+    if block_size_q < 1 or block_size_k < 1:
+        raise ValueError(f"block_size_q and block_size_k must be positive, got {block_size_q}, {block_size_k}")
+    return _tiled_with(ref.TiledAttentionFunction.apply, "tiled")(q, k, v, is_causal, block_size_q, block_size_k,
+                                                                  scale)
 
 
 def _full_matrix(q, k, v, is_causal, block_q, block_k, scale):
@@ -698,13 +783,13 @@ mutant("model.Transformer", "test_wrapped_projections_are_used_on_the_kernel_pat
 # ---------------------------------------------------------------- half precision and the Functions called directly
 
 
-@mutant("kernels.RotateFunction", "test_rotate_function_equals_the_definition_in_values_and_gradients",
+@mutant("kernels.RotateFunction", "test_half_precision_kernels_round_once",
         why="rotates half precision term by term in half precision: x₁ cos − x₂ sin cancels")
 class RotateFunctionInHalfPrecision(ref.RotateFunction):
     @staticmethod
     def forward(ctx, x, cos, sin, interleaved):
         ctx.save_for_backward(cos.to(x.dtype), sin.to(x.dtype))
-        ctx.interleaved, ctx.x_shape, ctx.x_dtype = interleaved, x.shape, x.dtype
+        ctx.interleaved, ctx.x_shape = interleaved, x.shape
         half = x.shape[-1] // 2
         x1, x2 = (x[..., 0::2], x[..., 1::2]) if interleaved else (x[..., :half], x[..., half:])
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
@@ -968,6 +1053,7 @@ def train_bpe_counting_only_the_first_chunk(data, vocab_size, special_tokens=(),
 
 
 @mutant("kernels.train_bpe", "test_bpe_kernel_counts_a_corpus_of_many_chunks_like_one_text",
+        "test_bpe_kernel_counts_a_long_document_with_no_special_token_to_cut_at",
         why="chunks are cut every million characters, through a special token or a pre-token")
 def train_bpe_cutting_chunks_at_fixed_places(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
     pieces = [text[i:i + BPE_CHUNK] for text in _texts(data) for i in range(0, len(text), BPE_CHUNK)]
@@ -1021,3 +1107,147 @@ def train_bpe_accepting_an_empty_corpus(data, vocab_size, special_tokens=(), pat
         vocab.update({256 + k: token.encode("utf-8") for k, token in enumerate(special_tokens)})
         return tokenizer_ref.Tokenizer(vocab, [], special_tokens, pattern)
     return ref.train_bpe(data, vocab_size, special_tokens, pattern, num_workers)
+
+
+@mutant("kernels.train_bpe", "test_bpe_kernel_learns_the_textbook_merges",
+        why="returns a Tokenizer with the default pattern, not the one it was trained with")
+def train_bpe_forgetting_the_pattern(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    trained = ref.train_bpe(data, vocab_size, special_tokens, pattern, num_workers)
+    return tokenizer_ref.Tokenizer(trained.vocab, trained.merges, special_tokens)
+
+
+@mutant("kernels.train_bpe", "test_bpe_kernel_warns_only_when_the_corpus_runs_out_of_pairs",
+        why="warns when the vocabulary is exactly full: len(vocab) <= vocab_size")
+def train_bpe_warning_at_a_full_vocabulary(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    trained = ref.train_bpe(data, vocab_size, special_tokens, pattern, num_workers)
+    if len(trained.vocab) == vocab_size:
+        warnings.warn(f"the corpus ran out of pairs to merge: vocab_size={vocab_size}", stacklevel=2)
+    return trained
+
+
+@mutant("kernels.train_bpe", "test_bpe_kernel_rejects_what_the_textbook_trainer_rejects",
+        why="reads files with errors='replace': bytes that are not UTF-8 become U+FFFD")
+def train_bpe_replacing_what_is_not_utf8(data, vocab_size, special_tokens=(), pattern="gpt4", num_workers=None):
+    documents = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    texts = []
+    for item in documents:
+        if isinstance(item, os.PathLike):
+            with open(item, encoding="utf-8", errors="replace", newline="") as file:
+                item = file.read()
+        texts.append(item)
+    return ref.train_bpe(texts, vocab_size, special_tokens, pattern, num_workers)
+
+
+# ---------------------------------------------------------------- flash attention in Triton
+#
+# The kernels are Triton functions: a mutant is the reference's kernel with one line of its source changed, written
+# to a file of its own (Triton reads a kernel's source) and built by the reference's _triton_kernels. Building
+# waits for the first call, so that listing the mutants needs no triton.
+
+_FLASH_MUTANT_FILES = {}
+if not torch.cuda.is_available():  # Triton's interpreter, chosen before any test can import triton (see the spec)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _mutated_kernel(name: str, edits: tuple[tuple[str, str], ...]):
+    """The reference's Triton kernel `name` (a plain function) with each (old, new) text edit made."""
+    import importlib.util
+    import inspect
+    import tempfile
+    import textwrap
+
+    key = (name, edits)
+    if key not in _FLASH_MUTANT_FILES:
+        source = textwrap.dedent(inspect.getsource(getattr(ref, name)))
+        for old, new in edits:
+            assert old in source, f"the mutant's edit {old!r} no longer matches kernels.{name}"
+            source = source.replace(old, new)
+        folder = tempfile.mkdtemp(prefix="llmkata-flash-mutant-")
+        path = os.path.join(folder, f"{name}_mutant_{len(_FLASH_MUTANT_FILES)}.py")
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(source)
+        spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _FLASH_MUTANT_FILES[key] = getattr(module, name)
+    return _FLASH_MUTANT_FILES[key]
+
+
+def flash_with(name: str, *edits: tuple[str, str]):
+    """kernels.flash_attention whose Triton kernel `name` has the given text edits."""
+
+    def kernels():
+        functions = {kernel: getattr(ref, kernel) for kernel in ref._FLASH_KERNELS}
+        functions[name] = _mutated_kernel(name, edits)
+        return ref._triton_kernels(functions)
+
+    class MutatedFlashAttentionFunction(ref.FlashAttentionFunction):
+        @staticmethod
+        def forward(ctx, q, k, v, is_causal, scale):
+            q, k, v = (t.contiguous() for t in (q, k, v))
+            out, lse = ref._flash_forward(kernels(), q, k, v, is_causal, scale)
+            ctx.save_for_backward(q, k, v, out, lse)
+            ctx.settings = (is_causal, scale)
+            return out, lse
+
+        @staticmethod
+        @torch.autograd.function.once_differentiable
+        def backward(ctx, grad_out, grad_lse):
+            q, k, v, out, lse = ctx.saved_tensors
+            is_causal, scale = ctx.settings
+            return (*ref._flash_backward(kernels(), q, k, v, out, lse, grad_out, grad_lse, is_causal, scale),
+                    None, None)
+
+    def flash_attention(q, k, v, is_causal=False, scale=None):
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        return MutatedFlashAttentionFunction.apply(q, k, v, is_causal, scale)
+
+    return flash_attention
+
+
+FLASH_VALUES = "test_flash_attention_equals_the_definition_in_values_and_log_sum_exp"
+FLASH_GRADIENTS = "test_flash_attention_gradients_equal_the_definition"
+FLASH_GPU_VALUES = "test_flash_attention_on_the_gpu_equals_the_definition"
+FLASH_GPU_GRADIENTS = "test_flash_attention_on_the_gpu_gradients_equal_the_definition"
+
+_NO_RESCALE = ("_flash_forward_kernel", ("acc * correction[:, None]", "acc"))
+_CAUSAL_END_WITHOUT_OFFSET = ("_flash_forward_kernel", ("(block + 1) * BLOCK_M + offset", "(block + 1) * BLOCK_M"))
+_LSE_WITHOUT_MAX = ("_flash_forward_kernel", ("(row_max + tl.math.log2(", "(tl.math.log2("))
+_NO_DELTA = ("_flash_dq_kernel", ("p * (grad_p - delta[:, None])", "p * grad_p"))
+_KV_HEADS_INTERLEAVED = ("_flash_forward_kernel", ("kv_head = head // group", "kv_head = head % (n_heads // group)"))
+
+for _name, _edit, _why in [
+        (*_NO_RESCALE, "the running output is not rescaled by 2^(m − m') when the row max grows"),
+        (*_CAUSAL_END_WITHOUT_OFFSET, "causal: the key loop stops at the query's index, not its position Tk − Tq + i"),
+        (*_LSE_WITHOUT_MAX, "lse = log ℓ, without the running max it was summed under"),
+        (*_KV_HEADS_INTERLEAVED, "GQA: query head h reads kv head h mod Hkv instead of h // (H / Hkv)")]:
+    mutant("kernels.flash_attention", FLASH_VALUES, why=_why)(flash_with(_name, _edit))
+    mutant("kernels.flash_attention", FLASH_GPU_VALUES, why=_why)(flash_with(_name, _edit))
+
+mutant("kernels.flash_attention", FLASH_VALUES, why="causal: the unmasked key blocks run one block into the diagonal")(
+    flash_with("_flash_forward_kernel", ("block * BLOCK_M + offset + 1, 0)", "block * BLOCK_M + offset + BLOCK_N, 0)")))
+
+for _name, _edit, _why in [
+        (*_NO_DELTA, "dq: ds = P ⊙ dP, without the term D_i = dout_i · out_i − dlse_i"),
+        ("_flash_delta_kernel", ("tl.sum(out * grad_out, 1) - grad_lse", "tl.sum(out * grad_out, 1)"),
+         "D_i = dout_i · out_i, without the gradient that reaches lse"),
+        ("_flash_dkdv_kernel", ("grad_k = grad_k * scale", "grad_k = grad_k"), "dk = dsᵀ q, without the scale"),
+        ("_flash_dkdv_kernel", ("tl.maximum(block * BLOCK_N - offset, 0)", "block * BLOCK_N"),
+         "causal dk, dv: the query loop starts at the key's index, not at the first query whose position reaches it"),
+        ("_flash_dkdv_kernel", ("for g in range(0, group):", "for g in range(0, 1):"),
+         "GQA: dk and dv of a kv head summed over the first query head of its group only")]:
+    mutant("kernels.flash_attention", FLASH_GRADIENTS, why=_why)(flash_with(_name, _edit))
+mutant("kernels.flash_attention", FLASH_GPU_GRADIENTS, why="dq: ds = P ⊙ dP, without D_i")(flash_with(*_NO_DELTA))
+
+
+@mutant("kernels.flash_attention", "test_flash_attention_in_half_precision",
+        why="half precision computed in float32 and returned in float32")
+def flash_attention_returning_float32(q, k, v, is_causal=False, scale=None):
+    return ref.flash_attention(q.float(), k.float(), v.float(), is_causal=is_causal, scale=scale)
+
+
+@mutant("kernels.flash_attention", "test_flash_attention_rejects_what_it_cannot_compute",
+        why="no check of the dtype: float64 goes to the kernels")
+def flash_attention_without_checks(q, k, v, is_causal=False, scale=None):
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return ref.FlashAttentionFunction.apply(q, k, v, is_causal, scale)
