@@ -29,14 +29,13 @@ import select
 import sys
 import time
 import weakref
-import zlib
 from pathlib import Path
 
 import torch
-
 from llmkata import wire
-from llmkata.worker import tensor_bytes
 from llmkata.spec.impl import Implementation, Missing
+from llmkata.worker import fingerprint as _fingerprint
+from llmkata.worker import tensor_bytes
 
 START_SECONDS = 120.0  # importing torch and the submission, on a busy machine
 CALL_SECONDS = float(os.environ.get("LLMKATA_CALL_SECONDS", 300))
@@ -71,24 +70,6 @@ def _tensor(description: dict, buffers: list[bytes]) -> torch.Tensor:
         raise wire.WireError(f"a tensor of shape {shape} came with {len(data)} bytes")
     tensor = tensor.reshape(shape)
     return tensor.to(torch.bool) if dtype == torch.bool else tensor
-
-
-def _state(tensor: torch.Tensor) -> tuple:
-    meta = tensor.device.type == "meta"
-    digest = None
-    if not meta and tensor.numel():
-        data = tensor.detach()
-        data = data if data.is_contiguous() else data.contiguous()
-        digest = zlib.crc32(data.reshape(-1).view(torch.uint8).numpy() if data.dtype != torch.bool else
-                            data.reshape(-1).to(torch.uint8).numpy())
-    return (tensor._version, 0 if meta else tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), digest)
-
-
-def _fingerprint(tensor: torch.Tensor, with_grad: bool) -> tuple:
-    """What identifies a tensor's state: its version, storage, dtype and shape, and a digest of its bytes (a write
-    through `.data` bumps no version), with its gradient's, when that side keeps the gradient."""
-    grad = tensor.grad if with_grad and tensor.is_leaf else None
-    return (_state(tensor), tensor.requires_grad, None if grad is None else (id(grad), _state(grad)))
 
 
 def _raw(tensor: torch.Tensor) -> tuple:

@@ -21,7 +21,6 @@ from collections import OrderedDict
 from pathlib import PurePath
 
 import torch
-
 from llmkata import wire
 
 MAX_GRAPHS = 1024
