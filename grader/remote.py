@@ -77,10 +77,14 @@ def _raw(tensor: torch.Tensor) -> tuple:
     return (str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), tensor.device.type, tensor_bytes(tensor))
 
 
-def _exception(names: list[str], message: str) -> BaseException:
-    """The error to raise here for one the worker raised: `names` is its class's MRO, by name."""
+def _exception(names: list[str], message: str, where=None) -> BaseException:
+    """The error to raise here for one the worker raised: `names` is its class's MRO, by name; `where` is a
+    SyntaxError's (file, line, offset, text)."""
     if names[0] == "Missing":
         return Missing(message)
+    if "SyntaxError" in names and isinstance(where, list) and len(where) == 4:
+        filename, lineno, offset, text = where
+        return SyntaxError(message, (str(filename), int(lineno or 0), int(offset or 0), str(text or "")))
     for name in names:
         found = getattr(builtins, name, None)
         if isinstance(found, type) and issubclass(found, Exception) and name not in ("BaseException",):
@@ -263,8 +267,8 @@ class Session:
         except wire.WireError as error:
             raise self._died(f"sent a malformed answer ({error})") from None
         if "raise" in header and request is self.choice:
-            names, message = header["raise"]
-            error = _exception([str(n) for n in names], str(message))
+            names, message, *where = header["raise"]
+            error = _exception([str(n) for n in names], str(message), *where)
             self._stop()
             raise error
         return header, buffers
@@ -405,8 +409,8 @@ class Session:
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
             raise self._died(f"sent a malformed answer ({error})") from None
         if "raise" in header:
-            names, message = header["raise"]
-            raise _exception([str(n) for n in names], str(message))
+            names, message, *where = header["raise"]
+            raise _exception([str(n) for n in names], str(message), *where)
         try:
             leaves = [self._decode(node, buffers, []) for node in header.get("leaves", [])]
             outputs = self._graph_outputs(header.get("ok"), buffers, call, grad_inputs, leaves)

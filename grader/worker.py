@@ -340,7 +340,10 @@ def describe(error: BaseException, folder: str | None = None) -> list:
         if frames:
             line = f": {frames[-1].line.strip()}" if frames[-1].line else ""
             message += f" — at {frames[-1].filename}, line {frames[-1].lineno}{line}"
-    return [[cls.__name__ for cls in type(error).__mro__], message]
+    names = [cls.__name__ for cls in type(error).__mro__]
+    if isinstance(error, SyntaxError):  # where it is, so that the report can show the file, line and code
+        return [names, str(error.msg), [error.filename, error.lineno, error.offset, error.text]]
+    return [names, message]
 
 
 def main() -> None:

@@ -60,7 +60,7 @@ def test_a_world_runs_tasks_on_every_rank_and_returns_them_by_rank(world):
 
 
 def test_an_exception_on_every_rank_is_raised_again_and_the_world_goes_on(world):
-    with pytest.raises(KeyError, match="rank 0 has no such key"):
+    with pytest.raises(KeyError, match=r"rank \d has no such key"):  # whichever rank's error arrives first
         world.run(raises_on_every_rank)
     assert world.alive, "every rank answered: none is stuck, so the world goes on serving"
     assert [r[2] for r in world.run(rank_and_sum, 0)] == [1.0, 1.0]
