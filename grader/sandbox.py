@@ -21,6 +21,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -131,6 +132,15 @@ class _Cgroup:
                     time.sleep(0.02)
 
 
+def _python_folders() -> list[Path]:
+    """The folders the grading child's Python reads: the interpreter's prefixes and llmkata's source (in a clone,
+    the repository: the folders a submission must not read are hidden again after it)."""
+    import llmkata
+    folders = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(),
+               Path(llmkata.__file__).resolve().parents[1]}
+    return sorted(folder for folder in folders if folder.is_dir())
+
+
 def _bwrap_works(bwrap: str) -> bool:
     try:
         probe = subprocess.run([bwrap, "--ro-bind", "/", "/", "--unshare-all", "--unshare-user", "--uid", str(NOBODY),
@@ -189,8 +199,13 @@ class Sandbox:
     def command(self, argv: list[str], scratch: Path, env: dict[str, str]) -> list[str]:
         if not self.bwrap:
             return argv
-        wrapped = [self.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-                   "--bind", str(scratch), str(scratch), "--unshare-all", "--unshare-user",
+        # /tmp is emptied (other grades' scratch folders live there), then what Python needs is shown again: the
+        # interpreter, its virtual environment and llmkata's own source may themselves be under /tmp.
+        wrapped = [self.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+        for folder in _python_folders():
+            if folder.is_relative_to("/tmp"):
+                wrapped += ["--ro-bind", str(folder), str(folder)]
+        wrapped += ["--bind", str(scratch), str(scratch), "--unshare-all", "--unshare-user",
                    "--uid", str(NOBODY), "--gid", str(NOBODY), "--die-with-parent", "--new-session",
                    "--chdir", str(scratch), "--clearenv"]
         for folder in self.hidden:
