@@ -210,7 +210,11 @@ def _read_records(results: Path, allowed: set[str], problems: list[str], label: 
         except ValueError:
             valid = False
         if not valid:
-            problems.append(f"{label}: result line {number} is malformed or names no expected test; ignored")
+            ignored = sum(1 for p in problems if p.startswith(f"{label}: result line"))
+            if ignored < 3:
+                problems.append(f"{label}: result line {number} is malformed or names no expected test; ignored")
+            elif ignored == 3:
+                problems.append(f"{label}: result lines after {number - 1}: more are malformed; ignored")
             continue
         records.append({key: record.get(key) for key in ("nodeid", "when", "outcome", "message", "example", "line")})
     return records
