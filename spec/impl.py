@@ -111,6 +111,8 @@ def _import_folder(folder: Path) -> str:
         spec.submodule_search_locations = [str(folder)]
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    if str(folder.parent) not in sys.path:  # importable by name in the processes it starts (chapter 13's worlds)
+        sys.path.append(str(folder.parent))
     if spec.loader is not None:
         try:
             spec.loader.exec_module(module)

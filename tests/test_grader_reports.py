@@ -115,12 +115,14 @@ def test_grade_writes_every_report_and_min_score_sets_the_exit_code(tmp_path):
     paths = {kind: tmp_path / f"{kind}.out" for kind in ("json", "gradescope", "prairielearn", "junit")}
     flags = [part for kind, path in paths.items() for part in (f"--{kind}", str(path))]
     run = subprocess.run([sys.executable, "-m", "llmkata.cli", "grade", str(folder), "--seed", "3", "-k",
-                          "softmax_rows or attention_weights_are_rows", "--min-score", "0.9", *flags],
+                          "softmax_rows or attention_weights_are_rows or run_world_returns", "--min-score", "0.9", *flags],
                          capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 1, f"attention scores nothing, so the score is below 0.9:\n{run.stdout}{run.stderr}"
     report = json.loads(paths["json"].read_text())
     chapters = {c["module"]: c for c in report["chapters"]}
     assert chapters["layers"]["passed"] == chapters["layers"]["total"] > 0, chapters["layers"]
+    # A folder's own launcher starts processes that import it by name: they must find it in the sandbox too.
+    assert chapters["parallel"]["passed"] == chapters["parallel"]["total"] > 0, chapters["parallel"]
     assert chapters["attention"]["passed"] == 0 and chapters["attention"]["total"] > 0, chapters["attention"]
     assert "forbidden shortcut" in chapters["attention"]["tests"][0]["message"]
     assert json.loads(paths["gradescope"].read_text())["score"] == report["score"]
