@@ -58,6 +58,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .train import AdamW
+
 
 def _world() -> tuple[int, int]:
     """(rank, world size) of the default process group; (0, 1) outside a world."""
@@ -368,7 +370,7 @@ def vocab_parallel_cross_entropy(logits: Tensor, targets: Tensor, vocab_size: in
 # ------------------------------------------------------------------------------------------- sharded optimizer
 
 
-class ShardedAdamW(torch.optim.Optimizer):
+class ShardedAdamW(AdamW):
     """AdamW with its state sharded over the ranks (ZeRO stage 1): the numbers of `train.AdamW`, with 1/N of the
     moments on each rank.
 
@@ -376,20 +378,8 @@ class ShardedAdamW(torch.optim.Optimizer):
     into N slices of ⌈n/N⌉ elements (the last ones shorter, or empty); rank r keeps exp_avg and exp_avg_sq of slice
     r only (`optimizer.state[p]` = {"step", "exp_avg", "exp_avg_sq"}, the moments of length ⌈n/N⌉ or less), updates
     that slice of the weights by the AdamW rule, and an all-gather puts the N updated slices back together on every
-    rank. Parameter groups, lr and weight_decay work as for `train.AdamW`.
+    rank. Arguments, their checks, parameter groups, lr and weight_decay are `train.AdamW`'s.
     """
-
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2):
-        if not lr >= 0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"betas must lie in [0, 1), got {betas}")
-        if not eps >= 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
     @torch.no_grad()
     def step(self) -> None:
