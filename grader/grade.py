@@ -220,10 +220,12 @@ def _read_records(results: Path, allowed: set[str], problems: list[str], label: 
     return records
 
 
-# Spec files whose assertions run in the grader's own process while the submission runs in a sandboxed worker that
-# returns plain data (llmkata.remote): the submission takes no part in deciding their verdicts. The others run whole
-# in a sandboxed child, where code of the submission shares the process that reports the results.
-TRUSTED_FILES = ("test_layers.py", "test_rope.py", "test_evaluate.py")
+# Every spec file runs in the grader's own process while the submission runs in a sandboxed worker that returns
+# plain data (llmkata.remote): the submission takes no part in deciding the verdicts. These run whole in a sandboxed
+# child instead, where code of the submission shares the process that reports the results: the contract checks,
+# which inspect signatures and score nothing, and the parallel chapter, whose worlds start processes that load the
+# implementation themselves.
+WHOLE_IN_SANDBOX = ("test_parallel.py", "test_contract.py")
 
 
 def _trusted_run(command: list[str], env: dict[str, str], wall_seconds: float):
@@ -269,8 +271,12 @@ def _run_file(sandbox: Sandbox, spec_file: str, ids: list[str], impl: str, seed:
         if trusted:
             config = {"scratch": str(scratch), "hidden": [str(p) for p in sandbox.hidden],
                       "limits": {**dataclasses.asdict(limits), "wall_seconds": limits.wall_seconds}}
+            shared = scratch / "tmp"  # the spec's temporary files, where the worker sees them at the same path
+            shared.mkdir(mode=0o777)
+            shared.chmod(0o777)
             env = {**_child_env(scratch, results, threads), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                   "LLMKATA_REMOTE": json.dumps(config), "LLMKATA_CALL_SECONDS": str(limits.wall_seconds)}
+                   "LLMKATA_REMOTE": json.dumps(config), "LLMKATA_CALL_SECONDS": str(limits.wall_seconds),
+                   "TMPDIR": str(shared)}
             finished = _trusted_run(command + ["--basetemp", str(scratch / "pytest")], env, limits.wall_seconds)
         else:
             finished = sandbox.run(command, scratch, _child_env(scratch, results, threads), limits)
@@ -324,7 +330,7 @@ def run_spec(impl: str, seed: int, extra: list[str] = (), jobs: int = 2, limits:
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
     run = SpecRun([], expected, layers=sandbox.layers, warning=sandbox.warning())
     # The worker needs the namespaces to be a boundary at all: without bubblewrap every file runs whole in its child.
-    trusted = {name for name in by_file if name in TRUSTED_FILES and sandbox.bwrap and impl != "reference"}
+    trusted = {name for name in by_file if name not in WHOLE_IN_SANDBOX and sandbox.bwrap and impl != "reference"}
     run.trusted = sorted(_chapter_module(name) for name in trusted)
     # Slowest first, so that the pool stays busy to the end.
     order = sorted(by_file, key=lambda name: -len(by_file[name]))

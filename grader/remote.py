@@ -28,18 +28,51 @@ import pickle
 import select
 import sys
 import time
+import warnings
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from llmkata import wire
-from llmkata.spec.impl import Implementation, Missing
+from llmkata.spec.impl import Implementation, Missing, kept_in_spec
+from llmkata.worker import follow_requires_grad
 from llmkata.worker import fingerprint as _fingerprint
 from llmkata.worker import tensor_bytes
 
 START_SECONDS = 120.0  # importing torch and the submission, on a busy machine
 CALL_SECONDS = float(os.environ.get("LLMKATA_CALL_SECONDS", 300))
 ENV_CONFIG = "LLMKATA_REMOTE"  # JSON: {"hidden": [...], "scratch": "...", "limits": {...}}
+
+
+# What the implementation may read of an object the spec keeps, besides its data: the model protocol's methods.
+READABLE = frozenset({"forward", "parameters", "named_parameters", "buffers", "named_buffers", "children",
+                      "named_children", "modules", "named_modules", "state_dict", "eval", "train"})
+
+
+def _run_kept(obj, op: str, args: list, kwargs: dict):
+    """One operation of the implementation on an object the spec keeps: calls and reads, never a write."""
+    if op == "call":
+        return obj(*args, **kwargs)
+    if op == "next":
+        return next(obj)
+    if op == "iter":
+        return iter(obj)
+    if op == "len":
+        return len(obj)
+    if op == "getitem":
+        return obj[args[0]]
+    if op == "getattr" and isinstance(args[0], str) and not args[0].startswith("_"):
+        value = getattr(obj, args[0])
+        methods = READABLE | getattr(type(obj), "_llmkata_kept", frozenset())
+        if not callable(value) or isinstance(value, torch.Tensor) or args[0] in methods:
+            return value
+    raise AttributeError(f"{op} {args[0] if args else ''} on an object of the spec is not open to an implementation")
+
+
+# The spec's settings that the implementation's process must see too (the kernels chapter runs Triton's
+# interpreter on a machine without a GPU).
+PASSED_ON = ("TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")
 
 
 class WorkerError(RuntimeError):
@@ -70,6 +103,14 @@ def _tensor(description: dict, buffers: list[bytes]) -> torch.Tensor:
         raise wire.WireError(f"a tensor of shape {shape} came with {len(data)} bytes")
     tensor = tensor.reshape(shape)
     return tensor.to(torch.bool) if dtype == torch.bool else tensor
+
+
+def _warning(names: list[str]) -> type[Warning]:
+    for name in names:
+        found = getattr(builtins, name, None)
+        if isinstance(found, type) and issubclass(found, Warning):
+            return found
+    return UserWarning
 
 
 def _raw(tensor: torch.Tensor) -> tuple:
@@ -110,20 +151,25 @@ class RemoteCall(torch.autograd.Function):
 class RemoteObject:
     """An object that stays in the worker; attribute access, calls and the usual protocols go there."""
 
-    __slots__ = ("_session", "_rid", "_generation", "_type", "_flags", "__weakref__")
+    __slots__ = ("_session", "_rid", "_generation", "_type", "_flags", "_names", "__weakref__")
 
     def __init__(self, session, rid: int, generation: int, type_name: str, flags: dict):
         for name, value in (("_session", session), ("_rid", rid), ("_generation", generation),
-                            ("_type", type_name), ("_flags", flags)):
+                            ("_type", type_name), ("_flags", flags), ("_names", {})):
             object.__setattr__(self, name, value)
 
     def _ask(self, op: str, *args, **kwargs):
         return self._session.request(op, self, args, kwargs)
 
     def __getattr__(self, name: str):
-        if name.startswith("__") and name.endswith("__"):
+        if name.startswith("__") and name.endswith("__") and name != "__dict__":  # vars(obj): its fields, as data
             raise AttributeError(name)
-        return self._ask("getattr", name)
+        if name in self._names:
+            return self._names[name]
+        value = self._ask("getattr", name)
+        if self._flags.get("pymodule") and isinstance(value, RemoteObject) and value._flags.get("callable"):
+            self._names[name] = value  # a module's functions and classes: one request, not one per call
+        return value
 
     def __setattr__(self, name: str, value) -> None:
         self._ask("setattr", name, value)
@@ -213,6 +259,9 @@ class Session:
         self.seen: dict[int, tuple] = {}
         self.theirs: set[int] = set()  # mirrors of the worker's tensors (their gradients come from there)
         self.proxies: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self.bases: dict[int, torch.Tensor] = {}  # id(view) -> the mirror it views
+        self.kept: dict[int, object] = {}  # objects the spec keeps here, which the worker reaches by id
+        self.kept_id: dict[int, int] = {}
         self.generators: dict[int, weakref.ref] = {}
         self.release: list[int] = []
         self.dead: list[int] = []  # mirrors collected since the last request: released with the next one
@@ -232,7 +281,8 @@ class Session:
         sandbox = Sandbox.detect(hidden=tuple(Path(p) for p in self.config.get("hidden", ())))
         scratch = Path(self.config["scratch"])
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(scratch), "LANG": "C.UTF-8",
-               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TMPDIR": os.environ.get("TMPDIR", "/tmp")}
+        env.update({name: os.environ[name] for name in PASSED_ON if name in os.environ})
         limits = Limits(**self.config.get("limits", {}))
         self.started = sandbox.start([sys.executable, "-I", "-m", "llmkata.worker", str(write_fd)], scratch, env,
                                      limits, pass_fds=(write_fd,), stdin=__import__("subprocess").PIPE,
@@ -260,6 +310,10 @@ class Session:
             wire.write_frame(self.started.process.stdin, pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL))
             self.answers.deadline = time.monotonic() + timeout
             header, buffers = wire.read_data(self.answers)
+            while "callback" in header:  # the implementation calls an object the spec kept here
+                wire.write_frame(self.started.process.stdin, self._serve(header, buffers))
+                self.answers.deadline = time.monotonic() + timeout
+                header, buffers = wire.read_data(self.answers)
         except TimeoutError:
             raise self._died(f"did not answer within {timeout:.0f} s") from None
         except (EOFError, BrokenPipeError, OSError):
@@ -294,12 +348,15 @@ class Session:
                     return ("ref", obj._rid)
                 if isinstance(obj, torch.Tensor):
                     return session._tensor_pid(obj, grad_inputs)
+                if kept_in_spec(obj):
+                    return session._keep(obj)
                 if isinstance(obj, torch.Generator):
                     rid = session.rid_of.get(id(obj))
-                    if rid is None:
+                    if rid is None or session.generators.get(rid, lambda: None)() is not obj:  # ids are reused
                         rid = next(session.next_id)
                         session.rid_of[id(obj)] = rid
                         session.generators[rid] = weakref.ref(obj)
+                        session._on_death(obj, rid)
                     return ("generator", rid, obj.get_state().numpy().tobytes())
                 return None
 
@@ -318,26 +375,33 @@ class Session:
         if tensor.requires_grad:
             grad_inputs.append(rid)
         # Plain values only: the pickler would call persistent_id again for a tensor inside this tuple.
-        return ("tensor", rid, *_raw(tensor), tensor.requires_grad, isinstance(tensor, torch.nn.Parameter))
+        grad = _raw(tensor.grad) if tensor.is_leaf and tensor.grad is not None else None
+        return ("tensor", rid, *_raw(tensor), tensor.requires_grad, isinstance(tensor, torch.nn.Parameter), grad)
 
     def _remember(self, rid: int, tensor: torch.Tensor, theirs: bool) -> None:
         self.tensors[rid] = weakref.ref(tensor)
         self.rid_of[id(tensor)] = rid
-        self.seen[rid] = _fingerprint(tensor, theirs)
+        self.seen[rid] = _fingerprint(tensor)
         if theirs:
             self.theirs.add(rid)
+        self._on_death(tensor, rid)
+
+    def _on_death(self, obj, rid: int) -> None:
+        """When `obj` (a tensor or a generator) is collected here, the worker may let its own copy go."""
         dead, generation = self.dead, self.generation
 
         def forget(rid=rid):  # may run inside any allocation (the cycle collector): it only takes note
             if self.generation == generation:
                 dead.append(rid)
 
-        weakref.finalize(tensor, forget)
+        weakref.finalize(obj, forget)
 
     def _bury(self) -> None:
         while self.dead:
             rid = self.dead.pop()
-            if self.tensors.get(rid, lambda: None)() is None:
+            if (self.tensors.get(rid, lambda: None)() is None and self.generators.get(rid, lambda: None)() is None
+                    and self.proxies.get(rid) is None):  # not handed out again since
+                self.generators.pop(rid, None)
                 self.tensors.pop(rid, None)
                 self.seen.pop(rid, None)
                 self.theirs.discard(rid)
@@ -348,18 +412,18 @@ class Session:
         for rid, grad in list(self.grads.items()):  # gradients of mirrors that may be gone since
             alive = self.tensors.get(rid, lambda: None)()
             if alive is None and grad is not None:
-                changed.append((rid, None, _raw(grad)))
+                changed.append((rid, None, _raw(grad), True))
         self.grads.clear()  # in place: the hooks hold this very dict
         for rid, ref in list(self.tensors.items()):
             tensor = ref()
             if tensor is None:
                 continue
-            theirs = rid in self.theirs
-            now = _fingerprint(tensor, theirs)
+            now = _fingerprint(tensor)
             if now != self.seen.get(rid):
                 self.seen[rid] = now
-                grad = _raw(tensor.grad) if theirs and tensor.is_leaf and tensor.grad is not None else None
-                changed.append((rid, _raw(tensor), grad))  # a worker's tensor whose gradient is None sends None
+                grad = _raw(tensor.grad) if tensor.is_leaf and tensor.grad is not None else None
+                # a gradient of None is sent as None
+                changed.append((rid, _raw(tensor), grad, tensor.requires_grad))
         return changed
 
     def ensure_started(self) -> None:
@@ -389,25 +453,75 @@ class Session:
         self._bury()
         release, self.release[:] = list(self.release), []
         context = {"rng": torch.get_rng_state().numpy().tobytes(), "grad": torch.is_grad_enabled(), "sync": changed,
-                   "release": release, "grad_inputs": grad_inputs, "call": call}
+                   "release": release, "grad_inputs": grad_inputs, "call": call, "cwd": os.getcwd()}
         header, buffers = self._exchange((op, target, payload_args, payload_kwargs, context), CALL_SECONDS)
         return self._answer(header, buffers, call, grad_inputs, op)
+
+    def hide(self, module: str, hidden: bool) -> None:
+        self.request("hide", module, (hidden,))
 
     def backward(self, call: int, grads: list) -> list:
         return self.request("backward", call, grads)
 
-    # ---------------------------------------------------------------------------------------- answers
-    def _answer(self, header: dict, buffers: list[bytes], call: int, grad_inputs: list[int], op: str):
+    # ------------------------------------------------------------------------------ objects the spec keeps
+    def _keep(self, obj) -> tuple:
+        cid = self.kept_id.get(id(obj))
+        if cid is None or self.kept.get(cid) is not obj:
+            cid = next(self.next_id)
+            self.kept[cid], self.kept_id[id(obj)] = obj, cid
+        return ("kept", cid, isinstance(obj, Iterator) and iter(obj) is obj)
+
+    def _serve(self, header: dict, buffers: list[bytes]) -> bytes:
+        """Run a call the implementation made on an object the spec kept; the reply, pickled for the worker."""
+        self._sync_in(header, buffers)
         try:
+            cid, op, args, kwargs = header["callback"]
+            obj = self.kept[int(cid)]
+            args, kwargs = self._decode(args, buffers, []), self._decode(kwargs, buffers, [])
+        except (KeyError, TypeError, ValueError, IndexError, OSError, wire.WireError) as error:
+            raise self._died(f"sent a malformed request ({error})") from None
+        try:
+            payload, error = self._pickle(_run_kept(obj, str(op), list(args), dict(kwargs)), []), None
+        except Exception as raised:  # noqa: BLE001 - goes to the implementation, as its own call would raise it
+            payload, error = None, [[c.__name__ for c in type(raised).__mro__], str(raised)[:4000]]
+        self._bury()
+        release, self.release[:] = list(self.release), []
+        context = {"rng": torch.get_rng_state().numpy().tobytes(), "sync": self._changed(), "release": release,
+                   "cwd": os.getcwd()}
+        return pickle.dumps(("reply", payload, error, context), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _memmap(self, node: dict):
+        """A file the worker memory-mapped, mapped here too: only a regular file inside its scratch folder, read-only
+        (copy-on-write where the worker's map was writeable: nothing written here reaches the file)."""
+        import numpy
+        path = Path(str(node["memmap"])).resolve()
+        scratch = Path(self.config["scratch"]).resolve()
+        if not path.is_relative_to(scratch) or not path.is_file():
+            raise wire.WireError(f"a memory map of {path}, outside the worker's folder")
+        return numpy.memmap(path, dtype=numpy.dtype(str(node["dtype"])), mode="c" if node.get("writeable") else "r",
+                            offset=int(node["offset"]), shape=tuple(int(n) for n in node["shape"]))
+
+    # ---------------------------------------------------------------------------------------- answers
+    def _sync_in(self, header: dict, buffers: list[bytes]) -> None:
+        """The worker's random state, mirrors and generators, as every message from it carries them."""
+        try:
+            for cid in header.get("dropped", []):
+                self.kept.pop(int(cid), None)
             torch.set_rng_state(torch.frombuffer(bytearray(buffers[header["rng"]]), dtype=torch.uint8))
             for rid, data, grad in header.get("changed", []):
-                self._update(int(rid), _tensor(data, buffers), None if grad is None else _tensor(grad, buffers))
+                self._update(int(rid), _tensor(data, buffers), None if grad is None else _tensor(grad, buffers),
+                             bool(data.get("rg")))
             for rid, state in header.get("generators", []):
                 generator = self.generators.get(int(rid), lambda: None)()
                 if generator is not None:
                     generator.set_state(torch.frombuffer(bytearray(buffers[state["b"]]), dtype=torch.uint8))
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
             raise self._died(f"sent a malformed answer ({error})") from None
+
+    def _answer(self, header: dict, buffers: list[bytes], call: int, grad_inputs: list[int], op: str):
+        self._sync_in(header, buffers)
+        for names, message in header.get("warnings", [])[:100]:
+            warnings.warn(str(message), _warning([str(n) for n in names]), stacklevel=4)
         if "raise" in header:
             names, message, *where = header["raise"]
             raise _exception([str(n) for n in names], str(message), *where)
@@ -415,10 +529,10 @@ class Session:
             leaves = [self._decode(node, buffers, []) for node in header.get("leaves", [])]
             outputs = self._graph_outputs(header.get("ok"), buffers, call, grad_inputs, leaves)
             return self._decode(header.get("ok"), buffers, outputs)
-        except (KeyError, TypeError, ValueError, IndexError, wire.WireError) as error:
+        except (KeyError, TypeError, ValueError, IndexError, OSError, wire.WireError) as error:
             raise self._died(f"sent a malformed answer ({error})") from None
 
-    def _update(self, rid: int, data: torch.Tensor, grad: torch.Tensor | None) -> None:
+    def _update(self, rid: int, data: torch.Tensor, grad: torch.Tensor | None, requires_grad: bool) -> None:
         tensor = self.tensors.get(rid, lambda: None)()
         if tensor is None:
             return
@@ -427,9 +541,10 @@ class Session:
                 tensor.data.copy_(data)
             else:
                 tensor.data = data
-        if rid in self.theirs:
+        follow_requires_grad(tensor, requires_grad)
+        if tensor.is_leaf:
             tensor.grad = grad
-        self.seen[rid] = _fingerprint(tensor, rid in self.theirs)
+        self.seen[rid] = _fingerprint(tensor)
 
     def _graph_outputs(self, value, buffers, call, grad_inputs, leaves) -> list[torch.Tensor]:
         found: list[tuple[int, torch.Tensor]] = []
@@ -475,12 +590,20 @@ class Session:
             return torch.Size(int(n) for n in node["size"])
         if "path" in node:
             return Path(node["path"])
+        if "npdtype" in node:
+            import numpy
+            dtype = numpy.dtype(str(node["npdtype"]))
+            return dtype.type if node.get("scalar_type") else dtype
+        if "memmap" in node:
+            return self._memmap(node)
         if "ndarray" in node:
             import numpy
             return numpy.frombuffer(buffers[node["ndarray"]], dtype=numpy.dtype(node["dtype"])).reshape(
                 node["shape"]).copy()
         if "plain" in node:
             return _tensor(node["plain"], buffers).clone()
+        if "kept" in node:
+            return self.kept[int(node["kept"])]
         if "ref" in node:
             rid = int(node["ref"])
             found = self.tensors.get(rid, lambda: None)()
@@ -496,6 +619,23 @@ class Session:
             self._remember(rid, found, theirs=theirs)
             self.recent.append(found)
             return found
+        if "view" in node:
+            base = self._decode(node["view"], buffers, outputs)
+            size, stride = [int(n) for n in node["shape"]], [int(n) for n in node["stride"]]
+            offset = int(node["offset"])
+            tensor = _tensor(node, buffers).clone()
+            if isinstance(base, torch.Tensor) and base.dtype == tensor.dtype and base.is_contiguous():
+                try:  # shares the base mirror's storage
+                    tensor = base.detach().as_strided(size, stride, base.storage_offset() + offset)
+                    # The base mirror lives as long as the view: the worker's base keeps its id, and `cache.k`
+                    # read later is this very mirror.
+                    self.bases[id(tensor)] = base
+                    weakref.finalize(tensor, self.bases.pop, id(tensor), None)
+                except RuntimeError:  # not inside it: the data that came along, on its own
+                    pass
+            self._remember(int(node["tensor"]), tensor, theirs=True)
+            self.recent.append(tensor)
+            return tensor
         if "tensor" in node:
             if node.get("out") is not None:
                 return outputs[int(node["out"])]
@@ -521,9 +661,10 @@ class Session:
             rid = int(node["obj"])
             proxy = self.proxies.get(rid)
             if proxy is None:
-                flags = {k: bool(node.get(k)) for k in ("callable", "iterator", "module", "class")}
+                flags = {k: bool(node.get(k)) for k in ("callable", "iterator", "module", "class", "pymodule")}
                 proxy = RemoteObject(self, rid, self.generation, str(node.get("type", "?")), flags)
                 self.proxies[rid] = proxy
+                self._on_death(proxy, rid)
             return proxy
         raise wire.WireError(f"an unknown value {sorted(node)}")
 
@@ -549,6 +690,17 @@ class RemoteImplementation(Implementation):
         if module not in self.modules or self.modules[module]._generation != self.session.generation:
             self.modules[module] = self.session.module(module)
         return self.modules[module]
+
+    def _hide(self, module: str, hidden: bool) -> None:
+        self.session.hide(module, hidden)
+
+    def alongside(self, cls, *args, **kwargs):
+        return self.session.request("construct", None, (cls, *args), kwargs)
+
+    def each(self, function, values, *args, **kwargs) -> list:
+        if not isinstance(function, RemoteObject):
+            return super().each(function, values, *args, **kwargs)
+        return self.session.request("each", function, (list(values), *args), kwargs)
 
     def replacing(self, overrides):
         raise NotImplementedError("a remote implementation is not patched: run mutants in process")

@@ -16,6 +16,7 @@ Missing layers are not silent: `Sandbox.warning()` is a line every report prints
 
 from __future__ import annotations
 
+import glob
 import os
 import resource
 import shutil
@@ -202,6 +203,8 @@ class Sandbox:
         # /tmp is emptied (other grades' scratch folders live there), then what Python needs is shown again: the
         # interpreter, its virtual environment and llmkata's own source may themselves be under /tmp.
         wrapped = [self.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+        for device in sorted(glob.glob("/dev/nvidia*")):  # a GPU grader's GPUs: the kernels chapter runs on them
+            wrapped += ["--dev-bind", device, device]
         for folder in _python_folders():
             if folder.is_relative_to("/tmp"):
                 wrapped += ["--ro-bind", str(folder), str(folder)]

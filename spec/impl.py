@@ -8,12 +8,13 @@ raises `Missing`, which the spec reports as one sentence for that test alone.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import FunctionType, GeneratorType, MethodType, ModuleType
 from typing import Any
 
 from .contract import BY_MODULE
@@ -21,6 +22,31 @@ from .contract import BY_MODULE
 ALIASES = {"reference": "llmkata.reference", "exercises": "llmkata.exercises"}
 ENV_VAR = "LLMKATA_IMPL"
 DEFAULT = "reference"
+
+
+def kept(*methods: str):
+    """Class decorator: objects of this class stay in the spec's process when the implementation runs in a worker
+    of its own (remote grading); the implementation calls them, iterates over them and reads their data there, and
+    may call the model protocol's methods and these `methods`, nothing else. For spec objects that record what the
+    implementation does with them (a model that counts its calls, a cache that keeps the ids fed)."""
+
+    def mark(cls):
+        cls._llmkata_kept = frozenset(methods)
+        return cls
+
+    return mark
+
+
+def kept_in_spec(obj) -> bool:
+    """Does `obj` stay in the spec's process under remote grading: an object of a `kept` class, one of its bound
+    methods, a generator, a lambda or a local function (which may hold the spec's own state)?"""
+    if isinstance(obj, GeneratorType):
+        return True
+    if isinstance(obj, FunctionType):
+        return "<" in obj.__qualname__
+    if isinstance(obj, MethodType):
+        return hasattr(type(obj.__self__), "_llmkata_kept") and not isinstance(obj.__self__, type)
+    return hasattr(type(obj), "_llmkata_kept") and not isinstance(obj, type)
 
 
 class Missing(Exception):
@@ -80,6 +106,36 @@ class Implementation:
         if module.startswith("_"):
             raise AttributeError(module)
         return ModuleView(self, module)
+
+    @contextlib.contextmanager
+    def without(self, module: str):
+        """`import module` fails inside this block, as where the package is not installed."""
+        missing = object()
+        installed = sys.modules.get(module, missing)
+        sys.modules[module] = None
+        self._hide(module, True)
+        try:
+            yield
+        finally:
+            self._hide(module, False)
+            if installed is missing:
+                del sys.modules[module]
+            else:
+                sys.modules[module] = installed
+
+    def alongside(self, cls, *args, **kwargs):
+        """cls(*args, **kwargs), made where the implementation runs: for the spec's objects whose own state the
+        implementation changes (a torch optimizer it steps and checkpoints, a model that notes the dtype it ran in),
+        which the spec then reads back as data."""
+        return cls(*args, **kwargs)
+
+    def each(self, function, values, *args, **kwargs) -> list:
+        """[function(v, *args, **kwargs) for v in values]: for the spec's loops over thousands of values (one request
+        in all where the implementation runs in a worker of its own, not one per value)."""
+        return [function(value, *args, **kwargs) for value in values]
+
+    def _hide(self, module: str, hidden: bool) -> None:
+        """Where the implementation runs elsewhere, hide the module there too."""
 
     def replacing(self, overrides: dict[str, Any]) -> Implementation:
         """The same implementation with some names replaced.  Example: impl.replacing({"layers.softmax": f})"""

@@ -90,15 +90,17 @@ def test_split_is_stable_under_reordering_and_growth(impl, docs, more, seed):
 @given(seeds, st.sampled_from([0.05, 0.2, 0.5]))
 def test_validation_fraction_is_within_the_hoeffding_bound(impl, seed, fraction):
     docs = [f"document {seed} {i}" for i in range(2000)]
-    val = [doc for doc in docs if impl.data.is_validation(doc, fraction)]
+    val = [doc for doc, held in zip(docs, impl.each(impl.data.is_validation, docs, fraction)) if held]
     assert abs(len(val) / len(docs) - fraction) <= 0.07, (
         f"is_validation(doc, {fraction}) must hold for about that fraction of documents, it held for "
         f"{len(val)} of {len(docs)}")
-    other = [doc for doc in docs if impl.data.is_validation(doc, fraction, salt="another split")]
+    other = [doc for doc, held in zip(docs, impl.each(impl.data.is_validation, docs, fraction, salt="another split"))
+             if held]
     assert other != val, "a different salt must draw a different split"
     # Salts longer than BLAKE2b's 64-byte key that differ only past byte 64 are different salts all the same.
     long_salts = ["split of run " + "x" * 60 + ending for ending in ("a", "b")]
-    first, second = ([doc for doc in docs if impl.data.is_validation(doc, fraction, salt=s)] for s in long_salts)
+    first, second = ([doc for doc, held in zip(docs, impl.each(impl.data.is_validation, docs, fraction, salt=s))
+                      if held] for s in long_salts)
     assert first != second, (
         "a different salt must draw a different split, also two salts of 73 characters that differ only in the "
         "last one (BLAKE2b takes a key of at most 64 bytes: a longer salt cannot simply be cut to 64)")
@@ -121,7 +123,7 @@ def test_is_validation_is_the_keyed_blake2b_of_the_document(impl):
     for name, salt in salts.items():
         expected = [keyed_blake2b_split(doc, 0.5, salt) for doc in docs]
         try:
-            actual = [impl.data.is_validation(doc, 0.5, salt) for doc in docs]
+            actual = impl.each(impl.data.is_validation, docs, 0.5, salt)
         except NotImplementedError:
             raise
         except (UnicodeError, ValueError) as error:

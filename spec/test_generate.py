@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from .checks import assert_rejects
+from .impl import kept
 
 seeds = st.integers(0, 255)  # a short range: failing examples shrink in a few steps
 
@@ -177,6 +178,7 @@ def test_top_k_then_top_p_at_the_temperature_draw_from_the_renormalised_nucleus(
 # ---------------------------------------------------------------------------------------------- the loop
 
 
+@kept()  # it records what generate fed the model: the record stays in the spec's process
 class ToyCache:
     """The toy model's cache: the ids it has seen (a real KV cache keeps keys and values instead)."""
 
@@ -188,6 +190,7 @@ class ToyCache:
         return len(self.ids)
 
 
+@kept("make_cache")
 class ToyLM(nn.Module):
     """logits at position t = A[x_t] + B[x_{t−1}] + P[t]: depends on the token, the previous one and the position.
 

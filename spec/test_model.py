@@ -6,7 +6,6 @@ pre-norm blocks; causality end to end; cached decoding equal to the full forward
 identical logits, and `transformers.LlamaForCausalLM` built from the exported files gives the same logits.
 """
 
-import dataclasses
 import json
 import math
 import tempfile
@@ -130,7 +129,8 @@ def test_parameter_count_matches_the_formula(impl, kwargs):
     model = impl.model.Transformer(config)
     counted = impl.model.count_parameters(model)
     expected = parameter_formula(dict(vars(config)))
-    unique = {id(p): p.numel() for p in model.parameters()}
+    parameters = list(model.parameters())  # alive while their ids are compared
+    unique = {id(p): p.numel() for p in parameters}
     assert counted == sum(unique.values()), (
         f"count_parameters must count every parameter once, a tied matrix once: {sum(unique.values())}, "
         f"got {counted}")
@@ -142,22 +142,21 @@ def test_parameter_count_matches_the_formula(impl, kwargs):
             "tie_embeddings=True: lm_head.weight must be the same Parameter as model.embed_tokens.weight")
 
 
-@settings(max_examples=15)  # each example counts FLOPs through a dispatch mode, slower than a plain forward
-@given(configs(), seeds, st.integers(1, 16))
-def test_flops_per_token_counts_every_matmul(impl, kwargs, seed, length):
-    from torch.utils.flop_counter import FlopCounterMode
-
+@given(configs(), st.integers(1, 16))
+def test_flops_per_token_counts_every_matmul(impl, kwargs, length):
     config = impl.model.ModelConfig(**kwargs)
     model = impl.model.Transformer(config)
-    ids = token_ids(kwargs, seed, 2, length)
-    with FlopCounterMode(display=False) as counter:
-        model(ids)
-    measured = 3 * counter.get_total_flops() / ids.numel()  # training = forward + backward (2× forward)
+    # The matrices the model as built multiplies by: every 2-D weight but the embedding lookup, and lm_head's
+    # (the embedding's own matrix, when tied, which named_parameters lists once, as the embedding).
+    matmul = sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and "embed_tokens" not in name)
+    matmul += kwargs["vocab_size"] * kwargs["d_model"] if kwargs["tie_embeddings"] else 0
+    attention_dim = kwargs["n_heads"] * (kwargs["d_model"] // kwargs["n_heads"])
+    # Forward: 2 per weight and token, and q·kᵀ and p·v over `length` positions; training is 3× the forward.
+    expected = 3 * (2 * matmul + 4 * kwargs["n_layers"] * length * attention_dim)
     estimate = impl.model.flops_per_token(config, seq_len=length)
-    assert estimate == measured, (
+    assert estimate == expected, (
         f"flops_per_token(seq_len={length}) must be 6·N + 12·L·T·d_attn with N the weights of every matmul "
-        f"(lm_head included, embedding lookup not): 3 × the forward FLOPs torch counts per token is {measured:.0f}, "
-        f"got {estimate}")
+        f"(lm_head included, embedding lookup not): {expected} for this model, got {estimate}")
 
 
 @given(configs(), st.integers(1, 64))
@@ -445,9 +444,9 @@ def test_make_cache_holds_max_seq_len_positions_in_the_models_dtype(impl, kwargs
 def test_hf_config_round_trips(impl, kwargs, init_std):
     config = impl.model.ModelConfig(**kwargs, init_std=init_std)
     back = impl.model.config_from_hf(impl.model.hf_config(config))
-    expected = dataclasses.replace(config, rope_interleaved=False)  # exported as split halves
-    assert back == expected, f"config_from_hf(hf_config(c)) must give c back (with split-halves RoPE): {expected}, " \
-                             f"got {back}"
+    expected = {**vars(config), "rope_interleaved": False}  # exported as split halves
+    assert vars(back) == expected, (
+        f"config_from_hf(hf_config(c)) must give c back (with split-halves RoPE): {expected}, got {vars(back)}")
 
 
 @given(configs(llama=True), st.sampled_from([0.02, 0.006]))

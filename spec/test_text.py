@@ -12,7 +12,6 @@ import itertools
 import json
 import math
 import random
-import sys
 import unicodedata
 import warnings
 from collections import Counter
@@ -141,17 +140,9 @@ def test_rejects_a_dataset_row_without_a_string_field(impl):
 
 
 def test_hf_loader_without_datasets_says_what_to_install(impl):
-    missing = object()
-    installed = sys.modules.get("datasets", missing)
-    sys.modules["datasets"] = None  # `import datasets` now fails, as where it is not installed
-    try:
+    with impl.without("datasets"):  # `import datasets` fails, as where it is not installed
         assert_rejects(lambda: impl.text.load_hf_dataset("json", data_files="corpus.jsonl"), "pip install datasets",
                        error=ImportError, what="load_hf_dataset of a dataset name without the `datasets` package")
-    finally:
-        if installed is missing:
-            del sys.modules["datasets"]
-        else:
-            sys.modules["datasets"] = installed
 
 
 # ---------------------------------------------------------------- cleaning

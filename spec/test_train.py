@@ -454,6 +454,14 @@ class TinyLM(nn.Module):
         self.seen_dtype = logits.dtype
         return logits
 
+    def poison_the_logits(self):
+        """From now on every logit is NaN, and so is the loss."""
+        self.register_forward_hook(lambda module, inputs, logits: logits * math.nan)
+
+    def overflow_the_gradient(self):
+        """From now on the loss stays finite, but lm_head.bias's gradient is infinite."""
+        self.lm_head.bias.register_hook(lambda grad: torch.full_like(grad, math.inf))
+
 
 def micro_batch_lists(vocab=11):
     """1 to 4 micro-batches (x, y) of one length and various batch sizes, some targets ignored (-100)."""
@@ -516,7 +524,7 @@ def test_train_step_returns_the_loss_and_the_norm_before_clipping_and_uses_lr(im
 
 
 def test_train_step_runs_the_forward_pass_under_bfloat16_autocast(impl):
-    model, plain = TinyLM(dtype=torch.float32), TinyLM(dtype=torch.float32)
+    model, plain = impl.alongside(TinyLM, dtype=torch.float32), TinyLM(dtype=torch.float32)  # model notes its dtype
     generator = torch.Generator().manual_seed(0)
     batches = [(torch.randint(11, (4, 8), generator=generator), torch.randint(11, (4, 8), generator=generator))]
     loss, _ = impl.train.train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), batches,
@@ -545,16 +553,16 @@ def test_rejects_a_nan_loss_and_keeps_the_last_good_weights(impl):
 
 @pytest.mark.parametrize("cause", ["a NaN loss", "an infinite gradient"])
 def test_a_refused_step_leaves_the_weights_and_the_optimizer_state_as_they_were(impl, cause):
-    model = TinyLM()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    model = impl.alongside(TinyLM)  # poisoned below where it runs
+    optimizer = impl.alongside(torch.optim.AdamW, model.parameters(), lr=0.01)
     generator = torch.Generator().manual_seed(0)
     batches = [(torch.randint(11, (2, 5), generator=generator), torch.randint(11, (2, 5), generator=generator))]
     impl.train.train_step(model, optimizer, batches)  # a good step: the optimizer now holds moments and step counts
     weights, state = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
     if cause == "a NaN loss":
-        model.register_forward_hook(lambda module, inputs, logits: logits * math.nan)
+        model.poison_the_logits()
     else:  # a finite loss whose gradient overflows
-        model.lm_head.bias.register_hook(lambda grad: torch.full_like(grad, math.inf))
+        model.overflow_the_gradient()
     assert_rejects(lambda: impl.train.train_step(model, optimizer, batches), "nan" if "NaN" in cause else "inf",
                    what=f"train_step with {cause} must stop with a FloatingPointError naming it",
                    error=FloatingPointError)
@@ -574,8 +582,9 @@ OPTIMIZERS = {"torch.optim.AdamW": torch.optim.AdamW, "AdamW": None}
 
 
 def make_optimizer(impl, which, model):
-    cls = OPTIMIZERS[which] or impl.train.AdamW
-    return cls(model.parameters(), lr=0.01, weight_decay=0.1)
+    if OPTIMIZERS[which] is None:
+        return impl.train.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+    return impl.alongside(OPTIMIZERS[which], model.parameters(), lr=0.01, weight_decay=0.1)
 
 
 def first_difference(actual, expected, where: str = "state_dict") -> str | None:
@@ -643,13 +652,14 @@ def test_resuming_from_a_checkpoint_continues_bit_exactly(impl, which, tmp_path)
 
 def test_rejects_a_corrupted_checkpoint(impl, tmp_path):
     model = TinyLM()
-    optimizer = torch.optim.AdamW(model.parameters())
+    optimizer = impl.alongside(torch.optim.AdamW, model.parameters())
     run_steps(impl, model, optimizer, torch.Generator().manual_seed(0), 1)
     path = tmp_path / "checkpoint.safetensors"
     impl.train.save_checkpoint(path, model, optimizer, 1)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 100])
-    assert_rejects(lambda: impl.train.load_checkpoint(path, TinyLM(), torch.optim.AdamW(TinyLM().parameters())),
+    assert_rejects(lambda: impl.train.load_checkpoint(path, TinyLM(),
+                                                      impl.alongside(torch.optim.AdamW, TinyLM().parameters())),
                    "checkpoint.safetensors", what="a truncated checkpoint")
     flipped = bytearray(data)
     flipped[-20] ^= 0x10  # one bit of one weight
@@ -673,7 +683,7 @@ class RunConfig:
 
 def test_rejects_a_checkpoint_with_a_different_config(impl, tmp_path):
     model = TinyLM()
-    optimizer = torch.optim.AdamW(model.parameters())
+    optimizer = impl.alongside(torch.optim.AdamW, model.parameters())
     path = tmp_path / "checkpoint.safetensors"
     impl.train.save_checkpoint(path, model, optimizer, 0, config={"n_layers": 4, "dim": 6, "lr": 0.01})
     assert_rejects(lambda: impl.train.load_checkpoint(path, TinyLM(), config={"n_layers": 2, "dim": 6, "lr": 0.01}),
@@ -686,7 +696,7 @@ def test_rejects_a_checkpoint_with_a_different_config(impl, tmp_path):
 
 def test_a_checkpoint_gives_back_its_step_extra_and_config(impl, tmp_path):
     model = TinyLM()
-    optimizer = torch.optim.AdamW(model.parameters())
+    optimizer = impl.alongside(torch.optim.AdamW, model.parameters())
     path = tmp_path / "checkpoint.safetensors"
     extra = {"tokens_seen": 123456, "best_val_loss": 2.25, "run": "tiny", "losses": [3.5, 2.75],
              "data": {"epoch": 1, "files": ["a.txt"]}}
@@ -724,7 +734,7 @@ REFUSALS = ("truncated", "one bit flipped", "another config", "a weight missing"
 def test_a_refused_checkpoint_changes_nothing(impl, reason, tmp_path):
     torch.manual_seed(1)
     model = TinyLM(seed=1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    optimizer = impl.alongside(torch.optim.AdamW, model.parameters(), lr=0.01)
     run_steps(impl, model, optimizer, torch.Generator().manual_seed(5), 2)
     path = tmp_path / "checkpoint.safetensors"
     impl.train.save_checkpoint(path, model, optimizer, 2, config={"dim": 6}, generator=torch.Generator().manual_seed(5))
@@ -737,7 +747,7 @@ def test_a_refused_checkpoint_changes_nothing(impl, reason, tmp_path):
         path.write_bytes(bytes(flipped))
     victim = {"a weight missing": TinyLMWithABias, "other shapes": lambda seed: TinyLM(vocab=12, seed=seed)}.get(
         reason, lambda seed: TinyLM(seed=seed))(seed=4)
-    victim_optimizer = torch.optim.AdamW(victim.parameters(), lr=0.01)
+    victim_optimizer = impl.alongside(torch.optim.AdamW, victim.parameters(), lr=0.01)
     generator = torch.Generator().manual_seed(77)
     run_steps(impl, victim, victim_optimizer, generator, 1)  # a run in progress: moments, step counts, used RNGs
     before = (copy.deepcopy(victim.state_dict()), copy.deepcopy(victim_optimizer.state_dict()),
@@ -757,7 +767,7 @@ def test_a_refused_checkpoint_changes_nothing(impl, reason, tmp_path):
 
 def test_saving_replaces_the_checkpoint_file_atomically(impl, tmp_path):
     model = TinyLM()
-    optimizer = torch.optim.AdamW(model.parameters())
+    optimizer = impl.alongside(torch.optim.AdamW, model.parameters())
     path = tmp_path / "checkpoint.safetensors"
     impl.train.save_checkpoint(path, model, optimizer, 1)
     old = path.read_bytes()
@@ -833,7 +843,7 @@ def test_rejects_a_negative_step_and_a_floor_outside_zero_to_the_peak(impl):
 @pytest.mark.parametrize("case", ["no micro-batch", "every target ignored"])
 def test_train_step_without_a_counted_target_is_refused_and_changes_nothing(impl, case):
     model = TinyLM()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+    optimizer = impl.alongside(torch.optim.AdamW, model.parameters(), lr=0.01, weight_decay=0.1)
     generator = torch.Generator().manual_seed(0)
     x = torch.randint(11, (2, 5), generator=generator)
     impl.train.train_step(model, optimizer, [(x, torch.randint(11, (2, 5), generator=generator))])  # a good step
@@ -861,7 +871,7 @@ class TwoHeads(TinyLM):
 
 def test_train_step_leaves_alone_a_parameter_without_gradient_this_step(impl):
     model = TwoHeads()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+    optimizer = impl.alongside(torch.optim.AdamW, model.parameters(), lr=0.01, weight_decay=0.1)
     generator = torch.Generator().manual_seed(0)
 
     def batch():
@@ -879,7 +889,7 @@ def test_train_step_leaves_alone_a_parameter_without_gradient_this_step(impl):
 
 
 def test_train_step_runs_the_forward_pass_in_the_autocast_dtype_it_is_given(impl):
-    model = TinyLM(dtype=torch.float32)
+    model = impl.alongside(TinyLM, dtype=torch.float32)  # it notes the dtype it ran in
     generator = torch.Generator().manual_seed(0)
     batches = [(torch.randint(11, (4, 8), generator=generator), torch.randint(11, (4, 8), generator=generator))]
     loss, _ = impl.train.train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), batches,
@@ -902,7 +912,7 @@ def test_a_checkpoint_of_tied_weights_resumes_bit_exactly_and_tied(impl, tmp_pat
     torch.manual_seed(1)
     generator = torch.Generator().manual_seed(5)
     model = TiedLM(seed=1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+    optimizer = impl.alongside(torch.optim.AdamW, model.parameters(), lr=0.01, weight_decay=0.1)
     run_steps(impl, model, optimizer, generator, 2)
     path = tmp_path / "checkpoint.safetensors"
     impl.train.save_checkpoint(path, model, optimizer, 2, generator=generator)
@@ -910,7 +920,7 @@ def test_a_checkpoint_of_tied_weights_resumes_bit_exactly_and_tied(impl, tmp_pat
 
     resumed_generator = torch.Generator().manual_seed(123)
     resumed = TiedLM(seed=2)
-    resumed_optimizer = torch.optim.AdamW(resumed.parameters(), lr=0.01, weight_decay=0.1)
+    resumed_optimizer = impl.alongside(torch.optim.AdamW, resumed.parameters(), lr=0.01, weight_decay=0.1)
     impl.train.load_checkpoint(path, resumed, resumed_optimizer, generator=resumed_generator)
     assert resumed.lm_head.weight is resumed.embed_tokens.weight, (
         "after load_checkpoint, tied weights must still be one parameter: copy the saved values into the model's "
@@ -923,7 +933,7 @@ def test_a_checkpoint_of_tied_weights_resumes_bit_exactly_and_tied(impl, tmp_pat
 
 def test_saving_creates_the_missing_folders_of_the_path(impl, tmp_path):
     model = TinyLM()
-    optimizer = torch.optim.AdamW(model.parameters())
+    optimizer = impl.alongside(torch.optim.AdamW, model.parameters())
     path = tmp_path / "runs" / "tiny" / "checkpoint.safetensors"
     try:
         impl.train.save_checkpoint(path, model, optimizer, 1)
@@ -957,7 +967,7 @@ def test_rejects_a_path_that_is_not_an_llmkata_checkpoint(impl, tmp_path):
 
 def test_rejects_a_config_field_that_only_one_side_has(impl, tmp_path):
     model = TinyLM()
-    optimizer = torch.optim.AdamW(model.parameters())
+    optimizer = impl.alongside(torch.optim.AdamW, model.parameters())
     path = tmp_path / "checkpoint.safetensors"
     impl.train.save_checkpoint(path, model, optimizer, 0, config={"dim": 6})
     assert_rejects(lambda: impl.train.load_checkpoint(path, TinyLM(), config={"dim": 6, "n_kv_heads": 2}),
@@ -969,7 +979,7 @@ def test_rejects_a_config_field_that_only_one_side_has(impl, tmp_path):
 
 def test_the_generator_is_optional_on_either_side_of_a_checkpoint(impl, tmp_path):
     model = TinyLM()
-    optimizer = torch.optim.AdamW(model.parameters())
+    optimizer = impl.alongside(torch.optim.AdamW, model.parameters())
     path = tmp_path / "checkpoint.safetensors"
     for saved_with, loaded_with in ((True, False), (False, True)):
         generator = torch.Generator().manual_seed(5)
