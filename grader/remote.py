@@ -113,6 +113,15 @@ def _warning(names: list[str]) -> type[Warning]:
     return UserWarning
 
 
+KEEP = "keep"  # in a change: the gradient stays as it is on the other side
+
+
+def _layout(tensor: torch.Tensor) -> tuple | None:
+    if tensor.device.type != "cpu" or tensor.layout != torch.strided:
+        return None
+    return (tensor.untyped_storage(), tensor.dtype, tuple(tensor.shape), tensor.stride(), tensor.storage_offset())
+
+
 def _raw(tensor: torch.Tensor) -> tuple:
     """A tensor as (dtype, shape, device, bytes): quicker to send than a pickled tensor."""
     return (str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), tensor.device.type, tensor_bytes(tensor))
@@ -242,6 +251,15 @@ class _Answers:
         return os.read(self.fd, min(size, 1 << 22))
 
 
+class _Pickler(pickle.Pickler):
+    def __init__(self, out, session: Session, grad_inputs: list[int]):
+        super().__init__(out, protocol=pickle.HIGHEST_PROTOCOL)
+        self.session, self.grad_inputs = session, grad_inputs
+
+    def persistent_id(self, obj):
+        return self.session._persistent_id(obj, self.grad_inputs)
+
+
 class Session:
     """One worker and the mirrors and handles that belong to it; a dead worker is replaced at the next call."""
 
@@ -259,6 +277,7 @@ class Session:
         self.seen: dict[int, tuple] = {}
         self.theirs: set[int] = set()  # mirrors of the worker's tensors (their gradients come from there)
         self.proxies: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self.layouts: dict[int, tuple] = {}  # id -> where a mirror's bytes are, to read them after it is collected
         self.bases: dict[int, torch.Tensor] = {}  # id(view) -> the mirror it views
         self.kept: dict[int, object] = {}  # objects the spec keeps here, which the worker reaches by id
         self.kept_id: dict[int, int] = {}
@@ -338,31 +357,30 @@ class Session:
         return self.request("location", None)
 
     def _pickle(self, value, grad_inputs: list[int]) -> bytes:
-        session = self
-
-        class Pickler(pickle.Pickler):
-            def persistent_id(self, obj):
-                if isinstance(obj, RemoteObject):
-                    if obj._session is not session or obj._generation != session.generation:
-                        raise WorkerError("an object of a worker that has ended was used again")
-                    return ("ref", obj._rid)
-                if isinstance(obj, torch.Tensor):
-                    return session._tensor_pid(obj, grad_inputs)
-                if kept_in_spec(obj):
-                    return session._keep(obj)
-                if isinstance(obj, torch.Generator):
-                    rid = session.rid_of.get(id(obj))
-                    if rid is None or session.generators.get(rid, lambda: None)() is not obj:  # ids are reused
-                        rid = next(session.next_id)
-                        session.rid_of[id(obj)] = rid
-                        session.generators[rid] = weakref.ref(obj)
-                        session._on_death(obj, rid)
-                    return ("generator", rid, obj.get_state().numpy().tobytes())
-                return None
-
         out = io.BytesIO()
-        Pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+        _Pickler(out, self, grad_inputs).dump(value)
         return out.getvalue()
+
+    def _persistent_id(self, obj, grad_inputs: list[int]):
+        """How an object crosses to the worker: by reference (its handles, mirrored tensors, the spec's kept
+        objects, generators with their state), or None: by value."""
+        if isinstance(obj, RemoteObject):
+            if obj._session is not self or obj._generation != self.generation:
+                raise WorkerError("an object of a worker that has ended was used again")
+            return ("ref", obj._rid)
+        if isinstance(obj, torch.Tensor):
+            return self._tensor_pid(obj, grad_inputs)
+        if kept_in_spec(obj):
+            return self._keep(obj)
+        if isinstance(obj, torch.Generator):
+            rid = self.rid_of.get(id(obj))
+            if rid is None or self.generators.get(rid, lambda: None)() is not obj:  # ids are reused
+                rid = next(self.next_id)
+                self.rid_of[id(obj)] = rid
+                self.generators[rid] = weakref.ref(obj)
+                self._on_death(obj, rid)
+            return ("generator", rid, obj.get_state().numpy().tobytes())
+        return None
 
     def _tensor_pid(self, tensor: torch.Tensor, grad_inputs: list[int]):
         rid = self.rid_of.get(id(tensor))
@@ -382,6 +400,7 @@ class Session:
         self.tensors[rid] = weakref.ref(tensor)
         self.rid_of[id(tensor)] = rid
         self.seen[rid] = _fingerprint(tensor)
+        self.layouts[rid] = _layout(tensor)
         if theirs:
             self.theirs.add(rid)
         self._on_death(tensor, rid)
@@ -402,6 +421,7 @@ class Session:
             if (self.tensors.get(rid, lambda: None)() is None and self.generators.get(rid, lambda: None)() is None
                     and self.proxies.get(rid) is None):  # not handed out again since
                 self.generators.pop(rid, None)
+                self.layouts.pop(rid, None)
                 self.tensors.pop(rid, None)
                 self.seen.pop(rid, None)
                 self.theirs.discard(rid)
@@ -417,14 +437,28 @@ class Session:
         for rid, ref in list(self.tensors.items()):
             tensor = ref()
             if tensor is None:
+                self._last_write(rid, changed)
                 continue
             now = _fingerprint(tensor)
             if now != self.seen.get(rid):
                 self.seen[rid] = now
+                self.layouts[rid] = _layout(tensor)
                 grad = _raw(tensor.grad) if tensor.is_leaf and tensor.grad is not None else None
                 # a gradient of None is sent as None
                 changed.append((rid, _raw(tensor), grad, tensor.requires_grad))
         return changed
+
+    def _last_write(self, rid: int, changed: list) -> None:
+        """A mirror collected since the last message: what was written into it before (`for p in
+        model.parameters(): p.add_(1)`, then nothing holds p) still reaches the worker, read from its storage."""
+        layout = self.layouts.pop(rid, None)
+        if layout is None:
+            return
+        storage, dtype, shape, stride, offset = layout
+        ghost = torch.empty(0, dtype=dtype).set_(storage, offset, shape, stride)
+        seen = self.seen.get(rid)
+        if seen is not None and _fingerprint(ghost)[0][4] != seen[0][4]:
+            changed.append((rid, _raw(ghost), KEEP, seen[1]))
 
     def ensure_started(self) -> None:
         if self.started is None or self.started.process.poll() is not None:
@@ -484,9 +518,10 @@ class Session:
             payload, error = self._pickle(_run_kept(obj, str(op), list(args), dict(kwargs)), []), None
         except Exception as raised:  # noqa: BLE001 - goes to the implementation, as its own call would raise it
             payload, error = None, [[c.__name__ for c in type(raised).__mro__], str(raised)[:4000]]
+        changed = self._changed()
         self._bury()
         release, self.release[:] = list(self.release), []
-        context = {"rng": torch.get_rng_state().numpy().tobytes(), "sync": self._changed(), "release": release,
+        context = {"rng": torch.get_rng_state().numpy().tobytes(), "sync": changed, "release": release,
                    "cwd": os.getcwd()}
         return pickle.dumps(("reply", payload, error, context), protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -541,6 +576,7 @@ class Session:
                 tensor.data.copy_(data)
             else:
                 tensor.data = data
+        self.layouts[rid] = _layout(tensor)
         follow_requires_grad(tensor, requires_grad)
         if tensor.is_leaf:
             tensor.grad = grad
@@ -576,6 +612,8 @@ class Session:
             return buffers[node["b"]]
         if "l" in node:
             return [self._decode(v, buffers, outputs) for v in node["l"]]
+        if "iter" in node:
+            return iter([self._decode(v, buffers, outputs) for v in node["iter"]])
         if "t" in node:
             return tuple(self._decode(v, buffers, outputs) for v in node["t"])
         if "s" in node:

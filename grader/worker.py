@@ -39,11 +39,19 @@ def _flat(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _state(tensor: torch.Tensor) -> tuple:
-    meta = tensor.device.type == "meta"
-    digest = None
-    if not meta and tensor.numel():
-        digest = zlib.crc32(_flat(tensor.cpu()).view(torch.uint8).numpy())
-    return (tensor._version, 0 if meta else tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), digest)
+    if tensor.device.type != "cpu":
+        if tensor.device.type == "meta":
+            return (tensor._version, 0, tensor.dtype, tuple(tensor.shape), None)
+        digest = zlib.crc32(_flat(tensor.cpu()).view(torch.uint8).numpy()) if tensor.numel() else None
+        return (tensor._version, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), digest)
+    data = tensor.detach()
+    if not data.is_contiguous():
+        data = data.contiguous()
+    try:  # the buffer numpy lends: no copy (every size-1 dimension counts as contiguous there too)
+        digest = zlib.crc32(data.numpy())
+    except (TypeError, RuntimeError):  # bfloat16 and other dtypes numpy lacks; a conjugate or negative view
+        digest = zlib.crc32(_flat(data).view(torch.uint8).numpy())
+    return (tensor._version, tensor.data_ptr(), tensor.dtype, tensor.shape, digest)
 
 
 def fingerprint(tensor: torch.Tensor) -> tuple:
@@ -114,6 +122,15 @@ class Kept:
         return f"<an object of the spec, {self._cid}>"
 
 
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, payload, worker: Worker):
+        super().__init__(payload)
+        self.worker = worker
+
+    def persistent_load(self, pid):
+        return self.worker._persistent_load(pid)
+
+
 class Worker:
     def __init__(self, choice: str, requests=None, answers=None):
         from llmkata.spec.impl import load
@@ -134,41 +151,39 @@ class Worker:
 
     # ------------------------------------------------------------------------------------------ what comes in
     def _unpickle(self, payload: bytes):
-        worker = self
+        return _Unpickler(io.BytesIO(payload), self).load()
 
-        class Unpickler(pickle.Unpickler):
-            def persistent_load(self, pid):
-                kind = pid[0]
-                if kind == "ref":
-                    return worker.objects[pid[1]]
-                if kind == "tensor":
-                    _, rid, dtype, shape, device, raw, requires_grad, is_param, grad = pid
-                    data = from_bytes(dtype, shape, device, raw)
-                    requires_grad = requires_grad and (data.is_floating_point() or data.is_complex())
-                    tensor = torch.nn.Parameter(data, requires_grad) if is_param else data.requires_grad_(
-                        requires_grad)
-                    if grad is not None:
-                        tensor.grad = from_bytes(*grad)
-                    worker._register(rid, tensor, ours=False)
-                    return tensor
-                if kind == "kept":
-                    _, cid, iterator = pid
-                    proxy = worker.kept.get(cid)
-                    if proxy is None:
-                        proxy = worker.kept[cid] = Kept(worker, cid, bool(iterator))
-                    return proxy
-                if kind == "generator":
-                    _, rid, state = pid
-                    generator = worker.objects.get(rid)
-                    if generator is None:
-                        generator = torch.Generator()
-                        worker._register(rid, generator, ours=False)
-                    generator.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
-                    worker.states[rid] = state
-                    return generator
-                raise pickle.UnpicklingError(f"unknown reference {kind}")
+    def _persistent_load(self, pid):
+        kind = pid[0]
+        if kind == "ref":
+            return self.objects[pid[1]]
+        if kind == "tensor":
+            _, rid, dtype, shape, device, raw, requires_grad, is_param, grad = pid
+            data = from_bytes(dtype, shape, device, raw)
+            requires_grad = requires_grad and (data.is_floating_point() or data.is_complex())
+            tensor = torch.nn.Parameter(data, requires_grad) if is_param else data.requires_grad_(
+                requires_grad)
+            if grad is not None:
+                tensor.grad = from_bytes(*grad)
+            self._register(rid, tensor, ours=False)
+            return tensor
+        if kind == "kept":
+            _, cid, iterator = pid
+            proxy = self.kept.get(cid)
+            if proxy is None:
+                proxy = self.kept[cid] = Kept(self, cid, bool(iterator))
+            return proxy
+        if kind == "generator":
+            _, rid, state = pid
+            generator = self.objects.get(rid)
+            if generator is None:
+                generator = torch.Generator()
+                self._register(rid, generator, ours=False)
+            generator.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+            self.states[rid] = state
+            return generator
+        raise pickle.UnpicklingError(f"unknown reference {kind}")
 
-        return Unpickler(io.BytesIO(payload)).load()
 
     def _register(self, rid: int, obj, ours: bool) -> None:
         if rid in self.released_early:
@@ -181,7 +196,8 @@ class Worker:
 
     def _apply_sync(self, sync) -> None:
         for rid, raw, raw_grad, requires_grad in sync:
-            grad = None if raw_grad is None else from_bytes(*raw_grad)
+            keep = raw_grad == "keep"  # the grader's mirror is gone: its last write, and the gradient as it is
+            grad = None if raw_grad is None or keep else from_bytes(*raw_grad)
             tensor = self.objects.get(rid)
             if tensor is None:
                 continue
@@ -198,7 +214,7 @@ class Worker:
                     tensor.data = data
             _, _, ours = self.mirrors[rid]
             follow_requires_grad(tensor, bool(requires_grad))
-            if tensor.is_leaf:
+            if tensor.is_leaf and not keep:
                 tensor.grad = grad
             self.mirrors[rid] = (tensor, fingerprint(tensor), ours)
 
@@ -208,6 +224,8 @@ class Worker:
         return self.next_id
 
     def encode(self, value, buffers: list, outputs: list | None = None):
+        if isinstance(value, _Items):
+            return {"iter": [self.encode(item, buffers, outputs) for item in value.items]}
         if isinstance(value, _Plain):
             return {"l": [None if g is None else {"plain": self._encode_tensor_plain(g, buffers)} for g in value.grads]}
         if value is None or isinstance(value, (bool, int, float, str)):
@@ -411,7 +429,10 @@ class Worker:
         obj = self.objects[target]
         args, kwargs = self._unpickle(args), self._unpickle(kwargs)
         if op == "call":
-            return obj(*args, **kwargs)
+            result = obj(*args, **kwargs)
+            if getattr(obj, "__name__", None) in EAGER and isinstance(getattr(obj, "__self__", None), torch.nn.Module):
+                return _Items(list(result))  # a module's parameters, buffers, submodules: listed at once
+            return result
         if op == "each":  # [obj(v, *rest) for v in values]: a spec's loop over many values in one request
             values, *rest = args
             return [obj(value, *rest, **kwargs) for value in values]
@@ -471,6 +492,19 @@ def graph_leaves(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
             leaves.append(variable)
         stack.extend(child for child, _ in reversed(node.next_functions))
     return leaves
+
+
+# nn.Module's generators of its own parts: what they yield is fixed when they are called, so the grader gets
+# every item in one answer and iterates over them locally instead of asking for each.
+EAGER = frozenset({"parameters", "named_parameters", "buffers", "named_buffers", "children", "named_children",
+                   "modules", "named_modules"})
+
+
+class _Items:
+    """Items to hand over as an iterator over them."""
+
+    def __init__(self, items: list):
+        self.items = items
 
 
 class _Plain:

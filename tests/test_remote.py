@@ -193,6 +193,14 @@ def test_a_submission_can_only_call_and_read_the_spec_objects(remote, how):
     assert vars(model)["_secret"] == "secret"
 
 
+def test_a_write_into_a_mirror_that_nothing_holds_any_more_still_reaches_the_worker(remote):
+    norm = remote.layers.RMSNorm(3)
+    with torch.no_grad():
+        for p in norm.parameters():  # every item in one answer, each mirror dropped after its write
+            p.fill_(2.0)
+    assert torch.allclose(norm(torch.ones(1, 3)), torch.full((1, 3), 2.0), atol=1e-5)
+
+
 def test_gradients_and_frozen_flags_of_spec_tensors_cross_both_ways(remote):
     params = [torch.nn.Parameter(torch.ones(2)) for _ in range(2)]
     for p in params:
