@@ -251,11 +251,14 @@ def _trusted_run(command: list[str], env: dict[str, str], wall_seconds: float):
                     time.monotonic() - started)
 
 
-def _run_file(sandbox: Sandbox, spec_file: str, ids: list[str], impl: str, seed: int, extra: list[str],
-              limits: Limits, threads: int, trusted: bool = False) -> tuple[list[dict], list[str], float]:
-    """One spec file against the implementation, on a copy of it in a fresh scratch folder: whole in a sandboxed
-    child, or (`trusted`) in a child of ours with the implementation in a sandboxed worker."""
+def _run_file(sandbox: Sandbox, spec_files: tuple[str, ...], ids: list[str], impl: str, seed: int,
+              extra: list[str], limits: Limits, threads: int, trusted: bool = False
+              ) -> tuple[list[dict], list[str], float]:
+    """Spec files against the implementation, on a copy of it in a fresh scratch folder: one file whole in a
+    sandboxed child, or (`trusted`) files in a child of ours with the implementation in a sandboxed worker (one
+    worker for them all: each costs seconds to start), with the time of that many chapters."""
     problems: list[str] = []
+    spec_file = " + ".join(spec_files)  # as reports name the run
     with tempfile.TemporaryDirectory(prefix="llmkata-grade-") as workdir, \
             tempfile.TemporaryDirectory(prefix="llmkata-verdict-") as private:
         scratch = Path(workdir)
@@ -266,8 +269,9 @@ def _run_file(sandbox: Sandbox, spec_file: str, ids: list[str], impl: str, seed:
             shutil.copytree(folder, impl_arg, ignore=shutil.ignore_patterns("__pycache__", ".git"))
         results = (Path(private) if trusted else scratch) / "results.jsonl"
         results.touch()
-        command = [sys.executable, "-I", "-m", "pytest", str(SPEC_DIR / spec_file), "--impl", impl_arg,
-                   *PYTEST_OPTIONS, *(f"-p{plugin}" for plugin in PLUGINS), f"--hypothesis-seed={seed}", *extra]
+        command = [sys.executable, "-I", "-m", "pytest", *(str(SPEC_DIR / name) for name in spec_files),
+                   "--impl", impl_arg, *PYTEST_OPTIONS, *(f"-p{plugin}" for plugin in PLUGINS),
+                   f"--hypothesis-seed={seed}", *extra]
         if trusted:
             config = {"scratch": str(scratch), "hidden": [str(p) for p in sandbox.hidden],
                       "limits": {**dataclasses.asdict(limits), "wall_seconds": limits.wall_seconds}}
@@ -277,11 +281,13 @@ def _run_file(sandbox: Sandbox, spec_file: str, ids: list[str], impl: str, seed:
             env = {**_child_env(scratch, results, threads), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                    "LLMKATA_REMOTE": json.dumps(config), "LLMKATA_CALL_SECONDS": str(limits.wall_seconds),
                    "TMPDIR": str(shared)}
-            finished = _trusted_run(command + ["--basetemp", str(scratch / "pytest")], env, limits.wall_seconds)
+            wall_seconds = limits.wall_seconds * len(spec_files)
+            finished = _trusted_run(command + ["--basetemp", str(scratch / "pytest")], env, wall_seconds)
         else:
+            wall_seconds = limits.wall_seconds
             finished = sandbox.run(command, scratch, _child_env(scratch, results, threads), limits)
         if finished.timed_out:
-            problems.append(f"{spec_file}: stopped at its time limit of {limits.wall_seconds:.0f} s")
+            problems.append(f"{spec_file}: stopped at its time limit of {wall_seconds:.0f} s")
         elif finished.returncode not in (0, 1):
             tail = (finished.stdout[-1500:] + finished.stderr[-1500:]).strip()
             problems.append(f"{spec_file}: the spec's run ended with exit code {finished.returncode}"
@@ -332,16 +338,22 @@ def run_spec(impl: str, seed: int, extra: list[str] = (), jobs: int = 2, limits:
     # The worker needs the namespaces to be a boundary at all: without bubblewrap every file runs whole in its child.
     trusted = {name for name in by_file if name not in WHOLE_IN_SANDBOX and sandbox.bwrap and impl != "reference"}
     run.trusted = sorted(_chapter_module(name) for name in trusted)
-    # Slowest first, so that the pool stays busy to the end.
-    order = sorted(by_file, key=lambda name: -len(by_file[name]))
+    # The trusted files in one group per job, balanced by their number of properties; the others one by one.
+    groups: list[list[str]] = [[] for _ in range(max(jobs, 1))] if trusted else []
+    for name in sorted(trusted, key=lambda name: -len(by_file[name])):
+        min(groups, key=lambda group: sum(len(by_file[n]) for n in group)).append(name)
+    tasks = [(tuple(group), True) for group in groups if group]
+    tasks += [((name,), False) for name in by_file if name not in trusted]
+    # Largest first, so that the pool stays busy to the end.
+    tasks.sort(key=lambda task: -sum(len(by_file[name]) for name in task[0]))
     with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
-        futures = {name: pool.submit(_run_file, sandbox, name, by_file[name], impl, seed, list(extra), limits,
-                                     threads, name in trusted) for name in order}
-        for name, future in futures.items():
+        futures = {files: pool.submit(_run_file, sandbox, files, [i for n in files for i in by_file[n]], impl, seed,
+                                      list(extra), limits, threads, is_trusted) for files, is_trusted in tasks}
+        for files, future in futures.items():
             records, problems, seconds = future.result()
             run.records += records
             run.problems += problems
-            run.seconds[name] = round(seconds, 1)
+            run.seconds[" + ".join(files)] = round(seconds, 1)
     return run
 
 

@@ -8,7 +8,7 @@ llmkata's JSON (`--json FILE`), schema version 1:
 
     {"schema": 1, "implementation": str, "seed": int, "score": float, "max_score": float, "fraction": float,
      "sandbox": {"layers": [str], "warning": str}, "trusted_chapters": [module], "problems": [str],
-     "seconds": {spec_file: float},
+     "seconds": {"spec_file[ + spec_file...]": float},  # one run of one file, or of trusted files together
      "chapters": [{"number": int, "module": str, "score": float, "max_score": float, "passed": int, "total": int,
                    "tests": [{"name": str, "outcome": "passed" | "failed" | "skipped", "score": float,
                               "max_score": float, "message": str, "example": str}]}]}

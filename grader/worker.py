@@ -353,7 +353,8 @@ class Worker:
         header["dropped"] = [cid for cid in self.dropped if cid not in self.kept]  # unless handed over again
         self.dropped[:] = []
         header["generators"] = []
-        for rid, obj in self.objects.items():
+        for rid in list(self.states):
+            obj = self.objects.get(rid)
             if isinstance(obj, torch.Generator):
                 state = obj.get_state().numpy().tobytes()
                 if self.states.get(rid) != state:

@@ -1,6 +1,7 @@
 """`llmkata grade`: runs the spec in a child process and prints a table per chapter, then every failing property of
 the chapter being worked on, with its message and shrunk example, and every skipped test with its reason."""
 
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from llmkata.grade import find_chapter, install_hint, render, run_spec, score
+from llmkata.sandbox import Sandbox
 from llmkata.results_plugin import describe_syntax_error, shrunk_example
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,10 +85,23 @@ def broken(tmp_path_factory):
     rope.append("def broken(:")
     (folder / "rope.py").write_text("\n".join(rope) + "\n")
     # The grading child ignores PYTHONPATH and the like (python -I, a clean environment): the implementation itself
-    # makes tiktoken unimportable.
+    # makes tiktoken unimportable. That skips the property only where the spec shares the submission's process: a
+    # machine without bubblewrap (as here); with the sandboxed worker only the grader's own imports decide (below).
     (folder / "__init__.py").write_text("import sys\n\nsys.modules['tiktoken'] = None\n")
-    records = run_spec(str(folder), seed=1, extra=["-k", SELECTED]).records
+    in_process = dataclasses.replace(Sandbox.detect(hidden=(ROOT / "reference",)), bwrap=None)
+    records = run_spec(str(folder), seed=1, extra=["-k", SELECTED], sandbox=in_process).records
     return folder, records, len(rope)
+
+
+@pytest.mark.skipif(Sandbox.detect().bwrap is None, reason="the sandboxed worker needs bubblewrap")
+def test_a_submission_that_hides_a_package_cannot_make_a_property_skip(tmp_path):
+    folder = tmp_path / "hiding_impl"
+    shutil.copytree(ROOT / "reference", folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "__init__.py").write_text("import sys\n\nsys.modules['tiktoken'] = None\n")
+    run = run_spec(str(folder), seed=1, extra=["-k", "tiktoken_export_of_a_vocabulary_built_by_hand"])
+    outcomes = {record["outcome"] for record in run.records}
+    assert outcomes == {"failed"} and any("tiktoken" in record.get("message", "") for record in run.records), (
+        run.records)
 
 
 def test_every_failing_property_of_the_first_unfinished_chapter_is_listed_with_its_example(broken):
