@@ -221,11 +221,11 @@ def _read_records(results: Path, allowed: set[str], problems: list[str], label: 
 
 
 # Every spec file runs in the grader's own process while the submission runs in a sandboxed worker that returns
-# plain data (llmkata.remote): the submission takes no part in deciding the verdicts. These run whole in a sandboxed
-# child instead, where code of the submission shares the process that reports the results: the contract checks,
-# which inspect signatures and score nothing, and the parallel chapter, whose worlds start processes that load the
-# implementation themselves.
-WHOLE_IN_SANDBOX = ("test_parallel.py", "test_contract.py")
+# plain data (llmkata.remote), and the parallel chapter's worlds in a sandboxed host that does the same
+# (llmkata.world_host): the submission takes no part in deciding the verdicts. Only the contract checks, which
+# inspect signatures and score nothing, run whole in a sandboxed child, where code of the submission shares the
+# process that reports the results.
+WHOLE_IN_SANDBOX = ("test_contract.py",)
 
 
 def _trusted_run(command: list[str], env: dict[str, str], wall_seconds: float):

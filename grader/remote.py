@@ -238,6 +238,78 @@ class RemoteObject:
         return self._ask("method", "deepcopy")
 
 
+def _start_sandboxed(config: dict, module: str, *args: str):
+    """`python -I -m module *args FD` in the grading sandbox: its requests on stdin, its answers on FD, read here
+    from the descriptor returned."""
+    import subprocess
+
+    from llmkata.sandbox import Limits, Sandbox
+    read_fd, write_fd = os.pipe()
+    sandbox = Sandbox.detect(hidden=tuple(Path(p) for p in config.get("hidden", ())))
+    scratch = Path(config["scratch"])
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(scratch), "LANG": "C.UTF-8",
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TMPDIR": os.environ.get("TMPDIR", "/tmp")}
+    env.update({name: os.environ[name] for name in PASSED_ON if name in os.environ})
+    limits = Limits(**config.get("limits", {}))
+    try:
+        started = sandbox.start([sys.executable, "-I", "-m", module, *args, str(write_fd)], scratch, env, limits,
+                                pass_fds=(write_fd,), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    return started, read_fd
+
+
+class HostedWorld:
+    """The spec's world of `size` ranks for a remote implementation (spec/worlds.py, `shared`): the ranks load the
+    submission, so they run in the grading sandbox, in a process of llmkata.world_host that answers with plain data
+    only. The same interface as the spec's own `World`: run(task, *args) -> results by rank, alive, close()."""
+
+    def __init__(self, impl: RemoteImplementation, size: int, timeout: float):
+        self.impl, self.size, self.timeout = impl, size, timeout
+        self.recipe = (impl.name, {}, False)
+        self.started, self.answer_fd = _start_sandboxed(impl.session.config, "llmkata.world_host", impl.name,
+                                                        str(size))
+        self.answers = _Answers(self.answer_fd)
+
+    @property
+    def alive(self) -> bool:
+        return self.started is not None and self.started.process.poll() is None
+
+    def run(self, task, *args) -> list:
+        __tracebackhide__ = True
+        # The host's world stops a task at its own timeout, and a rank's failure a moment after: time for both,
+        # and for starting the ranks.
+        limit = self.timeout * 2 + START_SECONDS
+        try:
+            wire.write_frame(self.started.process.stdin, pickle.dumps((task, args), protocol=pickle.HIGHEST_PROTOCOL))
+            self.answers.deadline = time.monotonic() + limit
+            header, buffers = wire.read_data(self.answers)
+            if "raise" in header:
+                names, message = header["raise"]
+                error = _exception([str(n) for n in names], str(message))
+            else:
+                return wire.decode_plain(header["ok"], buffers)
+        except TimeoutError:
+            self.close()
+            raise AssertionError(f"a world of {self.size} processes did not finish {task.__name__} within "
+                                 f"{limit:.0f} s") from None
+        except (EOFError, BrokenPipeError, OSError, KeyError, TypeError, ValueError, wire.WireError) as failure:
+            output = self.started.err.text()[-2000:].strip() if self.started else ""
+            self.close()
+            raise WorkerError(f"the world of {self.size} processes ended or sent a malformed answer ({failure})"
+                              + (f"; its last output:\n{output}" if output else "")) from None
+        raise error
+
+    def close(self) -> None:
+        if self.started is not None:
+            self.started.stop()
+            os.close(self.answer_fd)
+            self.started = None
+
+
 class _Answers:
     """The worker's answer pipe, read with a deadline."""
 
@@ -293,22 +365,10 @@ class Session:
 
     # ---------------------------------------------------------------------------------------- the process
     def _start(self) -> None:
-        from llmkata.sandbox import Limits, Sandbox
         self.generation += 1
         self._reset()
-        read_fd, write_fd = os.pipe()
-        sandbox = Sandbox.detect(hidden=tuple(Path(p) for p in self.config.get("hidden", ())))
-        scratch = Path(self.config["scratch"])
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(scratch), "LANG": "C.UTF-8",
-               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TMPDIR": os.environ.get("TMPDIR", "/tmp")}
-        env.update({name: os.environ[name] for name in PASSED_ON if name in os.environ})
-        limits = Limits(**self.config.get("limits", {}))
-        self.started = sandbox.start([sys.executable, "-I", "-m", "llmkata.worker", str(write_fd)], scratch, env,
-                                     limits, pass_fds=(write_fd,), stdin=__import__("subprocess").PIPE,
-                                     stdout=__import__("subprocess").DEVNULL)
-        os.close(write_fd)
-        self.answers = _Answers(read_fd)
-        self.answer_fd = read_fd
+        self.started, self.answer_fd = _start_sandboxed(self.config, "llmkata.worker")
+        self.answers = _Answers(self.answer_fd)
         self._exchange(self.choice, timeout=max(CALL_SECONDS, START_SECONDS))
 
     def _stop(self) -> None:
@@ -731,6 +791,9 @@ class RemoteImplementation(Implementation):
 
     def _hide(self, module: str, hidden: bool) -> None:
         self.session.hide(module, hidden)
+
+    def start_world(self, size: int, timeout: float) -> HostedWorld:
+        return HostedWorld(self, size, timeout)
 
     def alongside(self, cls, *args, **kwargs):
         return self.session.request("construct", None, (cls, *args), kwargs)

@@ -80,3 +80,65 @@ def read_data(stream) -> tuple[dict, list[bytes]]:
     if not isinstance(header, dict):
         raise WireError("a message's header is not an object")
     return header, buffers
+
+
+# ------------------------------------------------------------- plain values, with nothing kept on either side
+# (what a world's ranks return to the grader: spec/worlds.py says a task returns tensors, numbers, lists and dicts)
+
+def encode_plain(value, buffers: list[bytes]):
+    """`value` as header data and buffers; TypeError for anything that is not plain data."""
+    import torch
+
+    from llmkata.worker import tensor_bytes
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.Tensor):
+        buffers.append(tensor_bytes(value.detach()))
+        return {"tensor": {"dtype": str(value.dtype).removeprefix("torch."), "shape": list(value.shape),
+                           "data": len(buffers) - 1}}
+    if isinstance(value, torch.dtype):
+        return {"dtype": str(value).removeprefix("torch.")}
+    if isinstance(value, torch.Size):
+        return {"size": list(value)}
+    if isinstance(value, (list, tuple)):
+        return {"l" if isinstance(value, list) else "t": [encode_plain(v, buffers) for v in value]}
+    if isinstance(value, dict):
+        return {"d": [[encode_plain(k, buffers), encode_plain(v, buffers)] for k, v in value.items()]}
+    raise TypeError(f"a world's task must return plain data (tensors, numbers, strings, lists, dicts), not "
+                    f"{type(value).__name__}")
+
+
+def decode_plain(node, buffers: list[bytes]):
+    """The value `encode_plain` made, read as data only; WireError for anything else."""
+    import torch
+
+    if node is None or isinstance(node, (bool, int, float, str)):
+        return node
+    if not isinstance(node, dict) or len(node) != 1:
+        raise WireError("a plain value must be one tagged object")
+    (tag, body), = node.items()
+    if tag in ("l", "t") and isinstance(body, list):
+        items = [decode_plain(v, buffers) for v in body]
+        return items if tag == "l" else tuple(items)
+    if tag == "d" and isinstance(body, list):
+        return {_key(decode_plain(k, buffers)): decode_plain(v, buffers) for k, v in body}
+    if tag == "dtype" and isinstance(getattr(torch, str(body), None), torch.dtype):
+        return getattr(torch, str(body))
+    if tag == "size" and isinstance(body, list):
+        return torch.Size(int(n) for n in body)
+    if tag == "tensor" and isinstance(body, dict):
+        from llmkata.worker import from_bytes
+        dtype = getattr(torch, str(body.get("dtype")), None)
+        if not isinstance(dtype, torch.dtype):
+            raise WireError(f"unknown dtype {body.get('dtype')!r}")
+        try:
+            return from_bytes(str(body["dtype"]), [int(n) for n in body["shape"]], "cpu", buffers[int(body["data"])])
+        except (KeyError, IndexError, ValueError, RuntimeError) as error:
+            raise WireError(f"a malformed tensor ({error})") from None
+    raise WireError(f"an unknown plain value {tag!r}")
+
+
+def _key(key):
+    if isinstance(key, (list, dict)):
+        raise WireError("a dict key must be hashable")
+    return key

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import importlib.util
 import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
 import shutil
 import signal
+import sys
 import tempfile
 import time
 import traceback
@@ -109,6 +111,11 @@ def _rank_main(recipe, rank: int, world_size: int, store_path: str, timeout: flo
     # by a process with another environment).
     os.environ.clear()
     os.environ.update(environment)
+    # Tasks are pickled under the name the parent's spec was collected as: `spec` in a clone, which a rank started
+    # elsewhere (in the grader's sandbox, by llmkata.world_host) does not find on its path.
+    if "spec" not in sys.modules and importlib.util.find_spec("spec") is None:
+        import llmkata.spec
+        sys.modules["spec"] = llmkata.spec
     torch.set_num_threads(1)
     impl = None
     try:
@@ -284,7 +291,9 @@ def shared(impl: Implementation, size: int) -> World:
         world.close()
         world = None
     if world is None:
-        world = _SHARED[size] = World(impl, size)
+        # An implementation that runs elsewhere (the grader's sandboxed worker) starts its worlds there too.
+        start = getattr(type(impl), "start_world", None)
+        world = _SHARED[size] = start(impl, size, TIMEOUT) if start else World(impl, size)
     world.impl = impl  # the parent's own object: where a recording implementation adds what ranks record
     return world
 

@@ -67,8 +67,8 @@ HOSTILE = {
         "        os.execvp('sleep', ['sleep', '300', MARK])\n    os._exit(0)\n"),
     "grandchild_holds_the_pipe": (
         "import subprocess\nsubprocess.Popen(['sleep', '300', MARK])\nimport os\nos._exit(0)\n"),
-    # The selected properties are of a chapter whose assertions run in the grader's process (TRUSTED_FILES): what
-    # the submission patches in its own process cannot reach them.
+    # The selected properties are of a chapter whose assertions run in the grader's process (every chapter but those
+    # in WHOLE_IN_SANDBOX): what the submission patches in its own process cannot reach them.
     "forges_the_results": (
         "import atexit, glob, json, os\n"
         "def forge():\n"

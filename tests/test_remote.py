@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,6 +49,11 @@ def freeze(params):
 def warn(message):
     warnings.warn(message, UnicodeWarning)
     return 1
+
+
+def mapped(path):
+    import numpy
+    return numpy.memmap(path, dtype=numpy.uint8, mode="r")
 
 
 def importable(name):
@@ -216,6 +222,15 @@ def test_a_warning_of_the_submission_is_raised_again_in_the_grader(remote):
         assert remote.uses.warn("replaced 2 bytes") == 1
 
 
+def test_a_memory_map_crosses_only_for_a_file_in_the_workers_folder(remote, tmp_path):
+    inside = Path(remote.session.config["scratch"]) / "tokens.bin"
+    inside.write_bytes(bytes(range(8)))
+    tokens = remote.uses.mapped(str(inside))
+    assert isinstance(tokens, np.memmap) and tokens.tolist() == list(range(8)) and not tokens.flags.writeable
+    with pytest.raises(WorkerError, match="outside the worker's folder"):
+        remote.uses.mapped("/etc/passwd")
+
+
 def test_a_module_hidden_by_the_spec_is_hidden_in_the_worker_too(remote):
     with remote.without("csv"):
         assert remote.uses.importable("csv") is False
@@ -231,6 +246,19 @@ def test_a_module_hidden_by_the_spec_is_hidden_in_the_worker_too(remote):
 def test_a_malformed_answer_is_refused_not_trusted(frame):
     with pytest.raises((wire.WireError, EOFError)):
         wire.read_data(io.BytesIO(frame))
+
+
+def test_a_worlds_results_cross_as_plain_data_and_nothing_else():
+    value = {"loss": torch.tensor([1.5, 2.0], dtype=torch.bfloat16), ("rank", 1): [3, None, "x"], "dtype": torch.int64}
+    buffers: list[bytes] = []
+    node = json.loads(json.dumps(wire.encode_plain(value, buffers)))
+    back = wire.decode_plain(node, buffers)
+    assert back.keys() == value.keys() and torch.equal(back["loss"], value["loss"]) and back[("rank", 1)] == [3, None, "x"]
+    with pytest.raises(TypeError, match="plain data"):
+        wire.encode_plain(Missing("an object"), [])
+    for forged in ({"obj": 1}, {"tensor": {"dtype": "os.system", "shape": [1], "data": 0}}, {"l": [1], "t": [2]}):
+        with pytest.raises(wire.WireError):
+            wire.decode_plain(forged, [b""])
 
 
 def test_an_answer_holds_only_plain_data():
