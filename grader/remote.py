@@ -12,9 +12,16 @@ What crosses, and how:
 - a result with an autograd graph comes back as the output of `RemoteCall`, whose backward sends the gradient to the
   worker, which runs its own graph and returns the gradients of the spec's tensors (and keeps its parameters'
   gradients, which reach their mirrors here);
+- a view the worker returns crosses as a view of its base's mirror (they share storage here too);
 - torch's global random state travels with every request and answer, and so do the states of generators passed in;
+  so do the working folder (relative paths mean the same on both sides) and the submission's warnings;
+- objects the spec keeps for itself (generators, local functions, `spec.impl.kept` classes) stay here: the worker
+  holds a proxy whose calls come back as callbacks, which may call and read them, never write (`_run_kept`);
 - an error in the submission is raised here as the nearest built-in exception (its message kept); a worker that dies
   or does not answer within `CALL_SECONDS` fails the test in progress, and the next call starts a fresh worker.
+
+The parallel chapter's worlds run in the sandbox as well (`HostedWorld`, llmkata.world_host): the ranks load the
+submission there, and only their results come back, as plain data.
 """
 
 from __future__ import annotations

@@ -9,9 +9,14 @@ header and raw byte buffers, and the header's values are only plain data:
     {"d": [[key, value], ...]}                          dict (keys are plain data too)
     {"dtype": "float32"}, {"device": "cpu"}, {"size": [2, 3]}, {"path": "/x"}
     {"tensor": ...}, {"ndarray": ...}                   dtype, shape and a buffer of raw bytes
+    {"tensor": id, "view": base, "stride", "offset"}    a view of another tensor's mirror
+    {"iter": [...]}                                     items to iterate over (a module's parameters, say)
+    {"npdtype": "<u2"}, {"memmap": path, ...}           a numpy dtype; a memory map of a file in the worker's folder
     {"obj": id, "type": "Linear", ...}                  an object that stays in the worker: a handle
+    {"kept": id}                                        an object the grader keeps, passed back by its id
 
-so whatever the submission does, the grader only ever reads numbers, strings and bytes from it.
+(a message that is not an answer asks the grader to call an object it keeps: {"callback": ...}, in the same
+terms), so whatever the submission does, the grader only ever reads numbers, strings and bytes from it.
 """
 
 from __future__ import annotations
