@@ -280,6 +280,7 @@ def _run_file(sandbox: Sandbox, spec_files: tuple[str, ...], ids: list[str], imp
             shared.chmod(0o777)
             env = {**_child_env(scratch, results, threads), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                    "LLMKATA_REMOTE": json.dumps(config), "LLMKATA_CALL_SECONDS": str(limits.wall_seconds),
+                   "LLMKATA_FILE_SECONDS": str(limits.wall_seconds),
                    "TMPDIR": str(shared)}
             wall_seconds = limits.wall_seconds * len(spec_files)
             finished = _trusted_run(command + ["--basetemp", str(scratch / "pytest")], env, wall_seconds)
@@ -340,7 +341,7 @@ def run_spec(impl: str, seed: int, extra: list[str] = (), jobs: int = 2, limits:
     run.trusted = sorted(_chapter_module(name) for name in trusted)
     # The trusted files in one group per job, balanced by their number of properties; the others one by one.
     groups: list[list[str]] = [[] for _ in range(max(jobs, 1))] if trusted else []
-    for name in sorted(trusted, key=lambda name: -len(by_file[name])):
+    for name in sorted(trusted, key=lambda name: (-len(by_file[name]), name)):
         min(groups, key=lambda group: sum(len(by_file[n]) for n in group)).append(name)
     tasks = [(tuple(group), True) for group in groups if group]
     tasks += [((name,), False) for name in by_file if name not in trusted]

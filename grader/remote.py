@@ -49,6 +49,22 @@ from llmkata.worker import tensor_bytes
 
 START_SECONDS = 120.0  # importing torch and the submission, on a busy machine
 CALL_SECONDS = float(os.environ.get("LLMKATA_CALL_SECONDS", 300))
+# Each spec file's time, when several share one process: a chapter that hangs spends its own and no other's.
+FILE_SECONDS = float(os.environ.get("LLMKATA_FILE_SECONDS", "inf"))
+_file_deadline = float("inf")
+
+
+def start_file() -> None:
+    """A spec file begins (the grader's results plugin says so): its time, FILE_SECONDS, starts now."""
+    global _file_deadline
+    _file_deadline = time.monotonic() + FILE_SECONDS
+
+
+def _call_seconds() -> float:
+    left = _file_deadline - time.monotonic()
+    if left <= 0:
+        raise WorkerError(f"this chapter's time limit of {FILE_SECONDS:.0f} s is spent")
+    return min(CALL_SECONDS, left)
 ENV_CONFIG = "LLMKATA_REMOTE"  # JSON: {"hidden": [...], "scratch": "...", "limits": {...}}
 
 
@@ -372,11 +388,12 @@ class Session:
 
     # ---------------------------------------------------------------------------------------- the process
     def _start(self) -> None:
+        starting = min(max(CALL_SECONDS, START_SECONDS), _call_seconds() + START_SECONDS)  # before it starts
         self.generation += 1
         self._reset()
         self.started, self.answer_fd = _start_sandboxed(self.config, "llmkata.worker")
         self.answers = _Answers(self.answer_fd)
-        self._exchange(self.choice, timeout=max(CALL_SECONDS, START_SECONDS))
+        self._exchange(self.choice, timeout=starting)
 
     def _stop(self) -> None:
         if self.started is not None:
@@ -401,7 +418,8 @@ class Session:
                 self.answers.deadline = time.monotonic() + timeout
                 header, buffers = wire.read_data(self.answers)
         except TimeoutError:
-            raise self._died(f"did not answer within {timeout:.0f} s") from None
+            budget = f", the rest of this chapter's time limit of {FILE_SECONDS:.0f} s" if timeout < CALL_SECONDS else ""
+            raise self._died(f"did not answer within {timeout:.0f} s{budget}") from None
         except (EOFError, BrokenPipeError, OSError):
             raise self._died("ended") from None
         except wire.WireError as error:
@@ -534,6 +552,7 @@ class Session:
             self._start()
 
     def request(self, op: str, target, args=(), kwargs=None):
+        timeout = _call_seconds()
         self.ensure_started()
         if isinstance(target, RemoteObject):
             if target._session is not self or target._generation != self.generation:
@@ -555,7 +574,7 @@ class Session:
         release, self.release[:] = list(self.release), []
         context = {"rng": torch.get_rng_state().numpy().tobytes(), "grad": torch.is_grad_enabled(), "sync": changed,
                    "release": release, "grad_inputs": grad_inputs, "call": call, "cwd": os.getcwd()}
-        header, buffers = self._exchange((op, target, payload_args, payload_kwargs, context), CALL_SECONDS)
+        header, buffers = self._exchange((op, target, payload_args, payload_kwargs, context), timeout)
         return self._answer(header, buffers, call, grad_inputs, op)
 
     def hide(self, module: str, hidden: bool) -> None:

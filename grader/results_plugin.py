@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import traceback
 from pathlib import Path
 
@@ -109,6 +110,19 @@ def shrunk_example(error: BaseException) -> str:
         example = " ".join(line.strip() for line in arguments.splitlines() if line.strip()).strip().rstrip(",")
         return example if len(example) <= EXAMPLE_WIDTH else example[:EXAMPLE_WIDTH - 3] + "..."
     return ""
+
+
+_current_file = None
+
+
+def pytest_runtest_setup(item):
+    """A new spec file: where the implementation runs in the grader's worker, its own time starts."""
+    global _current_file
+    if item.path != _current_file:
+        _current_file = item.path
+        remote = sys.modules.get("llmkata.remote")
+        if remote is not None:
+            remote.start_file()
 
 
 @pytest.hookimpl(wrapper=True)

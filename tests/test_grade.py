@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llmkata.grade import find_chapter, install_hint, render, run_spec, score
-from llmkata.sandbox import Sandbox
+from llmkata.sandbox import Limits, Sandbox
 from llmkata.results_plugin import describe_syntax_error, shrunk_example
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +91,22 @@ def broken(tmp_path_factory):
     in_process = dataclasses.replace(Sandbox.detect(hidden=(ROOT / "reference",)), bwrap=None)
     records = run_spec(str(folder), seed=1, extra=["-k", SELECTED], sandbox=in_process).records
     return folder, records, len(rope)
+
+
+@pytest.mark.skipif(Sandbox.detect().bwrap is None, reason="the sandboxed worker needs bubblewrap")
+def test_a_chapter_that_hangs_spends_its_own_time_and_the_others_of_its_run_are_still_graded(tmp_path):
+    folder = tmp_path / "hanging_impl"
+    shutil.copytree(ROOT / "reference", folder, ignore=shutil.ignore_patterns("__pycache__"))
+    with (folder / "rope.py").open("a") as rope:
+        rope.write("\n\ndef apply_rope(*args, **kwargs):\n    while True:\n        pass\n")
+    run = run_spec(str(folder), seed=1, jobs=1, limits=Limits(wall_seconds=15),
+                   extra=["-k", "(test_rope.py and position_zero) or (test_layers.py and softmax_rows)"])
+    outcomes = {record["nodeid"].split("::")[0].split("/")[-1]: record for record in run.records}
+    assert outcomes["test_layers.py"]["outcome"] == "passed", run.records
+    assert outcomes["test_rope.py"]["outcome"] == "failed" and "time limit" in outcomes["test_rope.py"]["message"], (
+        run.records)
+    assert [set(files.split(" + ")) for files in run.seconds] == [{"test_layers.py", "test_rope.py"}], run.seconds
+    assert not run.problems, run.problems  # one run of both files, within its time
 
 
 @pytest.mark.skipif(Sandbox.detect().bwrap is None, reason="the sandboxed worker needs bubblewrap")
