@@ -305,7 +305,7 @@ class HostedWorld:
         __tracebackhide__ = True
         # The host's world stops a task at its own timeout, and a rank's failure a moment after: time for both,
         # and for starting the ranks.
-        limit = self.timeout * 2 + START_SECONDS
+        limit = min(self.timeout * 2 + START_SECONDS, _call_seconds())
         try:
             wire.write_frame(self.started.process.stdin, pickle.dumps((task, args), protocol=pickle.HIGHEST_PROTOCOL))
             self.answers.deadline = time.monotonic() + limit
