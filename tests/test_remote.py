@@ -232,9 +232,13 @@ def test_a_memory_map_crosses_only_for_a_file_in_the_workers_folder(remote, tmp_
 
 
 def test_a_module_hidden_by_the_spec_is_hidden_in_the_worker_too(remote):
-    with remote.without("csv"):
-        assert remote.uses.importable("csv") is False
-    assert remote.uses.importable("csv") is True
+    import csv
+
+    with pytest.raises(ValueError, match="inside"):
+        with remote.without("csv"):
+            assert remote.uses.importable("csv") is False and sys.modules["csv"] is None
+            raise ValueError("a failure inside the block")
+    assert remote.uses.importable("csv") is True and sys.modules["csv"] is csv, "both processes as they were"
 
 
 @pytest.mark.parametrize("frame", [
