@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import gc
 import os
 
 import torch
@@ -31,6 +32,7 @@ import torch.distributed as dist
 from llmkata.run_config import ConfigError
 
 MODES = ("ddp", "fsdp")
+_joined: list[bool] = []  # [True] while this process is in a world that TrainingWorld.start joined
 
 
 class TrainingWorld:
@@ -63,6 +65,7 @@ class TrainingWorld:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=size,
                                     timeout=datetime.timedelta(minutes=30))
             atexit.register(_leave)
+            _joined.append(True)
         return cls(rank, size, local_rank, mode, started=True)
 
     def device(self, device: torch.device) -> torch.device:
@@ -142,6 +145,18 @@ class NoMetrics:
         pass
 
 
+def leave_world() -> None:
+    """End the world together: wait until every rank is here (the others wait for rank 0 to write the run folder),
+    free what still holds the process group (a sharded model's device mesh), then destroy it. A rank that left
+    alone while its peer was still connected could abort in gloo's teardown as the interpreter exited."""
+    if _joined and dist.is_initialized():
+        _joined.clear()
+        dist.barrier()
+        gc.collect()
+        dist.destroy_process_group()
+
+
 def _leave() -> None:
+    """At exit, after a failure: end this process's part without waiting for the others."""
     if dist.is_initialized():
         dist.destroy_process_group()

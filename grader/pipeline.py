@@ -59,7 +59,7 @@ from safetensors import safe_open
 
 from llmkata import fallback
 from llmkata.atomic import write_text_atomic
-from llmkata.distributed import NoMetrics, TrainingWorld
+from llmkata.distributed import NoMetrics, TrainingWorld, leave_world
 from llmkata.run_config import EOT, ConfigError, RunConfig, config_from_mapping, read_toml, write_toml
 from llmkata.run_metrics import Metrics, plot_losses, read_metrics
 from llmkata.spec.impl import Implementation, Missing, load
@@ -230,7 +230,9 @@ def read_sources(folder: Path) -> dict | None:
 
 def train(config: RunConfig, folder: Path, resume: bool = False, say=print) -> dict:
     """Run (or resume) training in `folder`; return the summary. FloatingPointError on a NaN loss."""
-    return Run(folder, config, say, recorded=read_sources(folder) if resume else None).train(resume)
+    summary = Run(folder, config, say, recorded=read_sources(folder) if resume else None).train(resume)
+    leave_world()  # in a world of processes: all of them end it together, once rank 0 has written the run
+    return summary
 
 
 class Run:
