@@ -4,14 +4,17 @@
 #   bash benchmarks/gpu_check.sh            # from the repository root
 #   bash benchmarks/gpu_check.sh --dry-run  # print the steps, run nothing (works without a GPU)
 #
-# 1. installs triton if it is missing (pip), 2. runs the kernels spec's flash-attention properties at GPU sizes
+# 1. installs llmkata (editable, no dependencies, no download) and triton if they are missing, 2. runs the kernels spec's flash-attention properties at GPU sizes
 # (compiled kernels against the float64 definition), 3. runs the attention sweep on the GPU (16k tokens per batch,
 # N 512..16k, head dims 64 and 128, causal and not, bfloat16 and float16; every path, SDPA and its backends),
 # 4. runs the small-shape flash-attention properties compiled (the CPU checks them in Triton's interpreter; here
 # each new shape class compiles, so they are last and time-limited), 5. writes benchmarks/results/gpu-<time>/:
-# bench.json (pytest-benchmark), throughput.png, table.md, the logs and JUnit XML.
+# bench.json (pytest-benchmark), throughput.png, table.md, the logs and JUnit XML (8 files; also copied into $OUT
+# when that is set, for a machine whose results come back from there).
 # Knobs: PYTHON (default .venv/bin/python, else python3), GPU_CHECK_QUICK=1 (bfloat16, N 1k/4k/16k only),
 # GPU_CHECK_SPEC_LIMIT / GPU_CHECK_BENCH_LIMIT / GPU_CHECK_SMALL_LIMIT (seconds, default 180 / 360 / 120).
+# Within one 10-minute command on a machine lent for a short time:
+#   GPU_CHECK_QUICK=1 GPU_CHECK_SPEC_LIMIT=120 GPU_CHECK_BENCH_LIMIT=240 GPU_CHECK_SMALL_LIMIT=60 bash benchmarks/gpu_check.sh
 set -euo pipefail
 
 dry_run=0
@@ -48,6 +51,11 @@ if not torch.cuda.is_available():
     sys.exit(1)
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")
 PY
+    if ! "$PYTHON" -c "import llmkata.spec" 2>/dev/null; then
+        step "installing llmkata (editable; its dependencies must be there already)"
+        "$PYTHON" -m pip install -q --no-deps --no-build-isolation -e . \
+            || { echo "gpu_check: could not install llmkata (pip install -e .)" >&2; exit 2; }
+    fi
     if ! "$PYTHON" -c "import triton" 2>/dev/null; then
         step "installing triton"
         "$PYTHON" -m pip install "triton>=3.0" || { echo "gpu_check: could not install triton (pip install 'llmkata[triton]')" >&2; exit 2; }
@@ -56,6 +64,10 @@ PY
     unset TRITON_INTERPRET
 fi
 run mkdir -p "$out"
+# Where results come back from a folder of their own ($OUT), they are copied there however the run ends.
+if [[ -n "${OUT:-}" ]] && (( ! dry_run )); then
+    trap 'cp "$out"/* "$OUT"/ 2>/dev/null || true' EXIT
+fi
 
 step "the flash-attention properties at GPU sizes (spec/test_kernels.py)"
 spec_status=0
