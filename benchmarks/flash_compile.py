@@ -6,7 +6,8 @@
 Triton compiles ahead of time for a named target: its front end, its GPU passes and the ptxas it ships turn each
 kernel into a cubin without a driver. This checks what Triton's CPU interpreter cannot: that every kernel builds
 for the GPU at the tiles, warps and pipeline stages the GPU path launches it with (`_flash_blocks`), and that the
-shared memory each asks for fits one block of that GPU. Prints a row per build; exit status 1 when any fails.
+shared memory each asks for fits one block of that GPU. Prints a row per build (shared memory, and registers and
+spills per thread from ptxas); exit status 1 when a build fails or does not fit.
 Run it in a process where TRITON_INTERPRET is unset: under the interpreter there is nothing to compile.
 """
 
@@ -15,8 +16,12 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -56,7 +61,9 @@ def builds(head_dim: int, dtype: torch.dtype, causal: bool) -> list[tuple[str, d
     for name, backward in (("_flash_forward_kernel", False), ("_flash_dkdv_kernel", True), ("_flash_dq_kernel", True)):
         block_m, block_n, warps, stages = kernels._flash_blocks(head_dim, dtype, cuda, backward)
         rows.append((name, {**shared, "BLOCK_M": block_m, "BLOCK_N": block_n}, warps, stages))
-    rows.append(("_flash_delta_kernel", {"VALUE_DIM": head_dim, "BLOCK_M": 64, "BLOCK_DV": shared["BLOCK_DV"]}, 4, 1))
+    delta_rows = kernels._flash_delta_rows(shared["BLOCK_DV"], cuda)
+    rows.append(("_flash_delta_kernel", {"VALUE_DIM": head_dim, "BLOCK_M": delta_rows, "BLOCK_DV": shared["BLOCK_DV"]},
+                 4, 1))
     return rows
 
 
@@ -73,6 +80,27 @@ def compile_kernel(name: str, dtype: torch.dtype, constants: dict, warps: int, s
                                                                                  "num_stages": stages})
 
 
+def registers(compiled, arch: int) -> str:
+    """"N registers, S B spilled" per thread, from ptxas -v on the kernel's PTX (the ptxas Triton builds with for
+    `arch`); "" where that ptxas cannot be found. Spills go to local memory: a kernel that spills is slow."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        ptxas = get_ptxas(arch).path
+    except Exception:  # noqa: BLE001 - a Triton without that helper: the report goes without it
+        return ""
+    with tempfile.TemporaryDirectory() as folder:
+        ptx = Path(folder) / "kernel.ptx"
+        ptx.write_text(compiled.asm["ptx"])
+        done = subprocess.run([ptxas, "-v", f"--gpu-name=sm_{arch}{'a' if arch >= 90 else ''}", str(ptx), "-o",
+                               str(Path(folder) / "kernel.cubin")], capture_output=True, text=True, check=False)
+    used = re.search(r"Used (\d+) registers", done.stderr)
+    spilled = re.search(r"(\d+) bytes spill stores", done.stderr)
+    if not used or not spilled:
+        return ""
+    return f"{used.group(1)} registers, {spilled.group(1)} B spilled"
+
+
 def _why(error: Exception) -> str:
     """One line for a failed build: where in the kernel (Triton's "at LINE:COLUMN:") and what its compiler said."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
@@ -81,7 +109,8 @@ def _why(error: Exception) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmkata.benchmarks.flash_compile", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m llmkata.benchmarks.flash_compile",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--arch", type=int, default=90, choices=sorted(SHARED_PER_BLOCK),
                         help="compute capability, as one number (default: 90, Hopper)")
     parser.add_argument("--head-dims", type=int, nargs="+", default=[32, 64, 128, 256])
@@ -89,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--causal", choices=["both", "yes", "no"], default="both")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on"):
-        print("flash_compile: TRITON_INTERPRET is set: Triton's interpreter compiles nothing; unset it", file=sys.stderr)
+        print("flash_compile: TRITON_INTERPRET is set: Triton's interpreter compiles nothing; unset it",
+              file=sys.stderr)
         return 2
     try:
         import triton
@@ -117,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                     fits = used <= limit
                     failures += not fits
                     print(f"{'ok  ' if fits else 'FAIL'} {what}: shared {used:,} B"
-                          f"{'' if fits else f' > {limit:,} B'}, {len(compiled.asm['cubin']):,} B of cubin, "
-                          f"{seconds:.1f} s", flush=True)
+                          f"{'' if fits else f' > {limit:,} B'}, {registers(compiled, args.arch) or '-'}, "
+                          f"{seconds:.1f} s to build", flush=True)
     print(f"{failures} failed" if failures else "every build fits")
     return 1 if failures else 0
 

@@ -1012,15 +1012,31 @@ def _triton_kernels(functions: dict | None = None) -> dict:
 # BEGIN SOLUTION
 def _flash_blocks(head_dim: int, dtype: torch.dtype, device: torch.device, backward: bool) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages): tiles that fit a GPU's shared memory, or small ones for the
-    interpreter (so that the spec's small shapes still span several blocks)."""
+    interpreter (so that the spec's small shapes still span several blocks).
+
+    On a GPU, the largest tiles whose kernels spill no registers when built for Hopper (ptxas's report, printed by
+    `python -m llmkata.benchmarks.flash_compile`): wider heads take narrower tiles or more warps, and float32, whose
+    exact ("ieee") products run on the FMA units instead of the tensor cores, takes small ones."""
     if device.type != "cuda":
         return 16, 16, 4, 1
-    wide = dtype == torch.float32 or head_dim > 128
-    if backward:
-        return (32, 32, 4, 1) if wide else (64, 64, 4 if head_dim <= 64 else 8, 2)
-    if wide:
-        return 64, 32, 4, 2
-    return (128, 64, 4, 3) if head_dim <= 64 else (128, 64, 8, 3)
+    if dtype == torch.float32:
+        if head_dim <= 32:
+            return (32, 32, 4, 1) if backward else (32, 32, 4, 2)
+        if head_dim <= 64:
+            return (16, 32, 8, 1) if backward else (32, 32, 4, 2)
+        if head_dim <= 128:
+            return (16, 32, 8, 1) if backward else (32, 16, 8, 2)
+        return (16, 16, 8, 1) if backward else (16, 16, 4, 1)
+    if head_dim <= 64:
+        return (64, 64, 4, 2) if backward else (128, 64, 8, 3)
+    if head_dim <= 128:
+        return (64, 64, 8, 2) if backward else (128, 64, 8, 3)
+    return (32, 32, 8, 1) if backward else (64, 32, 8, 2)
+
+
+def _flash_delta_rows(block_dv: int, device: torch.device) -> int:
+    """Rows per program of the delta kernel: at most 4096 elements each of out and dout, which keeps it in registers."""
+    return max(16, 4096 // block_dv) if device.type == "cuda" else 16
 
 
 def _launch(kernel, grid, args, constants, config):
@@ -1074,7 +1090,7 @@ def _flash_backward(kernels: dict, q, k, v, out, lse, grad_out, grad_lse, is_cau
     constants = _flash_constants(q, v, is_causal)
     config = _flash_blocks(head_dim, q.dtype, q.device, backward=True)
     delta = torch.empty_like(lse)
-    block = 64 if q.device.type == "cuda" else 16
+    block = _flash_delta_rows(constants["BLOCK_DV"], q.device)
     kernels["_flash_delta_kernel"][(triton.cdiv(n_queries, block), batch * n_heads)](
         out, grad_out, grad_lse, delta, *out.stride()[:3], *grad_out.stride()[:3], n_heads, n_queries,
         VALUE_DIM=constants["VALUE_DIM"], BLOCK_M=block, BLOCK_DV=constants["BLOCK_DV"])

@@ -17,7 +17,8 @@ pytest.importorskip("triton")
 def flash_compile(tmp_path, *args: str, patch: str = "") -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env.update(TRITON_CACHE_DIR=str(tmp_path / "triton-cache"), PYTHONWARNINGS="ignore")
-    code = f"import sys\n{patch}\nfrom llmkata.benchmarks import flash_compile\nsys.exit(flash_compile.main(sys.argv[1:]))"
+    code = (f"import sys\n{patch}\nfrom llmkata.benchmarks import flash_compile\n"
+            "sys.exit(flash_compile.main(sys.argv[1:]))")
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=600,
                           check=False)
 
