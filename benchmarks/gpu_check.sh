@@ -4,9 +4,10 @@
 #   bash benchmarks/gpu_check.sh            # from the repository root
 #   bash benchmarks/gpu_check.sh --dry-run  # print the steps, run nothing (works without a GPU)
 #
-# 1. installs llmkata (editable, no dependencies, no download) and triton if they are missing, 2. runs the kernels spec's flash-attention properties at GPU sizes
-# (compiled kernels against the float64 definition), 3. runs the attention sweep on the GPU (16k tokens per batch,
-# N 512..16k, head dims 64 and 128, causal and not, bfloat16 and float16; every path, SDPA and its backends),
+# 1. installs llmkata (editable, no dependencies, no download) and triton where they are missing, 2. runs the kernels
+# spec's flash-attention properties at GPU sizes (compiled kernels against the float64 definition), 3. runs the
+# attention sweep on the GPU (16k tokens per batch, N 512..16k, head dims 64 and 128, causal and not, bfloat16 and
+# float16; every path, SDPA and its backends),
 # 4. runs the small-shape flash-attention properties compiled (the CPU checks them in Triton's interpreter; here
 # each new shape class compiles, so they are last and time-limited), 5. writes benchmarks/results/gpu-<time>/:
 # bench.json (pytest-benchmark), throughput.png, table.md, the logs and JUnit XML (8 files; also copied into $OUT
@@ -14,7 +15,8 @@
 # Knobs: PYTHON (default .venv/bin/python, else python3), GPU_CHECK_QUICK=1 (bfloat16, N 1k/4k/16k only),
 # GPU_CHECK_SPEC_LIMIT / GPU_CHECK_BENCH_LIMIT / GPU_CHECK_SMALL_LIMIT (seconds, default 180 / 360 / 120).
 # Within one 10-minute command on a machine lent for a short time:
-#   GPU_CHECK_QUICK=1 GPU_CHECK_SPEC_LIMIT=120 GPU_CHECK_BENCH_LIMIT=240 GPU_CHECK_SMALL_LIMIT=60 bash benchmarks/gpu_check.sh
+#   GPU_CHECK_QUICK=1 GPU_CHECK_SPEC_LIMIT=120 GPU_CHECK_BENCH_LIMIT=240 GPU_CHECK_SMALL_LIMIT=60 \
+#       bash benchmarks/gpu_check.sh
 set -euo pipefail
 
 dry_run=0
