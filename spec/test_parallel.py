@@ -124,19 +124,20 @@ def launcher_results_task(impl, rank, size, world_size, base):
 def launcher_two_worlds_task(impl, rank, size):
     outcomes = {}
 
-    def one(name, base):
+    def one(name, base, meeting):
         with tempfile.TemporaryDirectory() as folder:
             try:
-                outcomes[name] = launched(
-                    impl, lambda: impl.parallel.run_world(worlds.rank_sum, 2, base, 0.0, timeout=20.0), folder)
+                outcomes[name] = launched(impl, lambda: impl.parallel.run_world(
+                    worlds.rank_sum_beside, 2, base, meeting, name, timeout=20.0), folder)
             except NotImplementedError as stub:
                 outcomes["stub"] = stub
 
-    threads = [threading.Thread(target=one, args=(name, base)) for name, base in (("a", 1), ("b", 100))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with tempfile.TemporaryDirectory() as meeting:  # where the ranks of both worlds say they are running
+        threads = [threading.Thread(target=one, args=(name, base, meeting)) for name, base in (("a", 1), ("b", 100))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     if "stub" in outcomes:
         raise outcomes["stub"]
     return outcomes
@@ -175,6 +176,9 @@ def test_two_worlds_at_once_do_not_meet(impl):
         assert sums == [2.0 * base + 1] * 2, (
             f"two worlds started at the same time must each sum their own ranks' values: world {name} got {sums}, "
             f"expected {[2.0 * base + 1] * 2}")
+        assert all(r["beside_the_other"] for r in outcome["result"]), (
+            f"two worlds started at the same time must run side by side: world {name}'s ranks waited 10 s for the "
+            f"other world's ranks, which never ran beside them (one world must not wait for the other's port)")
 
 
 def test_a_failing_rank_stops_the_whole_world_at_once(impl):

@@ -261,6 +261,21 @@ def rank_sum(rank, size, base, delay):
     return {"rank": rank, "size": size, "sum": float(value)}
 
 
+def rank_sum_beside(rank, size, base, folder, name):
+    """In one of two learner's worlds started together: wait (10 s at most) until the other world's ranks are running
+    too, so that the two are alive at once; then the all-reduced sum of (base + rank), and whether the other world
+    was seen running."""
+    Path(folder, f"{name}-{rank}").touch()
+    others = lambda: [path for path in Path(folder).iterdir() if not path.name.startswith(f"{name}-")]
+    deadline = time.monotonic() + 10
+    while len(others()) < size and time.monotonic() < deadline:
+        time.sleep(0.01)
+    beside = len(others()) >= size
+    value = torch.tensor([float(base + rank)])
+    dist.all_reduce(value)
+    return {"rank": rank, "size": size, "sum": float(value), "beside_the_other": beside}
+
+
 def rank_fails(rank, size, folder):
     """In a learner's world: rank 1 raises at once; the others would work on for a minute."""
     Path(folder, f"{os.getpid()}.pid").touch()
