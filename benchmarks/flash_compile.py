@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import os
 import re
 import subprocess
 import sys
@@ -48,15 +47,12 @@ def signature(kernel, dtype: torch.dtype, constants: dict) -> dict[str, str]:
 
 
 def builds(head_dim: int, dtype: torch.dtype, causal: bool) -> list[tuple[str, dict, int, int]]:
-    """(kernel name, constants, warps, stages) of each kernel a forward and backward on the GPU launch."""
+    """(kernel name, constants, warps, stages) of each kernel a forward and backward on the GPU launch, with the
+    constants the GPU path derives from its inputs (here tensors on the meta device, of that head dim and dtype)."""
     from llmkata.reference import kernels
 
-    import triton
-
-    shared = dict(IS_CAUSAL=causal, HEAD_DIM=head_dim, VALUE_DIM=head_dim,
-                  BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_DV=max(16, triton.next_power_of_2(head_dim)),
-                  PRECISION="ieee" if dtype == torch.float32 else "tf32")
-    cuda = torch.device("cuda")
+    cuda, like = torch.device("cuda"), torch.empty(1, 1, 1, head_dim, dtype=dtype, device="meta")
+    shared = kernels._flash_constants(like, like, causal)
     rows = []
     for name, backward in (("_flash_forward_kernel", False), ("_flash_dkdv_kernel", True), ("_flash_dq_kernel", True)):
         block_m, block_n, warps, stages = kernels._flash_blocks(head_dim, dtype, cuda, backward)
@@ -65,6 +61,17 @@ def builds(head_dim: int, dtype: torch.dtype, causal: bool) -> list[tuple[str, d
     rows.append(("_flash_delta_kernel", {"VALUE_DIM": head_dim, "BLOCK_M": delta_rows, "BLOCK_DV": shared["BLOCK_DV"]},
                  4, 1))
     return rows
+
+
+def _head_dim(text: str) -> int:
+    """A head dim the kernels take: 1 to 256."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a head dim is a whole number, got {text!r}") from None
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"a head dim is 1 to 256, got {value}")
+    return value
 
 
 def compile_kernel(name: str, dtype: torch.dtype, constants: dict, warps: int, stages: int, arch: int):
@@ -113,11 +120,13 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--arch", type=int, default=90, choices=sorted(SHARED_PER_BLOCK),
                         help="compute capability, as one number (default: 90, Hopper)")
-    parser.add_argument("--head-dims", type=int, nargs="+", default=[32, 64, 128, 256])
+    parser.add_argument("--head-dims", type=_head_dim, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--causal", choices=["both", "yes", "no"], default="both")
     args = parser.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on"):
+    from llmkata.reference import kernels
+
+    if kernels._triton_interpreting():
         print("flash_compile: TRITON_INTERPRET is set: Triton's interpreter compiles nothing; unset it",
               file=sys.stderr)
         return 2

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from llmkata.run_config import ConfigError
 
 MODES = ("ddp", "fsdp")
-_joined: list[bool] = []  # [True] while this process is in a world that TrainingWorld.start joined
+_joined = False  # whether this process is in a world that TrainingWorld.start joined
 
 
 class TrainingWorld:
@@ -65,7 +65,8 @@ class TrainingWorld:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=size,
                                     timeout=datetime.timedelta(minutes=30))
             atexit.register(_leave)
-            _joined.append(True)
+            global _joined
+            _joined = True
         return cls(rank, size, local_rank, mode, started=True)
 
     def device(self, device: torch.device) -> torch.device:
@@ -149,8 +150,9 @@ def leave_world() -> None:
     """End the world together: wait until every rank is here (the others wait for rank 0 to write the run folder),
     free what still holds the process group (a sharded model's device mesh), then destroy it. A rank that left
     alone while its peer was still connected could abort in gloo's teardown as the interpreter exited."""
+    global _joined
     if _joined and dist.is_initialized():
-        _joined.clear()
+        _joined = False
         dist.barrier()
         gc.collect()
         dist.destroy_process_group()

@@ -37,6 +37,8 @@ def test_every_flash_kernel_builds_for_hopper_within_its_shared_memory(tmp_path,
     assert len(rows) == 4 * cases and all(row.startswith("ok") for row in rows), done.stdout
     for name in ("_flash_forward_kernel", "_flash_dkdv_kernel", "_flash_dq_kernel", "_flash_delta_kernel"):
         assert name in done.stdout
+    assert all(" registers, " in row and " B spilled" in row for row in rows), (
+        f"ptxas's report of registers and spills is missing:\n{done.stdout}")
 
 
 def test_a_tile_the_gpu_cannot_multiply_fails_the_build(tmp_path):
@@ -64,3 +66,10 @@ def test_the_interpreter_setting_is_refused(tmp_path):
     done = subprocess.run([sys.executable, "-m", "llmkata.benchmarks.flash_compile", "--head-dims", "32"],
                           capture_output=True, text=True, env=env, timeout=120, check=False)
     assert done.returncode == 2 and "TRITON_INTERPRET" in done.stderr, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("head_dim", ["0", "512", "wide"])
+def test_a_head_dim_the_kernels_do_not_take_is_one_clear_message(tmp_path, head_dim):
+    done = flash_compile(tmp_path, "--head-dims", head_dim)
+    assert done.returncode == 2 and "a head dim is" in done.stderr, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "triton" not in done.stdout, done.stdout + done.stderr
