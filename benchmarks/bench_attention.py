@@ -23,10 +23,12 @@
   torch SDPA with its default choice and with each backend that runs here (math, flash, efficient, cuDNN). Each
   case is checked against the float64 definition (batch 0, head 0, values and gradients) before it is timed.
   Reported per row: FLOP/s by the flash-attention convention, the ratio to default SDPA on the same case, the
-  share of one large matmul's FLOP/s in the same dtype (measured in the same run), and peak memory (GPU). On a GPU
-  the standard sweep: 16k tokens per batch (B = 16384 / N), N from 512 to 16k, head dims 64 and 128 (H·D = 2048),
-  causal and not, bfloat16 and float16, timed by triton.testing.do_bench (CUDA events without triton). On a CPU,
-  float32, B=2 H=8 D=64, N from 256 to 2048 (LLMKATA_BENCH_SWEEP=quick: N 256 and 512, backward at 256 only).
+  share of one large matmul's FLOP/s in the same dtype (measured in the same run), and peak memory above the
+  inputs (the CUDA allocator's peak on a GPU, torch profiler's running total of tensor allocations on a CPU). On a
+  GPU the standard sweep: 16k tokens per batch (B = 16384 / N), N from 512 to 16k, head dims 64 and 128
+  (H·D = 2048), causal and not, bfloat16 and float16, timed by triton.testing.do_bench (CUDA events without triton).
+  On a CPU, float32, B=2 H=8 D=64, N from 256 to 2048 (LLMKATA_BENCH_SWEEP=quick: N 256 and 512, backward at 256
+  only).
 
 Knobs: LLMKATA_BENCH_ROUNDS (default 3), LLMKATA_BENCH_THREADS (torch threads; default torch's choice),
 LLMKATA_BENCH_MEMORY_N (default 16384), LLMKATA_BENCH_DEVICE (cpu or cuda; default cuda when there is one),

@@ -95,18 +95,38 @@ def device_seconds(function, device: str, rounds: int = ROUNDS) -> float:
 
 
 def peak_memory_mb(function, device: str) -> float | None:
-    """Memory the call allocates at its peak beyond what was allocated before it, in MB (GPU only: None on a CPU,
-    where torch keeps no such count)."""
-    if device != "cuda":
-        return None
+    """Memory the call allocates at its peak beyond what was allocated before it, in MB: on a GPU from the CUDA
+    allocator's peak count; on a CPU from torch's profiler, which sees every tensor allocation with the running
+    total (None where this torch's profiler does not report it)."""
     import torch
 
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    function()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - before) / 2**20
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        function()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        result = function()
+    del result
+    try:
+        events, allocations = list(profiler.profiler.kineto_results.experimental_event_tree()), []
+        while events:
+            event = events.pop()
+            events.extend(event.children)
+            fields = event.extra_fields
+            if hasattr(fields, "alloc_size") and hasattr(fields, "total_allocated"):
+                allocations.append((event.start_time_ns, fields.alloc_size, fields.total_allocated))
+    except (AttributeError, RuntimeError):
+        return None
+    if not allocations:
+        return 0.0
+    allocations.sort()
+    before = allocations[0][2] - allocations[0][1]  # the running total as the call began
+    return max(0, max(total for _, _, total in allocations) - before) / 2**20
 
 
 def matmul_ceiling(device: str, dtype) -> float:
@@ -142,7 +162,7 @@ def _cells(row: dict, divisor: float) -> list[str]:
     return [row["pass"], row["path"], row["dtype"], "causal" if row["causal"] else "full", str(row["head_dim"]),
             str(row["n"]), f"{row['batch']}×{row['heads']}", f"{row['seconds'] * 1e3:.3f}",
             f"{row['flop_per_s'] / divisor:.2f}", "—" if ratio is None else f"{ratio:.2f}",
-            f"{100 * row['of_ceiling']:.1f}", "—" if peak is None else f"{peak:.0f}"]
+            f"{100 * row['of_ceiling']:.1f}", "—" if peak is None else f"{peak:.1f}" if peak < 100 else f"{peak:.0f}"]
 
 
 def _headers(unit: str) -> list[str]:

@@ -12,11 +12,10 @@
 # each new shape class compiles, so they are last and time-limited), 5. writes benchmarks/results/gpu-<time>/:
 # bench.json (pytest-benchmark), throughput.png, table.md, the logs and JUnit XML (8 files; also copied into $OUT
 # when that is set, for a machine whose results come back from there).
-# Knobs: PYTHON (default .venv/bin/python, else python3), GPU_CHECK_QUICK=1 (bfloat16, N 1k/4k/16k only),
-# GPU_CHECK_SPEC_LIMIT / GPU_CHECK_BENCH_LIMIT / GPU_CHECK_SMALL_LIMIT (seconds, default 180 / 360 / 120).
-# Within one 10-minute command on a machine lent for a short time:
-#   GPU_CHECK_QUICK=1 GPU_CHECK_SPEC_LIMIT=120 GPU_CHECK_BENCH_LIMIT=240 GPU_CHECK_SMALL_LIMIT=60 \
-#       bash benchmarks/gpu_check.sh
+# Knobs: PYTHON (default .venv/bin/python, else python3), GPU_CHECK_QUICK=1 (bfloat16, N 1k/4k/16k only, and the
+# shorter limits, so that the whole check fits one 10-minute command on a machine lent for a short time),
+# GPU_CHECK_SPEC_LIMIT / GPU_CHECK_BENCH_LIMIT / GPU_CHECK_SMALL_LIMIT (seconds; default 180 / 360 / 120, with
+# GPU_CHECK_QUICK=1 120 / 240 / 60).
 set -euo pipefail
 
 dry_run=0
@@ -24,11 +23,11 @@ dry_run=0
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3)}"
 out="benchmarks/results/gpu-$(date -u +%Y%m%dT%H%M%SZ)"
-spec_limit="${GPU_CHECK_SPEC_LIMIT:-180}"
-bench_limit="${GPU_CHECK_BENCH_LIMIT:-360}"
-small_limit="${GPU_CHECK_SMALL_LIMIT:-120}"
-sweep=full
-[[ "${GPU_CHECK_QUICK:-0}" == "1" ]] && sweep=quick
+sweep=full limits=(180 360 120)
+[[ "${GPU_CHECK_QUICK:-0}" == "1" ]] && sweep=quick limits=(120 240 60)
+spec_limit="${GPU_CHECK_SPEC_LIMIT:-${limits[0]}}"
+bench_limit="${GPU_CHECK_BENCH_LIMIT:-${limits[1]}}"
+small_limit="${GPU_CHECK_SMALL_LIMIT:-${limits[2]}}"
 
 step() { echo; echo "== $*"; }
 run() {  # print the command; run it unless --dry-run

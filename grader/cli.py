@@ -204,23 +204,31 @@ def cmd_bench(args, extra: list[str]) -> int:
                       "run on a machine with a GPU)", file=sys.stderr)
                 return 2
         env["LLMKATA_BENCH_DEVICE"] = args.device
+    for option, value in (("--json", args.json), ("--plot", args.plot)):
+        if value and not Path(value).resolve().parent.is_dir():
+            print(f"llmkata bench {option} {value}: the folder {Path(value).resolve().parent} does not exist",
+                  file=sys.stderr)
+            return 2
     quick = []
     if args.quick:
         env.update({name: value for name, value in QUICK_KNOBS.items() if name not in os.environ})
         quick = ["-k", QUICK_DESELECT]  # a -k among the extra arguments comes later, and wins
     with tempfile.TemporaryDirectory(prefix="llmkata-bench-") as workdir:
-        report = Path(args.json) if args.json else Path(workdir) / "bench.json"
+        # pytest-benchmark writes into the scratch folder; --json and --plot get whole files once the run is over
+        report = Path(workdir) / "bench.json"
         # The file pattern is given here: from an installed wheel there is no pyproject.toml to say `bench_*.py`.
         command = [sys.executable, "-m", "pytest", *targets, "--impl", args.impl, "-p", "no:cacheprovider",
                    "-o", "addopts=", "-o", "python_files=bench_*.py", f"--benchmark-json={report}", *quick, *extra]
         code = subprocess.run(command, env=env).returncode
         if report.exists():
+            from llmkata.atomic import write_bytes_atomic
             from llmkata.benchmarks.common import SWEEP_TEST, plot_sweep, render_sweep, sweep_rows
 
             try:
-                data = json.loads(report.read_text(encoding="utf-8"))
+                raw = report.read_bytes()
+                data = json.loads(raw)
             except (OSError, ValueError) as error:
-                print(f"llmkata bench: could not read {report}: {error}", file=sys.stderr)
+                print(f"llmkata bench: could not read pytest-benchmark's report: {error}", file=sys.stderr)
             else:
                 rows = sweep_rows(data)  # the attention sweep has a table of its own
                 print("\n" + render_ratios([r for r in bench_ratios(data) if not r[0].startswith(SWEEP_TEST)]))
@@ -228,12 +236,15 @@ def cmd_bench(args, extra: list[str]) -> int:
                     print("\n" + render_sweep(rows))
                 if args.plot:
                     if rows:
-                        plot_sweep(rows, args.plot)
+                        picture = Path(workdir) / "plot.png"
+                        plot_sweep(rows, picture)
+                        write_bytes_atomic(args.plot, picture.read_bytes())
                         print(f"\nthroughput against N: {args.plot}")
                     else:
                         print("llmkata bench --plot: no attention sweep ran, nothing to plot", file=sys.stderr)
                 if args.json:
-                    print(f"\nthe whole report: {report}")
+                    write_bytes_atomic(args.json, raw)
+                    print(f"\nthe whole report: {args.json}")
     return code
 
 

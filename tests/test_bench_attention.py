@@ -85,6 +85,47 @@ def test_bench_plot_without_a_sweep_says_so(monkeypatch, tmp_path, capsys):
     assert not plot.exists() and "nothing to plot" in capsys.readouterr().err
 
 
+def test_bench_json_and_plot_are_whole_files_written_after_the_run(monkeypatch, tmp_path, capsys):
+    saved, plot = tmp_path / "saved.json", tmp_path / "plot.png"
+    saved.write_text("an earlier report")
+    seen = fake_bench(monkeypatch)
+    assert not any(str(saved) in arg for arg in seen.get("command", [])), "nothing ran yet"
+    assert cli.main(["bench", "--only", "attention", "--json", str(saved), "--plot", str(plot)]) == 0
+    assert not any(str(saved) in arg for arg in seen["command"]), "pytest-benchmark writes a scratch report"
+    assert json.loads(saved.read_text()) == REPORT and plot.read_bytes()[:4] == b"\x89PNG"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "no temporary file is left"
+
+    def failed_run(command, env=None, **kwargs):  # a run stopped before pytest-benchmark wrote anything
+        return subprocess.CompletedProcess(command, 2)
+
+    monkeypatch.setattr(subprocess, "run", failed_run)
+    before = saved.read_bytes()
+    assert cli.main(["bench", "--only", "attention", "--json", str(saved)]) == 2
+    assert saved.read_bytes() == before, "a run that made no report leaves the earlier one as it was"
+
+
+def test_bench_into_a_missing_folder_fails_before_running(monkeypatch, tmp_path, capsys):
+    seen = fake_bench(monkeypatch)
+    for option in ("--json", "--plot"):
+        target = tmp_path / "no-such-folder" / "out"
+        assert cli.main(["bench", option, str(target)]) == 2
+        assert "does not exist" in capsys.readouterr().err and "command" not in seen, "nothing runs"
+        assert not target.parent.exists()
+
+
+def test_peak_memory_on_a_cpu_counts_the_tensors_the_call_allocates():
+    import torch
+
+    held = torch.randn(1024, 1024)
+
+    def two_buffers():  # 8 MB, then 8 MB more while the first is alive
+        ones = torch.ones(2**21)
+        return (ones * 2).sum()
+
+    assert common.peak_memory_mb(two_buffers, "cpu") == pytest.approx(16, abs=0.1)
+    assert common.peak_memory_mb(lambda: held.sum(), "cpu") == pytest.approx(0, abs=0.1), "what was there before"
+
+
 def test_bench_on_cuda_without_a_gpu_fails_clearly(monkeypatch, capsys):
     import torch
 
@@ -130,6 +171,14 @@ def test_one_case_of_the_sweep_runs_checks_and_reports(tmp_path):
     rows = common.sweep_rows(json.loads(report.read_text()))
     assert [(row["path"], row["n"], row["causal"]) for row in rows] == [("kernels.tiled_attention", 256, True)]
     assert rows[0]["flop_per_s"] > 0 and rows[0]["throughput_vs_sdpa"] > 0 and rows[0]["of_ceiling"] > 0
+    assert rows[0]["peak_mb"] >= 2 * 8 * 256 * 64 * 4 / 2**20, "peak memory on a CPU too: the output at least"
+    again = tmp_path / "again.json"
+    again.write_bytes(report.read_bytes())  # a saved run beside this one
+    compared = subprocess.run([sys.executable, "-c", "from pytest_benchmark.cli import main; main()", "compare",
+                               str(report), str(again)],
+                              capture_output=True, text=True, timeout=120)
+    assert compared.returncode == 0 and "test_attention_throughput" in compared.stdout, (
+        "pytest-benchmark compare reads the report: " + compared.stdout[-2000:] + compared.stderr[-2000:])
 
 
 def test_gpu_check_dry_run_prints_every_step():
@@ -139,6 +188,16 @@ def test_gpu_check_dry_run_prints_every_step():
     for step in ("flash_attention_on_the_gpu", "LLMKATA_BENCH_DEVICE=cuda", "--benchmark-json=", "timeout -s INT",
                  "llmkata.benchmarks.common"):
         assert step in done.stdout, f"{step!r} is missing from the dry run:\n{done.stdout}"
+
+
+def test_gpu_check_quick_fits_one_ten_minute_command():
+    import re
+
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run"], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "GPU_CHECK_QUICK": "1"})
+    limits = [(int(kill), int(limit)) for kill, limit in re.findall(r"timeout -s INT -k (\d+) (\d+) ", done.stdout)]
+    assert len(limits) == 3 and "LLMKATA_BENCH_SWEEP=quick" in done.stdout, done.stdout
+    assert sum(kill + limit for kill, limit in limits) <= 540, f"{limits}: a minute is left for the installs"
 
 
 def test_gpu_check_without_a_gpu_stops_with_a_clear_message(tmp_path):
