@@ -127,7 +127,8 @@ class CausalSelfAttention(nn.Module):
     -> concatenated heads -> o_proj -> (B, T, d_model). head_dim = d_model / n_heads; k_proj and v_proj make
     n_kv_heads heads, each shared by n_heads / n_kv_heads query heads. No biases, as in Llama. use_rope=False
     leaves q and k unrotated (a model without position information, or one that adds it elsewhere). The heads attend
-    through `self.attend`: scaled_dot_product_attention, or with kernels=True chapter 14's `kernels.attention`.
+    through `self.attend`: scaled_dot_product_attention, or with kernels=True chapter 14's `kernels.attention`
+    (on a CUDA GPU with Triton installed, `kernels.flash_attention`, which shares kv heads without copies).
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, max_seq_len: int = 2048,

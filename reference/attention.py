@@ -175,7 +175,8 @@ class CausalSelfAttention(nn.Module):
     -> concatenated heads -> o_proj -> (B, T, d_model). head_dim = d_model / n_heads; k_proj and v_proj make
     n_kv_heads heads, each shared by n_heads / n_kv_heads query heads. No biases, as in Llama. use_rope=False
     leaves q and k unrotated (a model without position information, or one that adds it elsewhere). The heads attend
-    through `self.attend`: scaled_dot_product_attention, or with kernels=True chapter 14's `kernels.attention`.
+    through `self.attend`: scaled_dot_product_attention, or with kernels=True chapter 14's `kernels.attention`
+    (on a CUDA GPU with Triton installed, `kernels.flash_attention`, which shares kv heads without copies).
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None, max_seq_len: int = 2048,
@@ -226,10 +227,13 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v)  # (B, KV, offset + T, hd)
 
-        n_rep = self.n_heads // self.n_kv_heads
         # The T queries are the last T of the offset + T keys: is_causal aligns them to the end.
-        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, offset + T, hd)
-        out = self.attend(q, k, v, is_causal=True)  # (B, H, T, hd)
+        if self.kernels and kernels_module._flash_runs(q):  # on a GPU: Triton, each kv head read by its group
+            out = kernels_module.flash_attention(q, k, v, is_causal=True)[0]
+        else:
+            n_rep = self.n_heads // self.n_kv_heads
+            k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, offset + T, hd)
+            out = self.attend(q, k, v, is_causal=True)  # (B, H, T, hd)
         out = out.transpose(1, 2).reshape(batch, length, self.n_heads * self.head_dim)  # (B, T, H·hd)
         return self.o_proj(out)
         # END SOLUTION

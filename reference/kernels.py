@@ -21,7 +21,9 @@ gradients, for shapes that are not multiples of any block, Tq ≠ Tk and fully m
 Left out: fused optimizers, and kernels for inference only (paged KV caches).
 """
 
+import functools
 import heapq
+import importlib.util
 import math
 import multiprocessing
 import os
@@ -1006,6 +1008,18 @@ def _triton_kernels(functions: dict | None = None) -> dict:
 
         _triton_builds[key] = namespace
     return _triton_builds[key]
+
+
+def _flash_runs(q: Tensor) -> bool:
+    """Whether attention on q can go through flash_attention: q on a CUDA GPU, in a dtype the kernels take, with
+    Triton installed. CausalSelfAttention(kernels=True) asks this on every call."""
+    return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16, torch.float32) and q.numel() > 0
+            and _triton_installed())
+
+
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
 # END SOLUTION
 
 

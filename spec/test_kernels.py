@@ -977,3 +977,36 @@ def test_flash_attention_on_the_gpu_gradients_equal_the_definition(impl, head_di
     flash_device()
     q, k, v = flash_gpu_inputs(head_dim, dtype, shape, 1)
     check_flash_gradients(impl, q, k, v, is_causal, None, 2, tolerance_scale=2 * FLASH_GPU_TOLERANCE[dtype])
+
+
+def test_flash_attention_on_the_gpu_in_the_model_equals_the_model_without_kernels(impl):
+    """A kernels=True model on a GPU may attend through flash_attention (the reference does): in float32 it must be
+    as close to the float64 model as the plain float32 model is, in logits, gradients and cached decoding (43
+    queries after 257 cached positions), with GQA and lengths off the blocks."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    flash_device()
+    kwargs = dict(vocab_size=97, d_model=256, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=512)
+    exact = build(impl, kwargs, 0).cuda()
+    plain, fast = (impl.model.Transformer(impl.model.ModelConfig(**kwargs, kernels=kernels)).cuda()
+                   for kernels in (False, True))
+    for model in (plain, fast):
+        model.load_state_dict(exact.state_dict())
+    ids = token_ids(kwargs, 0, 2, 300).cuda()
+    grad = torch.randn(2, 300, 97, generator=torch.Generator().manual_seed(0), dtype=torch.float64).cuda()
+
+    def run(model):
+        logits = model(ids)
+        grads = grads_of(logits, list(model.parameters()), grad.to(logits.dtype))
+        cache = model.make_cache(2)
+        with torch.no_grad():
+            decoded = torch.cat([model(ids[:, :257], cache=cache), model(ids[:, 257:], cache=cache)], 1)
+        return [("logits", logits), *zip((name for name, _ in model.named_parameters()), grads),
+                ("cached decoding", decoded)]
+
+    for (name, expected), (_, baseline), (_, got) in zip(run(exact), run(plain), run(fast)):
+        error = (got.detach().double() - expected.detach()).abs().max().item()
+        allowed = 4 * (baseline.detach().double() - expected.detach()).abs().max().item()
+        assert error <= allowed + 1e-6 * expected.abs().max().item(), (
+            f"on a GPU, ModelConfig(kernels=True) in float32: {name} differs from the float64 model's by {error:.3g}, "
+            f"more than 4× the plain float32 model's difference ({allowed / 4:.3g})")

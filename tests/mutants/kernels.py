@@ -646,6 +646,8 @@ def tiled_casting_silently(q, k, v, is_causal=False, block_size_q=128, block_siz
 
 # ---------------------------------------------------------------- the model and the trainer on the kernel path
 
+FLASH_GPU_MODEL = "test_flash_attention_on_the_gpu_in_the_model_equals_the_model_without_kernels"
+
 
 def _head_split(module, x, q, k, v):
     batch, length, _ = x.shape
@@ -694,6 +696,37 @@ class _TopLeftCausalAttention(attention_ref.CausalSelfAttention):
         return self.o_proj(_attend(self, x, *qkv, cache, top_left=True))
 
 
+class _FlashOnTheNewKeysOnly(attention_ref.CausalSelfAttention):
+    """On the GPU, flash_attention given the keys and values of this call, not everything the cache holds: right
+    for a whole sequence, blind to the cached prefix."""
+
+    def forward(self, x, position_ids=None, cache=None):
+        q, k, v = _head_split(self, x, self.q_proj(x), self.k_proj(x), self.v_proj(x))
+        offset = 0 if cache is None else cache.length
+        positions = torch.arange(offset, offset + x.shape[1], device=x.device)
+        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        if cache is not None:
+            cache.update(k, v)
+        out = ref.flash_attention(q, k, v, is_causal=True)[0]
+        return self.o_proj(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
+
+
+class _FlashWithInterleavedKVHeads(attention_ref.CausalSelfAttention):
+    """On the GPU, GQA by repeating the kv heads as a whole (head h reads kv head h mod Hkv) before flash_attention,
+    where the model's heads go in groups (h // (H / Hkv))."""
+
+    def forward(self, x, position_ids=None, cache=None):
+        q, k, v = _head_split(self, x, self.q_proj(x), self.k_proj(x), self.v_proj(x))
+        offset = 0 if cache is None else cache.length
+        positions = torch.arange(offset, offset + x.shape[1], device=x.device)
+        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        if cache is not None:
+            k, v = cache.update(k, v)
+        n_rep = self.n_heads // self.n_kv_heads
+        out = ref.flash_attention(q, k.repeat(1, n_rep, 1, 1), v.repeat(1, n_rep, 1, 1), is_causal=True)[0]
+        return self.o_proj(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
+
+
 class _SwiGLUWithGateAndUpSwapped(layers_ref.SwiGLU):
     """Calls SwiGLUFunction.apply(up, gate): SiLU lands on up_proj."""
 
@@ -731,6 +764,10 @@ TransformerWithSwappedKernelSwiGLU = _kernel_transformer("TransformerWithSwapped
                                                          mlp=_SwiGLUWithGateAndUpSwapped)
 TransformerWithWrongKernelNormBackward = _kernel_transformer("TransformerWithWrongKernelNormBackward",
                                                              norm=_RMSNormWithoutTheMeanTerm)
+TransformerWithFlashOnTheNewKeysOnly = _kernel_transformer("TransformerWithFlashOnTheNewKeysOnly",
+                                                           attention=_FlashOnTheNewKeysOnly)
+TransformerWithFlashOverInterleavedKVHeads = _kernel_transformer("TransformerWithFlashOverInterleavedKVHeads",
+                                                                 attention=_FlashWithInterleavedKVHeads)
 
 
 @mutant("train.train_step", "test_train_step_with_kernels_equals_train_step_without",
@@ -773,6 +810,14 @@ mutant("model.Transformer", "test_model_with_kernels_equals_the_model_without",
 mutant("model.Transformer", "test_model_with_kernels_equals_the_model_without",
        why="the kernel path's causal mask is aligned top left: the full forward is right, cached decoding not",
        spec="kernels")(TransformerWithTopLeftKernelMask)
+
+
+mutant("model.Transformer", FLASH_GPU_MODEL, why="on the GPU, flash_attention sees only the keys of this call, "
+       "not the cached ones", spec="kernels")(TransformerWithFlashOnTheNewKeysOnly)
+
+
+mutant("model.Transformer", FLASH_GPU_MODEL, why="on the GPU, GQA kv heads repeated as a whole before "
+       "flash_attention: head h reads kv head h mod Hkv", spec="kernels")(TransformerWithFlashOverInterleavedKVHeads)
 
 
 mutant("model.Transformer", "test_wrapped_projections_are_used_on_the_kernel_path",
