@@ -20,7 +20,8 @@
 
 - The throughput sweep (test_attention_throughput): forward, and forward + backward, of every path at once: the
   definition, `kernels.attention`, `kernels.tiled_attention`, `kernels.flash_attention` (Triton, on a GPU), and
-  torch SDPA with its default choice and with each backend that runs here (math, flash, efficient, cuDNN). Each
+  torch SDPA with its default choice and with each backend that runs here (math, flash, efficient, cuDNN); for an
+  implementation other than the reference (--impl), the reference's three paths beside its own. Each
   case is checked against the float64 definition (batch 0, head 0, values and gradients) before it is timed.
   Reported per row: FLOP/s by the flash-attention convention, the ratio to default SDPA on the same case, the
   share of one large matmul's FLOP/s in the same dtype (measured in the same run), and peak memory above the
@@ -290,10 +291,12 @@ def sweep_device() -> str:
 SDPA_BACKENDS = {"sdpa-math": "MATH", "sdpa-flash": "FLASH_ATTENTION", "sdpa-efficient": "EFFICIENT_ATTENTION",
                  "sdpa-cudnn": "CUDNN_ATTENTION"}
 IMPL_PATHS = ("definition", "kernels.attention", "kernels.tiled_attention")  # the implementation under test
+REFERENCE_PATHS = tuple(f"reference.{path}" for path in IMPL_PATHS)  # beside another implementation
 
 
-def sweep_cases(device: str, quick: bool) -> list[tuple]:
-    """(pass, path, dtype name, head dim, causal, n, batch, heads) of every row of the sweep."""
+def sweep_cases(device: str, quick: bool, reference_too: bool = False) -> list[tuple]:
+    """(pass, path, dtype name, head dim, causal, n, batch, heads) of every row of the sweep; reference_too: the
+    reference's paths as well, for an implementation that is not the reference."""
     if device == "cuda":
         sizes = [1024, 4096, 16384] if quick else [512, 1024, 2048, 4096, 8192, 16384]
         dtypes, head_dims = ["bfloat16"] if quick else ["bfloat16", "float16"], [64, 128]
@@ -302,12 +305,15 @@ def sweep_cases(device: str, quick: bool) -> list[tuple]:
         # the definition and kernels.attention hold B·H·N² scores, and tiled attention is a loop of small ops
         small_only = {"sdpa-math": 2048, "definition": 1024, "kernels.attention": 1024,
                       "kernels.tiled_attention": 2048}
+        small_only.update({f"reference.{path}": small_only[path] for path in IMPL_PATHS})
     else:
         sizes = [256, 512] if quick else [256, 512, 1024, 2048]
         dtypes, head_dims = ["float32"], [64]
         shape = lambda n, d: (2, 8)  # noqa: E731
         paths = ["sdpa", "sdpa-math", "sdpa-flash", *IMPL_PATHS]  # the SDPA backends a CPU has
         small_only = {}
+    if reference_too:
+        paths += REFERENCE_PATHS
     largest_backward = 256 if quick and device != "cuda" else sizes[-1]  # --quick on a CPU: backward at N=256
     # the headline cases first (the largest head dim, causal), so that a run stopped by a time limit has them
     return [(which, path, dtype, d, causal, n, *shape(n, d))
@@ -322,7 +328,6 @@ def sweep_id(case) -> str:
 
 
 SWEEP_DEVICE = sweep_device()
-SWEEP = sweep_cases(SWEEP_DEVICE, os.environ.get("LLMKATA_BENCH_SWEEP", "full") == "quick")
 _baselines: dict = {}  # (pass, dtype, d, causal, n) -> seconds of default SDPA, measured in this run
 _ceilings: dict = {}  # dtype -> FLOP/s of a large matmul, measured in this run
 
@@ -343,6 +348,10 @@ def attention_path(impl, path: str):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
 
         return sdpa_backend
+    if path.startswith("reference."):
+        from llmkata.spec.impl import load
+
+        return attention_path(load("reference"), path.removeprefix("reference."))
     if path == "definition":
         return lambda q, k, v, is_causal: impl.attention.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
     if path == "kernels.attention":
@@ -395,7 +404,14 @@ def check_against_float64(result, q, k, v, causal: bool, backward: bool, grad_ou
             f"element {size:.3g}")
 
 
-@pytest.mark.parametrize("case", SWEEP, ids=[sweep_id(case) for case in SWEEP])
+def pytest_generate_tests(metafunc):
+    """The sweep's cases, once the implementation is known: another implementation is timed beside the reference."""
+    if metafunc.function.__name__ == "test_attention_throughput":
+        cases = sweep_cases(SWEEP_DEVICE, os.environ.get("LLMKATA_BENCH_SWEEP", "full") == "quick",
+                            reference_too=metafunc.config.llmkata_impl.name != "reference")
+        metafunc.parametrize("case", cases, ids=[sweep_id(case) for case in cases])
+
+
 def test_attention_throughput(benchmark, impl, case):
     which, path, dtype_name, d, causal, n, batch, heads = case
     device, dtype, backward = SWEEP_DEVICE, getattr(torch, dtype_name), which == "forward+backward"

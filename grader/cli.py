@@ -231,7 +231,9 @@ def cmd_bench(args, extra: list[str]) -> int:
                 print(f"llmkata bench: could not read pytest-benchmark's report: {error}", file=sys.stderr)
             else:
                 rows = sweep_rows(data)  # the attention sweep has a table of its own
-                print("\n" + render_ratios([r for r in bench_ratios(data) if not r[0].startswith(SWEEP_TEST)]))
+                ratios = [r for r in bench_ratios(data) if not r[0].startswith(SWEEP_TEST)]
+                if ratios or not rows:
+                    print("\n" + render_ratios(ratios))
                 if rows:
                     print("\n" + render_sweep(rows))
                 if args.plot:

@@ -157,6 +157,17 @@ def test_the_cpu_sweep_is_small_and_the_gpu_sweep_is_the_standard_one():
     assert all(case[5] * case[6] == 16384 and case[3] * case[7] == 2048 for case in gpu), "16k tokens, H·D = 2048"
     assert {"sdpa", "kernels.flash_attention", "sdpa-cudnn", "definition"} <= {case[1] for case in gpu}
     assert gpu[0][:5] == ("forward", "sdpa", "bfloat16", 128, True), "the headline case comes first"
+    beside = sweep_cases("cpu", quick=True, reference_too=True)
+    assert len(beside) == 54 and {"reference.definition", "reference.kernels.tiled_attention"} <= {
+        case[1] for case in beside}, "another implementation is timed beside the reference's paths"
+    assert {c[5] for c in sweep_cases("cuda", False, True) if c[1] == "reference.definition"} == {512, 1024}
+
+
+def test_bench_of_the_sweep_alone_prints_no_empty_ratio_table(monkeypatch, capsys):
+    fake_bench(monkeypatch, {"benchmarks": REPORT["benchmarks"][1:]})
+    assert cli.main(["bench", "--only", "attention"]) == 0
+    out = capsys.readouterr().out
+    assert "attention throughput" in out and "no ratio was reported" not in out, out
 
 
 def test_one_case_of_the_sweep_runs_checks_and_reports(tmp_path):
@@ -179,6 +190,25 @@ def test_one_case_of_the_sweep_runs_checks_and_reports(tmp_path):
                               capture_output=True, text=True, timeout=120)
     assert compared.returncode == 0 and "test_attention_throughput" in compared.stdout, (
         "pytest-benchmark compare reads the report: " + compared.stdout[-2000:] + compared.stderr[-2000:])
+
+
+def test_another_implementation_is_timed_beside_the_reference(tmp_path):
+    import shutil
+
+    import llmkata.reference
+
+    mine = tmp_path / "mine"
+    shutil.copytree(llmkata.reference.__path__[0], mine, ignore=shutil.ignore_patterns("__pycache__"))
+    report = tmp_path / "bench.json"
+    env = {**os.environ, "LLMKATA_BENCH_SWEEP": "quick", "LLMKATA_BENCH_ROUNDS": "1", "LLMKATA_BENCH_DEVICE": "cpu",
+           "OMP_WAIT_POLICY": "PASSIVE"}
+    done = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "benchmarks" / "bench_attention.py"), "-q",
+                           "-p", "no:cacheprovider", "-o", "addopts=", "-o", "python_files=bench_*.py",
+                           "--impl", str(mine), "-k", "throughput and forward- and tiled and causal and N256",
+                           f"--benchmark-json={report}"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = common.sweep_rows(json.loads(report.read_text()))
+    assert sorted(row["path"] for row in rows) == ["kernels.tiled_attention", "reference.kernels.tiled_attention"]
 
 
 def test_gpu_check_dry_run_prints_every_step():
