@@ -27,9 +27,9 @@
   share of one large matmul's FLOP/s in the same dtype (measured in the same run), and peak memory above the
   inputs (the CUDA allocator's peak on a GPU, torch profiler's running total of tensor allocations on a CPU). On a
   GPU the standard sweep: 16k tokens per batch (B = 16384 / N), N from 512 to 16k, head dims 64 and 128
-  (H·D = 2048), causal and not, bfloat16 and float16, timed by triton.testing.do_bench (CUDA events without triton).
-  On a CPU, float32, B=2 H=8 D=64, N from 256 to 2048 (LLMKATA_BENCH_SWEEP=quick: N 256 and 512, backward at 256
-  only).
+  (H·D = 2048), causal and not, bfloat16 and float16: the median CUDA-event time after warm-up
+  (triton.testing.do_bench). On a CPU, float32, B=2 H=8 D=64, N from 256 to 2048 (LLMKATA_BENCH_SWEEP=quick: N 256
+  and 512, backward at 256 only): the fastest of the rounds, SDPA and the path in turn.
 
 Knobs: LLMKATA_BENCH_ROUNDS (default 3), LLMKATA_BENCH_THREADS (torch threads; default torch's choice),
 LLMKATA_BENCH_MEMORY_N (default 16384), LLMKATA_BENCH_DEVICE (cpu or cuda; default cuda when there is one),
@@ -362,21 +362,13 @@ def attention_path(impl, path: str):
     return lambda q, k, v, is_causal: impl.kernels.flash_attention(q, k, v, is_causal=is_causal)[0]
 
 
-def runner(attention, q, k, v, causal: bool, backward: bool, grad_out, device: str):
-    """A call of the path, forward only or forward + backward (gradients of q, k, v), that waits for the device."""
+def runner(attention, q, k, v, causal: bool, backward: bool, grad_out):
+    """A call of the path, forward only or forward + backward (gradients of q, k, v). It does not wait for a GPU:
+    CUDA-event timing brackets the queued work itself, and a wait inside would add the host's latency to every
+    call."""
     if not backward:
-        def run():
-            out = attention(q, k, v, causal)
-            synchronize(device)
-            return out
-        return run
-
-    def run():
-        out = attention(q, k, v, causal)
-        grads = torch.autograd.grad(out, (q, k, v), grad_out)
-        synchronize(device)
-        return grads
-    return run
+        return lambda: attention(q, k, v, causal)
+    return lambda: torch.autograd.grad(attention(q, k, v, causal), (q, k, v), grad_out)
 
 
 def check_against_float64(result, q, k, v, causal: bool, backward: bool, grad_out, dtype, what: str) -> None:
@@ -429,7 +421,7 @@ def test_attention_throughput(benchmark, impl, case):
     what = f"{sweep_id(case)} (B={batch}, H={heads})"
     if attention is None:
         pytest.skip(f"{path} is not in this torch")
-    run = runner(attention, q, k, v, causal, backward, grad_out, device)
+    run = runner(attention, q, k, v, causal, backward, grad_out)
     try:
         result = run()
     except RuntimeError as error:  # an SDPA backend that does not take this dtype, size or device
@@ -442,7 +434,7 @@ def test_attention_throughput(benchmark, impl, case):
     if dtype_name not in _ceilings:
         _ceilings[dtype_name] = matmul_ceiling(device, dtype)
     peak = peak_memory_mb(run, device)
-    baseline = runner(attention_path(impl, "sdpa"), q, k, v, causal, backward, grad_out, device)
+    baseline = runner(attention_path(impl, "sdpa"), q, k, v, causal, backward, grad_out)
     if device == "cuda":  # a GPU of its own: default SDPA timed once per case
         key = (which, dtype_name, d, causal, n)
         if key not in _baselines:
@@ -453,7 +445,8 @@ def test_attention_throughput(benchmark, impl, case):
         times = [(seconds(baseline), seconds(run)) for _ in range(max(ROUNDS, 2))]
         sdpa_s, ours = min(t for t, _ in times), min(t for _, t in times)
         ours = sdpa_s if path == "sdpa" else ours
-    benchmark.pedantic(run, rounds=1, iterations=1)  # one more call, for pytest-benchmark's report
+    # one more call, waited for, for pytest-benchmark's report
+    benchmark.pedantic(lambda: (run(), synchronize(device)), rounds=1, iterations=1)
     flop_per_s = attention_flops(batch, heads, n, d, causal, backward) / ours
     benchmark.extra_info.update({
         "pass": which, "path": path, "dtype": dtype_name, "head_dim": d, "causal": causal, "n": n, "batch": batch,

@@ -71,9 +71,10 @@ def synchronize(device: str) -> None:
 
 
 def device_seconds(function, device: str, rounds: int = ROUNDS) -> float:
-    """The time of one call of `function()`: on a GPU by triton.testing.do_bench (CUDA events, the median of as
-    many calls as fit in ~50 ms, caches flushed) or, without triton, the fastest of CUDA-event timings; on a CPU the
-    fastest of `rounds` wall-clock timings."""
+    """The time of one call of `function()`: on a GPU the median of CUDA-event timings after warm-up, by
+    triton.testing.do_bench (as many calls as fit in ~50 ms, the L2 cache flushed between them) or, without
+    triton, of `rounds` (at least 10) calls; on a CPU the fastest of `rounds` wall-clock timings. `function` need
+    not wait for the GPU."""
     if device != "cuda":
         return best_of(function, rounds)
     import torch
@@ -81,17 +82,18 @@ def device_seconds(function, device: str, rounds: int = ROUNDS) -> float:
     try:
         from triton.testing import do_bench
     except ImportError:
-        function()
+        for _ in range(3):
+            function()
         times = []
-        for _ in range(max(rounds, 5)):
+        for _ in range(max(rounds, 10)):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             function()
             end.record()
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end) / 1e3)
-        return min(times)
-    return do_bench(function, warmup=10, rep=50) / 1e3
+        return sorted(times)[len(times) // 2]
+    return do_bench(function, warmup=10, rep=50, return_mode="median") / 1e3
 
 
 def peak_memory_mb(function, device: str) -> float | None:
@@ -138,10 +140,7 @@ def matmul_ceiling(device: str, dtype) -> float:
     a, b = (torch.randn(n, n, generator=generator, device=device, dtype=torch.float32).to(dtype) for _ in range(2))
     out = torch.empty(n, n, device=device, dtype=dtype)
 
-    def product():
-        torch.matmul(a, b, out=out)
-        synchronize(device)
-
+    product = lambda: torch.matmul(a, b, out=out)  # noqa: E731
     product()
     return 2.0 * n**3 / device_seconds(product, device, rounds=max(ROUNDS, 5))
 

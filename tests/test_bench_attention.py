@@ -126,6 +126,44 @@ def test_peak_memory_on_a_cpu_counts_the_tensors_the_call_allocates():
     assert common.peak_memory_mb(lambda: held.sum(), "cpu") == pytest.approx(0, abs=0.1), "what was there before"
 
 
+def test_gpu_timing_is_the_median_after_warm_up(monkeypatch):
+    """device_seconds on a GPU, with the GPU's clock played by a counter: triton's do_bench asked for the median,
+    and without triton the median of CUDA-event timings once the first calls have warmed up."""
+    import torch
+
+    clock = [0.0]  # milliseconds, as CUDA events count them
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            self.at = None
+
+        def record(self):
+            self.at = clock[0]
+
+        def elapsed_time(self, end):
+            return end.at - self.at
+
+    durations = iter([100.0] * 3 + [5.0, 1.0, 2.0, 30.0, 3.0, 4.0, 2.5, 1.5, 3.5, 2.0])
+
+    def call():
+        clock[0] += next(durations)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setitem(sys.modules, "triton.testing", None)  # no triton
+    assert common.device_seconds(call, "cuda", rounds=1) == pytest.approx(3.0e-3), "the median of the 10 timed calls"
+
+    seen = {}
+
+    def do_bench(function, **kwargs):
+        seen.update(kwargs)
+        return 2.0
+
+    monkeypatch.setitem(sys.modules, "triton.testing", type(sys)("triton.testing"))
+    sys.modules["triton.testing"].do_bench = do_bench
+    assert common.device_seconds(call, "cuda") == pytest.approx(2.0e-3) and seen["return_mode"] == "median", seen
+
+
 def test_bench_on_cuda_without_a_gpu_fails_clearly(monkeypatch, capsys):
     import torch
 
