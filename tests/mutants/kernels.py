@@ -696,15 +696,20 @@ class _TopLeftCausalAttention(attention_ref.CausalSelfAttention):
         return self.o_proj(_attend(self, x, *qkv, cache, top_left=True))
 
 
+def _rotated_heads(module, x, cache):
+    """q, k, v of x in heads, q and k rotated to the positions that follow what the cache holds."""
+    q, k, v = _head_split(module, x, module.q_proj(x), module.k_proj(x), module.v_proj(x))
+    offset = 0 if cache is None else cache.length
+    positions = torch.arange(offset, offset + x.shape[1], device=x.device)
+    return module.rotary(q, positions), module.rotary(k, positions), v
+
+
 class _FlashOnTheNewKeysOnly(attention_ref.CausalSelfAttention):
     """On the GPU, flash_attention given the keys and values of this call, not everything the cache holds: right
     for a whole sequence, blind to the cached prefix."""
 
     def forward(self, x, position_ids=None, cache=None):
-        q, k, v = _head_split(self, x, self.q_proj(x), self.k_proj(x), self.v_proj(x))
-        offset = 0 if cache is None else cache.length
-        positions = torch.arange(offset, offset + x.shape[1], device=x.device)
-        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        q, k, v = _rotated_heads(self, x, cache)
         if cache is not None:
             cache.update(k, v)
         out = ref.flash_attention(q, k, v, is_causal=True)[0]
@@ -716,10 +721,7 @@ class _FlashWithInterleavedKVHeads(attention_ref.CausalSelfAttention):
     where the model's heads go in groups (h // (H / Hkv))."""
 
     def forward(self, x, position_ids=None, cache=None):
-        q, k, v = _head_split(self, x, self.q_proj(x), self.k_proj(x), self.v_proj(x))
-        offset = 0 if cache is None else cache.length
-        positions = torch.arange(offset, offset + x.shape[1], device=x.device)
-        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        q, k, v = _rotated_heads(self, x, cache)
         if cache is not None:
             k, v = cache.update(k, v)
         n_rep = self.n_heads // self.n_kv_heads
