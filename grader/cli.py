@@ -502,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--quick", action="store_true",
                        help="one round, 1 MB of text, the largest sizes left out (" +
                             ", ".join(f"{k}={v}" for k, v in QUICK_KNOBS.items()) + f", -k '{QUICK_DESELECT}')")
-    bench.add_argument("--json", default=None, metavar="FILE", help="keep pytest-benchmark's JSON report here (saved runs compare with "
+    bench.add_argument("--json", default=None, metavar="FILE",
+                       help="keep pytest-benchmark's JSON report here (saved runs compare with "
                             "`pytest-benchmark compare A.json B.json`)")
     bench.add_argument("--device", choices=["cpu", "cuda"], default=None,
                        help="where the attention sweep runs (default: cuda when there is one)")
