@@ -204,10 +204,14 @@ def cmd_bench(args, extra: list[str]) -> int:
                       "run on a machine with a GPU)", file=sys.stderr)
                 return 2
         env["LLMKATA_BENCH_DEVICE"] = args.device
-    for option, value in (("--json", args.json), ("--plot", args.plot)):
-        if value and not Path(value).resolve().parent.is_dir():
-            print(f"llmkata bench {option} {value}: the folder {Path(value).resolve().parent} does not exist",
-                  file=sys.stderr)
+    for option, value in (("--json", args.json), ("--plot", args.plot)):  # refused now, not after the run
+        if not value:
+            continue
+        folder = Path(value).resolve().parent
+        problem = ("is a folder: name a file" if Path(value).is_dir() else
+                   f"goes into {folder}, which does not exist" if not folder.is_dir() else None)
+        if problem:
+            print(f"llmkata bench {option} {value}: {problem}", file=sys.stderr)
             return 2
     quick = []
     if args.quick:

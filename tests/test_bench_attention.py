@@ -89,7 +89,6 @@ def test_bench_json_and_plot_are_whole_files_written_after_the_run(monkeypatch, 
     saved, plot = tmp_path / "saved.json", tmp_path / "plot.png"
     saved.write_text("an earlier report")
     seen = fake_bench(monkeypatch)
-    assert not any(str(saved) in arg for arg in seen.get("command", [])), "nothing ran yet"
     assert cli.main(["bench", "--only", "attention", "--json", str(saved), "--plot", str(plot)]) == 0
     assert not any(str(saved) in arg for arg in seen["command"]), "pytest-benchmark writes a scratch report"
     assert json.loads(saved.read_text()) == REPORT and plot.read_bytes()[:4] == b"\x89PNG"
@@ -104,13 +103,17 @@ def test_bench_json_and_plot_are_whole_files_written_after_the_run(monkeypatch, 
     assert saved.read_bytes() == before, "a run that made no report leaves the earlier one as it was"
 
 
-def test_bench_into_a_missing_folder_fails_before_running(monkeypatch, tmp_path, capsys):
+def test_bench_into_a_missing_folder_or_onto_a_folder_fails_before_running(monkeypatch, tmp_path, capsys):
     seen = fake_bench(monkeypatch)
+    (tmp_path / "kept").mkdir()
     for option in ("--json", "--plot"):
         target = tmp_path / "no-such-folder" / "out"
         assert cli.main(["bench", option, str(target)]) == 2
         assert "does not exist" in capsys.readouterr().err and "command" not in seen, "nothing runs"
         assert not target.parent.exists()
+        assert cli.main(["bench", option, str(tmp_path / "kept")]) == 2
+        assert "is a folder" in capsys.readouterr().err and "command" not in seen, "nothing runs"
+        assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())
 
 
 def test_peak_memory_on_a_cpu_counts_the_tensors_the_call_allocates():

@@ -65,11 +65,21 @@ def test_the_model_with_kernels_attends_through_flash_attention_where_it_runs():
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout[-3000:] + done.stderr[-3000:]
 
 
-def test_flash_runs_only_for_cuda_tensors_of_its_dtypes():
+def test_flash_runs_only_for_cuda_tensors_of_its_dtypes_with_triton(monkeypatch):
+    import types
+
     import torch
 
     from llmkata.reference import kernels
 
-    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+    def on_a_gpu(dtype, numel=8):  # what _flash_runs reads of a CUDA tensor, without a GPU
+        return types.SimpleNamespace(is_cuda=True, dtype=dtype, numel=lambda: numel)
+
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        assert kernels._flash_runs(on_a_gpu(dtype)), f"a CUDA tensor in {dtype} goes to flash_attention"
         assert not kernels._flash_runs(torch.ones(1, 1, 2, 4, dtype=dtype)), "a CPU tensor stays on the kernel path"
+    assert not kernels._flash_runs(on_a_gpu(torch.float64)), "float64: the kernels do not take it"
+    assert not kernels._flash_runs(on_a_gpu(torch.float32, numel=0)), "nothing to attend to"
     assert not kernels._flash_runs(torch.ones(1, 1, 2, 4, device="meta"))
+    monkeypatch.setattr(kernels, "_triton_installed", lambda: False)
+    assert not kernels._flash_runs(on_a_gpu(torch.float32)), "without Triton, the kernel path"
